@@ -1,0 +1,211 @@
+"""The chat client's engine: one connection to a server, the client's view.
+
+``ChatClient`` registers with a server, keeps the list of other clients it has
+been told about, the status and chat logs, and offers ``send_chat`` and
+``quit``. It runs in an ``EventLoop`` like the server; the terminal UI and the
+compatibility adapter drive it from other threads only through the
+``*_threadsafe`` methods. It never prints: every change is reported to the
+``listener`` callback as an event, for whoever presents it.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..net import Connection, EventLoop
+from ..protocol import (
+    DEFAULT_LIMITS, ClientChat, ClientQuit, ClientRegistration, Limits, Message, MsgType,
+    ProtocolError, Status, StatusCode, random_id,
+)
+from ..protocol.handshake import Hello, parse_hello
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class ClientConfig:
+    server: tuple[str, int]
+    name: str
+    id: int = 0
+    info: str = ""
+    limits: Limits = DEFAULT_LIMITS
+    extensions: bool = True     # offer mesh extensions (plain v1 when False)
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = random_id()
+
+
+@dataclass
+class User:
+    id: int
+    name: str
+    info: str
+
+
+class LookupFailed(LookupError):
+    """A name or id the client cannot resolve to exactly one known user."""
+
+
+class ChatClient:
+    def __init__(self, config: ClientConfig, loop: EventLoop | None = None,
+                 listener: Listener | None = None) -> None:
+        self.config = config
+        self.id = config.id
+        self.name = config.name
+        self.loop = loop or EventLoop()
+        self.listener = listener
+        self.users: dict[int, User] = {}
+        self.status_log: list[str] = []
+        self.chat_log: list[tuple[int, str]] = []   # (source id, text)
+        self.conn: Connection | None = None
+        self.welcomed = False
+        self.ext = False
+        self.closed_reason = ""
+        self._handlers = {
+            MsgType.STATUS: self._on_status,
+            MsgType.CLIENT_REGISTRATION: self._on_registration,
+            MsgType.CLIENT_CHAT: self._on_chat,
+            MsgType.CLIENT_QUIT: self._on_quit,
+        }
+
+    def __repr__(self) -> str:
+        return f"<ChatClient {self.name} id={self.id} users={len(self.users)} conn={self.conn!r}>"
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self) -> None:
+        host, port = self.config.server
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        err = sock.connect_ex((host, port))
+        self.conn = Connection(self.loop, sock, self, limits=self.config.limits,
+                               label=f"server {host}:{port}", connecting=err != 0)
+        self.conn.send(ClientRegistration(self.id, 0, self.name, self.config.info))
+
+    def run(self) -> None:
+        try:
+            self.loop.run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close("client closed")
+        self.loop.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    # -- commands (loop thread) ------------------------------------------------------
+
+    def send_chat(self, dest: int, text: str) -> None:
+        if self.connected:
+            self.conn.send(ClientChat(self.id, dest, text))
+
+    def quit(self, text: str = "") -> None:
+        """Say goodbye, flush, and close the connection."""
+        if self.connected:
+            self.conn.send(ClientQuit(self.id, text))
+            self.conn.close_after_flush("quit")
+
+    def finish(self) -> None:
+        """Flush what is queued, close, and stop the loop once closed."""
+        if self.connected:
+            self.conn.close_after_flush("done")
+        else:
+            self.loop.stop()
+        self._stop_when_closed = True
+
+    _stop_when_closed = False
+
+    # -- commands (any thread) ------------------------------------------------------
+
+    def send_chat_threadsafe(self, dest: int, text: str) -> None:
+        self.loop.call_soon_threadsafe(self.send_chat, dest, text)
+
+    def quit_threadsafe(self, text: str = "") -> None:
+        self.loop.call_soon_threadsafe(self.quit, text)
+
+    # -- names ----------------------------------------------------------------------
+
+    def resolve(self, target: str) -> int:
+        """Turn a user name or numeric id into an id; ``LookupFailed`` says why not."""
+        matches = [u.id for u in self.users.values() if u.name == target]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise LookupFailed(f"{target!r} is ambiguous: ids {', '.join(map(str, sorted(matches)))}")
+        if target.isdigit():
+            return int(target)
+        raise LookupFailed(f"no known user named {target!r} (try /who)")
+
+    def display_name(self, user_id: int) -> str:
+        user = self.users.get(user_id)
+        return f"{user.name}({user_id})" if user else str(user_id)
+
+    # -- connection callbacks ----------------------------------------------------------
+
+    def on_data(self, conn: Connection, data: bytes) -> None:
+        conn.decode(data)
+
+    def on_messages(self, conn: Connection, messages: list[Message]) -> None:
+        for msg in messages:
+            handler = self._handlers.get(msg.type)
+            if handler is None:
+                log.warning("%s: server sent a %s, which a client never expects", self.name,
+                            msg.type.name)
+                continue
+            try:
+                handler(msg)
+            except ProtocolError as exc:
+                log.warning("%s: bad message from server: %s", self.name, exc)
+
+    def on_closed(self, conn: Connection, reason: str) -> None:
+        self.closed_reason = reason
+        self._emit("disconnected", reason=reason)
+        if self._stop_when_closed:
+            self.loop.stop()
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        if self.listener is not None:
+            self.listener(kind, data)
+
+    # -- message handlers ----------------------------------------------------------------
+
+    def _on_status(self, msg: Status) -> None:
+        if msg.code == StatusCode.MESH_HELLO:
+            if msg.source == self.id:
+                log.info("%s: server is plain CRC v1", self.name)
+            return
+        if msg.code == StatusCode.MESH_HELLO_REPLY:
+            hello = parse_hello(msg.text)
+            self.ext = True
+            self._emit("extensions", features=sorted(hello.features))
+            return
+        self.status_log.append(msg.text)
+        if msg.code == StatusCode.WELCOME and not self.welcomed:
+            self.welcomed = True
+            if self.config.extensions:
+                self.conn.send(Status(self.id, self.id, StatusCode.MESH_HELLO,
+                                      Hello(role="client").text()))
+        self._emit("status", code=msg.code, text=msg.text, source=msg.source)
+
+    def _on_registration(self, msg: ClientRegistration) -> None:
+        self.users[msg.source] = User(msg.source, msg.name, msg.info)
+        self._emit("join", id=msg.source, name=msg.name, info=msg.info)
+
+    def _on_chat(self, msg: ClientChat) -> None:
+        self.chat_log.append((msg.source, msg.text))
+        self._emit("chat", source=msg.source, name=self.display_name(msg.source), text=msg.text)
+
+    def _on_quit(self, msg: ClientQuit) -> None:
+        user = self.users.pop(msg.source, None)
+        if user is not None:
+            self._emit("quit", id=msg.source, name=user.name, text=msg.text)

@@ -1,0 +1,249 @@
+"""One TCP connection inside an ``EventLoop``: buffers, framing, teardown.
+
+A ``Connection`` owns its socket, an incremental ``Decoder`` and two output
+queues. ``send`` is the only way to write: bytes are queued and flushed at the
+end of the loop pass; write interest is registered only while bytes remain
+after a partial send, and dropped the moment the queue drains, so an idle
+connection costs no CPU. Control traffic (``send``) always goes ahead of bulk
+frames (``send_bulk``), which are released one frame at a time, so a chat
+never waits behind a large file on the same link.
+
+Every failure — EOF, a reset, a protocol error, a send queue over its cap —
+ends in ``close(reason)``: idempotent, it unregisters and closes the socket at
+once and tells the owner via ``on_closed`` after the current pass.
+
+The owner (server or client) implements ``ConnectionOwner``.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import logging
+import os
+import socket
+from typing import Any, Protocol
+
+from ..protocol import Decoder, Limits, Message, ProtocolError, encode
+from .loop import EVENT_READ, EVENT_WRITE, EventLoop
+
+log = logging.getLogger(__name__)
+
+RECV_SIZE = 256 * 1024
+#: Bytes handed to one send(): large enough to fill a socket buffer, small
+#: enough that a bulk frame never holds control traffic back for long.
+SEND_SIZE = 256 * 1024
+
+
+class ConnectionOwner(Protocol):
+    def on_messages(self, conn: "Connection", messages: list[Message]) -> None: ...
+    def on_closed(self, conn: "Connection", reason: str) -> None: ...
+
+
+class Connection:
+    """A non-blocking, message-framed TCP connection."""
+
+    def __init__(self, loop: EventLoop, sock: socket.socket, owner: ConnectionOwner, *,
+                 limits: Limits, label: str = "", max_send_buffer: int = 256 * 1024 * 1024,
+                 connecting: bool = False) -> None:
+        sock.setblocking(False)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (socketpair in tests)
+        self.loop = loop
+        self.sock = sock
+        self.owner = owner
+        self.decoder = Decoder(limits)
+        self.label = label
+        self.max_send_buffer = max_send_buffer
+        self.fileno = sock.fileno()
+        try:
+            self.peer_address: Any = sock.getpeername()
+        except OSError:
+            self.peer_address = None
+        self.closed = False
+        self.close_reason = ""
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: Free slot for the owner's per-link state (peer id, role, extensions...).
+        self.peer: Any = None
+        self._out = bytearray()
+        self._bulk: collections.deque[bytes] = collections.deque()
+        self._bulk_size = 0
+        self._connecting = connecting
+        self._close_after_flush = False
+        self._reading = True
+        self._events = EVENT_WRITE if connecting else EVENT_READ
+        loop.register(sock, self._events, self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("connecting" if self._connecting else "open")
+        polling = ("r" if self._events & EVENT_READ else "") + ("w" if self._events & EVENT_WRITE else "")
+        return (f"<Connection {self.label or self.peer_address} fd={self.fileno} {state} "
+                f"poll={polling or '-'} out={self.buffered}>")
+
+    # -- output ---------------------------------------------------------------
+
+    @property
+    def buffered(self) -> int:
+        return len(self._out) + self._bulk_size
+
+    def send(self, msg: Message) -> None:
+        self.send_bytes(encode(msg))
+
+    def send_bytes(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._out += data
+        self._queued()
+
+    def send_bulk(self, data: bytes) -> None:
+        """Queue one whole low-priority frame (sent when no control bytes wait)."""
+        if self.closed:
+            return
+        self._bulk.append(data)
+        self._bulk_size += len(data)
+        self._queued()
+
+    def _queued(self) -> None:
+        if self.buffered > self.max_send_buffer:
+            log.warning("%r: send queue over %d bytes (peer not reading), dropping",
+                        self, self.max_send_buffer)
+            self.close("send queue overflow: peer is not reading")
+            return
+        self.loop.want_flush(self)
+
+    def close_after_flush(self, reason: str) -> None:
+        """Send what is queued, then close."""
+        self._close_after_flush = True
+        self.close_reason = reason
+        if not self.buffered and not self._connecting:
+            self.close(reason)
+        else:
+            self.loop.want_flush(self)
+
+    def flush(self) -> None:
+        if self.closed or self._connecting:
+            return
+        try:
+            while True:
+                if not self._out:
+                    if not self._bulk:
+                        break
+                    frame = self._bulk.popleft()
+                    self._bulk_size -= len(frame)
+                    self._out += frame
+                n = self.sock.send(memoryview(self._out)[:SEND_SIZE])
+                self.bytes_out += n
+                del self._out[:n]
+                if self._out:
+                    break  # socket buffer full
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self.close(f"send failed: {exc.strerror or exc}")
+            return
+        if self.buffered:
+            self._set_events(self._read_bit() | EVENT_WRITE)
+        else:
+            self._set_events(self._read_bit())
+            if self._close_after_flush:
+                self.close(self.close_reason)
+
+    # -- input ------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        self._reading = False
+        self._set_events(self._events & ~EVENT_READ)
+
+    def resume_reading(self) -> None:
+        self._reading = True
+        if not self.closed and not self._connecting:
+            self._set_events(self._events | EVENT_READ)
+
+    def _read_bit(self) -> int:
+        return EVENT_READ if self._reading else 0
+
+    def handle_event(self, mask: int) -> None:
+        if self._connecting:
+            self._finish_connect()
+            return
+        if mask & EVENT_READ:
+            self._read()
+        if mask & EVENT_WRITE and not self.closed:
+            self.flush()
+
+    def _finish_connect(self) -> None:
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.close(f"connect failed: {os.strerror(err)} ({errno.errorcode.get(err, err)})")
+            return
+        self._connecting = False
+        try:
+            self.peer_address = self.sock.getpeername()
+        except OSError:
+            pass
+        self._set_events(self._read_bit() | (EVENT_WRITE if self.buffered else 0))
+        on_connected = getattr(self.owner, "on_connected", None)
+        if on_connected is not None:
+            on_connected(self)
+        self.loop.want_flush(self)
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(f"receive failed: {exc.strerror or exc}")
+            return
+        if not data:
+            self.close("connection closed by peer")
+            return
+        self.bytes_in += len(data)
+        self.owner.on_data(self, data)
+
+    def decode(self, data: bytes) -> None:
+        """Feed received bytes to the decoder and hand whole messages to the owner."""
+        try:
+            messages = self.decoder.feed(data)
+        except ProtocolError as exc:
+            log.warning("%r sent bad data: %s; disconnecting", self, exc)
+            self.close(f"protocol error: {exc}")
+            return
+        if messages:
+            self.owner.on_messages(self, messages)
+
+    # -- teardown -----------------------------------------------------------------
+
+    def _set_events(self, events: int) -> None:
+        if events == self._events or self.closed:
+            return
+        # selectors cannot watch for nothing: a socket with no interest is
+        # unregistered, and registered again when interest returns.
+        if not events:
+            self.loop.unregister(self.sock)
+        elif not self._events:
+            self.loop.register(self.sock, events, self)
+        else:
+            self.loop.modify(self.sock, events, self)
+        self._events = events
+
+    def abort(self, reason: str) -> None:
+        self.close(reason)
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self.loop.unregister(self.sock)
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._out.clear()
+        self._bulk.clear()
+        self._bulk_size = 0
+        self.loop.call_soon(self.owner.on_closed, self, reason)

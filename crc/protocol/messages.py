@@ -1,0 +1,141 @@
+"""The messages of the CRC wire protocol, as plain immutable values.
+
+This module owns the vocabulary only: what each message carries and the
+numbers that identify it on the wire. It never encodes, decodes or touches a
+socket (see ``codec``).
+
+CRC v1 types (0x00, 0x01, 0x80-0x82) are understood by every peer. ``ServerQuit``
+(0x02) is optional in v1 and ``Extension`` (0x40) is ours: both are sent only
+over a link whose peer has completed the extension handshake (docs/protocol.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import random
+from enum import IntEnum
+
+__all__ = [
+    "MsgType", "StatusCode", "MAX_ID", "random_id", "welcome_text", "unknown_id_text", "duplicate_id_text",
+    "ServerRegistration", "ClientRegistration", "Status", "ServerQuit", "ClientChat",
+    "ClientQuit", "Extension", "Message", "V1_TYPES",
+]
+
+
+class MsgType(IntEnum):
+    SERVER_REGISTRATION = 0x00
+    STATUS = 0x01
+    SERVER_QUIT = 0x02
+    EXTENSION = 0x40
+    CLIENT_REGISTRATION = 0x80
+    CLIENT_CHAT = 0x81
+    CLIENT_QUIT = 0x82
+
+
+class StatusCode(IntEnum):
+    WELCOME = 0x0000
+    UNKNOWN_ID = 0x0001
+    DUPLICATE_ID = 0x0002
+    # Ours, in a range no v1 peer assigns meaning to (docs/protocol.md).
+    MESH_HELLO = 0x8001        # extension offer, addressed to its own sender
+    MESH_HELLO_REPLY = 0x8002  # the offer accepted: the link speaks extensions
+    STATE_QUERY = 0x8010       # control connection: "send me your state"
+    STATE_REPLY = 0x8011       # JSON text of the state
+
+
+#: Ids are unsigned 32-bit; 0 means "none" / "whoever receives this".
+MAX_ID = 0xFFFFFFFF
+
+_random = random.SystemRandom()
+
+
+def random_id() -> int:
+    """A random valid id (never 0)."""
+    return _random.randint(1, MAX_ID)
+
+
+def welcome_text(name: str) -> str:
+    return f"Welcome to the Clemson Relay Chat network {name}"
+
+
+def unknown_id_text(dest: int) -> str:
+    return f"Unknown ID {dest}"
+
+
+def duplicate_id_text(host_id: int) -> str:
+    return f"A machine has already registered with ID {host_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRegistration:
+    source: int
+    last_hop: int
+    name: str
+    info: str
+    type = MsgType.SERVER_REGISTRATION
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRegistration:
+    source: int
+    last_hop: int
+    name: str
+    info: str
+    type = MsgType.CLIENT_REGISTRATION
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    source: int
+    dest: int
+    code: int
+    text: str
+    type = MsgType.STATUS
+
+
+@dataclass(frozen=True, slots=True)
+class ServerQuit:
+    source: int
+    replacement: int
+    text: str
+    type = MsgType.SERVER_QUIT
+
+
+@dataclass(frozen=True, slots=True)
+class ClientChat:
+    source: int
+    dest: int
+    text: str
+    type = MsgType.CLIENT_CHAT
+
+
+@dataclass(frozen=True, slots=True)
+class ClientQuit:
+    source: int
+    text: str
+    type = MsgType.CLIENT_QUIT
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """A routed binary frame between mesh-aware peers.
+
+    ``kind`` says what the payload is (load report, job, file chunk, ...);
+    ``dest`` 0 means "for the adjacent peer itself" (link-local).
+    """
+
+    kind: int
+    source: int
+    dest: int
+    flags: int
+    payload: bytes
+    type = MsgType.EXTENSION
+
+
+Message = (ServerRegistration | ClientRegistration | Status | ServerQuit
+           | ClientChat | ClientQuit | Extension)
+
+#: Messages a plain CRC v1 peer can parse.
+V1_TYPES = frozenset({MsgType.SERVER_REGISTRATION, MsgType.STATUS,
+                      MsgType.CLIENT_REGISTRATION, MsgType.CLIENT_CHAT,
+                      MsgType.CLIENT_QUIT})

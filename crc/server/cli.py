@@ -1,0 +1,105 @@
+"""Command line of ``mesh_server.py``: flags, logging setup, signals.
+
+The only place in the server that touches process-wide state (signal
+handlers, the root logger); the ``MeshServer`` itself has none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from ..protocol import MAX_ID
+from .server import MeshServer, ServerConfig
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {port!r} in {text!r} is not a number") from None
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"port {number} in {text!r} is out of range")
+    return host.strip("[]"), number
+
+
+def port_number(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a number") from None
+    if not 0 <= number < 65536:
+        raise argparse.ArgumentTypeError(f"port {number} is out of range (0-65535)")
+    return number
+
+
+def host_id(text: str) -> int:
+    try:
+        number = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"id {text!r} is not a number") from None
+    if not 0 < number <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"id {number} is not in 1..{MAX_ID}")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="mesh_server.py",
+        description="Run a CRC Mesh relay server (CRC v1 compatible).")
+    p.add_argument("--port", type=port_number, required=True,
+                   help="TCP port to listen on (0: any free port)")
+    p.add_argument("--id", type=host_id, default=0,
+                   help="this server's 32-bit id (default: random)")
+    p.add_argument("--name", default="", help="server name (default: server-ID)")
+    p.add_argument("--info", default="", help="free text about this server")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--connect", type=host_port, metavar="HOST:PORT",
+                   help="join an existing mesh through this server")
+    p.add_argument("--log-level", default="INFO",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+    p.add_argument("--log-file", help="write the log here instead of standard error")
+    return p
+
+
+def configure_logging(level: str, log_file: str | None, name: str) -> None:
+    handler: logging.Handler = (logging.FileHandler(log_file) if log_file
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    config = ServerConfig(port=args.port, id=args.id, name=args.name, info=args.info,
+                          host=args.host, connect=args.connect)
+    configure_logging(args.log_level, args.log_file, config.name)
+    server = MeshServer(config)
+    try:
+        server.start()
+    except OSError as exc:
+        logging.getLogger("crc.server").error("cannot listen on %s:%d: %s",
+                                              config.host, config.port, exc.strerror or exc)
+        print(f"mesh_server.py: cannot listen on {config.host}:{config.port}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("crc.server").info("%s: %s received, shutting down", config.name,
+                                             signal.Signals(signum).name)
+        server.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.run()
+    logging.getLogger("crc.server").info("%s stopped", config.name)
+    return 0

@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Start a CRC Mesh relay server. See `python mesh_server.py --help`."""
+
+import sys
+
+from crc.server.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
