@@ -158,7 +158,7 @@ class EventLoop:
         return self._stopping
 
     def run(self) -> None:
-        self._stopping = False
+        """Run passes until ``stop`` (a loop is run once; a stop before ``run`` holds)."""
         while not self._stopping:
             self.run_once()
 
