@@ -1,0 +1,148 @@
+"""Codec: exact wire bytes, incremental decoding, caps and bad input."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from crc.protocol import (
+    ClientChat, ClientQuit, ClientRegistration, Decoder, EncodeError, Extension, Limits,
+    ProtocolError, ServerQuit, ServerRegistration, Status, encode,
+)
+
+ids = st.integers(min_value=0, max_value=0xFFFFFFFF)
+text = st.text(max_size=300)
+short = st.text(max_size=40).filter(lambda s: len(s.encode()) <= 255)
+
+messages = st.one_of(
+    st.builds(ServerRegistration, ids, ids, short, text),
+    st.builds(ClientRegistration, ids, ids, short, text),
+    st.builds(Status, ids, ids, st.integers(0, 0xFFFF), text),
+    st.builds(ServerQuit, ids, ids, text),
+    st.builds(ClientChat, ids, ids, text),
+    st.builds(ClientQuit, ids, text),
+    st.builds(Extension, st.integers(0, 0xFFFF), ids, ids, st.integers(0, 255),
+              st.binary(max_size=300)),
+)
+
+
+# -- exact bytes (the layout of crc-v1.md) ---------------------------------------
+
+def test_server_registration_bytes_match_the_v1_layout() -> None:
+    # A real v1 scenario expects exactly these bytes for a joining server.
+    msg = ServerRegistration(456, 0, "rivendale", '"Elrond\'s House"')
+    assert encode(msg).hex() == (
+        "00" "000001c8" "00000000" "09" "0010" + b"rivendale".hex() + b'"Elrond\'s House"'.hex())
+
+
+def test_header_sizes_match_the_v1_table() -> None:
+    assert len(encode(ServerRegistration(1, 0, "", ""))) == 12
+    assert len(encode(ClientRegistration(1, 0, "", ""))) == 12
+    assert len(encode(Status(1, 2, 0, ""))) == 15
+    assert len(encode(ServerQuit(1, 0, ""))) == 13
+    assert len(encode(ClientChat(1, 2, ""))) == 13
+    assert len(encode(ClientQuit(1, ""))) == 9
+
+
+def test_status_code_is_a_half_word() -> None:
+    assert encode(Status(1, 2, 0x0102, "x")) == bytes.fromhex("01" "00000001" "00000002" "0102"
+                                                              "00000001") + b"x"
+
+
+# -- incremental decoding --------------------------------------------------------
+
+@given(st.lists(messages, max_size=30))
+def test_round_trip(msgs: list) -> None:
+    assert Decoder().feed(b"".join(map(encode, msgs))) == msgs
+
+
+@settings(max_examples=200)
+@given(st.lists(messages, min_size=1, max_size=40), st.data())
+def test_any_split_of_a_stream_decodes_to_the_same_messages(msgs: list, data: st.DataObject) -> None:
+    stream = b"".join(map(encode, msgs))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
+    decoder, out, start = Decoder(), [], 0
+    for cut in [*cuts, len(stream)]:
+        out += decoder.feed(stream[start:cut])
+        start = cut
+    assert out == msgs
+    assert decoder.pending == 0
+
+
+def test_one_byte_at_a_time_and_trailing_bytes_are_kept() -> None:
+    msgs = [ClientChat(1, 2, "héllo"), Status(3, 4, 1, "Unknown ID 4"), ClientQuit(9, "bye")]
+    stream = b"".join(map(encode, msgs))
+    decoder = Decoder()
+    out = []
+    for i in range(len(stream) - 3):
+        out += decoder.feed(stream[i:i + 1])
+    assert out == msgs[:2]
+    assert decoder.pending == len(encode(msgs[2])) - 3
+    assert decoder.feed(stream[-3:]) == msgs[2:]
+
+
+def test_a_mebibyte_fed_in_small_pieces_decodes_in_linear_time() -> None:
+    big = ClientChat(1, 2, "x" * (1 << 20))
+    stream = encode(big)
+    decoder = Decoder()
+    out = []
+    for i in range(0, len(stream), 7):
+        out += decoder.feed(stream[i:i + 7])
+    assert out == [big]
+
+
+# -- bad input ---------------------------------------------------------------------
+
+def test_unknown_type_is_a_protocol_error_naming_it() -> None:
+    with pytest.raises(ProtocolError, match="unknown message type 0x7f"):
+        Decoder().feed(b"\x7f" + bytes(20))
+
+
+def test_length_over_the_cap_names_the_field_before_the_body_arrives() -> None:
+    decoder = Decoder(Limits(max_text=100))
+    header = encode(ClientChat(1, 2, "y" * 101))[:13]
+    with pytest.raises(ProtocolError, match="chat text length 101 exceeds the limit of 100"):
+        decoder.feed(header)
+
+
+def test_impossible_length_is_refused_at_the_default_cap() -> None:
+    with pytest.raises(ProtocolError, match="status text length"):
+        Decoder().feed(bytes.fromhex("01" "00000001" "00000002" "0000" "ffffffff"))
+
+
+def test_bad_utf8_names_the_field() -> None:
+    raw = bytearray(encode(ClientRegistration(5, 0, "ab", "cd")))
+    raw[12] = 0xFF
+    with pytest.raises(ProtocolError, match="name is not valid UTF-8"):
+        Decoder().feed(bytes(raw))
+
+
+def test_a_failed_stream_stays_failed() -> None:
+    decoder = Decoder()
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\x55")
+    with pytest.raises(ProtocolError, match="already failed"):
+        decoder.feed(encode(ClientQuit(1, "")))
+
+
+@pytest.mark.parametrize("msg, why", [
+    (ServerRegistration(1, 0, "n" * 256, ""), "name is 256 bytes"),
+    (ClientRegistration(1, 0, "n", "i" * 65536), "info is 65536 bytes"),
+    (ClientChat(1 << 32, 2, ""), "out of range"),
+    (Status(1, 2, 1 << 16, ""), "out of range"),
+    (ClientChat(1, 2, "\ud800"), "not encodable"),
+])
+def test_encode_refuses_what_cannot_be_on_the_wire(msg, why: str) -> None:
+    with pytest.raises(EncodeError, match=why):
+        encode(msg)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=200))
+def test_random_bytes_never_raise_anything_but_protocol_error(blob: bytes) -> None:
+    decoder = Decoder(Limits(max_text=1000, max_payload=1000))
+    try:
+        decoder.feed(blob)
+    except ProtocolError:
+        pass

@@ -1,0 +1,284 @@
+"""Server behaviour over in-memory socket pairs, one loop pass at a time.
+
+Each test drives a ``MeshServer`` that never listens: peers are attached
+through ``socket.socketpair()`` and the test plays the other end with the
+codec, so every byte the server sends is checked and nothing depends on
+timing.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from crc.protocol import (
+    ClientChat, ClientQuit, ClientRegistration, Decoder, MsgType, ServerQuit,
+    ServerRegistration, Status, StatusCode, encode,
+)
+from crc.protocol.handshake import Hello
+from crc.server import Link, MeshServer, Role, ServerConfig
+
+
+class Peer:
+    """The far end of a socketpair attached to the server."""
+
+    def __init__(self, harness: "Harness", sock: socket.socket) -> None:
+        self.harness = harness
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.decoder = Decoder()
+        self.inbox: list = []
+        self.eof = False
+
+    def send(self, *msgs) -> None:
+        for msg in msgs:
+            self.sock.sendall(encode(msg))
+        self.harness.pump()
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+        self.harness.pump()
+
+    def read(self) -> list:
+        """Everything received since the last read."""
+        self.harness.pump()
+        while True:
+            try:
+                data = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            if not data:
+                self.eof = True
+                break
+            self.inbox += self.decoder.feed(data)
+        out, self.inbox = self.inbox, []
+        return out
+
+
+class Harness:
+    def __init__(self, server_id: int = 1, name: str = "hub") -> None:
+        self.server = MeshServer(ServerConfig(port=0, id=server_id, name=name))
+
+    def pump(self, passes: int = 5) -> None:
+        for _ in range(passes):
+            self.server.loop.run_once(0)
+
+    def attach(self, label: str = "peer") -> Peer:
+        ours, theirs = socket.socketpair()
+        self.server._new_connection(ours, Link(Role.PENDING), label)
+        return Peer(self, theirs)
+
+    def client(self, cid: int, name: str, hello: bool = False) -> Peer:
+        peer = self.attach(name)
+        peer.send(ClientRegistration(cid, 0, name, "info"))
+        if hello:
+            peer.send(Status(cid, cid, StatusCode.MESH_HELLO, Hello(role="client").text()))
+        return peer
+
+    def mesh_server(self, sid: int, name: str) -> Peer:
+        """An adjacent server that completes the extension handshake."""
+        peer = self.attach(name)
+        peer.send(ServerRegistration(sid, 0, name, ""))
+        peer.send(Status(sid, sid, StatusCode.MESH_HELLO, Hello().text()))
+        return peer
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def hub():
+    h = Harness()
+    yield h
+    h.close()
+
+
+def statuses(msgs: list) -> list[str]:
+    return [m.text for m in msgs if isinstance(m, Status)]
+
+
+def test_client_gets_exact_welcome_then_the_other_clients(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    assert alice.read() == [Status(1, 10, StatusCode.WELCOME,
+                                   "Welcome to the Clemson Relay Chat network alice")]
+    bob = hub.client(11, "bob")
+    got = bob.read()
+    assert got[0].text == "Welcome to the Clemson Relay Chat network bob"
+    assert got[1:] == [ClientRegistration(10, 1, "alice", "info")]
+    assert alice.read() == [ClientRegistration(11, 1, "bob", "info")]
+
+
+def test_duplicate_client_id_is_refused_with_exact_text_and_closed(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    dup = hub.client(10, "mallory")
+    assert dup.read() == [Status(1, 10, StatusCode.DUPLICATE_ID,
+                                 "A machine has already registered with ID 10")]
+    dup.read()
+    assert dup.eof
+    assert sorted(hub.server.routes.hosts) == [10]
+    assert not alice.eof
+
+
+def test_duplicate_of_the_server_own_id_is_refused(hub: Harness) -> None:
+    peer = hub.attach()
+    peer.send(ServerRegistration(1, 0, "twin", ""))
+    assert statuses(peer.read()) == ["A machine has already registered with ID 1"]
+
+
+def test_joining_server_gets_own_registration_first_then_everything(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    alice.read()
+    joiner = hub.attach()
+    joiner.send(ServerRegistration(2, 0, "b", "B info"))
+    got = joiner.read()
+    assert got[0] == ServerRegistration(1, 1, "hub", "")
+    assert got[1:] == [ClientRegistration(10, 1, "alice", "info")]
+    # Clients are never told about servers.
+    assert alice.read() == []
+
+
+def test_registrations_flood_but_never_back(hub: Harness) -> None:
+    b = hub.mesh_server(2, "b")
+    c = hub.mesh_server(3, "c")
+    b.read(), c.read()
+    b.send(ServerRegistration(20, 2, "far", ""), ClientRegistration(21, 2, "zed", ""))
+    assert b.read() == []
+    assert c.read() == [ServerRegistration(20, 1, "far", ""), ClientRegistration(21, 1, "zed", "")]
+    assert hub.server.routes.first_link(21) == 2
+
+
+def test_chat_follows_the_first_link_and_unknown_dest_gets_status(hub: Harness) -> None:
+    b = hub.mesh_server(2, "b")
+    b.send(ClientRegistration(21, 2, "zed", ""))
+    alice = hub.client(10, "alice")
+    b.read(), alice.read()
+    alice.send(ClientChat(10, 21, "hi zed"))
+    assert b.read() == [ClientChat(10, 21, "hi zed")]
+    alice.send(ClientChat(10, 999, "anyone?"))
+    assert alice.read() == [Status(1, 10, StatusCode.UNKNOWN_ID, "Unknown ID 999")]
+
+
+def test_spoofed_source_is_dropped(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    bob = hub.client(11, "bob")
+    alice.read(), bob.read()
+    alice.send(ClientChat(11, 10, "I am bob"))   # alice pretends to be bob
+    assert alice.read() == [] and bob.read() == []
+
+
+def test_status_for_server_is_logged_others_forwarded(hub: Harness) -> None:
+    b = hub.mesh_server(2, "b")
+    alice = hub.client(10, "alice")
+    b.read(), alice.read()
+    b.send(Status(2, 1, 0, "for hub"), Status(2, 0, 0, "for whoever"), Status(2, 10, 0, "for alice"))
+    assert hub.server.status_log == ["for hub", "for whoever"]
+    assert statuses(alice.read()) == ["for alice"]
+
+
+def test_client_quit_floods_and_removes(hub: Harness) -> None:
+    b = hub.mesh_server(2, "b")
+    alice = hub.client(10, "alice")
+    bob = hub.client(11, "bob")
+    b.read(), alice.read(), bob.read()
+    alice.send(ClientQuit(10, "bye"))
+    assert b.read() == [ClientQuit(10, "bye")]
+    assert bob.read() == [ClientQuit(10, "bye")]
+    assert 10 not in hub.server.routes
+
+
+def test_plain_v1_server_never_receives_extension_types(hub: Harness) -> None:
+    """Link loss behind a mesh link is told to a v1 server as client quits only."""
+    v1 = hub.attach("v1")
+    v1.send(ServerRegistration(5, 0, "old", ""))        # never says hello
+    mesh = hub.mesh_server(2, "b")
+    mesh.send(ServerRegistration(3, 2, "c", ""), ClientRegistration(30, 2, "carol", ""))
+    alice = hub.client(10, "alice")
+    v1.read(), alice.read()
+    mesh.sock.close()                                   # the mesh subtree vanishes
+    got = v1.read()
+    assert {type(m) for m in got} == {ClientQuit}
+    assert sorted(m.source for m in got) == [2, 3, 30]
+    assert all(m.type in (MsgType.SERVER_REGISTRATION, MsgType.CLIENT_REGISTRATION,
+                          MsgType.STATUS, MsgType.CLIENT_CHAT, MsgType.CLIENT_QUIT) for m in got)
+    # Clients hear only of clients.
+    assert alice.read() == [ClientQuit(30, "link lost")]
+    assert sorted(hub.server.routes.hosts) == [5, 10]
+
+
+def test_mesh_server_hears_server_departures(hub: Harness) -> None:
+    left = hub.mesh_server(2, "b")
+    left.send(ServerRegistration(3, 2, "c", ""), ClientRegistration(30, 2, "carol", ""))
+    right = hub.mesh_server(4, "d")
+    right.read()
+    left.sock.close()
+    got = right.read()
+    assert sorted((type(m).__name__, m.source) for m in got) == [
+        ("ClientQuit", 30), ("ServerQuit", 2), ("ServerQuit", 3)]
+
+
+def test_hello_handshake_marks_link_and_echo_means_v1() -> None:
+    h = Harness()
+    try:
+        b = h.mesh_server(2, "b")
+        got = b.read()
+        reply = [m for m in got if isinstance(m, Status) and m.code == StatusCode.MESH_HELLO_REPLY]
+        assert reply and reply[0].source == 1 and reply[0].dest == 2
+        assert h.server.links[2].peer.ext
+        # A v1 client never says hello and its link stays plain.
+        h.client(10, "plain")
+        assert not h.server.links[10].peer.ext
+    finally:
+        h.close()
+
+
+def test_garbage_disconnects_only_the_sender(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    bob = hub.client(11, "bob")
+    alice.read(), bob.read()
+    bob.send_raw(b"\x99garbage")
+    bob.read()
+    assert bob.eof
+    assert alice.read() == [ClientQuit(11, "link lost")]
+    alice.send(ClientChat(10, 11, "still there?"))
+    assert statuses(alice.read()) == ["Unknown ID 11"]
+
+
+def test_extension_frames_from_a_v1_link_are_a_protocol_error(hub: Harness) -> None:
+    from crc.protocol import Extension
+    v1 = hub.attach("v1")
+    v1.send(ServerRegistration(5, 0, "old", ""))
+    v1.read()
+    v1.send(Extension(1, 5, 0, 0, b"x"))
+    v1.read()
+    assert v1.eof and 5 not in hub.server.routes
+
+
+def test_state_query_returns_snapshot_json(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    alice.read()
+    q = hub.attach("query")
+    q.send(Status(0, 0, StatusCode.STATE_QUERY, ""))
+    (reply,) = q.read()
+    state = json.loads(reply.text)
+    assert reply.code == StatusCode.STATE_REPLY
+    assert state["hosts_db"] == [10] and state["adjacent_user_ids"] == [10]
+    q.read()
+    assert q.eof
+
+
+def test_large_chat_written_one_byte_at_a_time(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    bob = hub.client(11, "bob")
+    alice.read(), bob.read()
+    raw = encode(ClientChat(10, 11, "é" * 3000))
+    for i in range(len(raw)):
+        alice.sock.send(raw[i:i + 1])
+        hub.pump(1)
+    deadline = time.monotonic() + 5
+    got: list = []
+    while not got and time.monotonic() < deadline:
+        got = bob.read()
+    assert got == [ClientChat(10, 11, "é" * 3000)]
