@@ -1,0 +1,1 @@
+"""Build jobs: load sensing, scheduling, remote execution, files, Rakefiles."""
