@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from ..net import Connection, EventLoop
 from ..protocol import (
-    DEFAULT_LIMITS, ClientChat, ClientQuit, ClientRegistration, Limits, Message, MsgType,
+    DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
+    Message, MsgType, encode,
     ProtocolError, Status, StatusCode, random_id,
 )
 from ..protocol.handshake import Hello, parse_hello
@@ -67,11 +68,16 @@ class ChatClient:
         self.welcomed = False
         self.ext = False
         self.closed_reason = ""
+        #: Handlers for extension frames by kind (jobs, ...); the server only
+        #: sends them once the hello exchange made this an extension link.
+        self.extension_handlers: dict[int, Callable[[Extension], None]] = {}
+        self.disconnect_listeners: list[Callable[[str], None]] = []
         self._handlers = {
             MsgType.STATUS: self._on_status,
             MsgType.CLIENT_REGISTRATION: self._on_registration,
             MsgType.CLIENT_CHAT: self._on_chat,
             MsgType.CLIENT_QUIT: self._on_quit,
+            MsgType.EXTENSION: self._on_extension,
         }
 
     def __repr__(self) -> str:
@@ -108,6 +114,16 @@ class ChatClient:
     def send_chat(self, dest: int, text: str) -> None:
         if self.connected:
             self.conn.send(ClientChat(self.id, dest, text))
+
+    def send_extension(self, msg: Extension) -> bool:
+        """Send an extension frame to our server (False on a plain v1 link)."""
+        if not self.connected or not self.ext:
+            return False
+        if msg.flags & FLAG_BULK:
+            self.conn.send_bulk(encode(msg))
+        else:
+            self.conn.send(msg)
+        return True
 
     def quit(self, text: str = "") -> None:
         """Say goodbye, flush, and close the connection."""
@@ -169,6 +185,8 @@ class ChatClient:
 
     def on_closed(self, conn: Connection, reason: str) -> None:
         self.closed_reason = reason
+        for listener in self.disconnect_listeners:
+            listener(reason)
         self._emit("disconnected", reason=reason)
         if self._stop_when_closed:
             self.loop.stop()
@@ -204,6 +222,13 @@ class ChatClient:
     def _on_chat(self, msg: ClientChat) -> None:
         self.chat_log.append((msg.source, msg.text))
         self._emit("chat", source=msg.source, name=self.display_name(msg.source), text=msg.text)
+
+    def _on_extension(self, msg: Extension) -> None:
+        if not self.ext:
+            raise ProtocolError("extension frame before the hello exchange")
+        handler = self.extension_handlers.get(msg.kind)
+        if handler is not None:
+            handler(msg)
 
     def _on_quit(self, msg: ClientQuit) -> None:
         user = self.users.pop(msg.source, None)

@@ -18,7 +18,7 @@ from enum import IntEnum
 __all__ = [
     "MsgType", "StatusCode", "MAX_ID", "random_id", "welcome_text", "unknown_id_text", "duplicate_id_text",
     "ServerRegistration", "ClientRegistration", "Status", "ServerQuit", "ClientChat",
-    "ClientQuit", "Extension", "Message", "V1_TYPES",
+    "ClientQuit", "Extension", "FLAG_BULK", "Message", "V1_TYPES",
 ]
 
 
@@ -114,6 +114,10 @@ class ClientQuit:
     source: int
     text: str
     type = MsgType.CLIENT_QUIT
+
+
+#: Extension frame flag: carry in every link's low-priority (bulk) queue.
+FLAG_BULK = 0x01
 
 
 @dataclass(frozen=True, slots=True)

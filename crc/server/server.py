@@ -27,8 +27,8 @@ from typing import Callable
 from ..net import Connection, EventLoop
 from ..net.loop import EVENT_READ
 from ..protocol import (
-    DEFAULT_LIMITS, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
-    Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status, StatusCode,
+    DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
+    Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status, StatusCode, encode,
     duplicate_id_text, random_id, unknown_id_text, welcome_text,
 )
 from ..protocol.handshake import FEATURES, Hello, parse_hello
@@ -92,8 +92,13 @@ class MeshServer:
         self.listener: socket.socket | None = None
         self.uplink: Connection | None = None
         self.port = config.port
-        #: Handlers for extension frame kinds, filled by subsystems (jobs, ...).
+        #: Handlers for extension frames addressed to us (or to the adjacent
+        #: peer, destination 0), by kind; filled by subsystems (jobs, ...).
         self.extension_handlers: dict[int, Callable[[Connection, Extension], None]] = {}
+        #: Looks at frames passing through to someone else; True = consumed.
+        self.extension_taps: dict[int, Callable[[Connection, Extension], bool]] = {}
+        #: Called with the hosts that left the network (quit, departure, link loss).
+        self.departure_listeners: list[Callable[[list[Host]], None]] = []
         self._handlers = {
             MsgType.SERVER_REGISTRATION: self._on_server_registration,
             MsgType.CLIENT_REGISTRATION: self._on_client_registration,
@@ -242,6 +247,28 @@ class MeshServer:
         cls = ServerRegistration if host.kind is Kind.SERVER else ClientRegistration
         return cls(host.id, self.id, host.name, host.info)
 
+    def send_extension(self, msg: Extension) -> bool:
+        """Route an extension frame towards ``msg.dest`` over extension links."""
+        first = self.routes.first_link(msg.dest)
+        conn = self.links.get(first) if first is not None else None
+        if conn is None or not conn.peer.ext:
+            return False
+        if msg.flags & FLAG_BULK:
+            conn.send_bulk(encode(msg))
+        else:
+            conn.send(msg)
+        return True
+
+    def flood_extension(self, msg: Extension, exclude: int | None = None) -> None:
+        """Send a frame to every adjacent mesh server (but ``exclude``)."""
+        for peer_id, conn in self.links.items():
+            if peer_id != exclude and conn.peer.ext and conn.peer.role is Role.SERVER:
+                conn.send(msg)
+
+    def ext_servers(self) -> list[int]:
+        """Adjacent servers on extension links."""
+        return [pid for pid, c in self.links.items() if c.peer.ext and c.peer.role is Role.SERVER]
+
     def _announce_departure(self, gone: list[Host], text: str, exclude: int | None) -> None:
         """Tell every adjacent link (but ``exclude``) that ``gone`` left.
 
@@ -249,6 +276,8 @@ class MeshServer:
         quit for clients; plain v1 servers a client quit for every host (the
         only departure they parse); clients hear only of clients.
         """
+        for listener in self.departure_listeners:
+            listener(gone)
         for peer_id, conn in self.links.items():
             if peer_id == exclude:
                 continue
@@ -459,8 +488,11 @@ class MeshServer:
         if not link.ext:
             raise ProtocolError("extension frame on a link without extensions")
         if msg.dest not in (0, self.id):
-            if not self._send_to(msg.dest, msg):
-                log.debug("%s: extension frame for unknown id %d dropped", self.name, msg.dest)
+            tap = self.extension_taps.get(msg.kind)
+            if tap is not None and tap(conn, msg):
+                return
+            if not self.send_extension(msg):
+                log.debug("%s: extension frame for unreachable id %d dropped", self.name, msg.dest)
             return
         handler = self.extension_handlers.get(msg.kind)
         if handler is None:

@@ -1,0 +1,128 @@
+"""Content-addressed file store: blobs named by their SHA-256.
+
+A server keeps every file it has received, produced or relayed here, so a
+file with the same content never crosses a link twice. Blobs arrive in
+order, chunk by chunk, into a ``Partial`` that hashes as it writes; only a
+complete blob whose hash matches its name is committed (renamed into place),
+so a half-received or corrupted file is never served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+_SHA = re.compile(r"^[0-9a-f]{64}$")
+BLOCK = 1 << 20
+
+
+def valid_sha(sha: object) -> bool:
+    return isinstance(sha, str) and bool(_SHA.match(sha))
+
+
+def hash_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            h.update(block)
+            size += len(block)
+    return h.hexdigest(), size
+
+
+class StoreError(Exception):
+    pass
+
+
+class Partial:
+    def __init__(self, path: Path, sha: str, size: int) -> None:
+        self.path, self.sha, self.size = path, sha, size
+        self.received = 0
+        self._hash = hashlib.sha256()
+        self._file = open(path, "wb")
+
+    @property
+    def complete(self) -> bool:
+        return self.received >= self.size
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset != self.received:
+            raise StoreError(f"blob {self.sha[:12]}: chunk at {offset}, expected {self.received}")
+        if self.received + len(data) > self.size:
+            raise StoreError(f"blob {self.sha[:12]}: more data than its size {self.size}")
+        self._file.write(data)
+        self._hash.update(data)
+        self.received += len(data)
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class BlobStore:
+    def __init__(self, root: Path, max_blob: int = 1 << 30) -> None:
+        self.root = Path(root)
+        self.max_blob = max_blob
+        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.partials: dict[str, Partial] = {}
+
+    def __repr__(self) -> str:
+        return f"<BlobStore {self.root} partial={len(self.partials)}>"
+
+    def path(self, sha: str) -> Path:
+        return self.root / sha[:2] / sha
+
+    def has(self, sha: str) -> bool:
+        return valid_sha(sha) and self.path(sha).is_file()
+
+    def size(self, sha: str) -> int:
+        return self.path(sha).stat().st_size
+
+    def read(self, sha: str, offset: int, length: int) -> bytes:
+        with open(self.path(sha), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def add_file(self, source: Path) -> tuple[str, int]:
+        """Hash ``source`` and keep a copy; returns (sha, size)."""
+        sha, size = hash_file(source)
+        if not self.has(sha):
+            dest = self.path(sha)
+            dest.parent.mkdir(exist_ok=True)
+            tmp = self.root / "tmp" / f"{sha}.{os.getpid()}.add"
+            with open(source, "rb") as src, open(tmp, "wb") as out:
+                while block := src.read(BLOCK):
+                    out.write(block)
+            os.replace(tmp, dest)
+        return sha, size
+
+    def begin(self, sha: str, size: int) -> Partial:
+        """Start (or continue) receiving blob ``sha`` of ``size`` bytes."""
+        if not valid_sha(sha):
+            raise StoreError(f"{sha!r} is not a SHA-256 name")
+        if not 0 <= size <= self.max_blob:
+            raise StoreError(f"blob of {size} bytes exceeds the limit of {self.max_blob}")
+        partial = self.partials.get(sha)
+        if partial is None:
+            partial = Partial(self.root / "tmp" / f"{sha}.part", sha, size)
+            self.partials[sha] = partial
+        return partial
+
+    def commit(self, partial: Partial) -> None:
+        """Verify and publish a complete blob; ``StoreError`` if its hash is wrong."""
+        partial.close()
+        self.partials.pop(partial.sha, None)
+        if partial._hash.hexdigest() != partial.sha:
+            partial.path.unlink(missing_ok=True)
+            raise StoreError(f"blob {partial.sha[:12]} arrived with a different hash; discarded")
+        dest = self.path(partial.sha)
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(partial.path, dest)
+
+    def abandon(self, sha: str) -> None:
+        partial = self.partials.pop(sha, None)
+        if partial is not None:
+            partial.close()
+            partial.path.unlink(missing_ok=True)
