@@ -131,13 +131,13 @@ class ChatClient:
             self.conn.send(ClientQuit(self.id, text))
             self.conn.close_after_flush("quit")
 
-    def finish(self) -> None:
-        """Flush what is queued, close, and stop the loop once closed."""
+    def finish(self, text: str = "") -> None:
+        """Say goodbye after everything queued, close, and stop the loop once closed."""
+        self._stop_when_closed = True
         if self.connected:
-            self.conn.close_after_flush("done")
+            self.quit(text)
         else:
             self.loop.stop()
-        self._stop_when_closed = True
 
     _stop_when_closed = False
 
@@ -201,6 +201,7 @@ class ChatClient:
         if msg.code == StatusCode.MESH_HELLO:
             if msg.source == self.id:
                 log.info("%s: server is plain CRC v1", self.name)
+                self._emit("plain")
             return
         if msg.code == StatusCode.MESH_HELLO_REPLY:
             hello = parse_hello(msg.text)

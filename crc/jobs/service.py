@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -128,6 +129,7 @@ class JobService:
         self.config = config or JobConfig()
         self.loop = server.loop
         self.me = server.id
+        self._own_root = self.config.work_dir is None
         root = self.config.work_dir or Path(tempfile.mkdtemp(prefix=f"crc-{server.name}-"))
         self.root = Path(root)
         self.store = BlobStore(self.root / "blobs", max_blob=self.config.max_file)
@@ -160,6 +162,8 @@ class JobService:
         taps[Kind.DONE] = self._tap_result
         taps[Kind.FAILED] = self._tap_result
         server.departure_listeners.append(self._on_departure)
+        server.close_listeners.append(self.close)
+        server.extension_link_listeners.append(self._on_link_up)
         self._tick()
 
     def __repr__(self) -> str:
@@ -223,6 +227,15 @@ class JobService:
         if should_send(self._last_sent, new, now - self._last_sent_at, self.config.load_interval):
             self._last_sent, self._last_sent_at = new, now
             self.server.flood_extension(frame(Kind.LOAD, self.me, 0, {}, new.to_bytes()))
+
+    def _on_link_up(self, conn: Connection) -> None:
+        """A new mesh server link: tell it every fresh report we hold, ours first."""
+        if conn.peer.role is not Role.SERVER:
+            return
+        self._maybe_report()
+        for entry in sorted(self.table.fresh(), key=lambda e: e.report.server != self.me):
+            report = entry.report
+            conn.send(frame(Kind.LOAD, report.server, 0, {}, report.to_bytes()))
 
     def _on_load(self, conn: Connection | None, msg: Extension) -> None:
         _, body = unpack(msg.payload)
@@ -525,8 +538,14 @@ class JobService:
     # -- shutdown ------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Kill running jobs and remove what we keep on disk (if we made it)."""
         for run in list(self.runs.values()):
             if run.process is not None:
                 run.process.kill()
             if run.jobdir is not None:
                 run.jobdir.remove()
+        self.runs.clear()
+        for sha in list(self.store.partials):
+            self.store.abandon(sha)
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+from pathlib import Path
 
 from ..protocol import MAX_ID
+from ..jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
 
 
@@ -48,6 +51,26 @@ def host_id(text: str) -> int:
     return number
 
 
+def positive_int(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{number} is not positive")
+    return number
+
+
+def positive_float(text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{number:g} is not positive")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mesh_server.py",
@@ -62,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--connect", type=host_port, metavar="HOST:PORT",
                    help="join an existing mesh through this server")
+    jobs = p.add_argument_group("build jobs")
+    jobs.add_argument("--slots", type=positive_int, default=os.cpu_count() or 1,
+                      help="jobs run at once on this server (default: CPU count)")
+    jobs.add_argument("--work-dir", help="where job directories and the file store live "
+                      "(default: a temporary directory, removed at exit)")
+    jobs.add_argument("--load-interval", type=positive_float, default=2.0,
+                      help="seconds between load reports at the latest (default: 2)")
+    jobs.add_argument("--max-runtime", type=positive_float, default=3600.0,
+                      help="seconds a job may run at most (default: 3600)")
+    jobs.add_argument("--max-output", type=positive_int, default=64 << 20,
+                      help="bytes of output a job may write (default: 64 MiB)")
+    jobs.add_argument("--max-file", type=positive_int, default=1 << 30,
+                      help="bytes per required or returned file (default: 1 GiB)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--log-file", help="write the log here instead of standard error")
@@ -84,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                           host=args.host, connect=args.connect)
     configure_logging(args.log_level, args.log_file, config.name)
     server = MeshServer(config)
+    JobService(server, JobConfig(
+        slots=args.slots, work_dir=Path(args.work_dir) if args.work_dir else None,
+        load_interval=args.load_interval, max_runtime=args.max_runtime,
+        max_output=args.max_output, max_file=args.max_file))
     try:
         server.start()
     except OSError as exc:

@@ -99,6 +99,10 @@ class MeshServer:
         self.extension_taps: dict[int, Callable[[Connection, Extension], bool]] = {}
         #: Called with the hosts that left the network (quit, departure, link loss).
         self.departure_listeners: list[Callable[[list[Host]], None]] = []
+        #: Called with a connection whose peer just completed the hello exchange.
+        self.extension_link_listeners: list[Callable[[Connection], None]] = []
+        #: Called once when the server closes (subsystems release what they hold).
+        self.close_listeners: list[Callable[[], None]] = []
         self._handlers = {
             MsgType.SERVER_REGISTRATION: self._on_server_registration,
             MsgType.CLIENT_REGISTRATION: self._on_client_registration,
@@ -154,6 +158,9 @@ class MeshServer:
         self.loop.stop()
 
     def close(self) -> None:
+        for listener in self.close_listeners:
+            listener()
+        self.close_listeners.clear()
         for conn in list(self.connections):
             conn.close("server shutting down")
         if self.listener is not None:
@@ -208,8 +215,10 @@ class MeshServer:
             del self.links[peer_id]
             gone = self.routes.remove(peer_id)
             if gone:
-                log.warning("%s: lost link to %s %d (%s); %d host(s) unreachable",
-                            self.name, link.role.value, peer_id, reason, len(gone))
+                # A client going away without a quit is routine; a server is not.
+                level = logging.WARNING if link.role is Role.SERVER else logging.INFO
+                log.log(level, "%s: lost link to %s %d (%s); %d host(s) unreachable",
+                        self.name, link.role.value, peer_id, reason, len(gone))
                 self._announce_departure(gone, "link lost", exclude=None)
         elif link.role is Role.JOINING:
             log.error("%s: could not join the mesh: %s", self.name, reason)
@@ -471,8 +480,14 @@ class MeshServer:
         link.features = hello.features & FEATURES
         conn.send(Status(self.id, link.peer_id, StatusCode.MESH_HELLO_REPLY,
                          Hello(role="server", features=link.features).text()))
+        self._extensions_up(conn)
+
+    def _extensions_up(self, conn: Connection) -> None:
+        link: Link = conn.peer
         link.ext = True
         log.info("%s: extensions on %r: %s", self.name, conn, ",".join(sorted(link.features)))
+        for listener in self.extension_link_listeners:
+            listener(conn)
 
     def _on_hello_reply(self, conn: Connection, msg: Status) -> None:
         link: Link = conn.peer
@@ -480,8 +495,7 @@ class MeshServer:
             raise ProtocolError("mesh hello reply from someone other than the adjacent peer")
         hello = parse_hello(msg.text)
         link.features = hello.features & FEATURES
-        link.ext = True
-        log.info("%s: extensions on %r: %s", self.name, conn, ",".join(sorted(link.features)))
+        self._extensions_up(conn)
 
     def _on_extension(self, conn: Connection, msg: Extension) -> None:
         link: Link = conn.peer

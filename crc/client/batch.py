@@ -1,0 +1,248 @@
+"""Batch mode: ``chat_client.py --server HOST:PORT rake|run|runall ...``.
+
+Connects, waits for the extension handshake (a plain CRC v1 server cannot run
+jobs: that is a clear error, not a hang), runs one request and exits with its
+status — the job's exit code for ``run``, 0 only if every server succeeded for
+``runall``, 0 only if every actionset succeeded for ``rake``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ..jobs.build import Build
+from ..jobs.client import Job, JobClient, JobError, RunState
+from ..jobs.rakefile import RakefileError, check_files, parse
+from ..net import EventLoop
+from ..net.loop import EVENT_READ
+from .core import ChatClient, ClientConfig
+from .jobs_ui import BuildView, Output, exit_table, run_note, write_stream
+
+HANDSHAKE_TIMEOUT = 10.0
+COMMANDS = ("rake", "run", "runall")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chat_client.py --server HOST:PORT",
+                                description="Run jobs and builds on the mesh.")
+    sub = p.add_subparsers(dest="command", required=True)
+    rake = sub.add_parser("rake", help="build a Rakefile")
+    rake.add_argument("rakefile", nargs="?", default="Rakefile")
+    rake.add_argument("--on", metavar="NAME", help="run every remote action on this server")
+    rake.add_argument("--timeout", type=float, help="seconds allowed per action")
+    run = sub.add_parser("run", help="run one command on the least-loaded server")
+    run.add_argument("--on", metavar="NAME", help="run on this server")
+    run.add_argument("-i", "--stdin", action="store_true", help="forward standard input to the job")
+    run.add_argument("--file", "-f", action="append", default=[], metavar="FILE",
+                     help="a file the command needs (repeatable)")
+    run.add_argument("--timeout", type=float, help="seconds allowed")
+    run.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    runall = sub.add_parser("runall", help="run one command on every server")
+    runall.add_argument("--file", "-f", action="append", default=[], metavar="FILE")
+    runall.add_argument("--timeout", type=float)
+    runall.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    return p
+
+
+def exit_status(run: RunState) -> int:
+    if run.exit is not None and run.exit < 0:
+        return 128 - run.exit          # killed by a signal
+    if run.exit:
+        return run.exit
+    return 0 if run.ok else 1
+
+
+class LineSplitter:
+    """Cuts a byte stream into whole lines (per key) before printing."""
+
+    def __init__(self, emit: Callable[[Any, int, str], None]) -> None:
+        self.emit = emit
+        self.partial: dict[tuple[Any, int], bytearray] = {}
+
+    def feed(self, key: Any, stream: int, data: bytes) -> None:
+        buf = self.partial.setdefault((key, stream), bytearray())
+        buf += data
+        *lines, rest = buf.split(b"\n")
+        for line in lines:
+            self.emit(key, stream, line.decode("utf-8", "replace"))
+        self.partial[(key, stream)] = bytearray(rest)
+
+    def flush(self, key: Any) -> None:
+        for (k, stream), buf in list(self.partial.items()):
+            if k == key and buf:
+                self.emit(k, stream, buf.decode("utf-8", "replace"))
+                buf.clear()
+
+
+class Batch:
+    def __init__(self, server: tuple[str, int], args: argparse.Namespace, name: str,
+                 client_id: int = 0, output: Output | None = None) -> None:
+        self.args = args
+        self.output = output or Output()
+        self.loop = EventLoop()
+        self.server = server
+        self.client = ChatClient(ClientConfig(server, name, client_id), self.loop,
+                                 listener=self._on_client_event)
+        self.jobs = JobClient(self.client, Path.cwd())
+        self.code = 1
+        self.started = False
+        self._stdin_run: str | None = None
+
+    def run(self) -> int:
+        try:
+            self.client.start()
+        except OSError as exc:
+            self.output.error(f"cannot connect to {self.server[0]}:{self.server[1]}: {exc}")
+            return 2
+        self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        try:
+            self.loop.run()
+        except KeyboardInterrupt:
+            self.output.error("interrupted")
+            self.code = 130
+        finally:
+            self.jobs.close()
+            self.client.close()
+        return self.code
+
+    def _stop(self, code: int) -> None:
+        self.code = code
+        self.client.finish()
+
+    def _on_client_event(self, kind: str, data: dict) -> None:
+        if kind == "extensions" and not self.started:
+            self.started = True
+            self._begin()
+        elif kind == "plain":
+            self.output.error(f"{self.server[0]}:{self.server[1]} is a plain CRC v1 server; "
+                              "it cannot run jobs")
+            self._stop(2)
+        elif kind == "status" and data.get("code") == 2:
+            self.output.error(f"server refused us: {data.get('text')}")
+            self._stop(2)
+        elif kind == "disconnected" and not self.loop.stopping and self.code == 1 \
+                and not self.started:
+            self.output.error(f"cannot connect to {self.server[0]}:{self.server[1]}: "
+                              f"{data.get('reason')}")
+            self.code = 2
+            self.loop.stop()
+
+    def _handshake_timeout(self) -> None:
+        if not self.started:
+            self.output.error(f"{self.server[0]}:{self.server[1]} did not complete the mesh "
+                              f"handshake within {HANDSHAKE_TIMEOUT:g} s")
+            self._stop(2)
+
+    def _begin(self) -> None:
+        try:
+            getattr(self, f"_begin_{self.args.command}")()
+        except (JobError, RakefileError, OSError) as exc:
+            self.output.error(str(exc))
+            self._stop(2)
+
+    # -- run ------------------------------------------------------------------------
+
+    def _argv(self) -> list[str]:
+        argv = list(self.args.argv)
+        if argv and argv[0] == "--":
+            argv = argv[1:]
+        if not argv:
+            raise JobError("no command given (use: run -- CMD ARGS...)")
+        return argv
+
+    def _begin_run(self) -> None:
+        self.jobs.submit(argv=self._argv(), files=self.args.file, on=self.args.on,
+                         stdin=self.args.stdin, timeout=self.args.timeout,
+                         listener=self._on_run_event)
+
+    def _on_run_event(self, job: Job, run: RunState, event: str, data: Any) -> None:
+        if event == "accepted" and self.args.stdin:
+            self._stdin_run = run.id
+            self._forward_stdin()
+        elif event == "output":
+            write_stream(*data)
+        elif event in ("done", "failed"):
+            if run.error:
+                self.output.error(run_note(run))
+            self._stop(exit_status(run) if event == "done" else 1)
+
+    def _forward_stdin(self) -> None:
+        fd = sys.stdin.fileno()
+        os.set_blocking(fd, False)
+        self.loop.register(fd, EVENT_READ, _StdinPump(self, fd))
+
+    # -- runall ----------------------------------------------------------------------
+
+    def _begin_runall(self) -> None:
+        self.lines = LineSplitter(lambda name, stream, text: self.output.line(name, stream, text))
+        self.jobs.submit(argv=self._argv(), files=self.args.file, everywhere=True,
+                         timeout=self.args.timeout, listener=self._on_runall_event)
+
+    def _on_runall_event(self, job: Job, run: RunState, event: str, data: Any) -> None:
+        if event == "output":
+            self.lines.feed(run.name, *data)
+        elif event in ("done", "failed"):
+            self.lines.flush(run.name)
+            if job.finished:
+                self.output.out.print(exit_table(job))
+                self._stop(job.exit_code)
+
+    # -- rake --------------------------------------------------------------------------
+
+    def _begin_rake(self) -> None:
+        path = Path(self.args.rakefile)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise JobError(f"cannot read {path}: {exc.strerror}") from None
+        rakefile = parse(text, str(path))
+        base = path.resolve().parent
+        check_files(rakefile, base)
+        self.jobs.base_dir = base
+        self.build = Build(rakefile, self.jobs, self.loop, base, BuildView(self.output),
+                           on=self.args.on, timeout=self.args.timeout, done=self._stop)
+        self.build.start()
+
+
+class _StdinPump:
+    def __init__(self, batch: Batch, fd: int) -> None:
+        self.batch, self.fd = batch, fd
+
+    def handle_event(self, mask: int) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        run = self.batch._stdin_run
+        if run is None:
+            return
+        self.batch.jobs.send_input(run, data, eof=not data)
+        if not data:
+            self.batch.loop.unregister(self.fd)
+
+
+def rake_errors(path: str) -> list[str]:
+    """Parse and check a Rakefile without a server (``FILE:LINE: reason`` list)."""
+    try:
+        rf = parse(Path(path).read_text(), path)
+        check_files(rf, Path(path).resolve().parent)
+    except RakefileError as exc:
+        return exc.errors
+    return []
+
+
+def batch_main(server: tuple[str, int], words: list[str], name: str, client_id: int = 0) -> int:
+    args = build_parser().parse_args(words)
+    if args.command == "rake":
+        # Errors in the Rakefile are reported before anything connects or runs.
+        errors = rake_errors(args.rakefile) if Path(args.rakefile).exists() else \
+            [f"{args.rakefile}: no such file"]
+        if errors:
+            for e in errors:
+                print(e, file=sys.stderr)
+            return 2
+    return Batch(server, args, name, client_id).run()

@@ -1,0 +1,142 @@
+"""How jobs and builds look in the terminal (rich).
+
+Output lines are printed whole, prefixed with who produced them: the action
+(``build#2``) or the server (for ``runall``), so concurrent output stays
+readable. On a terminal a live table shows the current actionset (each
+action's state and the server running it); elsewhere (pipes, CI) only plain
+lines are written, standard output to stdout and standard error to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Iterable
+
+from rich.console import Console
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from ..jobs.build import ActionRun
+from ..jobs.client import Job, RunState
+from ..jobs.rakefile import ActionSet
+
+STATE_STYLE = {"waiting": "dim", "running": "yellow", "ok": "green", "failed": "bold red"}
+
+
+class Output:
+    """Two consoles: one per stream, each plain when not a terminal."""
+
+    def __init__(self, out: Console | None = None, err: Console | None = None) -> None:
+        self.out = out or Console(highlight=False, soft_wrap=True)
+        self.err = err or Console(stderr=True, highlight=False, soft_wrap=True)
+
+    def line(self, prefix: str, stream: int, text: str) -> None:
+        console = self.out if stream == 1 else self.err
+        style = "cyan" if stream == 1 else "magenta"
+        console.print(Text.assemble((f"[{prefix}] ", style), text))
+
+    def info(self, text: str) -> None:
+        self.err.print(text)
+
+    def error(self, text: str) -> None:
+        self.err.print(f"[bold red]error:[/] {escape(text)}")
+
+
+def load_table(rows: Iterable[dict]) -> Table:
+    table = Table(title="Server load")
+    for col in ("server", "id", "cpu %", "mem %", "load1", "running", "queued", "slots", "age s"):
+        table.add_column(col, justify="left" if col == "server" else "right")
+    for r in rows:
+        age = f"{r.get('age', 0):.1f}" + (" (stale)" if r.get("stale") else "")
+        table.add_row(str(r.get("name")), str(r.get("server")), f"{r.get('cpu', 0):.0f}",
+                      f"{r.get('mem', 0):.0f}", f"{r.get('load1', 0):.2f}", str(r.get("running")),
+                      str(r.get("queued")), str(r.get("slots")), age)
+    return table
+
+
+def exit_table(job: Job) -> Table:
+    table = Table(title=f"runall {escape(job.label)}")
+    table.add_column("server")
+    table.add_column("exit", justify="right")
+    table.add_column("note")
+    for run in sorted(job.runs.values(), key=lambda r: r.name):
+        code = "-" if run.exit is None else str(run.exit)
+        style = "green" if run.ok else "red"
+        table.add_row(run.name, Text(code, style=style), escape(run.error))
+    return table
+
+
+def run_note(run: RunState) -> str:
+    if run.error:
+        return f"{run.name}: {run.error}"
+    return f"{run.name}: exit {run.exit} in {run.seconds:.2f} s"
+
+
+class BuildView:
+    """``Reporter`` for ``crc.jobs.build.Build``."""
+
+    def __init__(self, output: Output) -> None:
+        self.output = output
+        self.live: Live | None = None
+        self.runs: list[ActionRun] = []
+        self.title = ""
+        self.interactive = output.out.is_terminal
+        self._announced: dict[str, str] = {}      # action -> server last shown
+
+    def _table(self) -> Table:
+        done = sum(r.state == "ok" for r in self.runs)
+        failed = sum(r.state == "failed" for r in self.runs)
+        running = sum(r.state == "running" for r in self.runs)
+        table = Table(title=f"{self.title}: {done} done, {running} running, {failed} failed")
+        for col in ("action", "command", "server", "state"):
+            table.add_column(col)
+        for r in self.runs:
+            table.add_row(r.name, escape(r.action.label), r.server,
+                          Text(r.state, style=STATE_STYLE.get(r.state, "")))
+        return table
+
+    def actionset_started(self, actionset: ActionSet, runs: list[ActionRun]) -> None:
+        self.runs, self.title = runs, actionset.name
+        if self.interactive:
+            self.live = Live(self._table(), console=self.output.out, refresh_per_second=8,
+                             transient=True)
+            self.live.start()
+        else:
+            self.output.info(f"== {actionset.name}: {len(runs)} action(s)")
+
+    def action_changed(self, run: ActionRun) -> None:
+        if self.live is not None:
+            self.live.update(self._table())
+        elif run.state == "running" and run.server not in ("?", "") \
+                and self._announced.get(run.name) != run.server:
+            self._announced[run.name] = run.server
+            self.output.info(f"   {run.name} {run.action.label} -> {run.server}")
+        elif run.finished:
+            mark = "ok" if run.state == "ok" else f"FAILED ({run.error or f'exit {run.exit}'})"
+            self.output.info(f"   {run.name} {mark}")
+
+    def line(self, run: ActionRun, stream: int, text: str) -> None:
+        prefix = run.name if run.server in ("local", "?") else f"{run.name}@{run.server}"
+        self.output.line(prefix, stream, text)
+
+    def actionset_finished(self, actionset: ActionSet, runs: list[ActionRun]) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+            self.output.out.print(self._table())
+
+    def build_finished(self, ok: bool, failed: list[ActionRun]) -> None:
+        if ok:
+            self.output.info("[bold green]build succeeded[/]")
+            return
+        self.output.error("build failed; failed action(s):")
+        for run in failed:
+            self.output.err.print(f"  {escape(run.describe_failure())}")
+
+
+def write_stream(stream: int, data: bytes) -> None:
+    target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
+    target.write(data)
+    target.flush()

@@ -1,0 +1,176 @@
+"""Running a Rakefile: actionsets in order, actions of one set at once.
+
+``Build`` walks a parsed ``Rakefile`` inside the client's event loop. Remote
+actions go through the mesh as jobs (``JobClient``) with their required files;
+local actions run on this machine in ``base_dir`` as child processes in the
+same selector. Output is cut into whole lines per action and stream before it
+reaches the ``reporter``, so actions running at once never interleave
+mid-line. The first actionset with a failed action ends the build once its
+running actions have finished; the result names every failed action.
+
+A remote action lost with its server (the server died or left the mesh) is
+retried once on another server: an action depends only on its required
+files, so running it again elsewhere is safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from ..net import EventLoop
+from .client import Job, JobClient, JobError, RunState
+from .process import ChildProcess
+from .rakefile import Action, ActionSet, Rakefile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ActionRun:
+    action: Action
+    actionset: str
+    index: int                       # 1-based within its actionset
+    state: str = "waiting"           # waiting -> running -> ok | failed
+    server: str = "local"
+    exit: int | None = None
+    error: str = ""
+    attempts: int = 0
+    job: Job | None = None
+    partial: dict[int, bytearray] = field(default_factory=dict)   # stream -> unfinished line
+
+    @property
+    def name(self) -> str:
+        return f"{self.actionset}#{self.index}"
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("ok", "failed")
+
+    def describe_failure(self) -> str:
+        why = self.error or f"exit status {self.exit}"
+        return f"{self.name} ({self.action.label}) on {self.server}: {why}"
+
+
+class Reporter(Protocol):
+    def actionset_started(self, actionset: ActionSet, runs: list[ActionRun]) -> None: ...
+    def action_changed(self, run: ActionRun) -> None: ...
+    def line(self, run: ActionRun, stream: int, text: str) -> None: ...
+    def actionset_finished(self, actionset: ActionSet, runs: list[ActionRun]) -> None: ...
+    def build_finished(self, ok: bool, failed: list[ActionRun]) -> None: ...
+
+
+class Build:
+    def __init__(self, rakefile: Rakefile, jobs: JobClient, loop: EventLoop, base_dir: Path,
+                 reporter: Reporter, on: str | None = None, timeout: float | None = None,
+                 done: Callable[[int], None] | None = None) -> None:
+        self.rakefile = rakefile
+        self.jobs = jobs
+        self.loop = loop
+        self.base_dir = Path(base_dir)
+        self.reporter = reporter
+        self.on = on
+        self.timeout = timeout
+        self.done = done
+        self.index = -1
+        self.current: list[ActionRun] = []
+        self.failed: list[ActionRun] = []
+        self.exit_code: int | None = None
+
+    def start(self) -> None:
+        """Begin; the caller has parsed and checked the Rakefile (``check_files``)."""
+        self._next_actionset()
+
+    # -- sequencing ----------------------------------------------------------------
+
+    def _next_actionset(self) -> None:
+        self.index += 1
+        if self.index >= len(self.rakefile.actionsets):
+            self._finish(True)
+            return
+        actionset = self.rakefile.actionsets[self.index]
+        self.current = [ActionRun(a, actionset.name, i + 1) for i, a in enumerate(actionset.actions)]
+        self.reporter.actionset_started(actionset, self.current)
+        for run in self.current:
+            self._launch(run)
+
+    def _launch(self, run: ActionRun) -> None:
+        run.attempts += 1
+        run.state = "running"
+        run.error = ""
+        if run.action.remote:
+            try:
+                run.job = self.jobs.submit(shell=run.action.command, files=run.action.requires,
+                                           on=self.on, timeout=self.timeout,
+                                           listener=lambda job, r, ev, data, run=run:
+                                           self._job_event(run, r, ev, data))
+                run.server = "?"
+            except JobError as exc:
+                self._settle(run, None, str(exc))
+                return
+        else:
+            try:
+                ChildProcess(self.loop, ["/bin/sh", "-c", run.action.command], str(self.base_dir),
+                             on_output=lambda stream, data, run=run: self._output(run, stream, data),
+                             on_exit=lambda code, run=run: self._settle(run, code, ""))
+            except OSError as exc:
+                self._settle(run, None, f"cannot start: {exc}")
+                return
+        self.reporter.action_changed(run)
+
+    def _job_event(self, run: ActionRun, state: RunState, event: str, data: Any) -> None:
+        if event in ("accepted", "started"):
+            run.server = state.name
+            self.reporter.action_changed(run)
+        elif event == "output":
+            stream, chunk = data
+            self._output(run, stream, chunk)
+        elif event == "done":
+            self._settle(run, state.exit, state.error)
+        elif event == "failed":
+            if state.lost and run.attempts < 2:
+                self._flush_lines(run)
+                self.reporter.line(run, 2, f"crc: {state.error}; retrying on another server")
+                self._launch(run)
+                return
+            self._settle(run, state.exit, state.error)
+
+    def _output(self, run: ActionRun, stream: int, chunk: bytes) -> None:
+        buf = run.partial.setdefault(stream, bytearray())
+        buf += chunk
+        *lines, rest = buf.split(b"\n")
+        for line in lines:
+            self.reporter.line(run, stream, line.decode("utf-8", "replace"))
+        run.partial[stream] = bytearray(rest)
+
+    def _flush_lines(self, run: ActionRun) -> None:
+        for stream, buf in run.partial.items():
+            if buf:
+                self.reporter.line(run, stream, buf.decode("utf-8", "replace"))
+        run.partial.clear()
+
+    def _settle(self, run: ActionRun, code: int | None, error: str) -> None:
+        if run.finished:
+            return
+        self._flush_lines(run)
+        run.exit = code
+        run.error = error
+        run.state = "ok" if code == 0 and not error else "failed"
+        self.reporter.action_changed(run)
+        if all(r.finished for r in self.current):
+            actionset = self.rakefile.actionsets[self.index]
+            self.reporter.actionset_finished(actionset, self.current)
+            failed = [r for r in self.current if r.state == "failed"]
+            if failed:
+                self.failed = failed
+                self._finish(False)
+            else:
+                self.loop.call_soon(self._next_actionset)
+
+    def _finish(self, ok: bool) -> None:
+        self.exit_code = 0 if ok else 1
+        self.reporter.build_finished(ok, self.failed)
+        if self.done is not None:
+            self.done(self.exit_code)
