@@ -282,3 +282,15 @@ def test_large_chat_written_one_byte_at_a_time(hub: Harness) -> None:
     while not got and time.monotonic() < deadline:
         got = bob.read()
     assert got == [ClientChat(10, 11, "é" * 3000)]
+
+
+def test_uplink_accepting_us_late_is_told_to_servers_that_joined_us_first(hub: Harness) -> None:
+    """A server that joined us before our own join completed learns of the uplink."""
+    early = hub.mesh_server(2, "early")
+    early.read()
+    ours, theirs = socket.socketpair()
+    hub.server._new_connection(ours, Link(Role.JOINING, outbound=True), "uplink")
+    uplink = Peer(hub, theirs)
+    uplink.send(ServerRegistration(9, 9, "up", ""))
+    assert ServerRegistration(9, 1, "up", "") in early.read()
+    assert ServerRegistration(2, 1, "early", "") in uplink.read()

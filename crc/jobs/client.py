@@ -308,9 +308,11 @@ class JobClient:
     def _on_want(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)
         held = self.files.get(str(header.get("sha", "")))
-        if held is None or not self.transfers.serve(msg.source, header, read=self._read,
-                                                    size=held[1]):
-            self.transfers.missing(msg.source, str(header.get("sha", ""))[:64])
+        if held is None:
+            self.transfers.missing(msg.source, str(header.get("sha", ""))[:64],
+                                   "the client no longer offers this file")
+        elif not self.transfers.serve(msg.source, header, read=self._read, size=held[1]):
+            self.transfers.missing(msg.source, str(header.get("sha", ""))[:64], "bad request")
 
     def _read(self, sha: str, offset: int, length: int) -> bytes | None:
         path, _size = self.files[sha]

@@ -158,7 +158,6 @@ class JobService:
         on[Kind.MISSING] = self._on_missing
         taps = server.extension_taps
         taps[Kind.WANT] = self._tap_want
-        taps[Kind.DATA] = self._tap_data
         taps[Kind.DONE] = self._tap_result
         taps[Kind.FAILED] = self._tap_result
         server.departure_listeners.append(self._on_departure)
@@ -509,27 +508,20 @@ class JobService:
 
     def _on_want(self, conn: Connection | None, msg: Extension) -> None:
         header, _ = unpack(msg.payload)
-        if not self.transfers.serve(msg.source, header):
-            self.transfers.missing(msg.source, str(header.get("sha", ""))[:64])
+        self.transfers.want(msg.source, self.me, header)
 
     def _tap_want(self, conn: Connection, msg: Extension) -> bool:
+        """A WANT passing through: answer it here (we cache what we relay)."""
         try:
             header, _ = unpack(msg.payload)
         except ProtocolError:
             return False
-        return self.transfers.serve(msg.source, header)
+        self.transfers.want(msg.source, msg.dest, header)
+        return True
 
     def _on_data(self, conn: Connection | None, msg: Extension) -> None:
         header, body = unpack(msg.payload)
         self.transfers.on_data(header, body)
-
-    def _tap_data(self, conn: Connection, msg: Extension) -> bool:
-        try:
-            header, body = unpack(msg.payload)
-        except ProtocolError:
-            return False
-        self.transfers.relay_data(header, body)
-        return False
 
     def _on_missing(self, conn: Connection | None, msg: Extension) -> None:
         header, _ = unpack(msg.payload)

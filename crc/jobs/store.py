@@ -53,6 +53,7 @@ class Partial:
         if self.received + len(data) > self.size:
             raise StoreError(f"blob {self.sha[:12]}: more data than its size {self.size}")
         self._file.write(data)
+        self._file.flush()            # relays read what has arrived while it arrives
         self._hash.update(data)
         self.received += len(data)
 

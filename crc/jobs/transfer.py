@@ -1,15 +1,18 @@
-"""Moving blobs between machines: pull, in windows, through the tree.
+"""Moving blobs between machines: pulled in windows, cached at every relay.
 
 The machine that needs a blob (the *requester*) sends WANT frames towards the
 machine that holds it (the *holder*), each asking for one chunk; it keeps
-``WINDOW`` chunks in flight, so a large file streams at link speed while the
-link's queue never holds more than a window of it — and, since DATA frames
-are bulk, chat on the same links overtakes them.
+``WINDOW`` chunks in flight, so a large file streams at link speed while a
+link's queue never holds more than a window of it — and since DATA frames are
+bulk, chat on the same links overtakes them.
 
-Servers between the two also take part (``relay_want`` / ``relay_data``): a
-WANT for a blob a relay already holds is answered by the relay, and DATA
-passing through in order is kept, so shared files (the headers of a C
-project) cross each link about once.
+Every mesh server on the way is a caching proxy: a WANT passing through is
+not forwarded but answered — from the server's store if it has the blob,
+otherwise by fetching the blob itself (one fetch, however many requesters)
+and answering each requested chunk as soon as it has arrived. So a file
+crosses each link once, even when many servers ask for it at the same moment
+(the headers every compile of a C project needs), and a large file still
+streams through all hops at once instead of hop after hop.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ WINDOW = 8
 
 Send = Callable[[Extension], bool]
 Done = Callable[[str, "str | None"], None]     # (sha, error or None)
+Read = Callable[[str, int, int], "bytes | None"]
 
 
 @dataclass
@@ -37,8 +41,21 @@ class _Fetch:
     size: int
     holder: int
     waiters: list[Done] = field(default_factory=list)
+    wants: list[tuple[int, int, int]] = field(default_factory=list)  # requester, offset, length
     next_offset: int = 0
     in_flight: int = 0
+
+
+def _request(header: dict) -> tuple[str, int, int, int] | None:
+    """(sha, offset, length, size) of a well-formed WANT, else None."""
+    sha, offset, length = header.get("sha"), header.get("offset"), header.get("length")
+    size = header.get("size", -1)
+    if not (valid_sha(sha) and isinstance(offset, int) and isinstance(length, int)
+            and isinstance(size, int)):
+        return None
+    if offset < 0 or not 0 < length <= CHUNK:
+        return None
+    return sha, offset, length, size
 
 
 class Transfers:
@@ -50,37 +67,42 @@ class Transfers:
         self.bytes_served = 0
         self.bytes_fetched = 0
 
+    def __repr__(self) -> str:
+        return f"<Transfers of {self.me}: {len(self.fetches)} fetching>"
+
     # -- requesting ------------------------------------------------------------
 
-    def fetch(self, sha: str, size: int, holder: int, done: Done) -> None:
+    def fetch(self, sha: str, size: int, holder: int, done: Done | None) -> None:
         """Make ``sha`` local (from ``holder``); ``done(sha, error)`` when settled."""
         if self.store.has(sha):
-            done(sha, None)
+            if done is not None:
+                done(sha, None)
             return
         existing = self.fetches.get(sha)
         if existing is not None:
-            existing.waiters.append(done)
+            if done is not None:
+                existing.waiters.append(done)
             return
         try:
-            partial = self.store.begin(sha, size)
-        except StoreError as exc:
-            done(sha, str(exc))
-            return
-        if partial.received:          # a relay copy was half-made: start over
             self.store.abandon(sha)
-            partial = self.store.begin(sha, size)
-        fetch = _Fetch(sha, size, holder, [done])
+            self.store.begin(sha, size)
+        except StoreError as exc:
+            if done is not None:
+                done(sha, str(exc))
+            return
+        fetch = _Fetch(sha, size, holder, [done] if done is not None else [])
         self.fetches[sha] = fetch
         if size == 0:
             self._finish(fetch)
-            return
-        self._request_more(fetch)
+        else:
+            self._request_more(fetch)
 
     def _request_more(self, fetch: _Fetch) -> None:
         while fetch.in_flight < WINDOW and fetch.next_offset < fetch.size:
             length = min(CHUNK, fetch.size - fetch.next_offset)
             self.send(frame(Kind.WANT, self.me, fetch.holder,
-                            {"sha": fetch.sha, "offset": fetch.next_offset, "length": length}))
+                            {"sha": fetch.sha, "offset": fetch.next_offset, "length": length,
+                             "size": fetch.size}))
             fetch.next_offset += length
             fetch.in_flight += 1
 
@@ -102,17 +124,18 @@ class Transfers:
         if partial.complete:
             self._finish(fetch)
         else:
+            self._answer_wants(fetch, partial.received)
             self._request_more(fetch)
 
     def on_missing(self, header: dict) -> None:
         fetch = self.fetches.get(header.get("sha", ""))
         if fetch is not None:
-            self._fail(fetch, f"{header.get('name') or fetch.sha[:12]} is not available on "
-                              f"the machine that should hold it")
+            self._fail(fetch, str(header.get("error") or
+                                  "not available on the machine that should hold it"))
 
     def holder_lost(self, holder: int) -> None:
         for fetch in [f for f in self.fetches.values() if f.holder == holder]:
-            self._fail(fetch, f"the machine holding blob {fetch.sha[:12]} left the mesh")
+            self._fail(fetch, "the machine holding it left the mesh")
 
     def _finish(self, fetch: _Fetch) -> None:
         partial = self.store.partials.get(fetch.sha)
@@ -124,63 +147,91 @@ class Transfers:
             self._fail(fetch, str(exc))
             return
         del self.fetches[fetch.sha]
+        self._answer_wants(fetch, fetch.size)
         for done in fetch.waiters:
             done(fetch.sha, None)
 
     def _fail(self, fetch: _Fetch, error: str) -> None:
         self.fetches.pop(fetch.sha, None)
         self.store.abandon(fetch.sha)
+        for requester, _offset, _length in fetch.wants:
+            self.missing(requester, fetch.sha, error)
         for done in fetch.waiters:
             done(fetch.sha, error)
 
-    # -- holding -----------------------------------------------------------------
+    # -- answering -----------------------------------------------------------------
 
-    def serve(self, requester: int, header: dict,
-              read: Callable[[str, int, int], bytes] | None = None, size: int = 0) -> bool:
-        """Answer a WANT from our store (or from ``read``, for a blob of ``size``
-        bytes that lives outside the store); False if we lack the blob."""
-        sha, offset, length = header.get("sha"), header.get("offset"), header.get("length")
-        if not (valid_sha(sha) and isinstance(offset, int) and isinstance(length, int)) \
-                or offset < 0 or not 0 < length <= CHUNK:
-            self.send(frame(Kind.MISSING, self.me, requester, {"sha": str(sha)[:64],
-                                                                "error": "malformed request"}))
-            return True
-        if read is None:
-            if not self.store.has(sha):
-                return False
-            read = self.store.read
-            size = self.store.size(sha)
+    def want(self, requester: int, holder: int, header: dict) -> None:
+        """A WANT from ``requester`` addressed to ``holder`` reached us (a server):
+        answer it from the store, from a fetch in progress, or by fetching."""
+        request = _request(header)
+        if request is None:
+            self.missing(requester, str(header.get("sha"))[:64], "malformed request")
+            return
+        sha, offset, length, size = request
+        if self.store.has(sha):
+            self._send_chunk(requester, sha, offset, length, self.store.size(sha), self.store.read)
+            return
+        fetch = self.fetches.get(sha)
+        if fetch is None:
+            if holder == self.me or size < 0:
+                self.missing(requester, sha)
+                return
+            self.fetch(sha, size, holder, None)
+            fetch = self.fetches.get(sha)
+            if fetch is None:                      # settled at once (empty, or refused)
+                if self.store.has(sha):
+                    self._send_chunk(requester, sha, offset, length, size, self.store.read)
+                else:
+                    self.missing(requester, sha, "cannot be stored here")
+                return
+        fetch.wants.append((requester, offset, length))
+        partial = self.store.partials.get(sha)
+        self._answer_wants(fetch, partial.received if partial else 0)
+
+    def _answer_wants(self, fetch: _Fetch, received: int) -> None:
+        ready = [w for w in fetch.wants if w[1] + w[2] <= received]
+        if not ready:
+            return
+        fetch.wants = [w for w in fetch.wants if w[1] + w[2] > received]
+        partial = self.store.partials.get(fetch.sha)
+        read: Read = self.store.read if partial is None else _reader(partial.path)
+        for requester, offset, length in ready:
+            self._send_chunk(requester, fetch.sha, offset, length, fetch.size, read)
+
+    def serve(self, requester: int, header: dict, read: Read, size: int) -> bool:
+        """Answer a WANT from outside the store (a client's own files)."""
+        request = _request(header)
+        if request is None:
+            return False
+        sha, offset, length, _ = request
+        return self._send_chunk(requester, sha, offset, length, size, read)
+
+    def _send_chunk(self, requester: int, sha: str, offset: int, length: int, size: int,
+                    read: Read) -> bool:
         try:
             data = read(sha, offset, length)
         except OSError as exc:
             log.warning("cannot read blob %s: %s", sha[:12], exc)
             data = None
         if data is None:
+            self.missing(requester, sha, "unreadable")
             return False
         self.bytes_served += len(data)
         self.send(frame(Kind.DATA, self.me, requester, {"sha": sha, "offset": offset, "size": size},
                         data, bulk=True))
         return True
 
-    def missing(self, requester: int, sha: str) -> None:
-        self.send(frame(Kind.MISSING, self.me, requester, {"sha": sha}))
+    def missing(self, requester: int, sha: str, error: str = "") -> None:
+        header = {"sha": sha}
+        if error:
+            header["error"] = error
+        self.send(frame(Kind.MISSING, self.me, requester, header))
 
-    # -- relaying (servers between requester and holder) ----------------------------
 
-    def relay_data(self, header: dict, body: bytes) -> None:
-        """Keep an in-order copy of a blob passing through."""
-        sha, offset, total = header.get("sha"), header.get("offset"), header.get("size")
-        if not valid_sha(sha) or not isinstance(offset, int) or not isinstance(total, int) \
-                or self.store.has(sha) or sha in self.fetches:
-            return
-        try:
-            partial = self.store.partials.get(sha)
-            if partial is None:
-                if offset != 0:
-                    return
-                partial = self.store.begin(sha, total)
-            partial.write(offset, body)
-            if partial.complete:
-                self.store.commit(partial)
-        except StoreError:
-            self.store.abandon(sha)
+def _reader(path) -> Read:
+    def read(sha: str, offset: int, length: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+    return read

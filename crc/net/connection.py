@@ -29,7 +29,6 @@ from .loop import EVENT_READ, EVENT_WRITE, EventLoop
 
 log = logging.getLogger(__name__)
 
-RECV_SIZE = 256 * 1024
 #: Bytes handed to one send(): large enough to fill a socket buffer, small
 #: enough that a bulk frame never holds control traffic back for long.
 SEND_SIZE = 256 * 1024
@@ -191,18 +190,19 @@ class Connection:
         self.loop.want_flush(self)
 
     def _read(self) -> None:
+        buffer = self.loop.recv_buffer
         try:
-            data = self.sock.recv(RECV_SIZE)
+            n = self.sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             self.close(f"receive failed: {exc.strerror or exc}")
             return
-        if not data:
+        if not n:
             self.close("connection closed by peer")
             return
-        self.bytes_in += len(data)
-        self.owner.on_data(self, data)
+        self.bytes_in += n
+        self.owner.on_data(self, buffer[:n].tobytes())
 
     def decode(self, data: bytes) -> None:
         """Feed received bytes to the decoder and hand whole messages to the owner."""

@@ -92,9 +92,18 @@ class _Waker:
         self.wsock.close()
 
 
+#: Size of the loop's shared receive buffer: the most one ``recv`` takes.
+RECV_SIZE = 256 * 1024
+
+
 class EventLoop:
     def __init__(self) -> None:
         self.selector = selectors.DefaultSelector()
+        #: Scratch space for ``recv_into``, shared by every handler of this loop:
+        #: handlers run one at a time and copy out what they received before
+        #: returning. (``recv(n)`` would allocate, and for large ``n`` map and
+        #: unmap, an ``n``-byte buffer on every call.)
+        self.recv_buffer = memoryview(bytearray(RECV_SIZE))
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._ready: collections.deque[tuple[Callable[..., Any], tuple]] = collections.deque()

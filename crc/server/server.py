@@ -371,10 +371,14 @@ class MeshServer:
         self.links[msg.source] = conn
         conn.label = f"server {msg.name}({msg.source})"
         log.info("%s: joined the mesh through %s (id %d)", self.name, msg.name, msg.source)
-        # Tell the uplink what we already know (nothing, on a fresh start).
+        # Tell the uplink what we already know (nothing, on a fresh start),
+        # and tell what we already have (servers that joined us meanwhile)
+        # about the uplink; what lies beyond it follows as it arrives.
+        uplink = self.routes.get(msg.source)
         for other in list(self.routes.hosts.values()):
             if other.id != msg.source:
                 conn.send(self._registration(other))
+        self._flood(self._registration(uplink), exclude=msg.source, servers=True)
         self._offer_extensions(conn)
 
     def _learn(self, conn: Connection, host_id: int, kind: Kind, name: str, info: str) -> None:

@@ -1,0 +1,232 @@
+"""The chat client's command language: one typed or scripted line to a value.
+
+This module owns the syntax only. ``parse`` is a pure function: it never looks
+at the network, the known users or the screen, so whoever executes a command
+(``crc.client.session``) decides what a name means and what happens next.
+
+A line is either a slash-command (``/msg bob hi``) or plain text for the
+current target. Text is kept exactly as written — spaces, quotes, non-ASCII —
+except for the line ending; ``//text`` sends ``/text`` literally.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+#: Default deadline of ``/wait`` and ``/waitmsg``, in seconds.
+DEFAULT_WAIT = 10.0
+
+
+@dataclass(frozen=True)
+class Say:
+    """Plain text for the current target."""
+    text: str
+
+
+@dataclass(frozen=True)
+class Msg:
+    """Send ``text`` to ``target`` (a name or an id) and make it the current target.
+
+    An empty ``text`` only changes the target.
+    """
+    target: str
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Who:
+    """Show the clients this client knows."""
+
+
+@dataclass(frozen=True)
+class Help:
+    """Show the commands."""
+
+
+@dataclass(frozen=True)
+class Quit:
+    """Leave the network with a goodbye text."""
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Pause until ``target``'s registration has been seen (error after ``seconds``)."""
+    target: str
+    seconds: float = DEFAULT_WAIT
+
+
+@dataclass(frozen=True)
+class WaitMsg:
+    """Pause until a chat from ``target`` arrives (error after ``seconds``).
+
+    Each arrived chat satisfies one ``/waitmsg``, so two in a row wait for two chats.
+    """
+    target: str
+    seconds: float = DEFAULT_WAIT
+
+
+@dataclass(frozen=True)
+class Sleep:
+    """Pause for ``seconds`` (the network is still served)."""
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Nothing:
+    """A blank line, or a ``#`` comment in a script."""
+
+
+Command = Say | Msg | Who | Help | Quit | Wait | WaitMsg | Sleep | Nothing
+
+
+class CommandError(ValueError):
+    """A line that is not a valid command; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class CommandInfo:
+    usage: str
+    summary: str
+
+
+#: Every command, in the order ``/help`` lists them.
+COMMANDS: dict[str, CommandInfo] = {
+    "msg": CommandInfo("/msg NAME|ID [TEXT]",
+                       "send TEXT to a user and make them the target of plain lines"),
+    "who": CommandInfo("/who", "list the clients this client knows"),
+    "wait": CommandInfo("/wait NAME|ID [SECONDS]",
+                        f"pause until that user has joined (error after {DEFAULT_WAIT:g} s)"),
+    "waitmsg": CommandInfo("/waitmsg NAME|ID [SECONDS]",
+                           f"pause until a chat from that user arrives "
+                           f"(error after {DEFAULT_WAIT:g} s)"),
+    "sleep": CommandInfo("/sleep SECONDS", "pause, still receiving"),
+    "quit": CommandInfo("/quit [TEXT]", "say goodbye and exit"),
+    "help": CommandInfo("/help", "show this help"),
+}
+
+#: Lines that are not commands, for ``/help``.
+PLAIN_LINES: list[CommandInfo] = [
+    CommandInfo("TEXT", "send TEXT to the current target (set by /msg)"),
+    CommandInfo("//TEXT", "send TEXT starting with '/'"),
+]
+
+
+def strip_line_end(line: str) -> str:
+    """Drop one trailing newline (``\\n`` or ``\\r\\n``) and nothing else."""
+    if line.endswith("\n"):
+        line = line[:-1]
+    if line.endswith("\r"):
+        line = line[:-1]
+    return line
+
+
+def parse(line: str, *, script: bool = False) -> Command:
+    """Parse one input line; ``CommandError`` if it is not valid.
+
+    In a script (``script=True``) a line whose first non-blank character is
+    ``#`` is a comment; interactively it is ordinary text.
+    """
+    line = strip_line_end(line)
+    stripped = line.strip()
+    if not stripped or (script and stripped.startswith("#")):
+        return Nothing()
+    if line.startswith("//"):
+        return Say(line[1:])
+    if not line.startswith("/"):
+        return Say(line)
+    word, rest = _split_word(line[1:])
+    if not word:
+        raise CommandError("a command name must follow '/' (type /help)")
+    parser = _PARSERS.get(word.lower())
+    if parser is None:
+        raise CommandError(f"unknown command /{word} (type /help)")
+    return parser(word.lower(), rest)
+
+
+def _split_word(text: str) -> tuple[str, str]:
+    """The first whitespace-separated word and everything after the whitespace that follows it."""
+    text = text.lstrip()
+    for i, char in enumerate(text):
+        if char.isspace():
+            return text[:i], text[i:].lstrip()
+    return text, ""
+
+
+def _usage_error(name: str, problem: str) -> CommandError:
+    return CommandError(f"{problem}; usage: {COMMANDS[name].usage}")
+
+
+def _no_arguments(name: str, rest: str) -> None:
+    if rest.strip():
+        raise _usage_error(name, f"/{name} takes no arguments")
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _usage_error(name, f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise _usage_error(name, f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def _parse_msg(name: str, rest: str) -> Command:
+    target, text = _split_word(rest)
+    if not target:
+        raise _usage_error(name, "/msg needs a user name or id")
+    return Msg(target, text)
+
+
+def _parse_target_wait(name: str, rest: str) -> tuple[str, float]:
+    target, tail = _split_word(rest)
+    if not target:
+        raise _usage_error(name, f"/{name} needs a user name or id")
+    seconds_text, extra = _split_word(tail)
+    if extra:
+        raise _usage_error(name, f"unexpected {extra!r}")
+    return target, _seconds(name, seconds_text) if seconds_text else DEFAULT_WAIT
+
+
+def _parse_wait(name: str, rest: str) -> Command:
+    return Wait(*_parse_target_wait(name, rest))
+
+
+def _parse_waitmsg(name: str, rest: str) -> Command:
+    return WaitMsg(*_parse_target_wait(name, rest))
+
+
+def _parse_sleep(name: str, rest: str) -> Command:
+    seconds_text, extra = _split_word(rest)
+    if not seconds_text:
+        raise _usage_error(name, "/sleep needs a number of seconds")
+    if extra:
+        raise _usage_error(name, f"unexpected {extra!r}")
+    return Sleep(_seconds(name, seconds_text))
+
+
+def _parse_quit(name: str, rest: str) -> Command:
+    return Quit(rest)
+
+
+def _parse_who(name: str, rest: str) -> Command:
+    _no_arguments(name, rest)
+    return Who()
+
+
+def _parse_help(name: str, rest: str) -> Command:
+    _no_arguments(name, rest)
+    return Help()
+
+
+_PARSERS = {
+    "msg": _parse_msg,
+    "who": _parse_who,
+    "wait": _parse_wait,
+    "waitmsg": _parse_waitmsg,
+    "sleep": _parse_sleep,
+    "quit": _parse_quit,
+    "help": _parse_help,
+}

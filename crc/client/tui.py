@@ -1,0 +1,190 @@
+"""How the chat client looks: event lines, the /who table, help, errors.
+
+This module owns presentation only. ``event_text`` turns a ``ChatClient``
+event into one line (``[chat] alice(101): text`` and so on) and is shared by
+both views:
+
+* ``LineView`` writes plain lines, for scripts and pipes: events and command
+  output to stdout, errors to stderr.
+* ``TerminalView`` writes styled, timestamped lines while a keyboard thread sits
+  in ``input()``: before each line it erases the half-typed prompt line and
+  afterwards draws the prompt and the typed text again (via ``readline`` when
+  it is available), so incoming chat never lands in the middle of what the
+  user is typing.
+
+Views are called from the event-loop thread; ``TerminalView`` also gets its
+prompt set from the keyboard thread, and serialises output with a lock.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import Any, Iterable, Protocol
+
+from rich.cells import cell_len
+from rich.console import Console, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from ..protocol import StatusCode
+from .commands import COMMANDS, PLAIN_LINES
+from .core import User
+
+try:  # line editing and prompt redraw; absent on some platforms
+    import readline as _readline
+except ImportError:  # pragma: no cover - depends on the Python build
+    _readline = None  # type: ignore[assignment]
+
+STATUS_STYLE = {StatusCode.WELCOME: "blue", StatusCode.UNKNOWN_ID: "red",
+                StatusCode.DUPLICATE_ID: "bold red"}
+
+
+def event_text(kind: str, data: dict[str, Any]) -> Text | None:
+    """One line for a ``ChatClient`` event, or None for events not shown."""
+    if kind == "chat":
+        return Text.assemble(("[chat] ", "cyan"), (f"{data['name']}", "bold cyan"), ": ",
+                             data["text"])
+    if kind == "status":
+        style = STATUS_STYLE.get(data.get("code"), "")
+        return Text.assemble(("[status] ", style or "blue"), (data["text"], style))
+    if kind == "join":
+        return Text.assemble(("[join] ", "green"), (f"{data['name']}({data['id']})", "green"))
+    if kind == "quit":
+        return Text.assemble(("[quit] ", "yellow"), (f"{data['name']}({data['id']})", "yellow"),
+                             ": ", data["text"])
+    return None
+
+
+def sent_text(target: str, text: str) -> Text:
+    """The echo of a chat this client sent."""
+    return Text.assemble(("[sent] ", "dim"), (target, "bold"), ": ", text)
+
+
+def who_table(me: User, users: Iterable[User]) -> Table:
+    """The known clients, this one first, then by name and id."""
+    others = sorted(users, key=lambda u: (u.name, u.id))
+    table = Table(title=f"{len(others)} other client(s) known")
+    table.add_column("id", justify="right")
+    table.add_column("name")
+    table.add_column("info")
+    table.add_row(str(me.id), Text.assemble(me.name, (" (you)", "dim")), me.info)
+    for user in others:
+        table.add_row(str(user.id), user.name, user.info)
+    return table
+
+
+def help_table() -> Table:
+    table = Table(title="Commands", show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for info in [*PLAIN_LINES, *COMMANDS.values()]:
+        table.add_row(info.usage, info.summary)
+    return table
+
+
+class View(Protocol):
+    """What the session needs from a view."""
+
+    def event(self, kind: str, data: dict[str, Any]) -> None: ...
+    def show(self, renderable: RenderableType) -> None: ...
+    def info(self, text: str) -> None: ...
+    def error(self, text: str) -> None: ...
+
+
+class LineView:
+    """Plain lines, no prompt: scripts and pipes."""
+
+    def __init__(self, out: Console | None = None, err: Console | None = None) -> None:
+        self.out = out or plain_console(sys.stdout)
+        self.err = err or plain_console(sys.stderr)
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        text = event_text(kind, data)
+        if text is not None:
+            self.out.print(text)
+
+    def show(self, renderable: RenderableType) -> None:
+        self.out.print(renderable)
+
+    def info(self, text: str) -> None:
+        self.err.print(Text(text, style="dim"))
+
+    def error(self, text: str) -> None:
+        self.err.print(Text.assemble(("error: ", "bold red"), text))
+
+
+def plain_console(stream: Any) -> Console:
+    """A console that never wraps lines or reads markup, colourless unless on a terminal."""
+    terminal = None if stream.isatty() else False
+    return Console(file=stream, force_terminal=terminal, highlight=False, soft_wrap=True,
+                   markup=False, emoji=False)
+
+
+class TerminalView:
+    """Styled lines printed above the prompt of an ``input()`` running in another thread."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.console = console or Console(highlight=False, markup=False, emoji=False)
+        self._lock = threading.Lock()
+        self._prompt = ""
+        self._reading = False
+
+    # -- keyboard thread ---------------------------------------------------------
+
+    def read_line(self, prompt: str) -> str:
+        """``input(prompt)``, marking the prompt as on screen while it waits."""
+        with self._lock:
+            self._prompt, self._reading = prompt, True
+        try:
+            return input(prompt)
+        finally:
+            with self._lock:
+                self._reading = False
+
+    # -- loop thread ---------------------------------------------------------------
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        text = event_text(kind, data)
+        if text is not None:
+            self._print(text)
+
+    def show(self, renderable: RenderableType) -> None:
+        self._print(renderable, stamp=False)
+
+    def info(self, text: str) -> None:
+        self._print(Text(text, style="dim"))
+
+    def error(self, text: str) -> None:
+        self._print(Text.assemble(("error: ", "bold red"), text))
+
+    def close(self) -> None:
+        """Leave the cursor on a clean line (a prompt may still be showing)."""
+        with self._lock:
+            if self._reading:
+                self._erase_prompt()
+                self._reading = False
+
+    def _print(self, renderable: RenderableType, stamp: bool = True) -> None:
+        with self._lock:
+            if self._reading:
+                self._erase_prompt()
+            if stamp and isinstance(renderable, Text):
+                renderable = Text.assemble((time.strftime("%H:%M:%S "), "dim"), renderable)
+            self.console.print(renderable)
+            if self._reading:
+                self._redraw_prompt()
+
+    def _typed(self) -> str:
+        return _readline.get_line_buffer() if _readline is not None else ""
+
+    def _erase_prompt(self) -> None:
+        """Clear the prompt line, and the rows above it if the typed text wrapped."""
+        width = max(1, self.console.width)
+        rows = cell_len(self._prompt + self._typed()) // width
+        self.console.file.write("\r\x1b[2K" + "\x1b[1A\x1b[2K" * rows)
+
+    def _redraw_prompt(self) -> None:
+        self.console.file.write(self._prompt + self._typed())
+        self.console.file.flush()

@@ -1,0 +1,333 @@
+"""The machines a scenario launches, behind one small interface.
+
+* ``LoopServer`` / ``LoopClient``: a core ``MeshServer`` or ``ChatClient`` in
+  its own ``EventLoop``, run in a thread named after the machine. Everything
+  that reads or changes their state runs in that thread (``call``), so a
+  snapshot is always consistent.
+* ``RecordingServer``: a ``MeshServer`` that records the hex of every chunk
+  it receives and handles none of it (``network_connectivity`` scenarios).
+* ``ProcessServer``: ``mesh_server.py`` as a subprocess, read through the
+  state query and ended with SIGTERM (stop) or SIGKILL (kill).
+* ``PlainMachine``: the v1-only ``PlainClient``.
+
+``kill()`` ends a machine at once and returns its state at that moment;
+``stop()`` ends it after the state was taken elsewhere. Neither tells the
+network anything: peers notice the closed sockets, as after a crash.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from ..client import ChatClient, ClientConfig
+from ..net import Connection, EventLoop
+from ..protocol import ClientChat, encode
+from ..routing import Kind
+from ..server import MeshServer, ServerConfig
+from .plain_client import BYTE_PACE, PlainClient
+from .state_query import query_state, wait_answering
+
+log = logging.getLogger(__name__)
+
+#: Seconds to wait for a machine's thread or process to answer or end.
+DEADLINE = 10.0
+LOCALHOST = "127.0.0.1"
+
+
+class MachineError(RuntimeError):
+    """A machine could not be started, reached or stopped."""
+
+
+class Machine:
+    """What the runner needs of every machine."""
+
+    name: str
+    kind: Kind
+
+    def snapshot(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def kill(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+
+class ClientMachine(Machine):
+    kind = Kind.CLIENT
+
+    def send_chat(self, dest: int, text: str) -> None:
+        raise NotImplementedError
+
+    def send_chat_bytewise(self, dest: int, text: str) -> None:
+        raise NotImplementedError
+
+    def quit(self, text: str) -> None:
+        raise NotImplementedError
+
+
+# -- machines in an event loop thread ------------------------------------------------
+
+
+class _LoopThread:
+    """A loop run by ``target`` in a thread named after the machine."""
+
+    def __init__(self, name: str, loop: EventLoop, target: Callable[[], None]) -> None:
+        self.loop = loop
+        self.thread = threading.Thread(target=target, name=name, daemon=True)
+        self.final: dict[str, Any] | None = None   # state when killed or stopped
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def call(self, fn: Callable[[], Any], timeout: float = DEADLINE) -> Any:
+        """Run ``fn`` in the loop's thread and return its result."""
+        if not self.thread.is_alive():
+            raise MachineError(f"{self.thread.name} is not running")
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:   # handed back to the caller's thread
+                future.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise MachineError(f"{self.thread.name} did not answer within {timeout:g} s") from None
+
+    def snapshot(self, take: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if self.final is not None:
+            return self.final
+        return self.call(take)
+
+    def kill(self, take: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Take the state and stop the loop in one step of the loop's thread."""
+        if self.final is None:
+            def take_and_stop() -> dict[str, Any]:
+                state = take()
+                self.loop.stop()
+                return state
+            self.final = self.call(take_and_stop)
+        self.join()
+        return self.final
+
+    def stop(self) -> None:
+        self.loop.stop()
+        self.join()
+
+    def join(self) -> None:
+        self.thread.join(DEADLINE)
+        if self.thread.is_alive():
+            raise MachineError(f"{self.thread.name} did not stop within {DEADLINE:g} s")
+
+
+class RecordingServer(MeshServer):
+    """Records the hex of every received chunk instead of handling it."""
+
+    def __init__(self, config: ServerConfig, loop: EventLoop | None = None) -> None:
+        super().__init__(config, loop)
+        self.received_hex: list[str] = []
+
+    def on_data(self, conn: Connection, data: bytes) -> None:
+        self.received_hex.append(data.hex())
+
+    def snapshot(self) -> dict:
+        state = super().snapshot()
+        state["recvd_messages_asdqw"] = list(self.received_hex)
+        return state
+
+
+class LoopServer(Machine):
+    kind = Kind.SERVER
+
+    def __init__(self, name: str, config: ServerConfig, recording: bool = False) -> None:
+        self.name = name
+        cls = RecordingServer if recording else MeshServer
+        self.server = cls(config)
+        self.runner = _LoopThread(name, self.server.loop, self.server.run)
+
+    def start(self) -> None:
+        try:
+            self.server.start()
+        except OSError as exc:
+            self.server.close()
+            raise MachineError(f"{self.name}: cannot listen on port {self.server.config.port}: "
+                               f"{exc.strerror or exc}") from None
+        self.runner.start()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.runner.snapshot(self.server.snapshot)
+
+    def kill(self) -> dict[str, Any]:
+        return self.runner.kill(self.server.snapshot)
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+
+def client_state(client: ChatClient) -> dict[str, Any]:
+    """A ``ChatClient``'s view in the runner's terms (call in its loop's thread)."""
+    return {
+        "id": client.id,
+        "name": client.name,
+        "connected_user_ids": sorted(client.users),
+        "status_updates_log": list(client.status_log),
+        "chat_messages_log": [text for _, text in client.chat_log],
+        "chat_sources": [source for source, _ in client.chat_log],
+        "connected": client.connected,
+        "extensions": client.ext,
+    }
+
+
+class LoopClient(ClientMachine):
+    def __init__(self, name: str, config: ClientConfig) -> None:
+        self.name = name
+        self.client = ChatClient(config)
+        self.runner = _LoopThread(name, self.client.loop, self.client.run)
+
+    def start(self) -> None:
+        self.client.start()
+        self.runner.start()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.runner.snapshot(lambda: client_state(self.client))
+
+    def kill(self) -> dict[str, Any]:
+        return self.runner.kill(lambda: client_state(self.client))
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+    def send_chat(self, dest: int, text: str) -> None:
+        self.client.send_chat_threadsafe(dest, text)
+
+    def quit(self, text: str) -> None:
+        self.client.quit_threadsafe(text)
+
+    def send_chat_bytewise(self, dest: int, text: str) -> None:
+        """Write the chat one byte per ``send()``, paced apart; return when done."""
+        data = encode(ClientChat(self.client.id, dest, text))
+        done = threading.Event()
+        loop = self.client.loop
+        give_up = loop.time() + DEADLINE
+
+        def step(i: int) -> None:
+            conn = self.client.conn
+            if conn is None or conn.closed or i >= len(data) or loop.time() > give_up:
+                done.set()
+                return
+            if not self.client.welcomed:       # not registered yet: nothing may interleave
+                loop.call_later(BYTE_PACE, step, i)
+                return
+            conn.send_bytes(data[i:i + 1])
+            conn.flush()
+            loop.call_later(BYTE_PACE, step, i + 1)
+
+        loop.call_soon_threadsafe(step, 0)
+        if not done.wait(DEADLINE + 1):
+            raise MachineError(f"{self.name}: bytewise send did not finish")
+
+
+class PlainMachine(ClientMachine):
+    def __init__(self, name: str, client: PlainClient) -> None:
+        self.name = name
+        self.client = client
+        self.final: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        try:
+            self.client.start()
+        except OSError as exc:
+            raise MachineError(f"{self.name}: cannot connect to {self.client.server}: "
+                               f"{exc.strerror or exc}") from None
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.final if self.final is not None else self.client.snapshot()
+
+    def kill(self) -> dict[str, Any]:
+        if self.final is None:
+            self.final = self.client.snapshot()
+            self.client.stop()
+        return self.final
+
+    def stop(self) -> None:
+        self.client.stop()
+
+    def send_chat(self, dest: int, text: str) -> None:
+        self.client.send_chat(dest, text)
+
+    def send_chat_bytewise(self, dest: int, text: str) -> None:
+        self.client.send_chat_bytewise(dest, text)
+
+    def quit(self, text: str) -> None:
+        self.client.quit(text)
+
+
+# -- servers as processes ------------------------------------------------------------------
+
+
+class ProcessServer(Machine):
+    """``mesh_server.py`` in a subprocess."""
+
+    kind = Kind.SERVER
+
+    def __init__(self, name: str, config: ServerConfig, script: Path, log_file: Path,
+                 work_dir: Path) -> None:
+        self.name = name
+        self.config = config
+        self.command = [sys.executable, str(script), "--port", str(config.port),
+                        "--id", str(config.id), "--name", config.name, "--info", config.info,
+                        "--log-file", str(log_file), "--work-dir", str(work_dir)]
+        if config.connect:
+            self.command += ["--connect", f"{config.connect[0]}:{config.connect[1]}"]
+        self.process: subprocess.Popen | None = None
+        self.final: dict[str, Any] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_answering(LOCALHOST, self.config.port, DEADLINE,
+                           alive=lambda: self.process.poll() is None)
+        except OSError as exc:
+            error = self._end(signal.SIGKILL)
+            raise MachineError(f"{self.name}: {exc}{': ' + error if error else ''}") from None
+
+    def snapshot(self) -> dict[str, Any]:
+        if self.final is not None:
+            return self.final
+        return query_state(LOCALHOST, self.config.port, DEADLINE)
+
+    def kill(self) -> dict[str, Any]:
+        if self.final is None:
+            self.final = self.snapshot()
+            self._end(signal.SIGKILL)
+        return self.final
+
+    def stop(self) -> None:
+        self._end(signal.SIGTERM)
+
+    def _end(self, sig: signal.Signals) -> str:
+        """Signal the process, wait for it, and return what it wrote to stderr."""
+        proc = self.process
+        if proc is None:
+            return ""
+        if proc.poll() is None:
+            proc.send_signal(sig)
+        try:
+            _, err = proc.communicate(timeout=DEADLINE)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        return err.decode(errors="replace").strip()

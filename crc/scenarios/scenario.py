@@ -1,0 +1,78 @@
+"""A scenario file: loading and checking its shape before anything runs.
+
+A scenario is a JSON object: ``type`` (which comparison applies, see
+``checks``), ``commands`` (scenario lines, see ``commands``), ``final_state``
+(expected state per machine name) and optionally ``description`` (free
+text, ignored). Every line is parsed up front, so a typo fails the file at
+once instead of halfway through a run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .commands import Command, CommandError, parse_command
+from .texts import check_expected_entry
+
+#: Scenario types this runner knows (see ``checks.COMPARED_KEYS``).
+TYPES = ("CRC_functionality", "network_connectivity", "mesh_strict")
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be run as written."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    type: str
+    commands: tuple[Command, ...]
+    final_state: dict[str, dict[str, Any]]
+    description: str = ""
+    path: Path | None = field(default=None, compare=False)
+
+
+def load(path: Path) -> Scenario:
+    """Read and check one scenario file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ScenarioError(f"{path}: cannot read: {exc}") from None
+    return from_dict(data, name=path.stem, path=path)
+
+
+def from_dict(data: Any, name: str, path: Path | None = None) -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(f"{name}: a scenario is a JSON object")
+    kind = data.get("type")
+    if kind not in TYPES:
+        raise ScenarioError(f"{name}: type {kind!r} is not one of {', '.join(TYPES)}")
+    lines = data.get("commands")
+    if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
+        raise ScenarioError(f"{name}: commands must be a list of strings")
+    try:
+        commands = tuple(parse_command(line) for line in lines)
+    except CommandError as exc:
+        raise ScenarioError(f"{name}: {exc}") from None
+    final_state = data.get("final_state", {})
+    _check_final_state(name, final_state)
+    description = data.get("description", "")
+    return Scenario(name, kind, commands, final_state, str(description), path)
+
+
+def _check_final_state(name: str, final_state: Any) -> None:
+    if not isinstance(final_state, dict):
+        raise ScenarioError(f"{name}: final_state must map machine names to objects")
+    for machine, expected in final_state.items():
+        if not isinstance(expected, dict):
+            raise ScenarioError(f"{name}: final_state[{machine!r}] must be an object")
+        for key, value in expected.items():
+            if not isinstance(value, list):
+                continue
+            for entry in value:
+                problem = check_expected_entry(entry)
+                if problem:
+                    raise ScenarioError(f"{name}: final_state[{machine!r}][{key!r}]: {problem}")

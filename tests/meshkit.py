@@ -1,0 +1,133 @@
+"""In-process meshes for tests: servers and clients in their own loop threads.
+
+Everything a test waits for goes through ``wait_for(condition, deadline)``;
+nothing sleeps a fixed time. Calls into a running loop go through
+``call(loop, fn)``, which runs ``fn`` in the loop's thread and returns its
+result, so tests never touch loop state from the wrong thread.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from crc.client import ChatClient, ClientConfig
+from crc.jobs.client import JobClient
+from crc.jobs.service import JobConfig, JobService
+from crc.net import EventLoop
+from crc.server import MeshServer, ServerConfig
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def call(loop: EventLoop, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """Run ``fn`` in ``loop``'s thread; return its result (or raise its error)."""
+    box: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        try:
+            box.put((True, fn()))
+        except BaseException as exc:  # handed back to the test thread
+            box.put((False, exc))
+
+    loop.call_soon_threadsafe(run)
+    ok, value = box.get(timeout=timeout)
+    if not ok:
+        raise value
+    return value
+
+
+class Node:
+    def __init__(self, server: MeshServer, jobs: JobService | None) -> None:
+        self.server = server
+        self.jobs = jobs
+        self.thread = threading.Thread(target=server.run, name=server.name, daemon=True)
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    def kill(self) -> None:
+        """Stop at once: sockets close, peers see the link drop."""
+        self.server.stop()
+        self.thread.join(10)
+
+
+class Mesh:
+    """A chain (or tree) of servers, each with a job service."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.nodes: list[Node] = []
+        self.clients: list[tuple[ChatClient, threading.Thread]] = []
+
+    def add(self, name: str, parent: Node | None = None, slots: int = 2,
+            **job_options: Any) -> Node:
+        connect = ("127.0.0.1", parent.server.port) if parent else None
+        server = MeshServer(ServerConfig(port=0, name=name, connect=connect))
+        jobs = JobService(server, JobConfig(slots=slots, work_dir=self.tmp / name,
+                                            load_interval=0.5, **job_options))
+        server.start()
+        node = Node(server, jobs)
+        node.thread.start()
+        self.nodes.append(node)
+        return node
+
+    def chain(self, n: int, **options: Any) -> list[Node]:
+        prev = None
+        for i in range(n):
+            prev = self.add(f"s{i + 1}", prev, **options)
+        self.wait_converged()
+        return self.nodes
+
+    def wait_converged(self, timeout: float = 10.0) -> None:
+        """Every server knows every other and holds a fresh load report of each."""
+        ids = {n.server.id for n in self.nodes}
+
+        def done() -> bool:
+            for n in self.nodes:
+                known = call(n.server.loop, lambda n=n: set(n.server.routes.hosts) | {n.server.id})
+                fresh = call(n.server.loop, lambda n=n: {r.server for r in n.jobs.eligible()})
+                if not ids <= known or not ids <= fresh:
+                    return False
+            return True
+        try:
+            wait_for(done, timeout, "the mesh to converge")
+        except AssertionError:
+            for n in self.nodes:
+                view = call(n.server.loop, lambda n=n: (sorted(n.server.routes.hosts),
+                            {e.report.server: round(time.monotonic() - e.received, 2)
+                             for e in n.jobs.table.entries.values()}, n.server.ext_servers()))
+                print(f"{n.name} id={n.server.id} hosts/load ages/ext links: {view}")
+            raise
+
+    def client(self, node: Node, name: str, base_dir: Path) -> tuple[ChatClient, JobClient]:
+        client = ChatClient(ClientConfig(("127.0.0.1", node.server.port), name))
+        jobs = JobClient(client, base_dir)
+        client.start()
+        thread = threading.Thread(target=client.loop.run, name=name, daemon=True)
+        thread.start()
+        self.clients.append((client, thread))
+        wait_for(lambda: client.ext, 10, f"{name} to complete the extension handshake")
+        return client, jobs
+
+    def close(self) -> None:
+        for client, thread in self.clients:
+            client.loop.stop()
+            thread.join(10)
+            client.close()
+        for node in self.nodes:
+            if node.thread.is_alive():
+                node.kill()

@@ -1,0 +1,258 @@
+"""Jobs end to end on in-process meshes over real sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from crc.jobs.client import Job, JobClient, JobError
+from crc.jobs.wire import Kind, frame
+
+from .meshkit import Mesh, call, wait_for
+
+
+@pytest.fixture
+def mesh(tmp_path: Path):
+    m = Mesh(tmp_path / "servers")
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    d = tmp_path / "work"
+    d.mkdir()
+    return d
+
+
+class Recorder:
+    """Collects job events with the time they arrived."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, str, object]] = []
+
+    def __call__(self, job: Job, run, event: str, data: object) -> None:
+        self.events.append((time.monotonic(), run.id, event, data))
+
+    def output(self, run_id: str | None = None) -> bytes:
+        return b"".join(d[1] for _, rid, ev, d in self.events
+                        if ev == "output" and (run_id is None or rid == run_id))
+
+
+def submit(client, jobs: JobClient, **kw) -> tuple[Job, Recorder]:
+    rec = Recorder()
+    job = call(client.loop, lambda: jobs.submit(listener=rec, **kw))
+    return job, rec
+
+
+def finished(job: Job, timeout: float = 20.0) -> Job:
+    wait_for(lambda: job.finished, timeout, f"job {job.id} ({job.label}) to finish")
+    return job
+
+
+def test_eight_jobs_over_four_idle_servers_land_two_per_server(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(4)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    submitted = [submit(client, jobs, shell="sleep 0.2")[0] for _ in range(8)]
+    for job in submitted:
+        finished(job)
+    placed = Counter(run.name for job in submitted for run in job.runs.values())
+    assert placed == {"s1": 2, "s2": 2, "s3": 2, "s4": 2}
+    assert all(job.exit_code == 0 for job in submitted)
+
+
+def test_output_streams_before_the_job_ends_and_exit_status_arrives(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    job, rec = submit(client, jobs, shell="echo first; sleep 1; echo second >&2; exit 3", on="s2")
+    finished(job)
+    (run,) = job.runs.values()
+    assert (run.name, run.exit, job.exit_code) == ("s2", 3, 3)
+    first = next(t for t, _, ev, d in rec.events if ev == "output" and d == (1, b"first\n"))
+    done = next(t for t, _, ev, _ in rec.events if ev == "done")
+    assert done - first > 0.5          # output came while the job was still running
+    assert (2, b"second\n") in [d for _, _, ev, d in rec.events if ev == "output"]
+
+
+def test_arguments_with_spaces_quotes_and_non_ascii_arrive_intact(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    args = ["a b", "'single'", '"double"', "$HOME", "héllo «wörld»", ""]
+    job, rec = submit(client, jobs, argv=["python3", "-c", "import sys; print(sys.argv[1:])", *args])
+    finished(job)
+    assert rec.output().decode().strip() == repr(args)
+
+
+def test_produced_files_come_back_with_their_executable_bit(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(3)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    (work / "in.txt").write_text("hello\n")
+    (work / "same.txt").write_text("unchanged\n")
+    job, _ = submit(client, jobs, on="s3", files=["in.txt", "same.txt"], shell=(
+        "tr a-z A-Z < in.txt > out.txt; printf '#!/bin/sh\\necho ran\\n' > tool.sh; "
+        "chmod 755 tool.sh; mkdir -p sub; echo deep > sub/deep.txt; echo more >> in.txt"))
+    finished(job)
+    (run,) = job.runs.values()
+    assert sorted(f.name for f in run.files) == ["in.txt", "out.txt", "sub/deep.txt", "tool.sh"]
+    assert (work / "out.txt").read_text() == "HELLO\n"
+    assert (work / "in.txt").read_text() == "hello\nmore\n"
+    assert (work / "sub" / "deep.txt").read_text() == "deep\n"
+    assert os.access(work / "tool.sh", os.X_OK)
+    assert not os.access(work / "out.txt", os.X_OK)
+
+
+def test_five_mebibytes_across_three_hops_arrive_byte_identical(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(4)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    data = os.urandom(5 << 20)
+    (work / "big.bin").write_bytes(data)
+    job, rec = submit(client, jobs, on="s4", files=["big.bin"], shell="sha256sum big.bin")
+    finished(job, 60)
+    assert rec.output().split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_a_shared_file_crosses_the_client_link_once(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(3)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    header = os.urandom(1 << 20)
+    (work / "common.h").write_bytes(header)
+    for i in range(3):
+        (work / f"f{i}.c").write_text(f"int f{i};\n")
+    submitted = [submit(client, jobs, on=f"s{i + 1}", files=["common.h", f"f{i}.c"],
+                        shell="cat common.h f*.c | wc -c")[0] for i in range(3)]
+    for job in submitted:
+        finished(job, 30)
+        assert job.exit_code == 0
+    # The header left the client once; relays served the other servers.
+    assert jobs.transfers.bytes_served == len(header) + sum(len(f"int f{i};\n") for i in range(3))
+
+
+def test_cancel_kills_the_whole_process_group(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    job, rec = submit(client, jobs, on="s2", shell="sleep 60 & echo $!; sleep 60")
+    wait_for(lambda: rec.output(), 10, "the job to print its child's pid")
+    child = int(rec.output().split()[0])
+    call(client.loop, lambda: jobs.cancel(job.id))
+    finished(job)
+    (run,) = job.runs.values()
+    assert run.error == "cancelled"
+    wait_for(lambda: not _alive(child), 5, "the background child to die")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_server_killed_mid_job_fails_the_job_within_seconds(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(3)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    job, rec = submit(client, jobs, on="s3", shell="echo started; sleep 60")
+    wait_for(lambda: rec.output(), 10, "the job to start")
+    killed_at = time.monotonic()
+    nodes[2].kill()
+    finished(job, 10)
+    (run,) = job.runs.values()
+    assert run.state == "failed" and "left the mesh" in run.error and run.lost
+    assert time.monotonic() - killed_at < 5
+
+
+def test_stdin_is_forwarded(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    job, rec = submit(client, jobs, on="s2", stdin=True, argv=["sort"])
+    wait_for(lambda: job.runs, 10, "the job to be accepted")
+    (run_id,) = job.runs
+    call(client.loop, lambda: jobs.send_input(run_id, b"pear\napple\n"))
+    call(client.loop, lambda: jobs.send_input(run_id, b"fig\n", eof=True))
+    finished(job)
+    assert rec.output() == b"apple\nfig\npear\n"
+
+
+def test_runall_runs_once_on_every_server(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(3)
+    client, jobs = mesh.client(nodes[1], "alice", work)
+    job, rec = submit(client, jobs, everywhere=True, argv=["echo", "hi"])
+    finished(job)
+    assert sorted(r.name for r in job.runs.values()) == ["s1", "s2", "s3"]
+    assert rec.output() == b"hi\n" * 3
+
+
+def test_unknown_pinned_server_is_a_clear_error(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    job, _ = submit(client, jobs, on="nowhere", shell="true")
+    finished(job)
+    assert job.error == "no server named 'nowhere' (known: s1, s2)"
+
+
+# -- limits and safety ---------------------------------------------------------------
+
+
+def test_path_traversal_is_refused_by_client_and_server(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    with pytest.raises(JobError, match="leaves the job directory"):
+        call(client.loop, lambda: jobs.submit(shell="true", files=["../secret"]))
+    with pytest.raises(JobError, match="absolute"):
+        call(client.loop, lambda: jobs.submit(shell="true", files=["/etc/passwd"]))
+    # A hostile client bypassing its own checks: the server refuses, nothing runs.
+    marker = work / "ran"
+    rec = Recorder()
+    job = Job("evil.1", "evil", rec)
+    jobs.jobs[job.id] = job
+    call(client.loop, lambda: client.send_extension(frame(Kind.SUBMIT, client.id, 0, {
+        "job": "evil.1", "shell": f"touch {marker}",
+        "files": [{"name": "../../x", "sha": "0" * 64, "size": 1, "mode": 420}]})))
+    finished(job)
+    assert "leaves the job directory" in job.error
+    assert not marker.exists()
+
+
+def test_symlink_pointing_out_is_not_returned(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    job, rec = submit(client, jobs, on="s2", shell="ln -s /etc/passwd leak; echo ok > fine.txt")
+    finished(job)
+    (run,) = job.runs.values()
+    assert [f.name for f in run.files] == ["fine.txt"]
+    assert not (work / "leak").exists()
+    assert b"leak is a symlink pointing outside the job directory" in rec.output()
+
+
+def test_output_cap_and_timeout_give_clear_errors(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(1, max_output=100_000)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    noisy, _ = submit(client, jobs, shell="yes")
+    slow, _ = submit(client, jobs, shell="sleep 30", timeout=0.5)
+    finished(noisy)
+    finished(slow)
+    assert list(noisy.runs.values())[0].error == "output exceeds 100000 bytes; job killed"
+    assert list(slow.runs.values())[0].error == "timed out after 0.5 s; job killed"
+
+
+def test_oversized_file_is_refused(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(1, max_file=1000)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    (work / "big").write_bytes(b"x" * 1001)
+    job, _ = submit(client, jobs, shell="true", files=["big"])
+    finished(job)
+    assert job.error == "file 'big' is 1001 bytes; the limit is 1000"
+
+
+def test_job_directories_are_cleaned_up(mesh: Mesh, work: Path, tmp_path: Path) -> None:
+    nodes = mesh.chain(1)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    (work / "a.txt").write_text("a")
+    for job in [submit(client, jobs, shell="cp a.txt b.txt", files=["a.txt"])[0] for _ in range(3)]:
+        finished(job)
+    assert list((tmp_path / "servers" / "s1" / "jobs").iterdir()) == []
