@@ -271,11 +271,6 @@ class JobClient:
     def _settle(self, job: Job, run: RunState) -> None:
         run.state = "done"
         job._emit(run, "done")
-        self._ack(run)
-
-    def _ack(self, run: RunState) -> None:
-        self.client.send_extension(frame(Kind.RESULT_ACK, self.client.id, run.server,
-                                         {"id": run.id}))
 
     def _on_failed(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)

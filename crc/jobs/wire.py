@@ -33,7 +33,6 @@ class Kind(IntEnum):
     DONE = 16           # executing server -> client: exit status, produced files
     CANCEL = 17         # client -> entry -> executing server
     FAILED = 18         # anyone -> client: the job could not run or was lost
-    RESULT_ACK = 19     # client -> executing server: results collected, forget them
     WANT = 20           # requester -> holder: send bytes [offset, offset+length) of a blob
     DATA = 21           # holder -> requester: bytes of a blob
     MISSING = 22        # holder -> requester: no such blob
