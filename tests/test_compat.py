@@ -1,0 +1,117 @@
+"""The CRC v1 runner's view: optparse options in, threads, request_terminate,
+plain attributes out — and its raw-bytes subclass hooks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from optparse import Values
+
+import pytest
+
+from crc.compat import CRCClient, CRCServer
+from crc.protocol import ServerRegistration, encode
+
+from .meshkit import wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_options(sid: int, name: str, port: int, connect_port: int | None = None) -> Values:
+    return Values({"id": sid, "servername": name, "port": port, "info": '"Home"',
+                   "log_file": f"{name}.log",
+                   "connect_to_host": "somewhere" if connect_port else None,
+                   "connect_to_port": connect_port})
+
+
+def client_options(cid: int, name: str, port: int) -> Values:
+    return Values({"id": cid, "serverhost": "theshire", "serverport": str(port),
+                   "username": name, "info": '"x"', "log_file": f"{name}.log"})
+
+
+class Runner:
+    """Drives machines the way the original runner does."""
+
+    def __init__(self) -> None:
+        self.threads: dict[str, tuple[object, threading.Thread]] = {}
+
+    def launch(self, app, name: str):
+        thread = threading.Thread(target=app.run)
+        self.threads[name] = (app, thread)
+        thread.start()
+        return app
+
+    def kill_all(self) -> None:
+        for app, thread in self.threads.values():
+            app.request_terminate = True
+            thread.join(10)
+            assert not thread.is_alive()
+
+
+@pytest.fixture
+def runner():
+    r = Runner()
+    yield r
+    r.kill_all()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_functionality_attributes_after_sequential_kill(runner: Runner) -> None:
+    p1, p2 = free_port(), free_port()
+    s1 = runner.launch(CRCServer(server_options(1, "theshire", p1), run_on_localhost=True), "s1")
+    wait_for(lambda: listening(p1), 5, "theshire to listen")
+    s2 = runner.launch(CRCServer(server_options(2, "rivendale", p2, p1), True), "s2")
+    wait_for(lambda: 2 in s1.hosts_db, 5, "rivendale to join")
+    frodo = runner.launch(CRCClient(client_options(101, "frodo", p1), True), "frodo")
+    sam = runner.launch(CRCClient(client_options(102, "sam", p2), True), "sam")
+    wait_for(lambda: 102 in frodo.connected_user_ids and 101 in sam.connected_user_ids, 5,
+             "clients to see each other")
+    frodo.message_other_client(102, '"Hello there"')
+    frodo.message_other_client(999, "nobody")
+    wait_for(lambda: sam.chat_messages_log and len(frodo.status_updates_log) == 2, 5,
+             "chat and unknown-id status")
+    runner.kill_all()
+    # Read after every machine stopped, one after another, like the runner.
+    assert sorted(s1.hosts_db) == [2, 101, 102]
+    assert sorted(s2.hosts_db) == [1, 101, 102]
+    assert s1.adjacent_server_ids == [2] and s1.adjacent_user_ids == [101]
+    assert sam.chat_messages_log == ['"Hello there"']
+    assert frodo.status_updates_log == ["Welcome to the Clemson Relay Chat network frodo",
+                                        "Unknown ID 999"]
+    assert list(frodo.connected_user_ids) == [102]
+
+
+def test_raw_bytes_subclass_records_the_joiners_first_bytes(runner: Runner) -> None:
+    """The runner's connectivity test overrides handle_messages to record only."""
+
+    class Recording(CRCServer):
+        def __init__(self, options, run_on_localhost=False):
+            super().__init__(options, run_on_localhost)
+            self.recvd_messages_asdqw: list[str] = []
+            self.keys_seen = 0
+
+        def handle_messages(self, select_key, recv_data):
+            self.recvd_messages_asdqw.append(recv_data.hex())
+
+        def accept_new_connection(self, sock):
+            before = set(self.sel._fd_to_key)
+            super().accept_new_connection(sock)
+            self.keys_seen += len(set(self.sel._fd_to_key) - before)
+
+    p1, p2 = free_port(), free_port()
+    hub = runner.launch(Recording(server_options(123, "theshire", p1), True), "hub")
+    wait_for(lambda: hub.listener is not None, 5, "hub to listen")
+    runner.launch(CRCServer(server_options(456, "rivendale", p2, p1), True), "joiner")
+    expected = encode(ServerRegistration(456, 0, "rivendale", '"Home"')).hex()
+    wait_for(lambda: hub.recvd_messages_asdqw, 5, "the joiner's bytes")
+    runner.kill_all()
+    assert hub.recvd_messages_asdqw == [expected]
+    assert hub.keys_seen == 1
