@@ -110,6 +110,7 @@ COMMANDS: dict[str, CommandInfo] = {
 PLAIN_LINES: list[CommandInfo] = [
     CommandInfo("TEXT", "send TEXT to the current target (set by /msg)"),
     CommandInfo("//TEXT", "send TEXT starting with '/'"),
+    CommandInfo("# TEXT", "a comment (in a script only)"),
 ]
 
 

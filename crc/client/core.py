@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..net import Connection, EventLoop
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
-    Message, MsgType, encode,
+    MAX_ID, Message, MsgType, encode,
     ProtocolError, Status, StatusCode, random_id,
 )
 from ..protocol.handshake import Hello, parse_hello
@@ -158,11 +158,16 @@ class ChatClient:
             return matches[0]
         if len(matches) > 1:
             raise LookupFailed(f"{target!r} is ambiguous: ids {', '.join(map(str, sorted(matches)))}")
-        if target.isdigit():
-            return int(target)
+        if target.isascii() and target.isdigit():
+            number = int(target)
+            if not 0 < number <= MAX_ID:
+                raise LookupFailed(f"{target} is not a valid id (1..{MAX_ID})")
+            return number
         raise LookupFailed(f"no known user named {target!r} (try /who)")
 
     def display_name(self, user_id: int) -> str:
+        if user_id == self.id:
+            return f"{self.name}({user_id})"
         user = self.users.get(user_id)
         return f"{user.name}({user_id})" if user else str(user_id)
 

@@ -18,9 +18,11 @@ prompt set from the keyboard thread, and serialises output with a lock.
 
 from __future__ import annotations
 
+import importlib
 import sys
 import threading
 import time
+from types import ModuleType
 from typing import Any, Iterable, Protocol
 
 from rich.cells import cell_len
@@ -31,11 +33,6 @@ from rich.text import Text
 from ..protocol import StatusCode
 from .commands import COMMANDS, PLAIN_LINES
 from .core import User
-
-try:  # line editing and prompt redraw; absent on some platforms
-    import readline as _readline
-except ImportError:  # pragma: no cover - depends on the Python build
-    _readline = None  # type: ignore[assignment]
 
 STATUS_STYLE = {StatusCode.WELCOME: "blue", StatusCode.UNKNOWN_ID: "red",
                 StatusCode.DUPLICATE_ID: "bold red"}
@@ -52,8 +49,10 @@ def event_text(kind: str, data: dict[str, Any]) -> Text | None:
     if kind == "join":
         return Text.assemble(("[join] ", "green"), (f"{data['name']}({data['id']})", "green"))
     if kind == "quit":
-        return Text.assemble(("[quit] ", "yellow"), (f"{data['name']}({data['id']})", "yellow"),
-                             ": ", data["text"])
+        line = Text.assemble(("[quit] ", "yellow"), (f"{data['name']}({data['id']})", "yellow"))
+        if data["text"]:
+            line.append(": ").append(data["text"])
+        return line
     return None
 
 
@@ -122,6 +121,18 @@ def plain_console(stream: Any) -> Console:
                    markup=False, emoji=False)
 
 
+def load_readline() -> ModuleType | None:
+    """``readline`` gives ``input()`` line editing and lets us redraw what was typed.
+
+    Imported only for a terminal: it is not in every Python build, and some
+    versions write control codes to standard output when loaded.
+    """
+    try:
+        return importlib.import_module("readline")
+    except ImportError:
+        return None
+
+
 class TerminalView:
     """Styled lines printed above the prompt of an ``input()`` running in another thread."""
 
@@ -130,6 +141,7 @@ class TerminalView:
         self._lock = threading.Lock()
         self._prompt = ""
         self._reading = False
+        self._readline = load_readline()
 
     # -- keyboard thread ---------------------------------------------------------
 
@@ -139,6 +151,10 @@ class TerminalView:
             self._prompt, self._reading = prompt, True
         try:
             return input(prompt)
+        except EOFError:
+            with self._lock:
+                self.console.file.write("\n")  # end the prompt line, as Enter would
+            raise
         finally:
             with self._lock:
                 self._reading = False
@@ -151,7 +167,7 @@ class TerminalView:
             self._print(text)
 
     def show(self, renderable: RenderableType) -> None:
-        self._print(renderable, stamp=False)
+        self._print(renderable)
 
     def info(self, text: str) -> None:
         self._print(Text(text, style="dim"))
@@ -166,18 +182,18 @@ class TerminalView:
                 self._erase_prompt()
                 self._reading = False
 
-    def _print(self, renderable: RenderableType, stamp: bool = True) -> None:
+    def _print(self, renderable: RenderableType) -> None:
         with self._lock:
             if self._reading:
                 self._erase_prompt()
-            if stamp and isinstance(renderable, Text):
+            if isinstance(renderable, Text):
                 renderable = Text.assemble((time.strftime("%H:%M:%S "), "dim"), renderable)
             self.console.print(renderable)
             if self._reading:
                 self._redraw_prompt()
 
     def _typed(self) -> str:
-        return _readline.get_line_buffer() if _readline is not None else ""
+        return self._readline.get_line_buffer() if self._readline is not None else ""
 
     def _erase_prompt(self) -> None:
         """Clear the prompt line, and the rows above it if the typed text wrapped."""

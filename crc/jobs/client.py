@@ -26,7 +26,7 @@ from .jobdir import FileRef
 from .rakefile import bad_relative_path
 from .store import BlobStore, hash_file
 from .transfer import Transfers
-from .wire import Kind, frame, unpack
+from .wire import Kind, frame, unpack, unpack_view
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,7 @@ class JobClient:
             return f.read(length)
 
     def _on_data(self, msg: Extension) -> None:
-        header, body = unpack(msg.payload)
+        header, body = unpack_view(msg.payload)
         self.transfers.on_data(header, body)
 
     def _on_missing(self, msg: Extension) -> None:

@@ -36,14 +36,14 @@ from ..net import Connection, Timer
 from ..protocol import Extension, ProtocolError
 from ..routing import Host, Kind as HostKind
 from ..server.server import MeshServer, Role
-from .jobdir import FileRef, JobDir, JobDirError
+from .jobdir import FileRef, JobDir, JobDirError, Sweeper
 from .load import LoadReport, LoadSampler, LoadTable, should_send
 from .process import STDERR, ChildProcess
 from .rakefile import bad_relative_path
 from .scheduler import Ledger, by_name, pick
 from .store import BlobStore, valid_sha
 from .transfer import Transfers
-from .wire import Kind, field as req, frame, unpack
+from .wire import Kind, field as req, frame, unpack, unpack_view
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,7 @@ class JobService:
         root = self.config.work_dir or Path(tempfile.mkdtemp(prefix=f"crc-{server.name}-"))
         self.root = Path(root)
         self.store = BlobStore(self.root / "blobs", max_blob=self.config.max_file)
+        self.sweeper = Sweeper(self.loop, self.root / "jobs-trash")
         self.transfers = Transfers(self.me, self.store, self._send)
         self.sampler = LoadSampler()
         self.table = LoadTable(self.config.stale_after)
@@ -456,7 +457,7 @@ class JobService:
                     files.append(FileRef(name, sha, size, mode).to_json())
             except OSError as exc:
                 warnings.append(f"could not collect produced files: {exc}")
-            run.jobdir.remove()
+            self.sweeper.discard(run.jobdir)
         for w in warnings:
             self._output(run, STDERR, f"crc: {w}\n".encode())
         seconds = round(time.monotonic() - run.started, 3)
@@ -482,7 +483,7 @@ class JobService:
             run.process.kill()          # _exited reports it
             return
         if run.jobdir is not None:
-            run.jobdir.remove()
+            self.sweeper.discard(run.jobdir)
         self._finish(run)
         if notify:
             self._to_client(run.client, Kind.FAILED, {"id": run.id, "error": error})
@@ -520,7 +521,7 @@ class JobService:
         return True
 
     def _on_data(self, conn: Connection | None, msg: Extension) -> None:
-        header, body = unpack(msg.payload)
+        header, body = unpack_view(msg.payload)
         self.transfers.on_data(header, body)
 
     def _on_missing(self, conn: Connection | None, msg: Extension) -> None:
@@ -537,6 +538,7 @@ class JobService:
             if run.jobdir is not None:
                 run.jobdir.remove()
         self.runs.clear()
+        self.sweeper.close()
         for sha in list(self.store.partials):
             self.store.abandon(sha)
         if self._own_root:

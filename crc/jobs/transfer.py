@@ -32,7 +32,8 @@ WINDOW = 8
 
 Send = Callable[[Extension], bool]
 Done = Callable[[str, "str | None"], None]     # (sha, error or None)
-Read = Callable[[str, int, int], "bytes | None"]
+Read = Callable[[str, int, int], "bytes | memoryview | None"]
+Chunk = tuple[int, "bytes | memoryview"]        # (offset, data) just received
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Transfers:
             fetch.next_offset += length
             fetch.in_flight += 1
 
-    def on_data(self, header: dict, body: bytes) -> None:
+    def on_data(self, header: dict, body: bytes | memoryview) -> None:
         sha = header.get("sha")
         fetch = self.fetches.get(sha) if isinstance(sha, str) else None
         if fetch is None:
@@ -115,16 +116,20 @@ class Transfers:
         try:
             if partial is None:
                 raise StoreError("transfer state lost")
-            partial.write(int(header.get("offset", -1)), body)
+            offset = int(header.get("offset", -1))
+            partial.write(offset, body)
         except (StoreError, ValueError, TypeError) as exc:
             self._fail(fetch, str(exc))
             return
         self.bytes_fetched += len(body)
         fetch.in_flight -= 1
+        # Requests for exactly this chunk (the usual case on a relay) are
+        # answered from memory rather than read back from the file.
+        chunk = (offset, body)
         if partial.complete:
-            self._finish(fetch)
+            self._finish(fetch, chunk)
         else:
-            self._answer_wants(fetch, partial.received)
+            self._answer_wants(fetch, partial.received, chunk)
             self._request_more(fetch)
 
     def on_missing(self, header: dict) -> None:
@@ -137,7 +142,7 @@ class Transfers:
         for fetch in [f for f in self.fetches.values() if f.holder == holder]:
             self._fail(fetch, "the machine holding it left the mesh")
 
-    def _finish(self, fetch: _Fetch) -> None:
+    def _finish(self, fetch: _Fetch, chunk: Chunk | None = None) -> None:
         partial = self.store.partials.get(fetch.sha)
         try:
             if partial is None:
@@ -147,7 +152,7 @@ class Transfers:
             self._fail(fetch, str(exc))
             return
         del self.fetches[fetch.sha]
-        self._answer_wants(fetch, fetch.size)
+        self._answer_wants(fetch, fetch.size, chunk)
         for done in fetch.waiters:
             done(fetch.sha, None)
 
@@ -189,13 +194,15 @@ class Transfers:
         partial = self.store.partials.get(sha)
         self._answer_wants(fetch, partial.received if partial else 0)
 
-    def _answer_wants(self, fetch: _Fetch, received: int) -> None:
+    def _answer_wants(self, fetch: _Fetch, received: int, chunk: Chunk | None = None) -> None:
         ready = [w for w in fetch.wants if w[1] + w[2] <= received]
         if not ready:
             return
         fetch.wants = [w for w in fetch.wants if w[1] + w[2] > received]
         partial = self.store.partials.get(fetch.sha)
         read: Read = self.store.read if partial is None else _reader(partial.path)
+        if chunk is not None:
+            read = _preferring(chunk, read)
         for requester, offset, length in ready:
             self._send_chunk(requester, fetch.sha, offset, length, fetch.size, read)
 
@@ -235,3 +242,14 @@ def _reader(path) -> Read:
             f.seek(offset)
             return f.read(length)
     return read
+
+
+def _preferring(chunk: Chunk, read: Read) -> Read:
+    """``read``, except that a request for exactly ``chunk`` is served from memory."""
+    start, data = chunk
+
+    def read_chunk(sha: str, offset: int, length: int) -> bytes | memoryview | None:
+        if offset == start and length == len(data):
+            return data
+        return read(sha, offset, length)
+    return read_chunk

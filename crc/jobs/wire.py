@@ -38,13 +38,25 @@ class Kind(IntEnum):
     MISSING = 22        # holder -> requester: no such blob
 
 
-def pack(header: dict[str, Any], body: bytes = b"") -> bytes:
+def pack(header: dict[str, Any], body: bytes | memoryview = b"") -> bytes:
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     return b"".join((_LEN.pack(len(head)), head, body))
 
 
 def unpack(payload: bytes) -> tuple[dict[str, Any], bytes]:
     """Split a payload into its JSON header and body; ``ProtocolError`` if malformed."""
+    header, start = _header(payload)
+    return header, payload[start:]
+
+
+def unpack_view(payload: bytes) -> tuple[dict[str, Any], memoryview]:
+    """Like ``unpack``, but the body is a view into ``payload``, not a copy (file data)."""
+    header, start = _header(payload)
+    return header, memoryview(payload)[start:]
+
+
+def _header(payload: bytes) -> tuple[dict[str, Any], int]:
+    """The JSON header of a payload and where its body starts."""
     if len(payload) < 4:
         raise ProtocolError("job frame shorter than its header length")
     (n,) = _LEN.unpack_from(payload)
@@ -56,11 +68,11 @@ def unpack(payload: bytes) -> tuple[dict[str, Any], bytes]:
         raise ProtocolError(f"job frame header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise ProtocolError("job frame header is not a JSON object")
-    return header, payload[4 + n:]
+    return header, 4 + n
 
 
-def frame(kind: Kind, source: int, dest: int, header: dict[str, Any], body: bytes = b"",
-          bulk: bool = False) -> Extension:
+def frame(kind: Kind, source: int, dest: int, header: dict[str, Any],
+          body: bytes | memoryview = b"", bulk: bool = False) -> Extension:
     return Extension(int(kind), source, dest, FLAG_BULK if bulk else 0, pack(header, body))
 
 

@@ -22,9 +22,9 @@ import errno
 import logging
 import os
 import socket
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
-from ..protocol import Decoder, Limits, Message, ProtocolError, encode
+from ..protocol import ChatFrame, Decoder, Limits, Message, ProtocolError, encode
 from .loop import EVENT_READ, EVENT_WRITE, EventLoop
 
 log = logging.getLogger(__name__)
@@ -143,12 +143,14 @@ class Connection:
         except OSError as exc:
             self.close(f"send failed: {exc.strerror or exc}")
             return
-        if self.buffered:
-            self._set_events(self._read_bit() | EVENT_WRITE)
-        else:
-            self._set_events(self._read_bit())
-            if self._close_after_flush:
-                self.close(self.close_reason)
+        events = self._read_bit()
+        if self._out or self._bulk:
+            events |= EVENT_WRITE
+        elif self._close_after_flush:
+            self.close(self.close_reason)
+            return
+        if events != self._events:
+            self._set_events(events)
 
     # -- input ------------------------------------------------------------------
 
@@ -204,14 +206,24 @@ class Connection:
         self.bytes_in += n
         self.owner.on_data(self, buffer[:n].tobytes())
 
-    def decode(self, data: bytes) -> None:
-        """Feed received bytes to the decoder and hand whole messages to the owner."""
+    def decode(self, data: bytes,
+               relay: Callable[["Connection", list[ChatFrame]], None] | None = None) -> None:
+        """Feed received bytes to the decoder and hand whole messages to the owner.
+
+        With ``relay``, whole chats at the front of the stream go to it first,
+        as wire frames (``Decoder.feed_relay``), and the rest to the owner.
+        """
         try:
-            messages = self.decoder.feed(data)
+            if relay is None:
+                chats, messages = None, self.decoder.feed(data)
+            else:
+                chats, messages = self.decoder.feed_relay(data)
         except ProtocolError as exc:
             log.warning("%r sent bad data: %s; disconnecting", self, exc)
             self.close(f"protocol error: {exc}")
             return
+        if chats:
+            relay(self, chats)
         if messages:
             self.owner.on_messages(self, messages)
 

@@ -182,9 +182,12 @@ class EventLoop:
                 abort = getattr(handler, "abort", None)
                 if abort is not None:
                     abort(f"internal error: {exc!r}")
-        self._run_timers()
-        self._run_ready()
-        self._flush()
+        if self._timers:
+            self._run_timers()
+        if self._ready:
+            self._run_ready()
+        if self._dirty:
+            self._flush()
 
     def _timeout(self, max_wait: float | None) -> float | None:
         if self._ready or self._dirty or self._stopping:

@@ -8,7 +8,9 @@ for that type, then variable-length fields whose lengths are in the header.
 whole messages it completes, keeping the remainder for the next call. Feeding
 a large message one byte at a time stays linear: the decoder remembers how
 many bytes the pending message needs and does not look again until they are
-there.
+there. ``Decoder.feed_relay(chunk)`` is the relay's variant: whole chats at
+the front come back as their exact wire bytes, checked but not decoded, so a
+server can pass them on without building and re-encoding a message.
 
 Anything a peer could get wrong (unknown type, a length over the configured
 cap, text that is not UTF-8) raises ``ProtocolError`` naming the field; after
@@ -50,6 +52,10 @@ _SQUIT = struct.Struct(">BIII")     # type, source, replacement, text len
 _CHAT = struct.Struct(">BIII")      # type, source, dest, text len
 _CQUIT = struct.Struct(">BII")      # type, source, text len
 _EXT = struct.Struct(">BHIIBI")     # type, kind, source, dest, flags, length
+_CHAT_TYPE = int(MsgType.CLIENT_CHAT)
+
+#: A client chat as relayed: (source id, destination id, its exact wire bytes).
+ChatFrame = tuple[int, int, bytes]
 
 HEADER_SIZES = {
     MsgType.SERVER_REGISTRATION: _REG.size,
@@ -132,21 +138,41 @@ class Decoder:
 
     def feed(self, data: bytes) -> list[Message]:
         """Add ``data`` to the stream; return every message it completes."""
+        self._append(data)
+        return self._messages()
+
+    def feed_relay(self, data: bytes) -> tuple[list[ChatFrame], list[Message]]:
+        """Like ``feed``, but whole client chats at the front come back as frames.
+
+        Returns ``(chats, messages)``: ``chats`` are the chats completed at the
+        current position before any other message, each as ``(source, dest,
+        frame)`` with ``frame`` its exact wire bytes (the text is checked to be
+        UTF-8, as ``feed`` checks it, but not decoded); ``messages`` is what
+        ``feed`` returns for the rest of the stream, in order (chats after
+        another message included). Errors are those of ``feed``, raised before
+        anything is returned.
+        """
+        self._append(data)
+        chats = self._chats() if len(self._buf) - self._pos >= self._need else []
+        return chats, self._messages()
+
+    def _append(self, data: bytes) -> None:
         if self._failed is not None:
             raise ProtocolError(f"stream already failed: {self._failed}")
         self._buf += data
+
+    def _messages(self) -> list[Message]:
         out: list[Message] = []
-        if len(self._buf) - self._pos < self._need:
-            return out
-        try:
-            while True:
-                msg = self._parse_one()
-                if msg is None:
-                    break
-                out.append(msg)
-        except ProtocolError as exc:
-            self._failed = exc
-            raise
+        if len(self._buf) - self._pos >= self._need:
+            try:
+                while True:
+                    msg = self._parse_one()
+                    if msg is None:
+                        break
+                    out.append(msg)
+            except ProtocolError as exc:
+                self._failed = exc
+                raise
         if self._pos:
             # Compact: drop consumed bytes once they dominate the buffer.
             if self._pos == len(self._buf):
@@ -156,6 +182,31 @@ class Decoder:
                 del self._buf[:self._pos]
                 self._pos = 0
         return out
+
+    def _chats(self) -> list[ChatFrame]:
+        """Take the whole chats at the current position as wire frames."""
+        buf = self._buf
+        pos, size = self._pos, len(buf)
+        cap = self.limits.max_text
+        chats: list[ChatFrame] = []
+        try:
+            while size - pos >= 13 and buf[pos] == _CHAT_TYPE:
+                _, source, dest, n = _CHAT.unpack_from(buf, pos)
+                if n > cap:
+                    self._cap(n, cap, "chat text length")
+                end = pos + 13 + n
+                if end > size:
+                    break
+                _text(buf, pos + 13, end, "chat text")
+                chats.append((source, dest, bytes(buf[pos:end])))
+                pos = end
+        except ProtocolError as exc:
+            self._failed = exc
+            raise
+        if chats:
+            self._pos = pos
+            self._need = 1
+        return chats
 
     def _parse_one(self) -> Message | None:
         buf, pos = self._buf, self._pos

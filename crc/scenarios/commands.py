@@ -5,8 +5,10 @@ The rest is cut into tokens separated by white space and commas, except
 inside double quotes; a quoted token keeps its quote characters (``--info
 "Home"`` gives the value ``"Home"``, quotes included). The tokens are then
 read the way ``optparse`` reads an argument list: ``--name value`` or
-``--name=value`` pairs, flags without a value, and positional arguments
-anywhere in between. ``--log-file`` and ``--log_file`` are the same option.
+``--name=value`` pairs (a long name may be shortened to any unambiguous
+prefix), ``-X value`` short forms, flags without a value, and positional
+arguments anywhere in between. ``--log-file`` and ``--log_file`` are the
+same option. ``WAIT`` and ``KILL`` take the rest of the line as it is.
 
 Pure functions on strings; nothing here knows what a command does.
 """
@@ -35,10 +37,35 @@ def tokenise(text: str) -> list[str]:
     return _TOKEN.findall(text)
 
 
-def split_line(line: str) -> tuple[str, list[str]]:
-    """The command word and the tokens of the rest of the line."""
+def split_line(line: str) -> tuple[str, str]:
+    """The command word and the rest of the line (split on the first space)."""
     word, _, rest = line.strip().partition(" ")
-    return word, tokenise(rest)
+    return word, rest
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """The options of one command: name -> takes a value; short form -> name."""
+
+    values: dict[str, bool]
+    short: dict[str, str] = field(default_factory=dict)
+    raw: bool = False          # no options at all: the rest of the line as is
+
+
+#: What each command accepts (the original runner's options, plus ours).
+COMMANDS: dict[str, OptionSpec] = {
+    "LAUNCHSERVER": OptionSpec({
+        "id": True, "servername": True, "port": True, "info": True, "log_file": True,
+        "connect_to_host": True, "connect_to_port": True}),
+    "LAUNCHCLIENT": OptionSpec({
+        "id": True, "serverhost": True, "serverport": True, "username": True, "info": True,
+        "log_file": True, "simulate": False, "verbose": False, "debug": False, "plain": False},
+        short={"S": "serverhost", "P": "serverport", "U": "username", "I": "info"}),
+    "CLIENTCOMMAND": OptionSpec({"username": True, "command": True}),
+    "SEND": OptionSpec({"source": True, "destination": True, "message": True}),
+    "WAIT": OptionSpec({}, raw=True),
+    "KILL": OptionSpec({}, raw=True),
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +76,7 @@ class Command:
     options: dict[str, str | bool] = field(default_factory=dict)
     args: tuple[str, ...] = ()
     line: str = ""
+    rest: str = ""             # everything after the command word
 
     def option(self, key: str, default: str | None = None) -> str | None:
         value = self.options.get(key, default)
@@ -57,71 +85,81 @@ class Command:
     def require(self, key: str) -> str:
         value = self.option(key)
         if value is None:
-            raise CommandError(f"{self.name}: --{key} is required in {self.line!r}")
+            raise CommandError(f"{self.name}: --{key} is required")
         return value
 
     def flag(self, key: str) -> bool:
         return bool(self.options.get(key, False))
 
-    def number(self, key: str, default: int | None = None) -> int | None:
+    def number(self, key: str) -> int | None:
         value = self.option(key)
-        if value is None:
-            return default
-        try:
-            return int(value)
-        except ValueError:
-            raise CommandError(f"{self.name}: --{key} {value!r} is not a number") from None
+        return None if value is None else parse_int(value, f"--{key}")
 
 
-#: Options each command accepts: True takes a value, False is a flag.
-OPTIONS: dict[str, dict[str, bool]] = {
-    "LAUNCHSERVER": {"id": True, "servername": True, "port": True, "info": True,
-                     "log_file": True, "connect_to_host": True, "connect_to_port": True},
-    "LAUNCHCLIENT": {"id": True, "serverhost": True, "serverport": True, "username": True,
-                     "info": True, "log_file": True, "plain": False},
-    "CLIENTCOMMAND": {"username": True, "command": True},
-    "WAIT": {},
-    "KILL": {},
-}
+def parse_int(text: str, what: str) -> int:
+    """An integer as optparse reads one: decimal, or 0x / 0o / 0b prefixed."""
+    bases = {"0x": 16, "0o": 8, "0b": 2}
+    try:
+        base = bases.get(text[:2].lower(), 10)
+        return int(text[2:] if base != 10 else text, base)
+    except ValueError:
+        raise CommandError(f"{what} {text!r} is not a number") from None
 
 
-def parse_options(tokens: list[str], known: dict[str, bool],
+def _long_name(name: str, spec: OptionSpec, command: str) -> str:
+    key = name.replace("-", "_")
+    if key in spec.values:
+        return key
+    matches = [known for known in spec.values if known.startswith(key)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise CommandError(f"{command}: --{name} is ambiguous ({', '.join(matches)})")
+    raise CommandError(f"{command}: unknown option --{name}")
+
+
+def parse_options(tokens: list[str], spec: OptionSpec,
                   command: str = "") -> tuple[dict[str, str | bool], list[str]]:
-    """Read ``--opt value`` pairs and flags out of ``tokens``; the rest is positional."""
+    """Read options and flags out of ``tokens``; the rest is positional."""
     options: dict[str, str | bool] = {}
     args: list[str] = []
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        i += 1
+    queue = list(tokens)
+    while queue:
+        token = queue.pop(0)
         if token == "--":
-            args += tokens[i:]
+            args += queue
             break
-        if not token.startswith("--"):
+        if token.startswith("--"):
+            name, eq, value = token[2:].partition("=")
+            key, inline = _long_name(name, spec, command), value if eq else None
+        elif token.startswith("-") and len(token) > 1:
+            if token[1] not in spec.short:
+                raise CommandError(f"{command}: unknown option -{token[1]}")
+            key, inline = spec.short[token[1]], token[2:] or None
+        else:
             args.append(token)
             continue
-        name, eq, value = token[2:].partition("=")
-        key = name.replace("-", "_")
-        if key not in known:
-            raise CommandError(f"{command}: unknown option --{name}")
-        if not known[key]:
-            if eq:
-                raise CommandError(f"{command}: --{name} takes no value")
+        if not spec.values[key]:
+            if inline is not None:
+                raise CommandError(f"{command}: --{key} takes no value")
             options[key] = True
             continue
-        if not eq:
-            if i >= len(tokens):
-                raise CommandError(f"{command}: --{name} needs a value")
-            value = tokens[i]
-            i += 1
-        options[key] = value
+        if inline is None:
+            if not queue:
+                raise CommandError(f"{command}: --{key} needs a value")
+            inline = queue.pop(0)
+        options[key] = inline
     return options, args
 
 
 def parse_command(line: str) -> Command:
     """Parse one scenario line; ``CommandError`` if it is not a known command."""
-    word, tokens = split_line(line)
-    if word not in OPTIONS:
-        raise CommandError(f"unknown command {word!r} in {line!r}")
-    options, args = parse_options(tokens, OPTIONS[word], word)
-    return Command(word, options, tuple(args), line)
+    word, rest = split_line(line)
+    spec = COMMANDS.get(word)
+    if spec is None:
+        raise CommandError(f"unknown command {word!r}")
+    tokens = tokenise(rest)
+    if spec.raw:
+        return Command(word, {}, tuple(tokens), line, rest.strip())
+    options, args = parse_options(tokens, spec, word)
+    return Command(word, options, tuple(args), line, rest.strip())

@@ -10,9 +10,10 @@
   state query and ended with SIGTERM (stop) or SIGKILL (kill).
 * ``PlainMachine``: the v1-only ``PlainClient``.
 
-``kill()`` ends a machine at once and returns its state at that moment;
-``stop()`` ends it after the state was taken elsewhere. Neither tells the
-network anything: peers notice the closed sockets, as after a crash.
+``kill()`` ends a machine at once and returns its state at that moment.
+``request_stop()`` then ``wait_stopped()`` end it after its state was taken
+(two steps, so a whole network stops in parallel). Neither tells the network
+anything: peers notice the closed sockets, as after a crash.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Callable
 
@@ -45,33 +47,39 @@ class MachineError(RuntimeError):
     """A machine could not be started, reached or stopped."""
 
 
-class Machine:
+class Machine(ABC):
     """What the runner needs of every machine."""
 
     name: str
     kind: Kind
 
-    def snapshot(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> None: ...
 
-    def kill(self) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    def snapshot(self) -> dict[str, Any]: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def kill(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def request_stop(self) -> None: ...
+
+    @abstractmethod
+    def wait_stopped(self) -> None: ...
 
 
 class ClientMachine(Machine):
     kind = Kind.CLIENT
 
-    def send_chat(self, dest: int, text: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def send_chat(self, dest: int, text: str) -> None: ...
 
-    def send_chat_bytewise(self, dest: int, text: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def send_chat_bytewise(self, dest: int, text: str) -> None: ...
 
-    def quit(self, text: str) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def quit(self, text: str) -> None: ...
 
 
 # -- machines in an event loop thread ------------------------------------------------
@@ -83,7 +91,7 @@ class _LoopThread:
     def __init__(self, name: str, loop: EventLoop, target: Callable[[], None]) -> None:
         self.loop = loop
         self.thread = threading.Thread(target=target, name=name, daemon=True)
-        self.final: dict[str, Any] | None = None   # state when killed or stopped
+        self.final: dict[str, Any] | None = None   # the state taken when killed
 
     def start(self) -> None:
         self.thread.start()
@@ -122,10 +130,6 @@ class _LoopThread:
         self.join()
         return self.final
 
-    def stop(self) -> None:
-        self.loop.stop()
-        self.join()
-
     def join(self) -> None:
         self.thread.join(DEADLINE)
         if self.thread.is_alive():
@@ -133,7 +137,11 @@ class _LoopThread:
 
 
 class RecordingServer(MeshServer):
-    """Records the hex of every received chunk instead of handling it."""
+    """Records the hex of every received chunk instead of handling it.
+
+    ``sent_messages_asdqw`` stays empty: the original runner's recording
+    server fills it from a hook no server calls, so files expect it empty.
+    """
 
     def __init__(self, config: ServerConfig, loop: EventLoop | None = None) -> None:
         super().__init__(config, loop)
@@ -145,6 +153,7 @@ class RecordingServer(MeshServer):
     def snapshot(self) -> dict:
         state = super().snapshot()
         state["recvd_messages_asdqw"] = list(self.received_hex)
+        state["sent_messages_asdqw"] = []
         return state
 
 
@@ -172,8 +181,11 @@ class LoopServer(Machine):
     def kill(self) -> dict[str, Any]:
         return self.runner.kill(self.server.snapshot)
 
-    def stop(self) -> None:
-        self.runner.stop()
+    def request_stop(self) -> None:
+        self.server.stop()
+
+    def wait_stopped(self) -> None:
+        self.runner.join()
 
 
 def client_state(client: ChatClient) -> dict[str, Any]:
@@ -206,8 +218,11 @@ class LoopClient(ClientMachine):
     def kill(self) -> dict[str, Any]:
         return self.runner.kill(lambda: client_state(self.client))
 
-    def stop(self) -> None:
-        self.runner.stop()
+    def request_stop(self) -> None:
+        self.client.loop.stop()
+
+    def wait_stopped(self) -> None:
+        self.runner.join()
 
     def send_chat(self, dest: int, text: str) -> None:
         self.client.send_chat_threadsafe(dest, text)
@@ -261,7 +276,10 @@ class PlainMachine(ClientMachine):
             self.client.stop()
         return self.final
 
-    def stop(self) -> None:
+    def request_stop(self) -> None:
+        self.client.shutdown()
+
+    def wait_stopped(self) -> None:
         self.client.stop()
 
     def send_chat(self, dest: int, text: str) -> None:
@@ -298,11 +316,15 @@ class ProcessServer(Machine):
         self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_answering(LOCALHOST, self.config.port, DEADLINE,
-                           alive=lambda: self.process.poll() is None)
+            state = wait_answering(LOCALHOST, self.config.port, DEADLINE,
+                                   alive=lambda: self.process.poll() is None)
         except OSError as exc:
             error = self._end(signal.SIGKILL)
             raise MachineError(f"{self.name}: {exc}{': ' + error if error else ''}") from None
+        if state.get("id") != self.config.id:
+            self._end(signal.SIGKILL)
+            raise MachineError(f"{self.name}: port {self.config.port} is answered by another "
+                               f"server ({state.get('name')!r}, id {state.get('id')})")
 
     def snapshot(self) -> dict[str, Any]:
         if self.final is not None:
@@ -315,16 +337,23 @@ class ProcessServer(Machine):
             self._end(signal.SIGKILL)
         return self.final
 
-    def stop(self) -> None:
-        self._end(signal.SIGTERM)
+    def request_stop(self) -> None:
+        self._signal(signal.SIGTERM)
 
-    def _end(self, sig: signal.Signals) -> str:
-        """Signal the process, wait for it, and return what it wrote to stderr."""
+    def wait_stopped(self) -> None:
+        self._end(None)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+
+    def _end(self, sig: signal.Signals | None) -> str:
+        """Signal the process (if ``sig``), wait for it, and return its standard error."""
         proc = self.process
         if proc is None:
             return ""
-        if proc.poll() is None:
-            proc.send_signal(sig)
+        if sig is not None:
+            self._signal(sig)
         try:
             _, err = proc.communicate(timeout=DEADLINE)
         except subprocess.TimeoutExpired:

@@ -147,11 +147,13 @@ class PlainClient:
         self._send(registration_bytes(self.id, self.name, self.info))
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._shutdown()
+        """Close the connection and wait for the reader thread to end."""
+        self.shutdown()
         if self._reader is not None:
             self._reader.join(timeout)
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
+        """Close the connection both ways (the reader thread then ends)."""
         if self._sock is not None:
             try:
                 self._sock.shutdown(socket.SHUT_RDWR)
@@ -174,7 +176,7 @@ class PlainClient:
 
     def quit(self, text: str = "") -> None:
         self._send(quit_bytes(self.id, text))
-        self._shutdown()
+        self.shutdown()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

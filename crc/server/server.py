@@ -27,7 +27,7 @@ from typing import Callable
 from ..net import Connection, EventLoop
 from ..net.loop import EVENT_READ
 from ..protocol import (
-    DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
+    DEFAULT_LIMITS, FLAG_BULK, ChatFrame, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
     Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status, StatusCode, encode,
     duplicate_id_text, random_id, unknown_id_text, welcome_text,
 )
@@ -192,7 +192,12 @@ class MeshServer:
         return conn
 
     def on_data(self, conn: Connection, data: bytes) -> None:
-        conn.decode(data)
+        role = conn.peer.role
+        if role is Role.SERVER or role is Role.CLIENT:
+            # A registered link: chats are passed on as the bytes they came in.
+            conn.decode(data, self._relay_chats)
+        else:
+            conn.decode(data)
 
     def on_messages(self, conn: Connection, messages: list[Message]) -> None:
         link: Link = conn.peer
@@ -234,10 +239,14 @@ class MeshServer:
 
     # -- sending helpers --------------------------------------------------------------
 
+    def _link_towards(self, host_id: int) -> Connection | None:
+        """The connection of ``host_id``'s first link; None if it is unknown."""
+        first = self.routes.first_link(host_id)
+        return self.links.get(first) if first is not None else None
+
     def _send_to(self, host_id: int, msg: Message) -> bool:
         """Send ``msg`` towards ``host_id`` through its first link."""
-        first = self.routes.first_link(host_id)
-        conn = self.links.get(first) if first is not None else None
+        conn = self._link_towards(host_id)
         if conn is None:
             return False
         conn.send(msg)
@@ -406,11 +415,30 @@ class MeshServer:
         return True
 
     def _on_chat(self, conn: Connection, msg: ClientChat) -> None:
-        if not self._check_source(conn, msg.source, "chat"):
+        self._relay_chat(conn, msg.source, msg.dest, encode(msg))
+
+    def _relay_chats(self, conn: Connection, chats: list[ChatFrame]) -> None:
+        """Chats taken off a registered link's stream undecoded (``Decoder.feed_relay``)."""
+        link: Link = conn.peer
+        for source, dest, frame in chats:
+            if conn.closed or link.role is Role.DONE:
+                return
+            try:
+                self._relay_chat(conn, source, dest, frame)
+            except ProtocolError as exc:
+                self.drop(conn, f"protocol error: {exc}")
+                return
+
+    def _relay_chat(self, conn: Connection, source: int, dest: int, frame: bytes) -> None:
+        """Pass a chat (``frame``: its wire bytes) on towards ``dest``."""
+        if not self._check_source(conn, source, "chat"):
             return
-        if not self._send_to(msg.dest, msg):
-            self._send_to(msg.source, Status(self.id, msg.source, StatusCode.UNKNOWN_ID,
-                                             unknown_id_text(msg.dest)))
+        target = self._link_towards(dest)
+        if target is not None:
+            target.send_bytes(frame)
+        else:
+            self._send_to(source, Status(self.id, source, StatusCode.UNKNOWN_ID,
+                                         unknown_id_text(dest)))
 
     def _on_status(self, conn: Connection, msg: Status) -> None:
         link: Link = conn.peer
@@ -534,6 +562,9 @@ class MeshServer:
             "adjacent_user_ids": sorted(self.routes.adjacent(Kind.CLIENT)),
             "status_updates_log": list(self.status_log),
             "extension_links": sorted(pid for pid, c in self.links.items() if c.peer.ext),
+            # Traffic on the links to adjacent servers and clients open now.
+            "bytes_in": sum(c.bytes_in for c in self.links.values()),
+            "bytes_out": sum(c.bytes_out for c in self.links.values()),
         }
 
     def _answer_state_query(self, conn: Connection) -> None:

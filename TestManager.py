@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Run the CRC scenario files in TestCases/. See `python TestManager.py --help`."""
+
+import sys
+
+from crc.scenarios.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

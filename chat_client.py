@@ -1,0 +1,9 @@
+#!/usr/bin/env python3
+"""Chat on a CRC Mesh network from a terminal or a script. See `python chat_client.py --help`."""
+
+import sys
+
+from crc.client.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

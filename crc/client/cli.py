@@ -1,0 +1,199 @@
+"""Command line of ``chat_client.py``: flags, wiring, signals, the run loop.
+
+The only place in the client that touches process-wide state: standard
+streams, signal handlers, the root logger and the terminal's settings. It
+builds a ``ChatClient``, a view and a ``Session``, attaches one input source
+(the keyboard thread, standard input read in the loop, or a script file),
+and runs the client's event loop in the main thread until the session ends.
+
+A command word after the flags (``rake``, ``run``, ``runall``) hands the
+rest of the command line to batch mode (``crc.client.batch``) instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+from typing import Any, Iterator
+
+from ..server.cli import host_id, host_port
+from .core import ChatClient, ClientConfig
+from .inputs import Keyboard, PipeReader, feed_text
+from .session import Session
+from .tui import LineView, TerminalView, View
+
+PROG = "chat_client.py"
+BATCH_COMMANDS = ("rake", "run", "runall")
+#: The client's name in batch mode when ``--name`` is not given.
+BATCH_NAME = "batch"
+
+
+def user_name(text: str) -> str:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the name must not be empty")
+    if size > 255:
+        raise argparse.ArgumentTypeError(f"the name is {size} bytes of UTF-8; the limit is 255")
+    return text
+
+
+def info_text(text: str) -> str:
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > 65535:
+        raise argparse.ArgumentTypeError(f"the info is {size} bytes of UTF-8; the limit is 65535")
+    return text
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Chat on a CRC Mesh (or any CRC v1) network. Interactive on a terminal; "
+                    "otherwise runs the commands read from standard input or --script. "
+                    "Type /help in the client for the commands. With rake, run or runall "
+                    "after the flags, runs jobs instead (see: %(prog)s --server H:P run -h).")
+    p.add_argument("--server", type=host_port, required=True, metavar="HOST:PORT",
+                   help="the server to connect to")
+    p.add_argument("--name", type=user_name, help="your user name (required to chat)")
+    p.add_argument("--id", type=host_id, default=0, help="your 32-bit id (default: random)")
+    p.add_argument("--info", type=info_text, default="", help="free text about you")
+    p.add_argument("--script", metavar="FILE",
+                   help="run the commands in FILE ('-': standard input) instead of the keyboard")
+    p.add_argument("--connect-timeout", type=seconds, default=10.0, metavar="SECONDS",
+                   help="give up if the server has not welcomed us by then (default: 10)")
+    p.add_argument("--log-level", default="WARNING",
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                   help="diagnostics on standard error (default: WARNING)")
+    p.add_argument("batch", nargs=argparse.REMAINDER, metavar="rake|run|runall ...",
+                   help="run jobs on the mesh instead of chatting")
+    return p
+
+
+def read_script(parser: argparse.ArgumentParser, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as exc:
+        parser.error(f"cannot read script {path}: {exc.strerror or exc}")
+    except UnicodeDecodeError as exc:
+        parser.error(f"script {path} is not UTF-8: {exc}")
+
+
+class ViewLogHandler(logging.Handler):
+    """Log records as view lines, so they do not break the prompt."""
+
+    def __init__(self, view: View) -> None:
+        super().__init__()
+        self.view = view
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.view.info(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def configure_logging(level: str, view: View) -> None:
+    handler = ViewLogHandler(view)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def tolerate_unencodable_output() -> None:
+    """A name or text the terminal's encoding cannot show must not crash the client."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
+@contextlib.contextmanager
+def terminal_restored(enabled: bool) -> Iterator[None]:
+    """Put the terminal's settings back on exit, even if ``input()`` was still running."""
+    saved: Any = None
+    if enabled:
+        try:
+            import termios
+            saved = termios.tcgetattr(sys.stdin.fileno())
+        except (ImportError, OSError):
+            saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            import termios
+            with contextlib.suppress(OSError):
+                termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+
+
+def install_signal_handlers(session: Session) -> None:
+    def on_signal(_signum: int, _frame: object) -> None:
+        session.loop.call_soon_threadsafe(session.interrupt)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def attach_input(session: Session, script_text: str | None, view: View) -> None:
+    """Connect the one input source this run reads commands from."""
+    if script_text is not None:
+        feed_text(script_text, session.feed, session.feed_eof)
+    elif isinstance(view, TerminalView):
+        Keyboard(session.loop, view.read_line, lambda: session.prompt,
+                 session.feed, session.feed_eof).start()
+    else:
+        reader = PipeReader(session.loop, sys.stdin.fileno(), session.feed, session.feed_eof)
+        if not reader.start():
+            feed_text(sys.stdin.read(), session.feed, session.feed_eof)
+
+
+def run_batch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    command = args.batch[0]
+    if command not in BATCH_COMMANDS:
+        parser.error(f"unknown command {command!r} (expected one of {', '.join(BATCH_COMMANDS)})")
+    from .batch import batch_main  # the jobs machinery is loaded only when used
+    return batch_main(args.server, args.batch, args.name or BATCH_NAME, args.id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch:
+        return run_batch(parser, args)
+    if args.name is None:
+        parser.error("the following arguments are required to chat: --name")
+    script_text = (read_script(parser, args.script)
+                   if args.script is not None and args.script != "-" else None)
+    interactive = args.script is None and sys.stdin.isatty()
+    tolerate_unencodable_output()
+    view: View = TerminalView() if interactive else LineView()
+    configure_logging(args.log_level, view)
+    client = ChatClient(ClientConfig(server=args.server, name=args.name, id=args.id,
+                                     info=args.info))
+    session = Session(client, view, script=not interactive,
+                      connect_timeout=args.connect_timeout)
+    with terminal_restored(interactive):
+        try:
+            install_signal_handlers(session)
+            if session.start():
+                attach_input(session, script_text, view)
+                client.loop.run()
+        finally:
+            if isinstance(view, TerminalView):
+                view.close()
+            client.close()
+    return session.exit_code or 0

@@ -1,0 +1,16 @@
+"""The scenario test manager: scenario files in, verdicts out.
+
+Modules: ``commands`` (tokenising scenario lines), ``scenario`` (loading a
+file), ``texts`` (generated and long texts), ``machines`` (servers and clients
+in threads or processes), ``plain_client`` (a v1-only witness client),
+``state_query`` (reading a server process's state), ``checks`` (comparing
+states), ``runner`` (playing one scenario), ``ui`` and ``cli`` (the
+``TestManager.py`` front end). See docs/scenarios.md.
+"""
+
+from .checks import Problem, check
+from .runner import ScenarioResult, run_scenario
+from .scenario import Scenario, ScenarioError, load
+
+__all__ = ["Problem", "Scenario", "ScenarioError", "ScenarioResult", "check", "load",
+           "run_scenario"]

@@ -1,0 +1,56 @@
+"""Command line of ``TestManager.py``: which scenario files to run, and how.
+
+``python TestManager.py [PREFIX ...] [--list] [--processes]``: PREFIX keeps
+the files of ``TestCases/`` whose name starts with it (all files without
+one); they run one after another. The exit status is 1 when any scenario
+failed, 2 when no file matched.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+
+from .runner import ROOT
+from .ui import list_scenarios, run_all, show_no_match
+
+SUFFIXES = (".cfg", ".json")
+
+
+def find_scenarios(directory: Path, prefixes: Sequence[str] = ()) -> list[Path]:
+    """Scenario files in ``directory`` whose names start with one of ``prefixes``."""
+    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+    if prefixes:
+        files = [p for p in files if any(p.name.startswith(prefix) for prefix in prefixes)]
+    return files
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="TestManager.py",
+                                description="Run CRC scenario files (TestCases/) and check "
+                                            "the final state of every machine.")
+    p.add_argument("prefixes", nargs="*", metavar="PREFIX",
+                   help="run only files whose name starts with PREFIX (default: all)")
+    p.add_argument("--list", action="store_true", help="list the selected files and exit")
+    p.add_argument("--processes", action="store_true",
+                   help="run servers as mesh_server.py processes (state read by query)")
+    p.add_argument("--dir", type=Path, default=ROOT / "TestCases",
+                   help="directory of scenario files (default: TestCases/)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None, root: Path = ROOT) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    paths = find_scenarios(args.dir, args.prefixes)
+    if not paths:
+        show_no_match(console, args.dir, args.prefixes)
+        return 2
+    if args.list:
+        list_scenarios(console, paths)
+        return 0
+    results = run_all(paths, processes=args.processes, root=root, console=console)
+    return 0 if all(r.passed for r in results) else 1

@@ -1,0 +1,101 @@
+"""The chat client's command parser: pure, no network, no screen."""
+
+from __future__ import annotations
+
+import pytest
+
+from crc.client.commands import (
+    COMMANDS, DEFAULT_WAIT, CommandError, Help, Msg, Nothing, Quit, Say, Sleep, Wait, WaitMsg,
+    Who, parse,
+)
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("hello", Say("hello")),
+    ("  leading and trailing  ", Say("  leading and trailing  ")),
+    ('héllo «wörld» "quoted"', Say('héllo «wörld» "quoted"')),
+    ("//etc/passwd is a path", Say("/etc/passwd is a path")),
+    ("hello\n", Say("hello")),
+    ("hello\r\n", Say("hello")),
+    ("", Nothing()),
+    ("   \t", Nothing()),
+    ("# not a comment interactively", Say("# not a comment interactively")),
+])
+def test_plain_lines(line: str, expected: object) -> None:
+    assert parse(line) == expected
+
+
+def test_comments_only_in_scripts() -> None:
+    assert parse("# a comment", script=True) == Nothing()
+    assert parse("   # indented comment", script=True) == Nothing()
+    assert parse("text # with a hash", script=True) == Say("text # with a hash")
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("/msg bob hi", Msg("bob", "hi")),
+    ("/msg 102 hi there", Msg("102", "hi there")),
+    ('/msg bob   héllo «wörld» "x"  ', Msg("bob", 'héllo «wörld» "x"  ')),
+    ("/msg\tbob\ttabbed text", Msg("bob", "tabbed text")),
+    ("/msg bob", Msg("bob", "")),
+    ("/MSG bob loud", Msg("bob", "loud")),
+    ("  /msg bob spaced", Say("  /msg bob spaced")),
+])
+def test_msg(line: str, expected: object) -> None:
+    assert parse(line) == expected
+
+
+@pytest.mark.parametrize("line, expected", [
+    ("/who", Who()),
+    ("/help", Help()),
+    ("/quit", Quit("")),
+    ("/quit see you «soon»", Quit("see you «soon»")),
+    ("/wait bob", Wait("bob", DEFAULT_WAIT)),
+    ("/wait 102 2.5", Wait("102", 2.5)),
+    ("/wait bob 0", Wait("bob", 0.0)),
+    ("/waitmsg alice", WaitMsg("alice", DEFAULT_WAIT)),
+    ("/waitmsg alice 30", WaitMsg("alice", 30.0)),
+    ("/sleep 0.25", Sleep(0.25)),
+])
+def test_other_commands(line: str, expected: object) -> None:
+    assert parse(line) == expected
+
+
+@pytest.mark.parametrize("line, message", [
+    ("/frobnicate now", "unknown command /frobnicate"),
+    ("/", "a command name must follow '/'"),
+    ("/msg", "/msg needs a user name or id"),
+    ("/msg   ", "/msg needs a user name or id"),
+    ("/who bob", "/who takes no arguments"),
+    ("/help me", "/help takes no arguments"),
+    ("/wait", "/wait needs a user name or id"),
+    ("/wait bob soon", "'soon' is not a number of seconds"),
+    ("/wait bob -1", "'-1' is not a number of seconds (0 or more)"),
+    ("/wait bob nan", "'nan' is not a number of seconds (0 or more)"),
+    ("/wait bob 1 2", "unexpected '2'"),
+    ("/waitmsg", "/waitmsg needs a user name or id"),
+    ("/sleep", "/sleep needs a number of seconds"),
+    ("/sleep inf", "'inf' is not a number of seconds (0 or more)"),
+    ("/sleep 1 2", "unexpected '2'"),
+])
+def test_errors_say_what_is_wrong(line: str, message: str) -> None:
+    with pytest.raises(CommandError) as caught:
+        parse(line)
+    assert message in str(caught.value)
+
+
+def test_usage_errors_show_the_usage() -> None:
+    with pytest.raises(CommandError, match=r"usage: /wait NAME\|ID \[SECONDS\]"):
+        parse("/wait")
+
+
+def test_unknown_command_hints_at_help() -> None:
+    with pytest.raises(CommandError, match=r"type /help"):
+        parse("/nick bob")
+
+
+def test_every_listed_command_parses() -> None:
+    samples = {"msg": "/msg bob hi", "who": "/who", "wait": "/wait bob", "waitmsg": "/waitmsg bob",
+               "sleep": "/sleep 1", "quit": "/quit", "help": "/help"}
+    assert set(samples) == set(COMMANDS)
+    for line in samples.values():
+        parse(line)
