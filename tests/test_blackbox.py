@@ -55,8 +55,9 @@ class Processes:
         self.children: list[subprocess.Popen] = []
 
     def start(self, args: list[str], **kwargs) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, *args], env=child_env(), cwd=ROOT,
-                                encoding="utf-8", **kwargs)
+        kwargs.setdefault("cwd", ROOT)
+        proc = subprocess.Popen([sys.executable, *args], env=child_env(), encoding="utf-8",
+                                **kwargs)
         self.children.append(proc)
         return proc
 

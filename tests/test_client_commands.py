@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from crc.client.commands import (
-    COMMANDS, DEFAULT_WAIT, CommandError, Help, Msg, Nothing, Quit, Say, Sleep, Wait, WaitMsg,
-    Who, parse,
+    COMMANDS, DEFAULT_WAIT, Cancel, CommandError, Eof, Help, Jobs, Load, Msg, Nothing, Quit, Rake,
+    Run, RunAll, Say, Sleep, Wait, WaitMsg, Who, parse,
 )
 
 
@@ -95,7 +95,44 @@ def test_unknown_command_hints_at_help() -> None:
 
 def test_every_listed_command_parses() -> None:
     samples = {"msg": "/msg bob hi", "who": "/who", "wait": "/wait bob", "waitmsg": "/waitmsg bob",
-               "sleep": "/sleep 1", "quit": "/quit", "help": "/help"}
+               "sleep": "/sleep 1", "quit": "/quit", "help": "/help",
+               "run": "/run make", "runall": "/runall uname -n", "jobs": "/jobs",
+               "cancel": "/cancel 1.2", "load": "/load", "rake": "/rake", "eof": "/eof"}
     assert set(samples) == set(COMMANDS)
     for line in samples.values():
+        parse(line)
+
+
+# -- job commands ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("line, expected", [
+    ('/run ls -l "a b"', Run('ls -l "a b"')),
+    ("/run --on s2 -i cat", Run("cat", on="s2", stdin=True)),
+    ("/run -i --on s2 tr a-z A-Z", Run("tr a-z A-Z", on="s2", stdin=True)),
+    ("/run   echo  spaced  ", Run("echo  spaced")),
+    ("/runall uname -n", RunAll("uname -n")),
+    ("/jobs", Jobs()),
+    ("/cancel 17.3@s2", Cancel("17.3@s2")),
+    ("/load", Load()),
+    ("/rake", Rake("Rakefile")),
+    ("/rake build/Rakefile", Rake("build/Rakefile")),
+    ("/eof", Eof()),
+])
+def test_job_commands_parse(line: str, expected: object) -> None:
+    assert parse(line) == expected
+
+
+@pytest.mark.parametrize("line, error", [
+    ("/run", "/run needs a command"),
+    ("/run --on", "--on needs a server name"),
+    ("/run -i", "/run needs a command"),
+    ("/runall", "/runall needs a command"),
+    ("/cancel", "/cancel needs exactly one job id"),
+    ("/cancel a b", "/cancel needs exactly one job id"),
+    ("/load now", "/load takes no arguments"),
+    ("/rake a b", "unexpected 'b'"),
+])
+def test_job_command_errors(line: str, error: str) -> None:
+    with pytest.raises(CommandError, match=error):
         parse(line)

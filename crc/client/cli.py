@@ -17,11 +17,14 @@ import contextlib
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Iterator
 
+from ..jobs.client import JobClient
 from ..server.cli import host_id, host_port
 from .core import ChatClient, ClientConfig
 from .inputs import Keyboard, PipeReader, feed_text
+from .job_commands import JobCommands
 from .session import Session
 from .tui import LineView, TerminalView, View
 
@@ -186,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                                      info=args.info))
     session = Session(client, view, script=not interactive,
                       connect_timeout=args.connect_timeout)
+    session.jobs = JobCommands(session, JobClient(client, Path.cwd()))
     with terminal_restored(interactive):
         try:
             install_signal_handlers(session)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 #: Default deadline of ``/wait`` and ``/waitmsg``, in seconds.
 DEFAULT_WAIT = 10.0
@@ -78,7 +79,49 @@ class Nothing:
     """A blank line, or a ``#`` comment in a script."""
 
 
-Command = Say | Msg | Who | Help | Quit | Wait | WaitMsg | Sleep | Nothing
+@dataclass(frozen=True)
+class Run:
+    """Run ``command`` (a shell command line) on the mesh."""
+    command: str
+    on: str | None = None          # pinned server name
+    stdin: bool = False            # forward the keyboard to the job's stdin
+
+
+@dataclass(frozen=True)
+class RunAll:
+    """Run ``command`` on every server at once."""
+    command: str
+
+
+@dataclass(frozen=True)
+class Jobs:
+    """List this client's jobs."""
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Cancel a job (or one server's run of a /runall job)."""
+    job: str
+
+
+@dataclass(frozen=True)
+class Load:
+    """Show every server's load and its age."""
+
+
+@dataclass(frozen=True)
+class Rake:
+    """Build a Rakefile."""
+    path: str = "Rakefile"
+
+
+@dataclass(frozen=True)
+class Eof:
+    """Close the standard input of the job that takes the keyboard (/run -i)."""
+
+
+Command = (Say | Msg | Who | Help | Quit | Wait | WaitMsg | Sleep | Nothing
+           | Run | RunAll | Jobs | Cancel | Load | Rake | Eof)
 
 
 class CommandError(ValueError):
@@ -102,6 +145,15 @@ COMMANDS: dict[str, CommandInfo] = {
                            f"pause until a chat from that user arrives "
                            f"(error after {DEFAULT_WAIT:g} s)"),
     "sleep": CommandInfo("/sleep SECONDS", "pause, still receiving"),
+    "run": CommandInfo("/run [--on NAME] [-i] CMD",
+                       "run a shell command on the least-loaded server (or NAME); "
+                       "-i: your lines go to its stdin until /eof"),
+    "runall": CommandInfo("/runall CMD", "run a shell command on every server"),
+    "jobs": CommandInfo("/jobs", "list your jobs"),
+    "cancel": CommandInfo("/cancel ID", "cancel a job"),
+    "load": CommandInfo("/load", "show every server's load"),
+    "rake": CommandInfo("/rake [FILE]", "build a Rakefile (default: ./Rakefile)"),
+    "eof": CommandInfo("/eof", "end the input of the job started with /run -i"),
     "quit": CommandInfo("/quit [TEXT]", "say goodbye and exit"),
     "help": CommandInfo("/help", "show this help"),
 }
@@ -222,6 +274,50 @@ def _parse_help(name: str, rest: str) -> Command:
     return Help()
 
 
+def _parse_run(name: str, rest: str) -> Command:
+    on, stdin = None, False
+    while True:
+        word, tail = _split_word(rest)
+        if word == "--on":
+            on, rest = _split_word(tail)
+            if not on:
+                raise _usage_error(name, "--on needs a server name")
+        elif word == "-i":
+            stdin, rest = True, tail
+        else:
+            break
+    if not rest.strip():
+        raise _usage_error(name, "/run needs a command")
+    return Run(rest.strip(), on, stdin)
+
+
+def _parse_runall(name: str, rest: str) -> Command:
+    if not rest.strip():
+        raise _usage_error(name, "/runall needs a command")
+    return RunAll(rest.strip())
+
+
+def _parse_cancel(name: str, rest: str) -> Command:
+    job, extra = _split_word(rest)
+    if not job or extra:
+        raise _usage_error(name, "/cancel needs exactly one job id")
+    return Cancel(job)
+
+
+def _parse_rake(name: str, rest: str) -> Command:
+    path, extra = _split_word(rest)
+    if extra:
+        raise _usage_error(name, f"unexpected {extra!r}")
+    return Rake(path or "Rakefile")
+
+
+def _simple(command: Command) -> Callable[[str, str], Command]:
+    def parse_simple(name: str, rest: str) -> Command:
+        _no_arguments(name, rest)
+        return command
+    return parse_simple
+
+
 _PARSERS = {
     "msg": _parse_msg,
     "who": _parse_who,
@@ -230,4 +326,11 @@ _PARSERS = {
     "sleep": _parse_sleep,
     "quit": _parse_quit,
     "help": _parse_help,
+    "run": _parse_run,
+    "runall": _parse_runall,
+    "jobs": _simple(Jobs()),
+    "cancel": _parse_cancel,
+    "load": _simple(Load()),
+    "rake": _parse_rake,
+    "eof": _simple(Eof()),
 }

@@ -25,6 +25,10 @@ from ..protocol.handshake import Hello, parse_hello
 
 log = logging.getLogger(__name__)
 
+#: Seconds to wait for the answer to our mesh hello before taking the server
+#: for plain CRC v1 (a conforming v1 server echoes the hello at once).
+HELLO_TIMEOUT = 3.0
+
 Listener = Callable[[str, dict[str, Any]], None]
 
 
@@ -66,7 +70,8 @@ class ChatClient:
         self.chat_log: list[tuple[int, str]] = []   # (source id, text)
         self.conn: Connection | None = None
         self.welcomed = False
-        self.ext = False
+        self.ext = False           # the server answered our mesh hello
+        self.plain = False         # ... or it is plain CRC v1 (or we did not ask)
         self.closed_reason = ""
         #: Handlers for extension frames by kind (jobs, ...); the server only
         #: sends them once the hello exchange made this an extension link.
@@ -202,11 +207,15 @@ class ChatClient:
 
     # -- message handlers ----------------------------------------------------------------
 
+    @property
+    def negotiated(self) -> bool:
+        """Whether the link's extension question is settled (either way)."""
+        return self.ext or self.plain
+
     def _on_status(self, msg: Status) -> None:
         if msg.code == StatusCode.MESH_HELLO:
             if msg.source == self.id:
-                log.info("%s: server is plain CRC v1", self.name)
-                self._emit("plain")
+                self._settle_plain("server is plain CRC v1")
             return
         if msg.code == StatusCode.MESH_HELLO_REPLY:
             hello = parse_hello(msg.text)
@@ -219,7 +228,18 @@ class ChatClient:
             if self.config.extensions:
                 self.conn.send(Status(self.id, self.id, StatusCode.MESH_HELLO,
                                       Hello(role="client").text()))
+                self.loop.call_later(HELLO_TIMEOUT, self._settle_plain,
+                                     f"no answer to the mesh hello within {HELLO_TIMEOUT:g} s")
+            else:
+                self.plain = True
         self._emit("status", code=msg.code, text=msg.text, source=msg.source)
+
+    def _settle_plain(self, why: str) -> None:
+        if self.negotiated:
+            return
+        log.info("%s: no extensions: %s", self.name, why)
+        self.plain = True
+        self._emit("plain")
 
     def _on_registration(self, msg: ClientRegistration) -> None:
         self.users[msg.source] = User(msg.source, msg.name, msg.info)

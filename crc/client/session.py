@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..net import Timer
 from ..protocol import EncodeError, StatusCode
 from . import commands as cmd
 from .core import ChatClient, LookupFailed, User
 from .tui import View, help_table, sent_text, who_table
+
+if TYPE_CHECKING:
+    from .job_commands import JobCommands
 
 EXIT_OK = 0
 EXIT_CONNECTION = 1      # could not connect, refused, or connection lost
@@ -90,8 +93,11 @@ class Session:
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "status": self._on_status, "join": self._on_join, "chat": self._on_chat,
             "disconnected": self._on_disconnected,
+            "extensions": self._on_negotiated, "plain": self._on_negotiated,
         }
         client.listener = self.on_event
+        #: Job commands (/run, /rake, ...), when the client was built with them.
+        self.jobs: "JobCommands | None" = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -156,15 +162,24 @@ class Session:
     # -- running lines ----------------------------------------------------------------
 
     def _runnable(self) -> bool:
-        return self.client.welcomed and not self._leaving and self._pause is None
+        return (self.client.welcomed and self.client.negotiated and not self._leaving
+                and self._pause is None)
 
     def _pump(self) -> None:
         self._pump_scheduled = False
         while self._lines and self._runnable():
             self._line_no, line = self._lines.popleft()
             self._run_line(line)
-        if self._eof and not self._lines and self._runnable():
+        if self._eof and not self._lines and self._runnable() and not self._jobs_busy():
             self.leave("")
+
+    def _jobs_busy(self) -> bool:
+        return self.jobs is not None and self.jobs.busy()
+
+    def job_settled(self) -> None:
+        """A job or build finished: a pause or the end of a script may be over."""
+        self._recheck_pause()
+        self._schedule_pump()
 
     def _schedule_pump(self) -> None:
         if not self._pump_scheduled:
@@ -172,6 +187,8 @@ class Session:
             self.loop.call_soon(self._pump)
 
     def _run_line(self, line: str) -> None:
+        if self.jobs is not None and not line.startswith("/") and self.jobs.forward(line):
+            return
         try:
             command = cmd.parse(line, script=self.script)
         except cmd.CommandError as exc:
@@ -190,6 +207,8 @@ class Session:
             self.view.error(message)
 
     def _execute(self, command: cmd.Command) -> None:
+        from .job_commands import execute_safely
+
         match command:
             case cmd.Nothing():
                 pass
@@ -213,6 +232,12 @@ class Session:
                                  f"waiting for a chat from {target}")
             case cmd.Sleep(seconds):
                 self._pause = _Pause(None, self.loop.call_later(seconds, self._pause_over), None)
+            case cmd.Run() | cmd.RunAll() | cmd.Jobs() | cmd.Cancel() | cmd.Load() | cmd.Rake() \
+                    | cmd.Eof():
+                if self.jobs is None:
+                    self._fail("job commands are not available in this client")
+                else:
+                    execute_safely(self.jobs, command, self._fail)
 
     def _me(self) -> User:
         return User(self.client.id, self.client.name, self.client.config.info)
@@ -257,7 +282,7 @@ class Session:
                     doing: str) -> None:
         if check():
             return
-        if not self.script:
+        if not self.script and doing:
             self.view.info(f"{doing} (up to {seconds:g} s)...")
         self._pause = _Pause(check, self.loop.call_later(seconds, self._pause_over),
                              timeout_error)
@@ -317,6 +342,9 @@ class Session:
             self._schedule_pump()
         elif code == StatusCode.DUPLICATE_ID and not self.client.welcomed:
             self._refusal = data.get("text", "")
+
+    def _on_negotiated(self, data: dict[str, Any]) -> None:
+        self._schedule_pump()
 
     def _on_join(self, data: dict[str, Any]) -> None:
         self._recheck_pause()

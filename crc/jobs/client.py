@@ -72,6 +72,7 @@ class Job:
     runs: dict[str, RunState] = field(default_factory=dict)
     accepted: bool = False
     error: str = ""
+    stdin: bool = False
 
     @property
     def finished(self) -> bool:
@@ -148,7 +149,7 @@ class JobClient:
         refs = self.describe_files(files)
         job_id = f"{self.client.id}.{next(self._ids)}"
         label = shell if shell is not None else " ".join(argv or ())
-        job = Job(job_id, label, listener)
+        job = Job(job_id, label, listener, stdin=stdin)
         self.jobs[job_id] = job
         header: dict[str, Any] = {"job": job_id, "files": [r.to_json() for r in refs],
                                   "stdin": stdin}

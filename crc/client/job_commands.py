@@ -1,0 +1,214 @@
+"""The chat client's job commands: /run, /runall, /jobs, /cancel, /load, /rake.
+
+``JobCommands`` executes those commands for a ``Session`` through a
+``JobClient``, and shows what comes back through the session's view: each
+output line whole, prefixed with its job and server; an exit line per run; a
+table per ``/runall``, ``/jobs`` and ``/load``. It also owns keyboard
+forwarding for ``/run -i``: while such a job runs, plain lines go to its
+standard input and ``/eof`` closes it.
+
+In a script, a job command holds the script until the job (or build)
+finishes, so a script's later lines see its results; interactively the prompt
+returns at once and output appears as it arrives.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from rich.table import Table
+from rich.text import Text
+
+from ..jobs.build import Build
+from ..jobs.client import Job, JobClient, JobError, RunState
+from ..jobs.rakefile import RakefileError, check_files, parse
+from . import commands as cmd
+from .batch import LineSplitter
+from .jobs_ui import BuildView, Output, exit_table, load_table, run_note
+
+if TYPE_CHECKING:
+    from .session import Session
+
+#: The longest a script waits for one job command to finish.
+SCRIPT_JOB_LIMIT = 24 * 3600.0
+
+
+class _ViewOutput(Output):
+    """``Output`` that prints through a session view (keeps the prompt intact)."""
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+
+    def line(self, prefix: str, stream: int, text: str) -> None:
+        style = "cyan" if stream == 1 else "magenta"
+        self.session.view.show(Text.assemble((f"[{prefix}] ", style), text))
+
+    def info(self, text: str) -> None:
+        self.session.view.show(Text.from_markup(text))
+
+    def error(self, text: str) -> None:
+        self.session.view.error(text)
+
+    @property
+    def out(self) -> Any:  # BuildView prints tables and asks for a terminal
+        return _ViewConsole(self.session)
+
+    @property
+    def err(self) -> Any:
+        return _ViewConsole(self.session)
+
+
+class _ViewConsole:
+    """Just enough of a console for ``BuildView``: line output, no live table."""
+
+    is_terminal = False
+
+    def __init__(self, session: "Session") -> None:
+        self.session = session
+
+    def print(self, renderable: Any) -> None:
+        self.session.view.show(renderable)
+
+
+class JobCommands:
+    def __init__(self, session: "Session", jobs: JobClient) -> None:
+        self.session = session
+        self.jobs = jobs
+        self.output = _ViewOutput(session)
+        self.lines = LineSplitter(lambda prefix, stream, text: self.output.line(prefix, stream, text))
+        #: The /run -i job taking our lines, and what it was sent before the
+        #: mesh told us where it runs (delivered on acceptance).
+        self.stdin_job: Job | None = None
+        self._early_input: list[tuple[bytes, bool]] = []
+        self.builds: list[Build] = []
+
+    def execute(self, command: cmd.Command) -> None:
+        match command:
+            case cmd.Run(line, on, stdin):
+                # A job reading our lines must not hold the lines back.
+                self._submit(self.jobs.submit, hold=not stdin, shell=line, on=on, stdin=stdin)
+            case cmd.RunAll(line):
+                self._submit(self.jobs.submit, shell=line, everywhere=True)
+            case cmd.Jobs():
+                self.session.view.show(self._jobs_table())
+            case cmd.Cancel(job):
+                if not self.jobs.cancel(job):
+                    self.session._fail(f"no job {job!r} (see /jobs)")
+            case cmd.Load():
+                self._require_mesh()
+                answered: list[bool] = []
+
+                def show(rows: list[dict]) -> None:
+                    self.session.view.show(load_table(rows))
+                    answered.append(True)
+                    self.session.job_settled()
+                self.jobs.query_load(show)
+                self._hold_script_until(lambda: bool(answered))
+            case cmd.Rake(path):
+                self._rake(path)
+            case cmd.Eof():
+                if self.stdin_job is None:
+                    self.session._fail("no job is reading your input (start one with /run -i)")
+                else:
+                    self._input(b"", eof=True)
+                    self.stdin_job = None
+
+    def forward(self, line: str) -> bool:
+        """Send a typed line to the /run -i job; False when none is reading."""
+        if self.stdin_job is None:
+            return False
+        self._input(line.encode() + b"\n")
+        return True
+
+    def _input(self, data: bytes, eof: bool = False) -> None:
+        job = self.stdin_job
+        if job is not None and job.runs:
+            self.jobs.send_input(next(iter(job.runs)), data, eof)
+        else:
+            self._early_input.append((data, eof))
+
+    # -- running --------------------------------------------------------------------
+
+    def _require_mesh(self) -> None:
+        if not self.session.client.ext:
+            raise JobError("this server does not run jobs (it speaks plain CRC v1)")
+
+    def _submit(self, submit: Callable[..., Job], hold: bool = True, **kw: Any) -> None:
+        self._require_mesh()
+        job = submit(listener=self._event, **kw)
+        self.session.view.info(f"job {job.id}: {job.label}")
+        if job.stdin:
+            self.stdin_job, self._early_input = job, []
+            self.session.view.info(f"{job.id}: your lines now go to its input; /eof ends it")
+        if hold:
+            self._hold_script_until(lambda: job.finished)
+
+    def busy(self) -> bool:
+        """A job or build of ours has not finished yet."""
+        return any(not job.finished for job in self.jobs.jobs.values()) or \
+            any(build.exit_code is None for build in self.builds)
+
+    def _event(self, job: Job, run: RunState, event: str, data: Any) -> None:
+        prefix = run.id if "@" in run.id else f"{run.id}@{run.name}"
+        if event == "accepted" and job.stdin:
+            for data, eof in self._early_input:
+                self.jobs.send_input(run.id, data, eof)
+            self._early_input = []
+        elif event == "output":
+            self.lines.feed(prefix, *data)
+        elif event in ("done", "failed"):
+            self.lines.flush(prefix)
+            if self.stdin_job is job:
+                self.stdin_job = None
+            if run.ok:
+                self.session.view.info(run_note(run))
+            else:
+                self.session.view.error(run_note(run) if run.error else
+                                        f"{run.name}: exit {run.exit}")
+            if job.finished and len(job.runs) > 1:
+                self.session.view.show(exit_table(job))
+            self.session.job_settled()
+
+    def _rake(self, path_text: str) -> None:
+        self._require_mesh()
+        path = Path(path_text)
+        try:
+            rakefile = parse(path.read_text(), str(path))
+        except OSError as exc:
+            raise JobError(f"cannot read {path}: {exc.strerror}") from None
+        base = path.resolve().parent
+        check_files(rakefile, base)
+        self.jobs.base_dir = base
+        build = Build(rakefile, self.jobs, self.session.loop, base, BuildView(self.output),
+                      done=lambda code: self.session.job_settled())
+        self.builds.append(build)
+        build.start()
+        self._hold_script_until(lambda: build.exit_code is not None)
+
+    def _hold_script_until(self, finished: Callable[[], bool]) -> None:
+        if self.session.script:
+            self.session._wait_until(finished, SCRIPT_JOB_LIMIT, "job did not finish", "")
+
+    def _jobs_table(self) -> Table:
+        table = Table(title="Jobs")
+        for col in ("id", "command", "server", "state", "exit"):
+            table.add_column(col)
+        for job in self.jobs.jobs.values():
+            if job.error:
+                table.add_row(job.id, job.label, "-", Text("failed", style="red"), job.error)
+            elif not job.runs:
+                table.add_row(job.id, job.label, "?", "submitted", "")
+            for run in job.runs.values():
+                style = "green" if run.ok else ("red" if run.finished else "yellow")
+                table.add_row(run.id, job.label, run.name, Text(run.state, style=style),
+                              "" if run.exit is None else str(run.exit))
+        return table
+
+
+def execute_safely(controller: JobCommands, command: cmd.Command,
+                   fail: Callable[[str], None]) -> None:
+    try:
+        controller.execute(command)
+    except (JobError, RakefileError) as exc:
+        fail(str(exc))
