@@ -139,4 +139,4 @@ class CRCClient(ChatClient):
         self.send_chat_threadsafe(int(destination_id), chat_message)
 
     def quit(self, quit_message: str = "") -> None:  # type: ignore[override]
-        self.loop.call_soon_threadsafe(ChatClient.quit, self, quit_message)
+        self.loop.call_soon_threadsafe(ChatClient.quit, self, quit_message, True)

@@ -72,6 +72,7 @@ class ChatClient:
         self.welcomed = False
         self.ext = False           # the server answered our mesh hello
         self.plain = False         # ... or it is plain CRC v1 (or we did not ask)
+        self.has_quit = False      # we said goodbye (the connection may linger)
         self.closed_reason = ""
         #: Handlers for extension frames by kind (jobs, ...); the server only
         #: sends them once the hello exchange made this an extension link.
@@ -130,11 +131,15 @@ class ChatClient:
             self.conn.send(msg)
         return True
 
-    def quit(self, text: str = "") -> None:
-        """Say goodbye, flush, and close the connection."""
+    def quit(self, text: str = "", linger: bool = False) -> None:
+        """Say goodbye, flush, and close the connection — or, with ``linger``,
+        keep it open and keep logging what still arrives (what CRC v1
+        reference clients do, so scenario verdicts match theirs)."""
         if self.connected:
+            self.has_quit = True
             self.conn.send(ClientQuit(self.id, text))
-            self.conn.close_after_flush("quit")
+            if not linger:
+                self.conn.close_after_flush("quit")
 
     def finish(self, text: str = "") -> None:
         """Say goodbye after everything queued, close, and stop the loop once closed."""
@@ -151,8 +156,8 @@ class ChatClient:
     def send_chat_threadsafe(self, dest: int, text: str) -> None:
         self.loop.call_soon_threadsafe(self.send_chat, dest, text)
 
-    def quit_threadsafe(self, text: str = "") -> None:
-        self.loop.call_soon_threadsafe(self.quit, text)
+    def quit_threadsafe(self, text: str = "", linger: bool = False) -> None:
+        self.loop.call_soon_threadsafe(self.quit, text, linger)
 
     # -- names ----------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ class Connection:
         self._queued()
 
     def _queued(self) -> None:
-        if self.buffered > self.max_send_buffer:
+        if len(self._out) + self._bulk_size > self.max_send_buffer:
             log.warning("%r: send queue over %d bytes (peer not reading), dropping",
                         self, self.max_send_buffer)
             self.close("send queue overflow: peer is not reading")
@@ -133,7 +133,8 @@ class Connection:
                     frame = self._bulk.popleft()
                     self._bulk_size -= len(frame)
                     self._out += frame
-                n = self.sock.send(memoryview(self._out)[:SEND_SIZE])
+                out = self._out
+                n = self.sock.send(out if len(out) <= SEND_SIZE else memoryview(out)[:SEND_SIZE])
                 self.bytes_out += n
                 del self._out[:n]
                 if self._out:

@@ -197,7 +197,7 @@ def client_state(client: ChatClient) -> dict[str, Any]:
         "status_updates_log": list(client.status_log),
         "chat_messages_log": [text for _, text in client.chat_log],
         "chat_sources": [source for source, _ in client.chat_log],
-        "connected": client.connected,
+        "connected": client.connected and not client.has_quit,
         "extensions": client.ext,
     }
 
@@ -228,7 +228,7 @@ class LoopClient(ClientMachine):
         self.client.send_chat_threadsafe(dest, text)
 
     def quit(self, text: str) -> None:
-        self.client.quit_threadsafe(text)
+        self.client.quit_threadsafe(text, linger=True)
 
     def send_chat_bytewise(self, dest: int, text: str) -> None:
         """Write the chat one byte per ``send()``, paced apart; return when done."""
