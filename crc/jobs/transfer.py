@@ -11,9 +11,9 @@ buffers at both ends of a link) cannot be overtaken: a chat waits until the
 receiver has worked through them, and a relay that writes, hashes and
 forwards a file works through tens of MB/s, not GB/s. So whatever a window
 holds is added to a chat's delay at every hop. One 64 KiB chunk per hop
-keeps a chat's round trip across three busy hops under 5 ms on a two-core
-machine; the hops still stream at once, since every relay fetches ahead on
-its own (docs/performance.md, "Jobs", has the measurements).
+keeps a chat's round trip across three busy hops under 5 ms on an otherwise
+idle two-core machine; the hops still stream at once, since every relay
+fetches ahead on its own (docs/performance.md, "Jobs", has the measurements).
 
 Every mesh server on the way is a caching proxy: a WANT passing through is
 not forwarded but answered — from the server's store if it has the blob,

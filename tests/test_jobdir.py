@@ -1,0 +1,78 @@
+"""Job directories: placing required files, and removing finished directories
+in the background (``Sweeper``) without losing track of any."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+from crc.jobs.jobdir import FileRef, JobDir, JobDirError, Sweeper
+from crc.net import EventLoop
+
+
+def blob(tmp_path: Path, data: bytes) -> tuple[Path, str]:
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    return path, hashlib.sha256(data).hexdigest()
+
+
+def run_until(loop: EventLoop, done, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        loop.run_once(max_wait=0.05)
+
+
+def test_place_copies_flat_and_nested_names_with_their_mode(tmp_path: Path) -> None:
+    source, sha = blob(tmp_path, b"int x;\n")
+    jobdir = JobDir.create(tmp_path / "jobs", "job 1")
+    jobdir.place(FileRef("a.h", sha, 7, 0o644), source)
+    jobdir.place(FileRef("src/deep/run.sh", sha, 7, 0o755), source)
+    assert (jobdir.path / "a.h").read_bytes() == b"int x;\n"
+    assert (jobdir.path / "src" / "deep" / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert jobdir.produced() == ([], [])
+
+
+def test_place_refuses_a_name_that_leads_out_through_a_symlink(tmp_path: Path) -> None:
+    source, sha = blob(tmp_path, b"x")
+    jobdir = JobDir.create(tmp_path / "jobs", "job")
+    (jobdir.path / "out").symlink_to(tmp_path)
+    with pytest.raises(JobDirError, match="leaves the job directory"):
+        jobdir.place(FileRef("out/stolen", sha, 1), source)
+    assert not (tmp_path / "stolen").exists()
+
+
+def test_discarded_directories_disappear_at_once_and_are_deleted_soon(tmp_path: Path) -> None:
+    loop = EventLoop()
+    jobs, trash = tmp_path / "jobs", tmp_path / "jobs-trash"
+    sweeper = Sweeper(loop, trash)
+    try:
+        dirs = [JobDir.create(jobs, f"job{i}") for i in range(5)]
+        for d in dirs:
+            (d.path / "out.o").write_bytes(b"\0" * 100)
+            (d.path / "sub").mkdir()
+            sweeper.discard(d)
+            assert not d.path.exists()
+        assert list(jobs.iterdir()) == []
+        run_until(loop, lambda: not any(tmp_path.glob("jobs-trash*")))
+        # A discard during or after a sweep is swept too.
+        late = JobDir.create(jobs, "late")
+        sweeper.discard(late)
+        run_until(loop, lambda: not any(tmp_path.glob("jobs-trash*")))
+    finally:
+        sweeper.close()
+        loop.close()
+
+
+def test_close_deletes_whatever_is_left(tmp_path: Path) -> None:
+    loop = EventLoop()
+    sweeper = Sweeper(loop, tmp_path / "jobs-trash")
+    d = JobDir.create(tmp_path / "jobs", "job")
+    (d.path / "f").write_text("x")
+    sweeper.discard(d)
+    sweeper.close()
+    loop.close()
+    assert not any(tmp_path.glob("jobs-trash*"))
