@@ -15,15 +15,20 @@ from crc.protocol import ClientChat, ServerQuit, encode
 from crc.routing import Kind
 from crc.scenarios import ScenarioResult, check, run_scenario
 from crc.scenarios.cli import find_scenarios
-from crc.scenarios.commands import CommandError, parse_command, split_line, tokenise
+from crc.scenarios.commands import CommandError, parse_command, split_line, tokenise, unquote
+from crc.scenarios.jobcheck import compare_files, compare_jobs, expectation_errors
+from crc.scenarios.jobrequests import Submit, WriteFile, labels, request
 from crc.scenarios.plain_client import V1Reader, V1Violation
 from crc.scenarios.scenario import ScenarioError, from_dict
-from crc.scenarios.texts import comparable, sized_text
+from crc.scenarios.texts import comparable, sized_bytes, sized_text
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = find_scenarios(ROOT / "TestCases")
-#: A chain with chats, a server kill, and plain clients next to job-service extension traffic.
-PROCESS_CASES = ["05_chat_3_hops", "15_server_killed", "19_plain_client_on_mesh"]
+#: A chain with chats, a server kill, and plain clients next to job-service extension
+#: traffic; jobs: a big file over three hops, a server killed under a job, a C build.
+PROCESS_CASES = ["05_chat_3_hops", "15_server_killed", "19_plain_client_on_mesh",
+                 "31_jobs_five_mib_three_hops", "34_jobs_server_killed_mid_job",
+                 "39_jobs_c_build"]
 
 
 def explain(result: ScenarioResult) -> str:
@@ -38,6 +43,7 @@ def explain(result: ScenarioResult) -> str:
 
 def test_there_are_enough_scenarios() -> None:
     assert len(CASES) >= 25
+    assert len([p for p in CASES if "_jobs_" in p.stem]) >= 10
 
 
 @pytest.mark.parametrize("path", CASES, ids=lambda p: p.stem)
@@ -252,3 +258,147 @@ def test_plain_reader_cuts_v1_messages_from_any_split() -> None:
 def test_plain_reader_refuses_types_outside_v1() -> None:
     with pytest.raises(V1Violation, match="0x02"):
         V1Reader().feed(encode(ServerQuit(5, 0, "gone")))
+
+
+# -- the job vocabulary ------------------------------------------------------------------
+
+
+def test_job_values_are_unquoted_with_escapes() -> None:
+    assert unquote('"a b"') == "a b"
+    assert unquote('x"1, 2"y') == "x1, 2y"
+    assert unquote('""') == ""
+    assert unquote(r'"say \"hi\"\n\ttab \\ \$"') == 'say "hi"\n\ttab \\ \\$'
+    assert unquote(r"plain\n") == r"plain\n"          # escapes only inside quotes
+
+
+def test_submit_lines_become_requests() -> None:
+    cmd = parse_command('SUBMIT --username frodo --job j --file a.txt --file "b c.txt" '
+                        '--on gondor --timeout 2.5 -- printf "%s\\\\n" "x, y" ""')
+    assert request(cmd) == Submit("frodo", "j", ("printf", "%s\\n", "x, y", ""), None,
+                                  ("a.txt", "b c.txt"), "gondor", False, 2.5, 1)
+    shell = request(parse_command('SUBMIT --username frodo --job k --count 8 --shell "sleep 1"'))
+    assert (shell.shell, shell.argv, shell.count) == ("sleep 1", None, 8)
+    write = request(parse_command("WRITEFILE --username frodo --file x --size 10 --seed 3 "
+                                  "--mode 0755"))
+    assert write == WriteFile("frodo", "x", None, 10, 3, 0o755)
+    assert write.content() == sized_bytes(10, 3)
+
+
+@pytest.mark.parametrize("line, reason", [
+    ("SUBMIT --username a --job j", "either --shell"),
+    ('SUBMIT --username a --job j --shell "true" -- ls', "either --shell"),
+    ("SUBMIT --username a --job j ls", "lone --"),
+    ("SUBMIT --username a --job j --runall --on s1 -- ls", "exclude"),
+    ("SUBMIT --username a --job j --count 0 -- ls", "not positive"),
+    ("SUBMIT --username a --job j --timeout soon -- ls", "seconds"),
+    ("WRITEFILE --username a --file f", "exactly one"),
+    ('WRITEFILE --username a --file f --text "x" --size 3', "exactly one"),
+    ('WRITEFILE --username a --file f --text "x" --mode 9', "octal"),
+    ("WAITJOB --username a --job j extra", "unexpected"),
+    ("RAKE --username a --job j", "--rakefile is required"),
+])
+def test_malformed_job_lines_are_refused(line: str, reason: str) -> None:
+    with pytest.raises(CommandError, match=reason):
+        request(parse_command(line))
+
+
+def test_labels_are_defined_once_before_use() -> None:
+    def lines(*text: str) -> list:
+        return [request(parse_command(t)) for t in text]
+    assert labels(lines("SUBMIT --username a --job j -- ls",
+                        "RAKE --username a --job b --rakefile R",
+                        "SUBMIT --username z --job j -- ls",
+                        "WAITJOB --username a --job j")) == \
+        {"a": {"j": "SUBMIT", "b": "RAKE"}, "z": {"j": "SUBMIT"}}
+    with pytest.raises(CommandError, match="defined twice"):
+        labels(lines("SUBMIT --username a --job j -- ls", "SUBMIT --username a --job j -- ls"))
+    with pytest.raises(CommandError, match="before a SUBMIT or RAKE"):
+        labels(lines("WAITJOB --username a --job j"))
+    with pytest.raises(CommandError, match="only SUBMIT"):
+        labels(lines("RAKE --username a --job b --rakefile R", "CANCEL --username a --job b"))
+
+
+def test_job_expectations_are_checked_before_running() -> None:
+    kinds = {"j": "SUBMIT", "b": "RAKE"}
+    assert expectation_errors({"jobs": {"j": {"exit": 0, "runs": {"s1": {"exit": 0}}},
+                                        "b": {"failed": [], "actions": {"x#1": {"server": "s"}}}},
+                               "files": {"f": {"mode": "0755"}, "g": {"exists": False}}},
+                              kinds) == []
+    errors = expectation_errors({"jobs": {"j": {"exits": 0, "runs": {"s1": {"server": "s"}}},
+                                          "b": {"ran_on": []}, "nope": {}},
+                                 "files": {"f": {"mode": 755}, "g": {"exists": False, "size": 1}}},
+                                kinds)
+    assert len(errors) == 6
+    assert any("'exits'" in e for e in errors) and any("'nope'" in e for e in errors)
+    with pytest.raises(ScenarioError, match="unknown attribute"):
+        from_dict({"type": "mesh_strict",
+                   "commands": ["SUBMIT --username a --job j -- ls"],
+                   "final_state": {"a": {"jobs": {"j": {"colour": "red"}}}}}, name="x")
+
+
+JOB_STATE = {"kind": "submit", "state": "done", "exit": 3, "error": "", "output": "first\n",
+             "servers": {"s1": 2, "s2": 1}, "ran_on": ["s1", "s2"],
+             "runs": {"s1": {"exit": 3, "output": "first\n"}}}
+
+
+def test_job_attributes_compare_exactly_by_key_path() -> None:
+    assert compare_jobs("frodo", {"j": {"exit": 3, "output": {"contains": "irs"},
+                                        "runs": {"s1": {"exit": 3}}}}, {"j": JOB_STATE}) == []
+    problems = compare_jobs("frodo", {"j": {"exit": 0, "output": "first", "servers": {"s1": 2},
+                                            "runs": {"s1": {"exit": 0}, "s3": {}}},
+                                      "k": {"exit": 0}}, {"j": JOB_STATE})
+    assert [p.key for p in problems] == ["jobs.j.exit", "jobs.j.output", "jobs.j.servers",
+                                         "jobs.j.runs.s1.exit", "jobs.j.runs.s3", "jobs.k"]
+    assert problems[2].unexpected == ("s2: 1",)
+    assert str(problems[0]) == "frodo.jobs.j.exit: values differ; expected 0, got 3"
+
+
+def test_files_compare_by_the_attributes_given() -> None:
+    files = {"p": {"exists": True, "size": 3, "sha256": "ab", "mode": "0755", "text": "hi\n"}}
+    assert compare_files("c", {"p": {"mode": "0755", "text": "hi\n"}, "q": {"exists": False}},
+                         files) == []
+    problems = compare_files("c", {"p": {"mode": "0644"}, "q": {"size": 1}, "r": {"exists": True}},
+                             {**files, "r": files["p"]})
+    assert [p.key for p in problems] == ["files.p.mode", "files.q"]
+    problems = compare_files("c", {"p": {"exists": False}}, files)
+    assert [p.key for p in problems] == ["files.p.exists"]
+
+
+def test_sized_bytes_are_deterministic_and_exact() -> None:
+    assert sized_bytes(1000, 1) == sized_bytes(2000, 1)[:1000]
+    assert sized_bytes(64, 1) != sized_bytes(64, 2)
+    assert hashlib.sha256(sized_bytes(5 << 20, 1)).hexdigest().startswith("5f0571a8")
+
+
+def test_a_wrong_job_expectation_fails_naming_client_label_and_attribute() -> None:
+    scenario = from_dict({
+        "type": "mesh_strict",
+        "commands": [
+            "LAUNCHSERVER --id 1 --servername hub --port 24902 --info x --slots 1",
+            "LAUNCHCLIENT --id 7 --serverhost hub --serverport 24902 --username ann --info x",
+            'WRITEFILE --username ann --file in.txt --text "abc"',
+            'SUBMIT --username ann --job wc --file in.txt --shell "wc -c < in.txt; exit 2"',
+            "WAITJOB --username ann --job wc --timeout 10",
+        ],
+        "final_state": {"ann": {"jobs": {"wc": {"exit": 0, "stdout": "3\n", "ran_on": ["hub"]}},
+                                "files": {"in.txt": {"text": "abc"}, "out": {"exists": True}}}},
+    }, name="wrong_job_expectation")
+    result = run_scenario(scenario, root=ROOT)
+    assert [(p.machine, p.key, p.expected, p.actual) for p in result.problems] == [
+        ("ann", "jobs.wc.exit", 0, 2), ("ann", "files.out", None, None)]
+
+
+def test_a_missed_job_deadline_fails_at_its_line() -> None:
+    scenario = from_dict({
+        "type": "mesh_strict",
+        "commands": [
+            "LAUNCHSERVER --id 1 --servername hub --port 24903 --info x",
+            "LAUNCHCLIENT --id 7 --serverhost hub --serverport 24903 --username ann --info x",
+            'SUBMIT --username ann --job nap --shell "echo dozing; sleep 30"',
+            "WAITJOB --username ann --job nap --timeout 0.5",
+        ],
+    }, name="missed_job_deadline")
+    result = run_scenario(scenario, root=ROOT)
+    (problem,) = result.problems
+    assert "line 4" in problem.message and "did not finish within 0.5 s" in problem.message
+    assert "state running" in problem.message

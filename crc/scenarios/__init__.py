@@ -1,11 +1,14 @@
 """The scenario test manager: scenario files in, verdicts out.
 
 Modules: ``commands`` (tokenising scenario lines), ``scenario`` (loading a
-file), ``texts`` (generated and long texts), ``machines`` (servers and clients
-in threads or processes), ``plain_client`` (a v1-only witness client),
-``state_query`` (reading a server process's state), ``checks`` (comparing
-states), ``runner`` (playing one scenario), ``ui`` and ``cli`` (the
-``TestManager.py`` front end). See docs/scenarios.md.
+file), ``texts`` (generated and long texts and files), ``machines`` (servers
+and clients in threads or processes), ``plain_client`` (a v1-only witness
+client), ``state_query`` (reading a server process's state), ``checks``
+(comparing states) and ``problems`` (what differs), ``runner`` (playing one
+scenario), ``ui`` and ``cli`` (the ``TestManager.py`` front end). Jobs:
+``jobrequests`` (job lines as typed requests), ``jobsteps`` (carrying them
+out), ``jobs`` (a client's working directory, jobs and builds) and
+``jobcheck`` (expected jobs and files). See docs/scenarios.md.
 """
 
 from .checks import Problem, check

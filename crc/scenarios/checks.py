@@ -10,7 +10,8 @@ Which keys are compared depends on the scenario type:
   received chunk) and ``sent_messages_asdqw``; clients nothing.
 * ``mesh_strict``: every key the file gives, each of which must exist in the
   machine's state: everything in ``MeshServer.snapshot()`` or the client
-  state, plus ``first_links`` (``{"host id": first link id}``).
+  state, plus ``first_links`` (``{"host id": first link id}``). A client's
+  ``jobs`` and ``files`` compare as ``jobcheck`` says.
 
 In the original types a name that is no launched machine is skipped, as the
 original runner skips it; ``mesh_strict`` reports it.
@@ -26,10 +27,11 @@ Pure functions: states in, ``Problem`` list out.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..routing import Kind
+from .jobcheck import compare_files, compare_jobs
+from .problems import Problem
 from .texts import comparable
 
 CLIENT_KEYS = ("connected_user_ids", "status_updates_log", "chat_messages_log")
@@ -42,29 +44,9 @@ COMPARED_KEYS: dict[str, dict[Kind, tuple[str, ...]] | None] = {
     "mesh_strict": None,   # every key the file gives
 }
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One way a machine's state differs from what the scenario expects."""
-
-    machine: str
-    key: str
-    message: str
-    expected: Any = None
-    actual: Any = None
-    missing: tuple = ()        # expected, not found
-    unexpected: tuple = ()     # found, not expected
-
-    def __str__(self) -> str:
-        where = f"{self.machine}.{self.key}" if self.key else self.machine
-        text = f"{where}: {self.message}"
-        if self.missing:
-            text += f"; missing {list(self.missing)}"
-        if self.unexpected:
-            text += f"; unexpected {list(self.unexpected)}"
-        if not self.missing and not self.unexpected and self.expected is not None:
-            text += f"; expected {self.expected!r}, got {self.actual!r}"
-        return text
+#: Client keys with their own comparison: only the labels / files and the
+#: attributes the file names (``jobcheck``).
+JOB_KEYS = {"jobs": compare_jobs, "files": compare_files}
 
 
 def check(scenario_type: str, final_state: dict[str, dict[str, Any]],
@@ -81,7 +63,10 @@ def check(scenario_type: str, final_state: dict[str, dict[str, Any]],
             if key not in state:
                 problems.append(Problem(name, key, "the machine's state has no such key"))
                 continue
-            problems += compare(name, key, expected[key], state[key])
+            if key in JOB_KEYS:
+                problems += JOB_KEYS[key](name, expected[key], state[key])
+            else:
+                problems += compare(name, key, expected[key], state[key])
     for name, state in states.items():
         if state.get("fatal_error"):
             problems.append(Problem(name, "fatal_error",

@@ -10,6 +10,11 @@ prefix), ``-X value`` short forms, flags without a value, and positional
 arguments anywhere in between. ``--log-file`` and ``--log_file`` are the
 same option. ``WAIT`` and ``KILL`` take the rest of the line as it is.
 
+The job commands (``JOB_COMMANDS``) are ours, not the original runner's:
+their option values and arguments are *unquoted* (``unquote``): quotes
+group and are removed, and ``\\n``, ``\\t``, ``\\\\`` and ``\\"`` inside
+quotes are escapes. ``--file`` of ``SUBMIT`` may be given several times.
+
 Pure functions on strings; nothing here knows what a command does.
 """
 
@@ -32,9 +37,34 @@ class CommandError(ValueError):
     """A scenario line that cannot be understood."""
 
 
+#: Escapes inside quotes of an unquoted token; any other backslash is kept.
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", '"': '"'}
+
+
 def tokenise(text: str) -> list[str]:
     """Split ``text`` into tokens (quotes kept, commas and blanks separate)."""
     return _TOKEN.findall(text)
+
+
+def unquote(token: str) -> str:
+    """``token`` without its quotes, escapes inside quotes resolved.
+
+    ``"a b"`` gives ``a b``, ``x"1, 2"y`` gives ``x1, 2y``, ``""`` gives the
+    empty string and ``"say \\"hi\\"\\n"`` gives ``say "hi"`` and a newline.
+    """
+    out: list[str] = []
+    quoted, i = False, 0
+    while i < len(token):
+        char = token[i]
+        if char == '"':
+            quoted = not quoted
+        elif quoted and char == "\\" and i + 1 < len(token):
+            i += 1
+            out.append(_ESCAPES.get(token[i], "\\" + token[i]))
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out)
 
 
 def split_line(line: str) -> tuple[str, str]:
@@ -50,13 +80,15 @@ class OptionSpec:
     values: dict[str, bool]
     short: dict[str, str] = field(default_factory=dict)
     raw: bool = False          # no options at all: the rest of the line as is
+    multi: frozenset[str] = frozenset()   # may repeat: the values collect in a list
+    unquote: bool = False      # values and arguments lose their quotes (``unquote``)
 
 
 #: What each command accepts (the original runner's options, plus ours).
 COMMANDS: dict[str, OptionSpec] = {
     "LAUNCHSERVER": OptionSpec({
         "id": True, "servername": True, "port": True, "info": True, "log_file": True,
-        "connect_to_host": True, "connect_to_port": True}),
+        "connect_to_host": True, "connect_to_port": True, "slots": True, "load_interval": True}),
     "LAUNCHCLIENT": OptionSpec({
         "id": True, "serverhost": True, "serverport": True, "username": True, "info": True,
         "log_file": True, "simulate": False, "verbose": False, "debug": False, "plain": False},
@@ -65,7 +97,21 @@ COMMANDS: dict[str, OptionSpec] = {
     "SEND": OptionSpec({"source": True, "destination": True, "message": True}),
     "WAIT": OptionSpec({}, raw=True),
     "KILL": OptionSpec({}, raw=True),
+    # -- jobs (docs/scenarios.md, "Jobs") --
+    "WRITEFILE": OptionSpec({"username": True, "file": True, "text": True, "size": True,
+                             "seed": True, "mode": True}, unquote=True),
+    "SUBMIT": OptionSpec({"username": True, "job": True, "shell": True, "on": True,
+                          "runall": False, "file": True, "timeout": True, "count": True},
+                         multi=frozenset({"file"}), unquote=True),
+    "RAKE": OptionSpec({"username": True, "job": True, "rakefile": True, "on": True,
+                        "timeout": True}, unquote=True),
+    "CANCEL": OptionSpec({"username": True, "job": True}, unquote=True),
+    "WAITJOB": OptionSpec({"username": True, "job": True, "output": True, "timeout": True},
+                          unquote=True),
 }
+
+#: The commands that make a scenario a job scenario (its servers run jobs).
+JOB_COMMANDS = frozenset({"WRITEFILE", "SUBMIT", "RAKE", "CANCEL", "WAITJOB"})
 
 
 @dataclass(frozen=True)
@@ -73,14 +119,23 @@ class Command:
     """One parsed scenario line."""
 
     name: str
-    options: dict[str, str | bool] = field(default_factory=dict)
+    options: dict[str, str | bool | list[str]] = field(default_factory=dict)
     args: tuple[str, ...] = ()
     line: str = ""
     rest: str = ""             # everything after the command word
 
     def option(self, key: str, default: str | None = None) -> str | None:
         value = self.options.get(key, default)
+        if isinstance(value, list):
+            return value[-1] if value else default
         return value if value is None or isinstance(value, str) else str(value)
+
+    def values(self, key: str) -> list[str]:
+        """Every value of an option that may repeat (empty if never given)."""
+        value = self.options.get(key)
+        if value is None:
+            return []
+        return list(value) if isinstance(value, list) else [str(value)]
 
     def require(self, key: str) -> str:
         value = self.option(key)
@@ -95,6 +150,11 @@ class Command:
         value = self.option(key)
         return None if value is None else parse_int(value, f"--{key}")
 
+    def seconds(self, key: str) -> float | None:
+        """A positive number of seconds, or None if the option is absent."""
+        value = self.option(key)
+        return None if value is None else parse_seconds(value, f"--{key}")
+
 
 def parse_int(text: str, what: str) -> int:
     """An integer as optparse reads one: decimal, or 0x / 0o / 0b prefixed."""
@@ -104,6 +164,17 @@ def parse_int(text: str, what: str) -> int:
         return int(text[2:] if base != 10 else text, base)
     except ValueError:
         raise CommandError(f"{what} {text!r} is not a number") from None
+
+
+def parse_seconds(text: str, what: str) -> float:
+    """A positive number of seconds (``0.5``, ``3``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise CommandError(f"{what} {text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise CommandError(f"{what} {text!r} is not a positive number of seconds")
+    return value
 
 
 def _long_name(name: str, spec: OptionSpec, command: str) -> str:
@@ -119,9 +190,9 @@ def _long_name(name: str, spec: OptionSpec, command: str) -> str:
 
 
 def parse_options(tokens: list[str], spec: OptionSpec,
-                  command: str = "") -> tuple[dict[str, str | bool], list[str]]:
+                  command: str = "") -> tuple[dict[str, str | bool | list[str]], list[str]]:
     """Read options and flags out of ``tokens``; the rest is positional."""
-    options: dict[str, str | bool] = {}
+    options: dict[str, str | bool | list[str]] = {}
     args: list[str] = []
     queue = list(tokens)
     while queue:
@@ -148,7 +219,15 @@ def parse_options(tokens: list[str], spec: OptionSpec,
             if not queue:
                 raise CommandError(f"{command}: --{key} needs a value")
             inline = queue.pop(0)
-        options[key] = inline
+        if spec.unquote:
+            inline = unquote(inline)
+        if key in spec.multi:
+            previous = options.get(key)
+            options[key] = (previous if isinstance(previous, list) else []) + [inline]
+        else:
+            options[key] = inline
+    if spec.unquote:
+        args = [unquote(arg) for arg in args]
     return options, args
 
 

@@ -10,6 +10,10 @@
   state query and ended with SIGTERM (stop) or SIGKILL (kill).
 * ``PlainMachine``: the v1-only ``PlainClient``.
 
+In job scenarios a ``LoopServer`` carries a ``JobService`` (a
+``ProcessServer`` always has one), and a ``LoopClient`` creates its
+``ClientJobs`` (working directory, jobs, builds) on first use.
+
 ``kill()`` ends a machine at once and returns its state at that moment.
 ``request_stop()`` then ``wait_stopped()`` end it after its state was taken
 (two steps, so a whole network stops in parallel). Neither tells the network
@@ -20,19 +24,22 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import signal
 import subprocess
 import sys
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, TypeVar
 
 from ..client import ChatClient, ClientConfig
+from ..jobs.service import JobConfig, JobService
 from ..net import Connection, EventLoop
 from ..protocol import ClientChat, encode
 from ..routing import Kind
 from ..server import MeshServer, ServerConfig
+from .jobs import ClientJobs
 from .plain_client import BYTE_PACE, PlainClient
 from .state_query import query_state, wait_answering
 
@@ -41,6 +48,7 @@ log = logging.getLogger(__name__)
 #: Seconds to wait for a machine's thread or process to answer or end.
 DEADLINE = 10.0
 LOCALHOST = "127.0.0.1"
+T = TypeVar("T")
 
 
 class MachineError(RuntimeError):
@@ -67,6 +75,11 @@ class Machine(ABC):
 
     @abstractmethod
     def wait_stopped(self) -> None: ...
+
+
+class ServerMachine(Machine):
+    kind = Kind.SERVER
+    config: ServerConfig
 
 
 class ClientMachine(Machine):
@@ -157,13 +170,14 @@ class RecordingServer(MeshServer):
         return state
 
 
-class LoopServer(Machine):
-    kind = Kind.SERVER
-
-    def __init__(self, name: str, config: ServerConfig, recording: bool = False) -> None:
+class LoopServer(ServerMachine):
+    def __init__(self, name: str, config: ServerConfig, recording: bool = False,
+                 jobs: JobConfig | None = None) -> None:
         self.name = name
+        self.config = config
         cls = RecordingServer if recording else MeshServer
         self.server = cls(config)
+        self.jobs = JobService(self.server, jobs) if jobs is not None else None
         self.runner = _LoopThread(name, self.server.loop, self.server.run)
 
     def start(self) -> None:
@@ -203,26 +217,54 @@ def client_state(client: ChatClient) -> dict[str, Any]:
 
 
 class LoopClient(ClientMachine):
-    def __init__(self, name: str, config: ClientConfig) -> None:
+    def __init__(self, name: str, config: ClientConfig, jobs_dir: Path | None = None) -> None:
         self.name = name
         self.client = ChatClient(config)
         self.runner = _LoopThread(name, self.client.loop, self.client.run)
+        self.jobs_dir = jobs_dir
+        self.jobs: ClientJobs | None = None
 
     def start(self) -> None:
         self.client.start()
         self.runner.start()
 
+    def _state(self) -> dict[str, Any]:
+        state = client_state(self.client)
+        state.update(self.jobs.state() if self.jobs is not None else {"jobs": {}, "files": {}})
+        return state
+
     def snapshot(self) -> dict[str, Any]:
-        return self.runner.snapshot(lambda: client_state(self.client))
+        return self.runner.snapshot(self._state)
 
     def kill(self) -> dict[str, Any]:
-        return self.runner.kill(lambda: client_state(self.client))
+        state = self.runner.kill(self._state)
+        self._close_jobs()
+        return state
 
     def request_stop(self) -> None:
         self.client.loop.stop()
 
     def wait_stopped(self) -> None:
         self.runner.join()
+        self._close_jobs()
+
+    def call(self, fn: Callable[[], T], timeout: float = DEADLINE) -> T:
+        """Run ``fn`` in the client's loop thread and return its result."""
+        return self.runner.call(fn, timeout)
+
+    def job_call(self, fn: Callable[[ClientJobs], T], timeout: float = DEADLINE) -> T:
+        """Run ``fn(jobs)`` in the loop thread, creating the ``ClientJobs`` first if needed."""
+        def run() -> T:
+            if self.jobs is None:
+                if self.jobs_dir is None:
+                    raise MachineError(f"{self.name} has no working directory for jobs")
+                self.jobs = ClientJobs(self.client, self.jobs_dir)
+            return fn(self.jobs)
+        return self.runner.call(run, timeout)
+
+    def _close_jobs(self) -> None:
+        if self.jobs is not None and not self.runner.thread.is_alive():
+            self.jobs.close()
 
     def send_chat(self, dest: int, text: str) -> None:
         self.client.send_chat_threadsafe(dest, text)
@@ -295,18 +337,16 @@ class PlainMachine(ClientMachine):
 # -- servers as processes ------------------------------------------------------------------
 
 
-class ProcessServer(Machine):
+class ProcessServer(ServerMachine):
     """``mesh_server.py`` in a subprocess."""
 
-    kind = Kind.SERVER
-
     def __init__(self, name: str, config: ServerConfig, script: Path, log_file: Path,
-                 work_dir: Path) -> None:
+                 work_dir: Path, extra: Sequence[str] = ()) -> None:
         self.name = name
         self.config = config
         self.command = [sys.executable, str(script), "--port", str(config.port),
                         "--id", str(config.id), "--name", config.name, "--info", config.info,
-                        "--log-file", str(log_file), "--work-dir", str(work_dir)]
+                        "--log-file", str(log_file), "--work-dir", str(work_dir), *extra]
         if config.connect:
             self.command += ["--connect", f"{config.connect[0]}:{config.connect[1]}"]
         self.process: subprocess.Popen | None = None
@@ -332,9 +372,16 @@ class ProcessServer(Machine):
         return query_state(LOCALHOST, self.config.port, DEADLINE)
 
     def kill(self) -> dict[str, Any]:
+        """SIGKILL the server, and the jobs it was running with it (as a crash would)."""
         if self.final is None:
             self.final = self.snapshot()
+            groups = _child_groups(self.process.pid) if self.process is not None else []
             self._end(signal.SIGKILL)
+            for group in groups:
+                try:
+                    os.killpg(group, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
         return self.final
 
     def request_stop(self) -> None:
@@ -360,3 +407,17 @@ class ProcessServer(Machine):
             proc.kill()
             _, err = proc.communicate()
         return err.decode(errors="replace").strip()
+
+
+def _child_groups(pid: int) -> list[int]:
+    """Process groups led by children of ``pid`` (a server's jobs run in their own)."""
+    groups = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue                      # gone meanwhile
+        child, ppid, pgid = int(stat.parent.name), int(fields[1]), int(fields[2])
+        if ppid == pid and pgid == child:
+            groups.append(pgid)
+    return groups

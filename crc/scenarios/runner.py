@@ -12,6 +12,13 @@ was, not as it looks while it is being torn down. ``KILL NAME`` ends one
 machine at once (its state is taken at that moment); the rest keep running
 and clean up after it.
 
+In a job scenario (``Scenario.uses_jobs``) every server runs jobs: an
+in-process server gets a ``JobService`` whose work directory lies in the
+run's temporary directory, a server process is given ``--slots`` and
+``--load-interval``; each client's working directory is
+``<temporary directory>/clients/<name>``. The job commands are carried out
+by ``jobsteps``.
+
 Each scenario logs to ``Logs/<scenario>.log`` through a handler on the
 ``crc`` logger, with the thread (= machine) name on every line; server
 processes log to ``Logs/<scenario>.<server>.log``. Nothing here prints.
@@ -29,10 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..client import ClientConfig
+from ..jobs.service import JobConfig
 from ..protocol import random_id
 from ..server import ServerConfig
 from .checks import Problem, check
-from .commands import Command, CommandError, parse_int
+from .commands import Command, CommandError, parse_int, parse_seconds
+from .jobsteps import JobSteps
 from .machines import (
     LOCALHOST, ClientMachine, LoopClient, LoopServer, Machine, MachineError, PlainMachine,
     ProcessServer,
@@ -49,6 +58,9 @@ LOG_FORMAT = "%(asctime)s %(threadName)-12s %(levelname)-7s %(name)s: %(message)
 
 #: Called before each command: (index from 1, number of commands, line).
 Progress = Callable[[int, int, str], None]
+
+#: Seconds between load reports at the latest, for servers in job scenarios.
+LOAD_INTERVAL = 0.5
 
 #: Errors that end a scenario run early (reported as a problem, not raised).
 RUN_ERRORS = (CommandError, ScenarioError, MachineError, StateQueryError, OSError, ValueError)
@@ -129,6 +141,8 @@ class _Run:
             "WAIT": self.wait,
             "KILL": self.kill,
         }
+        steps = JobSteps(self.machines, lambda name: self.running.get(name))
+        self.handlers.update(steps.handlers())
 
     def play(self, progress: Progress | None) -> list[Problem]:
         commands = self.scenario.commands
@@ -172,13 +186,26 @@ class _Run:
                               id=cmd.number("id") or 0, name=name,
                               info=cmd.option("info", "") or "", host=LOCALHOST,
                               connect=(LOCALHOST, connect_port) if connect_port else None)
+        slots = cmd.number("slots")
+        interval = parse_seconds(cmd.option("load_interval") or str(LOAD_INTERVAL),
+                                 "--load-interval")
+        if slots is not None and slots < 1:
+            raise CommandError(f"--slots {slots} is not positive")
+        work_dir = self.work_dir / "servers" / name
         if self.processes:
+            extra = ["--load-interval", f"{interval:g}"] if self.scenario.uses_jobs else []
+            extra += ["--slots", str(slots)] if slots is not None else []
             machine: LoopServer | ProcessServer = ProcessServer(
                 name, config, self.root / "mesh_server.py",
-                self.log_dir / f"{self.scenario.name}.{name}.log", self.work_dir / name)
+                self.log_dir / f"{self.scenario.name}.{name}.log", work_dir, extra)
         else:
+            jobs = None
+            if self.scenario.uses_jobs:
+                jobs = JobConfig(work_dir=work_dir, load_interval=interval,
+                                 **({"slots": slots} if slots is not None else {}))
             machine = LoopServer(name, config,
-                                 recording=self.scenario.type == "network_connectivity")
+                                 recording=self.scenario.type == "network_connectivity",
+                                 jobs=jobs)
         self._add(name, machine)
 
     def launch_client(self, cmd: Command) -> None:
@@ -190,7 +217,8 @@ class _Run:
             machine: LoopClient | PlainMachine = PlainMachine(
                 name, PlainClient(client_id, name, info, server))
         else:
-            machine = LoopClient(name, ClientConfig(server, name, client_id, info))
+            machine = LoopClient(name, ClientConfig(server, name, client_id, info),
+                                 jobs_dir=self.work_dir / "clients" / name)
         self._add(name, machine)
 
     # -- client commands -----------------------------------------------------------------

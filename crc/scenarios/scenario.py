@@ -4,7 +4,12 @@ A scenario is a JSON object: ``type`` (which comparison applies, see
 ``checks``), ``commands`` (scenario lines, see ``commands``), ``final_state``
 (expected state per machine name) and optionally ``description`` (free
 text, ignored). Every line is parsed up front, so a typo fails the file at
-once instead of halfway through a run.
+once instead of halfway through a run; so are job lines (``jobrequests``) and
+the shape of job expectations (``jobcheck``).
+
+A scenario that uses a job command, or gives a server ``--slots`` or
+``--load-interval``, is a *job scenario* (``uses_jobs``): its in-process
+servers get a job service too.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .commands import Command, CommandError, parse_command
+from .commands import JOB_COMMANDS, Command, CommandError, parse_command
+from .jobcheck import expectation_errors
+from .jobrequests import labels, request
 from .texts import check_expected_entry
 
 #: Scenario types this runner knows (see ``checks.COMPARED_KEYS``).
@@ -33,6 +40,7 @@ class Scenario:
     final_state: dict[str, dict[str, Any]]
     description: str = ""
     path: Path | None = field(default=None, compare=False)
+    uses_jobs: bool = False
 
 
 def load(path: Path) -> Scenario:
@@ -55,12 +63,19 @@ def from_dict(data: Any, name: str, path: Path | None = None) -> Scenario:
         raise ScenarioError(f"{name}: commands must be a list of strings")
     try:
         commands = tuple(parse_command(line) for line in lines)
+        job_labels = labels(request(c) for c in commands if c.name in JOB_COMMANDS)
     except CommandError as exc:
         raise ScenarioError(f"{name}: {exc}") from None
     final_state = data.get("final_state", {})
     _check_final_state(name, final_state)
+    for machine, expected in final_state.items():
+        problems = expectation_errors(expected, job_labels.get(machine, {}))
+        if problems:
+            raise ScenarioError(f"{name}: final_state[{machine!r}]: {'; '.join(problems)}")
+    uses_jobs = any(c.name in JOB_COMMANDS or (c.name == "LAUNCHSERVER" and (
+        "slots" in c.options or "load_interval" in c.options)) for c in commands)
     description = data.get("description", "")
-    return Scenario(name, kind, commands, final_state, str(description), path)
+    return Scenario(name, kind, commands, final_state, str(description), path, uses_jobs)
 
 
 def _check_final_state(name: str, final_state: Any) -> None:

@@ -7,6 +7,10 @@ exactly ``n`` bytes, so a lost, repeated or reordered slice changes it.
 A text longer than ``LONG_TEXT`` bytes is compared and shown by its size and
 SHA-256 (``digest_key``); a scenario file may expect it either literally or as
 ``{"size": N, "sha256": "hex"}``. Shorter texts are compared literally.
+
+``sized_bytes(n, seed)`` is the content ``WRITEFILE --size N --seed S`` writes:
+the first ``n`` bytes of SHAKE-256 of the text ``"crc-scenario:S"``, so any
+tool can compute the SHA-256 a scenario expects of it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,13 @@ def sized_text(size: int) -> str:
         raise ValueError(f"size {size} is negative")
     blocks = -(-size // _BLOCK)
     return "".join(f"{offset * _BLOCK:07d} " for offset in range(blocks))[:size]
+
+
+def sized_bytes(size: int, seed: int = 0) -> bytes:
+    """``size`` deterministic, incompressible bytes for ``seed``."""
+    if size < 0:
+        raise ValueError(f"size {size} is negative")
+    return hashlib.shake_256(f"crc-scenario:{seed}".encode()).digest(size)
 
 
 def digest_key(size: int, sha256: str) -> str:
