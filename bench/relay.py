@@ -1,6 +1,6 @@
 """Relay benchmark: throughput, latency, convergence and idle cost of real servers.
 
-Run ``python bench/relay.py`` (about two minutes) or ``python bench/relay.py
+Run ``python bench/relay.py`` (under a minute on two idle cores) or ``python bench/relay.py
 --quick`` (a sanity run of a few seconds with smaller counts). Every server is
 a real ``mesh_server.py`` process on loopback; the benchmark's own clients are
 raw sockets speaking CRC v1 through the project codec. Three measurements:
@@ -189,6 +189,18 @@ class Server:
     proc: subprocess.Popen
 
 
+#: Scratch space for every receive of this process's main thread (the only one
+#: that receives): ``recv(n)`` would allocate, and for large ``n`` map and unmap,
+#: ``n`` bytes per call, a cost the measured round trips would include.
+_SCRATCH = memoryview(bytearray(1 << 20))
+
+
+def receive(sock: socket.socket) -> bytes:
+    """One ``recv`` (b"" at end of stream), through the reused buffer."""
+    n = sock.recv_into(_SCRATCH)
+    return _SCRATCH[:n].tobytes()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
@@ -202,7 +214,7 @@ def state_query(port: int, timeout: float = 2.0) -> dict | None:
             sock.sendall(encode(Status(0, 0, StatusCode.STATE_QUERY, "")))
             decoder = Decoder()
             while True:
-                data = sock.recv(1 << 20)
+                data = receive(sock)
                 if not data:
                     return None
                 for msg in decoder.feed(data):
@@ -261,7 +273,7 @@ def start_tree(group: Processes, parents: list[int | None], prefix: str,
                 if server.proc.poll() is not None:
                     if attempts[i] >= 3:
                         raise BenchError(f"server {server.name} exited with status "
-                                         f"{server.proc.returncode}; see its log")
+                                         f"{server.proc.returncode} (--keep-logs keeps its log)")
                     waiting.discard(i)
                     launch(i)
                 elif (state := state_query(server.port, timeout=1.0)) is not None \
@@ -305,7 +317,7 @@ class Wire:
 
     def fill(self) -> None:
         """Receive once (blocking) and decode; ConnectionError on EOF."""
-        data = self.sock.recv(1 << 20)
+        data = receive(self.sock)
         if not data:
             raise ConnectionError("connection closed by the other end")
         self.inbox.extend(self.decoder.feed(data))
@@ -602,7 +614,7 @@ def convergence(params: Params, logdir: Path, seed: int) -> dict[str, Any]:
                 for key, _ in sel.select(0.2):
                     i = key.data
                     try:
-                        data = key.fileobj.recv(1 << 20)
+                        data = receive(key.fileobj)
                     except BlockingIOError:
                         continue
                     if not data:
@@ -701,7 +713,7 @@ def idle_cost(params: Params, logdir: Path) -> dict[str, Any]:
                     raise BenchError(f"only {done} of {many} clients fully registered in time")
                 for key, _ in sel.select(0.2):
                     try:
-                        data = key.fileobj.recv(1 << 20)
+                        data = receive(key.fileobj)
                     except BlockingIOError:
                         continue
                     if not data:
@@ -754,6 +766,9 @@ class Report:
     params: Params
     quick: bool
     started: str = ""
+    #: Share of the machine's CPU used by processes other than the benchmark
+    #: and its children while it ran (the machine may be shared).
+    other_load_percent: float | None = None
     machine: dict[str, Any] = field(default_factory=dict)
     chains: list[dict[str, Any]] = field(default_factory=list)
     convergence: dict[str, Any] | None = None
@@ -775,10 +790,39 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {"started": self.started, "quick": self.quick, "ok": self.ok,
+                "other_load_percent": self.other_load_percent,
                 "server_script": str(server_script),
                 "params": asdict(self.params), "machine": self.machine, "chains": self.chains,
                 "convergence": self.convergence, "idle": self.idle,
                 "floors": [asdict(f) for f in self.floors], "errors": self.errors}
+
+
+class LoadMeter:
+    """How busy the machine was meanwhile with work that is not ours."""
+
+    def __init__(self) -> None:
+        self.start = (time.monotonic(), self._busy(), self._ours())
+
+    @staticmethod
+    def _busy() -> float:
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+
+    @staticmethod
+    def _ours() -> float:
+        """CPU seconds of this process and of every child it has reaped."""
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            usage = resource.getrusage(who)
+            total += usage.ru_utime + usage.ru_stime
+        return total
+
+    def others_percent(self) -> float:
+        """Call once every child has been reaped."""
+        t0, busy0, ours0 = self.start
+        wall = (time.monotonic() - t0) * (os.cpu_count() or 1)
+        others = (self._busy() - busy0) - (self._ours() - ours0)
+        return round(max(0.0, 100 * others / wall), 1) if wall > 0 else 0.0
 
 
 def machine_info() -> dict[str, Any]:
@@ -878,6 +922,9 @@ def print_report(report: Report) -> None:
             table.add_row(floor.what, floor.limit, floor.measured,
                           "[green]yes[/]" if floor.met else "[red]MISSED[/]")
         console.print(table)
+    if report.other_load_percent is not None:
+        console.print(f"Other processes used {report.other_load_percent:g} % of the machine's "
+                      "CPU during the run; every figure moves with that.")
     for error in report.errors:
         console.print(f"[red]error:[/] {error}")
     console.print("[green]correctness: ok[/]" if report.ok else "[red]correctness: FAILED[/]")
@@ -952,6 +999,7 @@ def main(argv: list[str] | None = None) -> int:
     logdir = Path(tempfile.mkdtemp(prefix="crc-bench-"))
     report = Report(params, args.quick, started=datetime.datetime.now().isoformat(timespec="seconds"),
                     machine=machine_info())
+    meter = LoadMeter()
     try:
         with terminate_as_interrupt():
             run(report, sections, logdir, args.seed)
@@ -964,6 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"server logs kept in {logdir}")
         else:
             shutil.rmtree(logdir, ignore_errors=True)
+    report.other_load_percent = meter.others_percent()
     evaluate_floors(report)
     print_report(report)
     if args.json:

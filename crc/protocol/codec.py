@@ -152,8 +152,20 @@ class Decoder:
         another message included). Errors are those of ``feed``, raised before
         anything is returned.
         """
-        self._append(data)
-        chats = self._chats() if len(self._buf) - self._pos >= self._need else []
+        if self._failed is not None:
+            raise ProtocolError(f"stream already failed: {self._failed}")
+        if self._pos == len(self._buf):
+            # Nothing pending: take the chats straight from ``data`` and keep
+            # only what follows them.
+            chats, used = self._chats(data, 0)
+            self._buf += data[used:] if used else data
+        else:
+            self._buf += data
+            chats = []
+            if len(self._buf) - self._pos >= self._need:
+                chats, self._pos = self._chats(self._buf, self._pos)
+        if chats:
+            self._need = 1
         return chats, self._messages()
 
     def _append(self, data: bytes) -> None:
@@ -183,10 +195,9 @@ class Decoder:
                 self._pos = 0
         return out
 
-    def _chats(self) -> list[ChatFrame]:
-        """Take the whole chats at the current position as wire frames."""
-        buf = self._buf
-        pos, size = self._pos, len(buf)
+    def _chats(self, buf: bytes | bytearray, pos: int) -> tuple[list[ChatFrame], int]:
+        """The whole chats in ``buf`` from ``pos`` on, and where they end."""
+        size = len(buf)
         cap = self.limits.max_text
         chats: list[ChatFrame] = []
         try:
@@ -197,16 +208,17 @@ class Decoder:
                 end = pos + 13 + n
                 if end > size:
                     break
-                _text(buf, pos + 13, end, "chat text")
-                chats.append((source, dest, bytes(buf[pos:end])))
+                frame = buf if end - pos == size and type(buf) is bytes else bytes(buf[pos:end])
+                try:
+                    frame[13:].decode()
+                except UnicodeDecodeError:
+                    _text(buf, pos + 13, end, "chat text")  # raises, naming the field
+                chats.append((source, dest, frame))
                 pos = end
         except ProtocolError as exc:
             self._failed = exc
             raise
-        if chats:
-            self._pos = pos
-            self._need = 1
-        return chats
+        return chats, pos
 
     def _parse_one(self) -> Message | None:
         buf, pos = self._buf, self._pos

@@ -418,11 +418,24 @@ class MeshServer:
         self._relay_chat(conn, msg.source, msg.dest, encode(msg))
 
     def _relay_chats(self, conn: Connection, chats: list[ChatFrame]) -> None:
-        """Chats taken off a registered link's stream undecoded (``Decoder.feed_relay``)."""
+        """Chats taken off a registered link's stream undecoded (``Decoder.feed_relay``).
+
+        The relay's hot path. The common case — the source is behind this
+        link and the destination is known — is decided here in a few lookups
+        and the frame goes out as it came in; anything else takes the general
+        path of ``_relay_chat`` (same checks, with its warnings and statuses).
+        """
         link: Link = conn.peer
+        hosts, links = self.routes.hosts, self.links
         for source, dest, frame in chats:
             if conn.closed or link.role is Role.DONE:
                 return
+            origin, target = hosts.get(source), hosts.get(dest)
+            if origin is not None and origin.first_link == link.peer_id and target is not None:
+                out = links.get(target.first_link)
+                if out is not None:
+                    out.send_bytes(frame)
+                    continue
             try:
                 self._relay_chat(conn, source, dest, frame)
             except ProtocolError as exc:
