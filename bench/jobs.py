@@ -46,8 +46,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -67,9 +65,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import (  # noqa: E402  (a sibling module; it also puts ROOT on sys.path)
+    LOOPBACK, ROOT, BenchError, die_with_parent, free_port, state_query, stop_processes,
+    wait_until,
+)
 
 import psutil  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -83,11 +82,10 @@ from crc.jobs.process import ChildProcess  # noqa: E402
 from crc.jobs.rakefile import ActionSet, check_files, parse  # noqa: E402
 from crc.net import EventLoop  # noqa: E402
 from crc.protocol import (  # noqa: E402
-    ClientChat, ClientRegistration, Decoder, Message, MsgType, Status, StatusCode, encode,
+    ClientChat, ClientRegistration, Decoder, Message, MsgType, encode,
 )
 
 SERVER_SCRIPT = ROOT / "mesh_server.py"
-LOOPBACK = "127.0.0.1"
 MB = 1_000_000
 MIB = 1 << 20
 CHAT_TEXT = "x" * 100
@@ -117,22 +115,7 @@ QUICK = Params(jobs=60, rounds=1, warmup_jobs=5, window=16, file_mib=8, raw_repe
                idle_rounds=200, c_files=8, headers=4, setup_timeout=20.0, step_timeout=60.0)
 
 
-class BenchError(Exception):
-    """A step of the benchmark could not be carried out (not a slow result)."""
-
-
 # -- child processes -----------------------------------------------------------------------
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) \
-    if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In a child: get SIGTERM if the benchmark dies without cleaning up."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
 
 class Processes:
     """The servers of one step; all stopped when the step ends."""
@@ -152,25 +135,9 @@ class Processes:
         with open(self.logdir / f"{name}.stderr", "wb") as stderr:
             proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=stderr,
-                                    preexec_fn=_die_with_parent)
+                                    preexec_fn=die_with_parent)
         self.procs.append(proc)
         return proc
-
-
-def stop_processes(procs: list[subprocess.Popen]) -> None:
-    """SIGTERM, a grace period, then SIGKILL for whoever is left."""
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.terminate()
-    deadline = time.monotonic() + 5.0
-    for proc in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            proc.wait()
 
 
 # -- servers -------------------------------------------------------------------------------
@@ -181,40 +148,6 @@ class Server:
     id: int
     port: int
     proc: subprocess.Popen
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def state_query(port: int, timeout: float = 2.0) -> dict | None:
-    """The server's state (docs/protocol.md, "State query"), or None if it does not answer."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
-            sock.sendall(encode(Status(0, 0, StatusCode.STATE_QUERY, "")))
-            decoder = Decoder()
-            while True:
-                data = sock.recv(1 << 20)
-                if not data:
-                    return None
-                for msg in decoder.feed(data):
-                    if msg.type is MsgType.STATUS and msg.code == StatusCode.STATE_REPLY:
-                        return json.loads(msg.text)
-    except (OSError, ValueError):
-        return None
-
-
-def wait_until(predicate: Callable[[], Any], deadline: float, what: str,
-               interval: float = 0.05) -> Any:
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 def start_servers(group: Processes, names: list[str], parents: list[int | None],

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import datetime
 import json
 import os
@@ -55,9 +53,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from common import (  # noqa: E402  (a sibling module; it also puts ROOT on sys.path)
+    LOOPBACK, ROOT, BenchError, die_with_parent, free_port, state_query, stop_processes,
+    wait_until,
+)
 
 import psutil  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -72,7 +71,6 @@ SERVER_SCRIPT = ROOT / "mesh_server.py"
 #: The server under test; ``--server-script`` points it at another tree.
 server_script = SERVER_SCRIPT
 FORWARDER_SCRIPT = Path(__file__).resolve().parent / "forwarder.py"
-LOOPBACK = "127.0.0.1"
 
 TEXT_SIZE = 100                       # chat text bytes of every benchmark message
 FRAME_SIZE = 13 + TEXT_SIZE           # on the wire: the chat header plus the text
@@ -107,22 +105,7 @@ QUICK = Params(chains=(2, 5), messages=5_000, rounds=200, warmup_rounds=20, tree
                stall_timeout=5.0, converge_timeout=15.0, setup_timeout=30.0)
 
 
-class BenchError(Exception):
-    """A step of the benchmark could not be carried out (not a slow result)."""
-
-
 # -- child processes ------------------------------------------------------------------
-
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) \
-    if sys.platform.startswith("linux") else None
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM if the benchmark dies without cleaning up."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
 
 class Processes:
     """Child processes started by one step; all stopped when the step ends."""
@@ -146,7 +129,7 @@ class Processes:
             stderr = open(self.logdir / f"{stderr_name}.stderr", "wb")
         try:
             proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                    stdout=stdout, stderr=stderr, preexec_fn=_die_with_parent)
+                                    stdout=stdout, stderr=stderr, preexec_fn=die_with_parent)
         finally:
             if stderr_name:
                 stderr.close()
@@ -155,28 +138,15 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
-        stop_processes(self.procs)
+        stop_group(self.procs)
         self.procs.clear()
 
 
-def stop_processes(procs: list[subprocess.Popen] | set[subprocess.Popen]) -> None:
-    """SIGTERM, a grace period, then SIGKILL for whoever is left."""
+def stop_group(procs: list[subprocess.Popen] | set[subprocess.Popen]) -> None:
+    """Stop ``procs`` (``common.stop_processes``) and forget them."""
     procs = list(procs)
-    for proc in procs:
-        if proc.poll() is None:
-            with contextlib.suppress(OSError):
-                proc.terminate()
-    deadline = time.monotonic() + 5.0
-    for proc in procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-        Processes.live.discard(proc)
+    stop_processes(procs)
+    Processes.live.difference_update(procs)
 
 
 # -- servers ----------------------------------------------------------------------------
@@ -199,29 +169,6 @@ def receive(sock: socket.socket) -> bytes:
     """One ``recv`` (b"" at end of stream), through the reused buffer."""
     n = sock.recv_into(_SCRATCH)
     return _SCRATCH[:n].tobytes()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def state_query(port: int, timeout: float = 2.0) -> dict | None:
-    """The server's snapshot, or None if it does not answer (yet)."""
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
-            sock.sendall(encode(Status(0, 0, StatusCode.STATE_QUERY, "")))
-            decoder = Decoder()
-            while True:
-                data = receive(sock)
-                if not data:
-                    return None
-                for msg in decoder.feed(data):
-                    if msg.type is MsgType.STATUS and msg.code == StatusCode.STATE_REPLY:
-                        return json.loads(msg.text)
-    except (OSError, ValueError):
-        return None
 
 
 def spawn_server(group: Processes, name: str, server_id: int, uplink: int | None) -> Server:
@@ -293,14 +240,6 @@ def all_joined(servers: list[Server]) -> bool:
         if state is None or not everyone - {server.id} <= set(state["hosts_db"]):
             return False
     return True
-
-
-def wait_until(predicate: Callable[[], bool], deadline: float, what: str,
-               interval: float = 0.05) -> None:
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out waiting for {what}")
-        time.sleep(interval)
 
 
 # -- the benchmark's side of a link ------------------------------------------------------
@@ -1007,7 +946,7 @@ def main(argv: list[str] | None = None) -> int:
         report.errors.append("interrupted")
         console.print("[red]interrupted[/]")
     finally:
-        stop_processes(Processes.live)
+        stop_group(Processes.live)
         if args.keep_logs:
             console.print(f"server logs kept in {logdir}")
         else:

@@ -30,11 +30,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..net import Connection, Timer
 from ..protocol import Extension, ProtocolError
-from ..routing import Host, Kind as HostKind
+from ..routing import Host
 from ..server.server import MeshServer, Role
 from .jobdir import FileRef, JobDir, JobDirError, Sweeper
 from .load import LoadReport, LoadSampler, LoadTable, should_send
@@ -43,7 +42,7 @@ from .rakefile import bad_relative_path
 from .scheduler import Ledger, by_name, pick
 from .store import BlobStore, valid_sha
 from .transfer import Transfers
-from .wire import Kind, field as req, frame, unpack, unpack_view
+from .wire import Kind, frame, unpack, unpack_view
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Modules: ``commands`` (tokenising scenario lines), ``scenario`` (loading a
 file), ``texts`` (generated and long texts and files), ``machines`` (servers
 and clients in threads or processes), ``plain_client`` (a v1-only witness
-client), ``state_query`` (reading a server process's state), ``checks``
+client), ``checks``
 (comparing states) and ``problems`` (what differs), ``runner`` (playing one
 scenario), ``ui`` and ``cli`` (the ``TestManager.py`` front end). Jobs:
 ``jobrequests`` (job lines as typed requests), ``jobsteps`` (carrying them

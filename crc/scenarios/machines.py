@@ -41,7 +41,7 @@ from ..routing import Kind
 from ..server import MeshServer, ServerConfig
 from .jobs import ClientJobs
 from .plain_client import BYTE_PACE, PlainClient
-from .state_query import query_state, wait_answering
+from ..server.query import query_state, wait_answering
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,7 @@ from .machines import (
 )
 from .plain_client import PlainClient
 from .scenario import Scenario, ScenarioError, load
-from .state_query import StateQueryError
+from ..server.query import StateQueryError
 from .texts import sized_text
 
 log = logging.getLogger(__name__)

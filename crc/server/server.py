@@ -471,7 +471,7 @@ class MeshServer:
             link.role = Role.DONE
             return
         if link.role not in (Role.SERVER, Role.CLIENT):
-            raise ProtocolError(f"status before registration")
+            raise ProtocolError("status before registration")
         if msg.dest == self.id or msg.dest == 0:
             self.status_log.append(msg.text)
         elif not self._send_to(msg.dest, msg):

@@ -5,7 +5,8 @@ The query is a connection whose first message is a status with code
 with one ``STATE_REPLY`` status whose text is the JSON of
 ``MeshServer.snapshot()``, then closes (docs/protocol.md, "State query").
 
-Blocking sockets with deadlines; meant for test tools, never for a server.
+Blocking sockets with deadlines: for tools (the scenario manager, benchmarks),
+never for use inside an event loop.
 """
 
 from __future__ import annotations

@@ -1,0 +1,88 @@
+"""What both benchmarks need: child-process hygiene, free ports, deadlines,
+and the state query.
+
+Imported by ``bench/relay.py`` and ``bench/jobs.py`` as a sibling module (a
+script's own directory is first on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from crc.server.query import StateQueryError, query_state  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+
+
+class BenchError(Exception):
+    """A step of the benchmark could not be carried out (not a slow result)."""
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True) \
+    if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In a child (``preexec_fn``): get SIGTERM if the benchmark dies without cleaning up."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def stop_processes(procs: Iterable[subprocess.Popen]) -> None:
+    """SIGTERM, a grace period of 5 s, then SIGKILL for whoever is left."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            with contextlib.suppress(OSError):
+                proc.terminate()
+    deadline = time.monotonic() + 5.0
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def state_query(port: int, timeout: float = 2.0) -> dict | None:
+    """The server's snapshot (docs/protocol.md, "State query"), or None if it
+    does not answer (yet)."""
+    try:
+        return query_state(LOOPBACK, port, timeout)
+    except StateQueryError:
+        return None
+
+
+def wait_until(predicate: Callable[[], Any], deadline: float, what: str,
+               interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something true; ``BenchError`` past ``deadline``."""
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out waiting for {what}")
+        time.sleep(interval)
