@@ -1024,8 +1024,9 @@ def step_build(params: Params, results: Results, tmp: Path, logdir: Path) -> Non
         "build: link step ran on": best.reporter.placement[best.project.actions()[-1][0]],
         "build: project bytes": f"{source_bytes:,} source (.c, .h) + {object_bytes:,} objects "
                                 f"(.o, program)",
-        "build: wire bytes": f"{best.wire:,} = {files:,} file contents (at least, for this "
-                             f"placement) + {best.wire - files:,} frames, requests, reports",
+        "build: wire bytes": f"{best.wire:,} on the links, for {files:,} bytes of file "
+                             f"contents this placement has to move (chunks that compress travel "
+                             f"deflated) plus frames, requests and reports",
         "build: program output": program_output(best.project, 10),
     })
 

@@ -256,3 +256,18 @@ def test_job_directories_are_cleaned_up(mesh: Mesh, work: Path, tmp_path: Path) 
     for job in [submit(client, jobs, shell="cp a.txt b.txt", files=["a.txt"])[0] for _ in range(3)]:
         finished(job)
     assert list((tmp_path / "servers" / "s1" / "jobs").iterdir()) == []
+
+
+def test_compressible_files_cross_compressed_and_arrive_intact(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(3)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    text = "".join(f"int function_{i}(int x) {{ return x * {i} + 1; }}\n"
+                   for i in range(40_000)).encode()          # about 1.8 MB of C
+    (work / "big.c").write_bytes(text)
+    sent_before = client.conn.bytes_out
+    job, rec = submit(client, jobs, on="s3", files=["big.c"], shell="sha256sum big.c; cp big.c copy.c")
+    finished(job, 30)
+    assert rec.output().split()[0].decode() == hashlib.sha256(text).hexdigest()
+    assert (work / "copy.c").read_bytes() == text
+    # The file left the client in well under half its size.
+    assert client.conn.bytes_out - sent_before < len(text) / 2
