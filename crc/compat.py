@@ -96,7 +96,9 @@ class CRCServer(MeshServer):
         MeshServer.on_data(self, select_key, recv_data)
 
     def on_closed(self, conn: Connection, reason: str) -> None:
-        if conn.peer.peer_id in self.links and not self.loop.stopping:
+        if self.loop.stopping:
+            return      # shutting down: what the runner reads is the view at the stop
+        if conn.peer.peer_id in self.links:
             self.loop.call_later(LINK_LOSS_GRACE, MeshServer.on_closed, self, conn, reason)
         else:
             MeshServer.on_closed(self, conn, reason)

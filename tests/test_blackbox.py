@@ -62,8 +62,14 @@ class Processes:
         return proc
 
     def cleanup(self) -> None:
+        """SIGTERM first (servers remove their temporary work directories), then SIGKILL."""
         for proc in self.children:
             if proc.poll() is None:
+                proc.terminate()
+        for proc in self.children:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(DEADLINE)
 
