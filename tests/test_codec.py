@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,6 +12,7 @@ from crc.protocol import (
     ClientChat, ClientQuit, ClientRegistration, Decoder, EncodeError, Extension, Limits,
     ProtocolError, ServerQuit, ServerRegistration, Status, encode,
 )
+from crc.protocol.codec import IN_PLACE_MAX, IN_PLACE_MIN
 
 ids = st.integers(min_value=0, max_value=0xFFFFFFFF)
 text = st.text(max_size=300)
@@ -146,3 +149,72 @@ def test_random_bytes_never_raise_anything_but_protocol_error(blob: bytes) -> No
         decoder.feed(blob)
     except ProtocolError:
         pass
+
+
+# -- large payloads received in place ----------------------------------------------
+
+large_payloads = st.builds(
+    lambda size, seed: bytes((seed + i * 7) & 0xFF for i in range(0, size, 97)) * 97,
+    st.integers(IN_PLACE_MIN // 97 * 97 + 97, 80_000), st.integers(0, 255))
+mixed = st.one_of(messages, st.builds(Extension, st.integers(0, 0xFFFF), ids, ids,
+                                      st.integers(0, 255), large_payloads))
+
+
+def drive_like_a_connection(decoder: Decoder, stream: bytes, cuts: list[int]) -> list:
+    """Deliver ``stream`` the way ``Connection`` does: into ``receive_buffer()``
+    when the decoder offers one (never past a cut: what the socket has), else
+    through ``feed``."""
+    out, pos = [], 0
+    for cut in [*cuts, len(stream)]:
+        while pos < cut:
+            target = decoder.receive_buffer()
+            if target is None:
+                out += decoder.feed(stream[pos:cut])
+                pos = cut
+            else:
+                n = min(len(target), cut - pos)
+                target[:n] = stream[pos:pos + n]
+                out += decoder.received(n)
+                pos += n
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(mixed, min_size=1, max_size=8), st.data())
+def test_large_payloads_decode_the_same_fed_or_received_in_place(msgs: list,
+                                                                 data: st.DataObject) -> None:
+    stream = b"".join(map(encode, msgs))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=12)))
+    fed, start = Decoder(), 0
+    out = []
+    for cut in [*cuts, len(stream)]:
+        out += fed.feed(stream[start:cut])
+        start = cut
+    assert out == msgs and fed.pending == 0
+    in_place = Decoder()
+    assert drive_like_a_connection(in_place, stream, cuts) == msgs
+    assert in_place.pending == 0
+
+
+def test_a_large_payload_goes_straight_into_its_own_buffer() -> None:
+    payload = os.urandom(IN_PLACE_MIN * 3)
+    frame = encode(Extension(21, 1, 2, 1, payload))
+    decoder = Decoder()
+    assert decoder.feed(frame[:100]) == []
+    target = decoder.receive_buffer()
+    assert target is not None and len(target) == len(frame) - 100
+    target[:] = frame[100:]
+    (msg,) = decoder.received(len(target))
+    assert msg.payload == payload
+    # Right after it, the decoder asks for just the next frame header.
+    head = decoder.receive_buffer()
+    assert head is not None and len(head) == 16
+
+
+def test_a_header_claiming_more_than_the_in_place_cap_is_buffered_as_it_arrives() -> None:
+    frame = encode(Extension(21, 1, 2, 1, b"x" * (IN_PLACE_MAX + 1)))
+    decoder = Decoder()
+    assert decoder.feed(frame[:16]) == []
+    assert decoder.receive_buffer() is None      # nothing allocated on a header's say-so
+    (msg,) = decoder.feed(frame[16:])
+    assert len(msg.payload) == IN_PLACE_MAX + 1

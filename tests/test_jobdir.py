@@ -4,12 +4,13 @@ in the background (``Sweeper``) without losing track of any."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
 import pytest
 
-from crc.jobs.jobdir import FileRef, JobDir, JobDirError, Sweeper
+from crc.jobs.jobdir import LINK_MIN, FileRef, JobDir, JobDirError, Sweeper
 from crc.net import EventLoop
 
 
@@ -76,3 +77,39 @@ def test_close_deletes_whatever_is_left(tmp_path: Path) -> None:
     sweeper.close()
     loop.close()
     assert not any(tmp_path.glob("jobs-trash*"))
+
+
+def test_a_large_blob_is_linked_when_allowed_and_a_small_one_copied(tmp_path: Path) -> None:
+    big, big_sha = blob(tmp_path, os.urandom(LINK_MIN))
+    small = tmp_path / "small"
+    small.write_bytes(b"tiny")
+    small_sha = hashlib.sha256(b"tiny").hexdigest()
+    jobdir = JobDir.create(tmp_path / "jobs", "job")
+    jobdir.place(FileRef("big.bin", big_sha, LINK_MIN), big, may_link=True)
+    jobdir.place(FileRef("small.txt", small_sha, 4), small, may_link=True)
+    assert (jobdir.path / "big.bin").stat().st_ino == big.stat().st_ino
+    assert (jobdir.path / "small.txt").stat().st_ino != small.stat().st_ino
+    assert jobdir.linked == {"big.bin": big_sha}
+    assert jobdir.produced() == ([], []) and jobdir.tainted == []
+
+
+def test_a_large_blob_is_copied_when_linking_is_not_allowed(tmp_path: Path) -> None:
+    big, sha = blob(tmp_path, os.urandom(LINK_MIN))
+    jobdir = JobDir.create(tmp_path / "jobs", "job")
+    jobdir.place(FileRef("big.bin", sha, LINK_MIN), big, may_link=False)
+    assert (jobdir.path / "big.bin").stat().st_ino != big.stat().st_ino
+    assert jobdir.linked == {}
+
+
+def test_a_linked_file_changed_in_place_is_returned_and_its_blob_tainted(tmp_path: Path) -> None:
+    big, sha = blob(tmp_path, os.urandom(LINK_MIN))
+    jobdir = JobDir.create(tmp_path / "jobs", "job")
+    jobdir.place(FileRef("big.bin", sha, LINK_MIN), big, may_link=True)
+    st = big.stat()
+    with open(jobdir.path / "big.bin", "r+b") as f:
+        f.write(b"changed")
+    # Even with its size and mtime put back, the change shows (ctime moved).
+    os.utime(jobdir.path / "big.bin", ns=(st.st_atime_ns, st.st_mtime_ns))
+    produced, _ = jobdir.produced()
+    assert [name for name, _, _ in produced] == ["big.bin"]
+    assert jobdir.tainted == [sha]

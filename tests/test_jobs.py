@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from crc.jobs import transfer
 from crc.jobs.client import Job, JobClient, JobError
+from crc.jobs.jobdir import LINK_MIN
 from crc.jobs.wire import Kind, frame
 
 from .meshkit import Mesh, call, wait_for
@@ -271,3 +273,43 @@ def test_compressible_files_cross_compressed_and_arrive_intact(mesh: Mesh, work:
     assert (work / "copy.c").read_bytes() == text
     # The file left the client in well under half its size.
     assert client.conn.bytes_out - sent_before < len(text) / 2
+
+
+def test_large_files_pass_relays_untouched_and_small_ones_are_cached(
+        mesh: Mesh, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transfer, "RELAY_CACHE_MAX", 1 << 20)
+    nodes = mesh.chain(3)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    large, small = os.urandom((2 << 20) + 5), os.urandom(300_000)
+    (work / "large.bin").write_bytes(large)
+    (work / "small.bin").write_bytes(small)
+    job, rec = submit(client, jobs, on="s3", files=["large.bin", "small.bin"],
+                      shell="sha256sum large.bin small.bin")
+    finished(job, 60)
+    assert job.exit_code == 0
+    sums = dict(line.split()[::-1] for line in rec.output().decode().splitlines())
+    assert sums == {"large.bin": hashlib.sha256(large).hexdigest(),
+                    "small.bin": hashlib.sha256(small).hexdigest()}
+    relay, executor = nodes[1].jobs.store, nodes[2].jobs.store
+    assert not relay.has(hashlib.sha256(large).hexdigest())
+    assert relay.has(hashlib.sha256(small).hexdigest())
+    assert executor.has(hashlib.sha256(large).hexdigest())
+
+
+def test_a_job_editing_a_linked_input_in_place_does_not_spoil_the_store(
+        mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    data = os.urandom(LINK_MIN + 10)
+    (work / "data.bin").write_bytes(data)
+    original = hashlib.sha256(data).hexdigest()
+    job, _ = submit(client, jobs, on="s2", files=["data.bin"], shell="echo more >> data.bin")
+    finished(job, 30)
+    assert job.exit_code == 0
+    # The edited file came back, and the server forgot the blob it had linked.
+    assert (work / "data.bin").read_bytes() == data + b"more\n"
+    assert not nodes[1].jobs.store.has(original)
+    (work / "data.bin").write_bytes(data)
+    job, rec = submit(client, jobs, on="s2", files=["data.bin"], shell="sha256sum data.bin")
+    finished(job, 30)
+    assert rec.output().split()[0].decode() == original

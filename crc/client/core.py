@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..net import Connection, EventLoop
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
-    MAX_ID, Message, MsgType, encode,
+    MAX_ID, Message, MsgType, encode, encode_parts,
     ProtocolError, Status, StatusCode, random_id,
 )
 from ..protocol.handshake import Hello, parse_hello
@@ -126,7 +126,7 @@ class ChatClient:
         if not self.connected or not self.ext:
             return False
         if msg.flags & FLAG_BULK:
-            self.conn.send_bulk(encode(msg))
+            self.conn.send_bulk(*encode_parts(msg))
         else:
             self.conn.send(msg)
         return True

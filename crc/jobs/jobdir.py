@@ -1,8 +1,13 @@
 """A job's working directory: filled with exactly its files, diffed afterwards.
 
-``JobDir.create`` makes a fresh directory and copies the required blobs in
-(copies, not links, so a job that edits a file in place cannot touch the
-store). ``produced()`` lists the files the job created or changed, refusing
+``JobDir.create`` makes a fresh directory and puts the required blobs in.
+Small ones are copied. A large one (``LINK_MIN`` and up) is hard-linked when
+the caller allows it (no other live job has it linked): copying 100 MB costs
+as much disk bandwidth as receiving it did. A job may edit a linked file in
+place, which edits the stored blob too; ``produced()`` notices (size, mtime
+or ctime changed: a write always moves ctime, and no job can set it back)
+and lists it in ``tainted``, and the caller drops that blob from the store.
+``produced()`` lists the files the job created or changed, refusing
 symlinks that point outside the directory. ``remove()`` deletes it all.
 
 ``Sweeper`` takes finished job directories off the server's hands: removing
@@ -46,10 +51,22 @@ class JobDirError(Exception):
     pass
 
 
+#: Blobs this large and up may be hard-linked into a job directory.
+LINK_MIN = 1024 * 1024
+
+
+def _fingerprint(st: os.stat_result) -> tuple[int, int, int]:
+    return st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 class JobDir:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._before: dict[str, tuple[int, int]] = {}
+        self._before: dict[str, tuple[int, int, int]] = {}
+        #: name -> sha of the files placed as hard links to store blobs.
+        self.linked: dict[str, str] = {}
+        #: shas of linked blobs the job changed (filled by ``produced``).
+        self.tainted: list[str] = []
 
     @classmethod
     def create(cls, parent: Path, label: str) -> "JobDir":
@@ -57,7 +74,9 @@ class JobDir:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:40]
         return cls(Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=parent)))
 
-    def place(self, ref: FileRef, blob: Path) -> None:
+    def place(self, ref: FileRef, blob: Path, may_link: bool = False) -> None:
+        """Put ``blob`` in as ``ref.name``: a copy, or a hard link when ``may_link``
+        and the blob is large (falling back to a copy where links fail)."""
         why = bad_relative_path(ref.name)
         if why:
             raise JobDirError(why)
@@ -68,10 +87,19 @@ class JobDir:
             if not dest.resolve().is_relative_to(self.path.resolve()):
                 raise JobDirError(f"file name {ref.name!r} leaves the job directory")
             dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(blob, dest)
+        linked = False
+        if may_link and ref.size >= LINK_MIN:
+            try:
+                os.link(blob, dest)
+                linked = True
+            except OSError:
+                pass            # another file system, or links refused: copy
+        if not linked:
+            shutil.copyfile(blob, dest)
         os.chmod(dest, ref.mode & 0o777)
-        st = dest.stat()
-        self._before[ref.name] = (st.st_size, st.st_mtime_ns)
+        if linked:
+            self.linked[ref.name] = ref.sha
+        self._before[ref.name] = _fingerprint(dest.stat())
 
     def produced(self) -> tuple[list[tuple[str, Path, int]], list[str]]:
         """(name, path, mode) of every new or changed file, and warnings."""
@@ -93,8 +121,10 @@ class JobDir:
                 st = full.stat()
                 if not stat.S_ISREG(st.st_mode):
                     continue
-                if self._before.get(rel) == (st.st_size, st.st_mtime_ns):
+                if self._before.get(rel) == _fingerprint(st):
                     continue
+                if rel in self.linked:
+                    self.tainted.append(self.linked[rel])
                 out.append((rel, full, stat.S_IMODE(st.st_mode)))
         out.sort()
         return out, warnings

@@ -41,7 +41,7 @@ from .process import STDERR, ChildProcess
 from .rakefile import bad_relative_path
 from .scheduler import Ledger, by_name, pick
 from .store import BlobStore, valid_sha
-from .transfer import Transfers
+from .transfer import Transfers, cached_by_relays
 from .wire import Kind, frame, unpack, unpack_view
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,7 @@ class JobService:
         self.queue: list[str] = []
         self.origins: dict[int, int] = {}            # entry id -> jobs received from it
         self.dispatched: dict[str, tuple[int, int]] = {}   # run id -> (client, server)
+        self.linked: set[str] = set()        # blobs hard-linked into a live job directory
         self._seq = 0
         self._last_sent: LoadReport | None = None
         self._last_sent_at = 0.0
@@ -407,7 +408,8 @@ class JobService:
         try:
             run.jobdir = JobDir.create(self.root / "jobs", run.id)
             for ref in run.files:
-                run.jobdir.place(ref, self.store.path(ref.sha))
+                run.jobdir.place(ref, self.store.path(ref.sha), may_link=ref.sha not in self.linked)
+                self.linked.update(run.jobdir.linked.values())
             run.process = ChildProcess(
                 self.loop, run.argv, str(run.jobdir.path), stdin=run.stdin,
                 on_output=lambda stream, data, run=run: self._output(run, stream, data),
@@ -446,17 +448,21 @@ class JobService:
         if run.jobdir is not None:
             try:
                 produced, warnings = run.jobdir.produced()
+                for sha in run.jobdir.tainted:
+                    log.info("%s: job %s changed linked blob %s in place; dropped from the store",
+                             self.server.name, run.id, sha[:12])
+                    self.store.forget(sha)
                 for name, path, mode in produced:
                     size = path.stat().st_size
                     if size > self.config.max_file:
                         warnings.append(f"{name} is {size} bytes, over the {self.config.max_file}"
                                         " byte limit; not returned")
                         continue
-                    sha, size = self.store.add_file(path)
+                    sha, size = self.store.add_file(path, move=True)
                     files.append(FileRef(name, sha, size, mode).to_json())
             except OSError as exc:
                 warnings.append(f"could not collect produced files: {exc}")
-            self.sweeper.discard(run.jobdir)
+            self._discard(run)
         for w in warnings:
             self._output(run, STDERR, f"crc: {w}\n".encode())
         seconds = round(time.monotonic() - run.started, 3)
@@ -466,6 +472,12 @@ class JobService:
         self._to_client(run.client, Kind.DONE, {
             "id": run.id, "exit": code, "error": run.error, "files": files,
             "server": self.me, "name": self.server.name, "seconds": seconds})
+
+    def _discard(self, run: Run) -> None:
+        """Hand a finished job's directory to the sweeper; its links are free again."""
+        assert run.jobdir is not None
+        self.linked.difference_update(run.jobdir.linked.values())
+        self.sweeper.discard(run.jobdir)
 
     def _finish(self, run: Run) -> None:
         run.state = "done"
@@ -482,7 +494,7 @@ class JobService:
             run.process.kill()          # _exited reports it
             return
         if run.jobdir is not None:
-            self.sweeper.discard(run.jobdir)
+            self._discard(run)
         self._finish(run)
         if notify:
             self._to_client(run.client, Kind.FAILED, {"id": run.id, "error": error})
@@ -515,6 +527,9 @@ class JobService:
         try:
             header, _ = unpack(msg.payload)
         except ProtocolError:
+            return False
+        size = header.get("size")
+        if not isinstance(size, int) or not cached_by_relays(size):
             return False
         self.transfers.want(msg.source, msg.dest, header)
         return True

@@ -86,18 +86,30 @@ class BlobStore:
             f.seek(offset)
             return f.read(length)
 
-    def add_file(self, source: Path) -> tuple[str, int]:
-        """Hash ``source`` and keep a copy; returns (sha, size)."""
+    def add_file(self, source: Path, move: bool = False) -> tuple[str, int]:
+        """Hash ``source`` and keep a copy; returns (sha, size). With ``move`` the
+        file itself is taken (hard-linked: its directory is about to go)."""
         sha, size = hash_file(source)
         if not self.has(sha):
             dest = self.path(sha)
             dest.parent.mkdir(exist_ok=True)
+            if move:
+                try:
+                    os.link(source, dest)
+                    return sha, size
+                except OSError:
+                    pass        # another file system: copy
             tmp = self.root / "tmp" / f"{sha}.{os.getpid()}.add"
             with open(source, "rb") as src, open(tmp, "wb") as out:
                 while block := src.read(BLOCK):
                     out.write(block)
             os.replace(tmp, dest)
         return sha, size
+
+    def forget(self, sha: str) -> None:
+        """Drop a blob (one whose file was changed behind the store's back)."""
+        if valid_sha(sha):
+            self.path(sha).unlink(missing_ok=True)
 
     def begin(self, sha: str, size: int) -> Partial:
         """Start (or continue) receiving blob ``sha`` of ``size`` bytes."""

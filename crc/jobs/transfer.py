@@ -1,27 +1,27 @@
-"""Moving blobs between machines: pulled in windows, cached at every relay.
+"""Moving blobs between machines: pulled in windows; small ones cached by relays.
 
 The machine that needs a blob (the *requester*) sends WANT frames towards the
-machine that holds it (the *holder*), each asking for one chunk; it keeps
-``WINDOW`` chunks in flight, so a link's queue never holds more than a window
-of the file — and since DATA frames are bulk, chat on the same links
-overtakes them.
+machine that holds it (the *holder*), each asking for one 256 KiB chunk; it
+keeps ``WINDOW`` chunks in flight. DATA frames are bulk, so chat on the same
+links overtakes them in every send queue; what it cannot overtake is what
+already sits in socket buffers, and that is bounded by the window: at most
+``WINDOW`` chunks of this transfer lie anywhere between holder and requester
+(docs/performance.md, "Jobs", has the sweep behind the figure).
 
-The window is deliberately small. Bytes already handed to the kernel (socket
-buffers at both ends of a link) cannot be overtaken: a chat waits until the
-receiver has worked through them, and a relay that writes, hashes and
-forwards a file works through tens of MB/s, not GB/s. So whatever a window
-holds is added to a chat's delay at every hop. One 64 KiB chunk per hop
-keeps a chat's round trip across three busy hops under 5 ms on an otherwise
-idle two-core machine; the hops still stream at once, since every relay
-fetches ahead on its own (docs/performance.md, "Jobs", has the measurements).
+Small blobs (up to ``RELAY_CACHE_MAX``: sources, headers, objects) are cached
+by every mesh server on the way: a WANT passing through is not forwarded but
+answered — from the server's store if it has the blob, otherwise by fetching
+the blob itself (one fetch, however many requesters) and answering each
+requested chunk as soon as it has arrived. So such a file crosses each link
+once, even when many servers ask for it at the same moment (the headers every
+compile of a C project needs).
 
-Every mesh server on the way is a caching proxy: a WANT passing through is
-not forwarded but answered — from the server's store if it has the blob,
-otherwise by fetching the blob itself (one fetch, however many requesters)
-and answering each requested chunk as soon as it has arrived. So a file
-crosses each link once, even when many servers ask for it at the same moment
-(the headers every compile of a C project needs), and a large file still
-streams through all hops at once instead of hop after hop.
+Larger blobs pass relays untouched (cut-through): WANTs and DATA are routed
+like any extension frame, received in place and sent on without a copy
+(``Decoder.receive_buffer``, ``Connection.send_bulk``), so a relay costs a
+large file two socket copies instead of a write, a hash and a read. Only the
+requester stores and verifies it. Two servers wanting the same large file at
+once each pull their own copy.
 """
 
 from __future__ import annotations
@@ -37,9 +37,10 @@ from .wire import Kind, frame
 
 log = logging.getLogger(__name__)
 
-CHUNK = 64 * 1024            # bytes asked for by one WANT
-WINDOW = 1                   # WANTs in flight per fetch (per hop)
+CHUNK = 256 * 1024           # bytes asked for by one WANT
+WINDOW = 3                    # WANTs in flight per fetch
 MAX_CHUNK = 256 * 1024       # the largest WANT answered (peers may ask for more than CHUNK)
+RELAY_CACHE_MAX = 8 * 1024 * 1024   # larger blobs pass relays untouched (cut-through)
 MIN_DEFLATE = 512            # smaller chunks are sent as they are
 
 Send = Callable[[Extension], bool]
@@ -69,6 +70,11 @@ def _request(header: dict) -> tuple[str, int, int, int] | None:
     if offset < 0 or not 0 < length <= MAX_CHUNK:
         return None
     return sha, offset, length, size
+
+
+def cached_by_relays(size: int) -> bool:
+    """Whether relays answer WANTs for a blob of ``size`` bytes themselves."""
+    return 0 <= size <= RELAY_CACHE_MAX
 
 
 class Transfers:

@@ -5,8 +5,9 @@ queues. ``send`` is the only way to write: bytes are queued and flushed at the
 end of the loop pass; write interest is registered only while bytes remain
 after a partial send, and dropped the moment the queue drains, so an idle
 connection costs no CPU. Control traffic (``send``) always goes ahead of bulk
-frames (``send_bulk``), which are released one frame at a time, so a chat
-never waits behind a large file on the same link.
+frames (``send_bulk``), which are released one frame at a time (a frame that
+has started is finished before anything else), so a chat never waits behind
+a large file on the same link.
 
 Every failure — EOF, a reset, a protocol error, a send queue over its cap —
 ends in ``close(reason)``: idempotent, it unregisters and closes the socket at
@@ -68,8 +69,9 @@ class Connection:
         #: Free slot for the owner's per-link state (peer id, role, extensions...).
         self.peer: Any = None
         self._out = bytearray()
-        self._bulk: collections.deque[bytes] = collections.deque()
+        self._bulk: collections.deque[list[memoryview]] = collections.deque()
         self._bulk_size = 0
+        self._bulk_started = False     # the first bulk frame is partly sent
         self._connecting = connecting
         self._close_after_flush = False
         self._reading = True
@@ -97,12 +99,14 @@ class Connection:
         self._out += data
         self._queued()
 
-    def send_bulk(self, data: bytes) -> None:
-        """Queue one whole low-priority frame (sent when no control bytes wait)."""
+    def send_bulk(self, *parts: bytes | bytearray | memoryview) -> None:
+        """Queue one whole low-priority frame, given as the parts it is made of
+        (sent, without joining them, when no control bytes wait)."""
         if self.closed:
             return
-        self._bulk.append(data)
-        self._bulk_size += len(data)
+        views = [memoryview(p).cast("B") for p in parts if len(p)]
+        self._bulk.append(views)
+        self._bulk_size += sum(len(v) for v in views)
         self._queued()
 
     def _queued(self) -> None:
@@ -127,18 +131,33 @@ class Connection:
             return
         try:
             while True:
-                if not self._out:
-                    if not self._bulk:
-                        break
-                    frame = self._bulk.popleft()
-                    self._bulk_size -= len(frame)
-                    self._out += frame
-                out = self._out
-                n = self.sock.send(out if len(out) <= SEND_SIZE else memoryview(out)[:SEND_SIZE])
-                self.bytes_out += n
-                del self._out[:n]
-                if self._out:
-                    break  # socket buffer full
+                if self._out and not self._bulk_started:
+                    out = self._out
+                    n = self.sock.send(out if len(out) <= SEND_SIZE else memoryview(out)[:SEND_SIZE])
+                    self.bytes_out += n
+                    del self._out[:n]
+                    if self._out:
+                        break  # socket buffer full
+                elif self._bulk:
+                    # Bulk frames go out from their own buffers (one vectored
+                    # send of their parts), not copied into ``_out``. Control
+                    # bytes go first, but never into the middle of a frame: one
+                    # that has started is finished first.
+                    parts = self._bulk[0]
+                    n = self.sock.sendmsg(parts) if len(parts) > 1 else self.sock.send(parts[0])
+                    self.bytes_out += n
+                    self._bulk_size -= n
+                    while parts and n >= len(parts[0]):
+                        n -= len(parts.pop(0))
+                    if not parts:
+                        self._bulk.popleft()
+                        self._bulk_started = False
+                    else:
+                        parts[0] = parts[0][n:]
+                        self._bulk_started = True
+                        break  # socket buffer full
+                else:
+                    break
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as exc:
@@ -193,6 +212,10 @@ class Connection:
         self.loop.want_flush(self)
 
     def _read(self) -> None:
+        target = self.decoder.receive_buffer()
+        if target is not None:
+            self._read_in_place(target)
+            return
         buffer = self.loop.recv_buffer
         try:
             n = self.sock.recv_into(buffer)
@@ -206,6 +229,23 @@ class Connection:
             return
         self.bytes_in += n
         self.owner.on_data(self, buffer[:n].tobytes())
+
+    def _read_in_place(self, target: memoryview) -> None:
+        """Receive where the decoder asks (``Decoder.receive_buffer``)."""
+        try:
+            n = self.sock.recv_into(target)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.close(f"receive failed: {exc.strerror or exc}")
+            return
+        if not n:
+            self.close("connection closed by peer")
+            return
+        self.bytes_in += n
+        messages = self.decoder.received(n)
+        if messages:
+            self.owner.on_messages(self, messages)
 
     def decode(self, data: bytes,
                relay: Callable[["Connection", list[ChatFrame]], None] | None = None) -> None:

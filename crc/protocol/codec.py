@@ -105,11 +105,25 @@ def encode(msg: Message) -> bytes:
             text = _utf8(msg.text, "server quit text")
             return _SQUIT.pack(t, msg.source, msg.replacement, len(text)) + text
         if t is MsgType.EXTENSION:
-            payload = bytes(msg.payload)
-            return _EXT.pack(t, msg.kind, msg.source, msg.dest, msg.flags, len(payload)) + payload
+            payload = msg.payload
+            return b"".join((_EXT.pack(t, msg.kind, msg.source, msg.dest, msg.flags,
+                                       len(payload)), payload))
     except struct.error as exc:
         raise EncodeError(f"{type(msg).__name__}: field out of range ({exc})") from None
     raise EncodeError(f"cannot encode {msg!r}")
+
+
+def encode_parts(msg: Extension) -> tuple[bytes, bytes | bytearray | memoryview]:
+    """An extension frame as (header, payload): the same bytes as ``encode``,
+    for a vectored send that does not copy the payload."""
+    payload = msg.payload
+    if len(payload) > 0xFFFFFFFF:
+        raise EncodeError(f"extension payload of {len(payload)} bytes is too long")
+    try:
+        head = _EXT.pack(MsgType.EXTENSION, msg.kind, msg.source, msg.dest, msg.flags, len(payload))
+    except struct.error as exc:
+        raise EncodeError(f"Extension: field out of range ({exc})") from None
+    return head, payload
 
 
 def _text(buf: bytearray, start: int, end: int, field: str) -> str:
@@ -119,10 +133,18 @@ def _text(buf: bytearray, start: int, end: int, field: str) -> str:
         raise ProtocolError(f"{field} is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
+#: Extension payloads of this many bytes and up (file chunks) are received
+#: straight into a buffer of their own once their header has arrived; the cap
+#: keeps what a header alone can make us allocate small.
+IN_PLACE_MIN = 32 * 1024
+IN_PLACE_MAX = 1024 * 1024
+
+
 class Decoder:
     """Incremental CRC decoder: feed chunks, get whole messages back."""
 
-    __slots__ = ("limits", "_buf", "_pos", "_need", "_failed")
+    __slots__ = ("limits", "_buf", "_pos", "_need", "_failed", "_large", "_large_head",
+                 "_large_filled", "_streaming", "_head_view")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
@@ -130,14 +152,75 @@ class Decoder:
         self._pos = 0          # start of the first unconsumed byte
         self._need = 1         # bytes (from _pos) before another parse is worth trying
         self._failed: ProtocolError | None = None
+        # An extension payload being received in place (see ``receive_buffer``).
+        self._streaming = False      # the last frame was one
+        self._head_view = memoryview(bytearray(_EXT.size))
+        self._large: bytearray | None = None
+        self._large_head = (0, 0, 0, 0)    # kind, source, dest, flags
+        self._large_filled = 0
+
+    # -- large payloads, received in place --------------------------------------------
+
+    def _begin_in_place(self, kind: int, source: int, dest: int, flags: int, n: int,
+                        start: int) -> None:
+        """The payload of an extension frame (``n`` bytes from ``start``) is incomplete:
+        give it a buffer of its own, take what has arrived, and consume the rest of
+        ``_buf`` (which ends inside the payload)."""
+        payload = bytearray(n)
+        have = len(self._buf) - start
+        payload[:have] = memoryview(self._buf)[start:]
+        self._large, self._large_head, self._large_filled = payload, (kind, source, dest, flags), have
+        self._pos = len(self._buf)
+        self._need = 1
+
+    def receive_buffer(self) -> memoryview | None:
+        """Where the caller should ``recv_into`` next (reporting the count to
+        ``received``), or None for "anywhere, then ``feed``".
+
+        While a large extension payload is under way, it is the rest of that
+        payload: file chunks go from the socket straight into their own buffer,
+        with no copy through the stream buffer. Right after one (a stream of file
+        chunks, most likely), with nothing else pending, it is room for just the
+        next frame header, so that the next payload, too, is received in place."""
+        if self._large is not None:
+            return memoryview(self._large)[self._large_filled:]
+        if self._streaming and not self._buf:
+            return self._head_view
+        return None
+
+    def received(self, n: int) -> list[Message]:
+        """``n`` bytes went into ``receive_buffer()``; the messages they complete."""
+        if self._large is None:
+            # A frame header (or its start) after a large payload.
+            self._streaming = False
+            return self.feed(self._head_view[:n])
+        self._large_filled += n
+        if self._large_filled < len(self._large):
+            return []
+        payload, self._large = self._large, None
+        self._streaming = True
+        return [Extension(*self._large_head, payload)]
+
+    def _fill_in_place(self, data: bytes) -> tuple[list[Message], bytes]:
+        """Feed ``data`` to the payload under way: (the frame if it completed, the rest)."""
+        assert self._large is not None
+        take = min(len(data), len(self._large) - self._large_filled)
+        self._large[self._large_filled:self._large_filled + take] = data[:take]
+        return self.received(take), data[take:]
 
     @property
     def pending(self) -> int:
         """Bytes received but not yet part of a whole message."""
-        return len(self._buf) - self._pos
+        return len(self._buf) - self._pos + (self._large_filled if self._large is not None else 0)
 
     def feed(self, data: bytes) -> list[Message]:
         """Add ``data`` to the stream; return every message it completes."""
+        if self._large is not None:
+            done, data = self._fill_in_place(data)
+            if not done:
+                return []
+            self._streaming = False
+            return done + self.feed(data) if data else done
         self._append(data)
         return self._messages()
 
@@ -154,6 +237,8 @@ class Decoder:
         """
         if self._failed is not None:
             raise ProtocolError(f"stream already failed: {self._failed}")
+        if self._large is not None:
+            return [], self.feed(data)
         if self._pos == len(self._buf):
             # Nothing pending: take the chats straight from ``data`` and keep
             # only what follows them.
@@ -292,7 +377,10 @@ class Decoder:
             self._cap(n, self.limits.max_payload, "extension payload length")
             end = pos + 16 + n
             if end > len(buf):
-                self._need = 16 + n
+                if IN_PLACE_MIN <= n <= IN_PLACE_MAX:
+                    self._begin_in_place(kind, source, dest, flags, n, pos + 16)
+                else:
+                    self._need = 16 + n
                 return None
             msg = Extension(kind, source, dest, flags, bytes(buf[pos + 16:end]))
         else:

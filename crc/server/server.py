@@ -29,6 +29,7 @@ from ..net.loop import EVENT_READ
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ChatFrame, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
     Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status, StatusCode, encode,
+    encode_parts,
     duplicate_id_text, random_id, unknown_id_text, welcome_text,
 )
 from ..protocol.handshake import FEATURES, Hello, parse_hello
@@ -272,7 +273,7 @@ class MeshServer:
         if conn is None or not conn.peer.ext:
             return False
         if msg.flags & FLAG_BULK:
-            conn.send_bulk(encode(msg))
+            conn.send_bulk(*encode_parts(msg))
         else:
             conn.send(msg)
         return True
