@@ -74,9 +74,10 @@ class Mesh:
         self.clients: list[tuple[ChatClient, threading.Thread]] = []
 
     def add(self, name: str, parent: Node | None = None, slots: int = 2,
-            **job_options: Any) -> Node:
+            server_options: dict[str, Any] | None = None, **job_options: Any) -> Node:
         connect = ("127.0.0.1", parent.server.port) if parent else None
-        server = MeshServer(ServerConfig(port=0, name=name, connect=connect))
+        server = MeshServer(ServerConfig(port=0, name=name, connect=connect,
+                                         **(server_options or {})))
         jobs = JobService(server, JobConfig(slots=slots, work_dir=self.tmp / name,
                                             load_interval=0.5, **job_options))
         server.start()

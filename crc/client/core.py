@@ -18,7 +18,7 @@ from typing import Any, Callable
 from ..net import Connection, EventLoop
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
-    MAX_ID, Message, MsgType, encode, encode_parts,
+    LinkKind, MAX_ID, Message, MsgType, encode, encode_parts,
     ProtocolError, Status, StatusCode, random_id,
 )
 from ..protocol.handshake import Hello, parse_hello
@@ -257,6 +257,9 @@ class ChatClient:
     def _on_extension(self, msg: Extension) -> None:
         if not self.ext:
             raise ProtocolError("extension frame before the hello exchange")
+        if msg.kind == LinkKind.PING and msg.dest == 0:
+            self.conn.send(Extension(LinkKind.PONG, self.id, 0, 0, b""))
+            return
         handler = self.extension_handlers.get(msg.kind)
         if handler is not None:
             handler(msg)

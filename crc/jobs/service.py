@@ -56,6 +56,7 @@ class JobConfig:
     max_file: int = 1 << 30                 # bytes per required / returned file
     max_output: int = 64 << 20              # bytes of stdout + stderr per job
     max_runtime: float = 3600.0             # seconds; a job's own timeout may be shorter
+    max_jobs_per_client: int = 256          # unfinished jobs a client may have through us
 
     def __post_init__(self) -> None:
         if self.stale_after is None:
@@ -294,6 +295,16 @@ class JobService:
             targets = [chosen] if chosen else []
         if not targets:
             self._to_client(client, Kind.FAILED, {"id": job, "error": "no server can run jobs"})
+            return
+        unfinished = sum(1 for c, _ in self.dispatched.values() if c == client)
+        quota = self.config.max_jobs_per_client
+        if unfinished + len(targets) > quota:
+            log.warning("%s: client %d has %d unfinished jobs; refusing job %s "
+                        "(--max-jobs-per-client %d)", self.server.name, client, unfinished,
+                        job[:40], quota)
+            self._to_client(client, Kind.FAILED, {
+                "id": job, "error": f"job quota: {unfinished} unfinished job(s), at most "
+                                    f"{quota} per client on this server"})
             return
         runs = []
         for target in targets:

@@ -66,6 +66,7 @@ class Connection:
         self.close_reason = ""
         self.bytes_in = 0
         self.bytes_out = 0
+        self.last_received = loop.time()     # for keepalives
         #: Free slot for the owner's per-link state (peer id, role, extensions...).
         self.peer: Any = None
         self._out = bytearray()
@@ -110,11 +111,18 @@ class Connection:
         self._queued()
 
     def _queued(self) -> None:
-        if len(self._out) + self._bulk_size > self.max_send_buffer:
+        backlog = len(self._out) + self._bulk_size
+        if backlog > self.max_send_buffer:
             log.warning("%r: send queue over %d bytes (peer not reading), dropping",
                         self, self.max_send_buffer)
             self.close("send queue overflow: peer is not reading")
             return
+        if backlog > self.max_send_buffer // 2 and self._reading:
+            # A peer that does not read what we send gets nothing more read
+            # from it until it catches up (``flush`` resumes at a quarter).
+            log.warning("%r: send queue over %d bytes; not reading from this peer until it "
+                        "catches up", self, self.max_send_buffer // 2)
+            self.pause_reading()
         self.loop.want_flush(self)
 
     def close_after_flush(self, reason: str) -> None:
@@ -163,6 +171,9 @@ class Connection:
         except OSError as exc:
             self.close(f"send failed: {exc.strerror or exc}")
             return
+        if not self._reading and self.buffered <= self.max_send_buffer // 4:
+            log.info("%r: caught up; reading again", self)
+            self._reading = True
         events = self._read_bit()
         if self._out or self._bulk:
             events |= EVENT_WRITE
@@ -228,6 +239,7 @@ class Connection:
             self.close("connection closed by peer")
             return
         self.bytes_in += n
+        self.last_received = self.loop.time()
         self.owner.on_data(self, buffer[:n].tobytes())
 
     def _read_in_place(self, target: memoryview) -> None:
@@ -243,6 +255,7 @@ class Connection:
             self.close("connection closed by peer")
             return
         self.bytes_in += n
+        self.last_received = self.loop.time()
         messages = self.decoder.received(n)
         if messages:
             self.owner.on_messages(self, messages)

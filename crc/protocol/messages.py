@@ -18,7 +18,7 @@ from enum import IntEnum
 __all__ = [
     "MsgType", "StatusCode", "MAX_ID", "random_id", "welcome_text", "unknown_id_text", "duplicate_id_text",
     "ServerRegistration", "ClientRegistration", "Status", "ServerQuit", "ClientChat",
-    "ClientQuit", "Extension", "FLAG_BULK", "Message", "V1_TYPES",
+    "ClientQuit", "Extension", "FLAG_BULK", "LinkKind", "Message", "V1_TYPES",
 ]
 
 
@@ -118,6 +118,14 @@ class ClientQuit:
 
 #: Extension frame flag: carry in every link's low-priority (bulk) queue.
 FLAG_BULK = 0x01
+
+
+class LinkKind(IntEnum):
+    """Extension kinds of the link itself (destination 0: the adjacent peer).
+    Subsystems number their kinds below 0x100 (jobs: crc/jobs/wire.py)."""
+
+    PING = 0x100               # "are you there?" after a quiet interval
+    PONG = 0x101               # the answer
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,13 +7,14 @@ handlers, the root logger); the ``MeshServer`` itself has none.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
-from ..protocol import MAX_ID
+from ..protocol import DEFAULT_LIMITS, MAX_ID
 from ..jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
 
@@ -98,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bytes of output a job may write (default: 64 MiB)")
     jobs.add_argument("--max-file", type=positive_int, default=1 << 30,
                       help="bytes per required or returned file (default: 1 GiB)")
+    bounds = p.add_argument_group("limits and liveness")
+    bounds.add_argument("--max-connections", type=positive_int, default=2048,
+                        help="open connections at most; more are refused (default: 2048)")
+    bounds.add_argument("--registration-timeout", type=positive_float, default=10.0,
+                        help="seconds a new connection has to register (default: 10)")
+    bounds.add_argument("--max-send-buffer", type=positive_int, default=64 << 20,
+                        help="bytes queued for a peer before it is dropped; from half of it "
+                        "nothing more is read from that peer (default: 64 MiB)")
+    bounds.add_argument("--max-frame", type=positive_int, default=16 << 20,
+                        help="bytes of the largest extension frame accepted (default: 16 MiB)")
+    bounds.add_argument("--keepalive", type=positive_float, default=5.0,
+                        help="seconds of quiet before a mesh link is pinged (default: 5)")
+    bounds.add_argument("--dead-after", type=positive_float, default=15.0,
+                        help="seconds of silence after which a mesh link is dropped "
+                        "(default: 15)")
+    jobs.add_argument("--max-jobs-per-client", type=positive_int, default=256,
+                      help="unfinished jobs one client may have through this server "
+                      "(default: 256)")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--log-file", help="write the log here instead of standard error")
@@ -116,14 +135,23 @@ def configure_logging(level: str, log_file: str | None, name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.dead_after <= args.keepalive:
+        build_parser().error(f"--dead-after ({args.dead_after:g}) must be longer than "
+                             f"--keepalive ({args.keepalive:g})")
     config = ServerConfig(port=args.port, id=args.id, name=args.name, info=args.info,
-                          host=args.host, connect=args.connect)
+                          host=args.host, connect=args.connect,
+                          limits=dataclasses.replace(DEFAULT_LIMITS, max_payload=args.max_frame),
+                          max_send_buffer=args.max_send_buffer,
+                          max_connections=args.max_connections,
+                          registration_timeout=args.registration_timeout,
+                          keepalive=args.keepalive, dead_after=args.dead_after)
     configure_logging(args.log_level, args.log_file, config.name)
     server = MeshServer(config)
     JobService(server, JobConfig(
         slots=args.slots, work_dir=Path(args.work_dir) if args.work_dir else None,
         load_interval=args.load_interval, max_runtime=args.max_runtime,
-        max_output=args.max_output, max_file=args.max_file))
+        max_output=args.max_output, max_file=args.max_file,
+        max_jobs_per_client=args.max_jobs_per_client))
     try:
         server.start()
     except OSError as exc:

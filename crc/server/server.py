@@ -29,7 +29,7 @@ from ..net.loop import EVENT_READ
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ChatFrame, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
     Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status, StatusCode, encode,
-    encode_parts,
+    LinkKind, encode_parts,
     duplicate_id_text, random_id, unknown_id_text, welcome_text,
 )
 from ..protocol.handshake import FEATURES, Hello, parse_hello
@@ -47,7 +47,16 @@ class ServerConfig:
     host: str = "127.0.0.1"
     connect: tuple[str, int] | None = None
     limits: Limits = DEFAULT_LIMITS
-    max_send_buffer: int = 256 * 1024 * 1024
+    #: A peer whose unsent backlog passes this is dropped (half of it: we stop
+    #: reading from it until it has caught up).
+    max_send_buffer: int = 64 * 1024 * 1024
+    max_connections: int = 2048
+    #: A new connection must register (or ask for the state) within this.
+    registration_timeout: float = 10.0
+    #: A quiet mesh link is pinged after ``keepalive`` seconds and dropped
+    #: after ``dead_after`` seconds without a byte from it.
+    keepalive: float = 5.0
+    dead_after: float = 15.0
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -79,6 +88,20 @@ class Link:
         return f"<Link {self.role.value} id={self.peer_id} {'ext' if self.ext else 'v1'}>"
 
 
+def _tcp_keepalive(sock: socket.socket, idle: float, dead_after: float) -> None:
+    """Let the kernel probe a quiet connection too (the only check a plain v1
+    peer, which cannot answer pings, gets): dead after about ``dead_after``."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle_s = max(1, int(idle))
+        interval = max(1, int((dead_after - idle) / 3) or 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except (OSError, AttributeError):
+        pass                     # not TCP, or a platform without these options
+
+
 class MeshServer:
     def __init__(self, config: ServerConfig, loop: EventLoop | None = None) -> None:
         self.config = config
@@ -93,6 +116,8 @@ class MeshServer:
         self.listener: socket.socket | None = None
         self.uplink: Connection | None = None
         self.port = config.port
+        self._refused = 0                # connections refused at the limit
+        self._refused_logged = 0.0
         #: Handlers for extension frames addressed to us (or to the adjacent
         #: peer, destination 0), by kind; filled by subsystems (jobs, ...).
         self.extension_handlers: dict[int, Callable[[Connection, Extension], None]] = {}
@@ -124,6 +149,7 @@ class MeshServer:
         self.listen()
         if self.config.connect:
             self.connect_uplink(*self.config.connect)
+        self.loop.call_later(self._keepalive_period(), self._keepalive_tick)
 
     def listen(self) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET,
@@ -182,7 +208,18 @@ class MeshServer:
             except OSError as exc:
                 log.warning("%s: accept failed: %s", self.name, exc)
                 return
-            self._new_connection(sock, Link(Role.PENDING), f"{addr[0]}:{addr[1]}")
+            if len(self.connections) >= self.config.max_connections:
+                self._refused += 1
+                if self._refused == 1 or self.loop.time() - self._refused_logged >= 1.0:
+                    log.warning("%s: connection limit (%d, --max-connections) reached; refused "
+                                "%s:%d (%d refused so far)", self.name, self.config.max_connections,
+                                addr[0], addr[1], self._refused)
+                    self._refused_logged = self.loop.time()
+                sock.close()
+                continue
+            conn = self._new_connection(sock, Link(Role.PENDING), f"{addr[0]}:{addr[1]}")
+            self.loop.call_later(self.config.registration_timeout, self._registration_deadline,
+                                 conn)
 
     def _new_connection(self, sock: socket.socket, link: Link, label: str,
                         connecting: bool = False) -> Connection:
@@ -190,7 +227,38 @@ class MeshServer:
                           max_send_buffer=self.config.max_send_buffer, connecting=connecting)
         conn.peer = link
         self.connections.add(conn)
+        _tcp_keepalive(sock, self.config.keepalive, self.config.dead_after)
         return conn
+
+    def _registration_deadline(self, conn: Connection) -> None:
+        if not conn.closed and conn.peer.role is Role.PENDING:
+            self.drop(conn, f"no registration within {self.config.registration_timeout:g} s "
+                            "(--registration-timeout)")
+
+    # -- keepalives -----------------------------------------------------------------
+
+    def _keepalive_period(self) -> float:
+        return max(0.05, min(self.config.keepalive, self.config.dead_after / 3))
+
+    def _keepalive_tick(self) -> None:
+        """Ping quiet extension links; drop those silent for ``dead_after``.
+
+        TCP can stay silent for minutes about a peer that is gone (a pulled
+        cable, a frozen host); a mesh link is not trusted longer than
+        ``dead_after`` without a byte from the other end. Plain v1 peers
+        cannot answer pings: their sockets get TCP keepalives instead."""
+        now = self.loop.time()
+        for conn in list(self.connections):
+            link: Link = conn.peer
+            if conn.closed or not link.ext or link.role not in (Role.SERVER, Role.CLIENT):
+                continue
+            quiet = now - conn.last_received
+            if quiet >= self.config.dead_after:
+                self.drop(conn, f"nothing received for {quiet:.1f} s (keepalive timeout, "
+                                "--dead-after)")
+            elif quiet >= self.config.keepalive:
+                conn.send(Extension(LinkKind.PING, self.id, 0, 0, b""))
+        self.loop.call_later(self._keepalive_period(), self._keepalive_tick)
 
     def on_data(self, conn: Connection, data: bytes) -> None:
         role = conn.peer.role
@@ -547,6 +615,11 @@ class MeshServer:
         link: Link = conn.peer
         if not link.ext:
             raise ProtocolError("extension frame on a link without extensions")
+        if msg.kind == LinkKind.PING and msg.dest == 0:
+            conn.send(Extension(LinkKind.PONG, self.id, 0, 0, b""))
+            return
+        if msg.kind == LinkKind.PONG and msg.dest == 0:
+            return                       # its arrival has refreshed the link already
         if msg.dest not in (0, self.id):
             tap = self.extension_taps.get(msg.kind)
             if tap is not None and tap(conn, msg):

@@ -1,0 +1,161 @@
+"""Limits and liveness: connection cap, registration deadline, slow readers,
+keepalives on silent links, per-client job quotas. Each is checked on live
+in-process servers over real sockets, together with a well-behaved client that
+must keep being served."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from crc.protocol import ClientChat, ClientRegistration, Decoder, encode
+
+from .meshkit import Mesh, call, wait_for
+from .test_jobs import finished, submit
+
+
+@pytest.fixture
+def mesh(tmp_path: Path):
+    m = Mesh(tmp_path / "servers")
+    yield m
+    m.close()
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """Whether the other end closes ``sock`` within ``timeout`` (reading and
+    discarding whatever arrives meanwhile)."""
+    sock.settimeout(0.05)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(65536):
+                return True
+        except socket.timeout:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def chat_round_trip(mesh: Mesh, node, tmp_path: Path, tag: str) -> None:
+    """A registered client on ``node`` can still talk to another one."""
+    a, _ = mesh.client(node, f"{tag}-a", tmp_path)
+    b, _ = mesh.client(node, f"{tag}-b", tmp_path)
+    wait_for(lambda: b.id in a.users, 5, "a to know b")
+    call(a.loop, lambda: a.send_chat(b.id, f"still served ({tag})"))
+    wait_for(lambda: any(t == f"still served ({tag})" for _, t in b.chat_log), 5,
+             "the chat to arrive")
+
+
+def test_a_connection_that_never_registers_is_closed_at_the_deadline(
+        mesh: Mesh, tmp_path: Path) -> None:
+    node = mesh.add("s1", server_options={"registration_timeout": 0.3})
+    silent = socket.create_connection(("127.0.0.1", node.server.port))
+    half = socket.create_connection(("127.0.0.1", node.server.port))
+    half.sendall(encode(ClientRegistration(77, 0, "half", "a registration cut short"))[:9])
+    chat_round_trip(mesh, node, tmp_path, "meanwhile")
+    assert closed_by_peer(silent, 5)
+    assert closed_by_peer(half, 5)
+    assert 77 not in call(node.server.loop, lambda: node.server.routes.hosts)
+
+
+def test_connections_over_the_limit_are_refused_and_logged(
+        mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
+    node = mesh.add("s1", server_options={"max_connections": 4, "registration_timeout": 30})
+    held = [socket.create_connection(("127.0.0.1", node.server.port)) for _ in range(4)]
+    wait_for(lambda: call(node.server.loop, lambda: len(node.server.connections)) == 4, 5,
+             "the server to hold four connections")
+    with caplog.at_level(logging.WARNING, logger="crc.server.server"):
+        extra = socket.create_connection(("127.0.0.1", node.server.port))
+        assert closed_by_peer(extra, 5)
+    assert "connection limit (4, --max-connections) reached" in caplog.text
+    held.pop().close()
+    wait_for(lambda: call(node.server.loop, lambda: len(node.server.connections)) == 3, 5,
+             "a slot to free up")
+    again = socket.create_connection(("127.0.0.1", node.server.port))
+    again.sendall(encode(ClientRegistration(78, 0, "late", "")))
+    wait_for(lambda: 78 in call(node.server.loop, lambda: node.server.routes.hosts), 5,
+             "a connection to be accepted again")
+    for sock in [*held, extra, again]:
+        sock.close()
+
+
+def test_a_client_that_does_not_read_is_dropped_and_others_are_served(
+        mesh: Mesh, tmp_path: Path) -> None:
+    node = mesh.add("s1", server_options={"max_send_buffer": 256 * 1024})
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", node.server.port))
+    slow.sendall(encode(ClientRegistration(90, 0, "slow", "never reads")))
+    wait_for(lambda: 90 in call(node.server.loop, lambda: node.server.routes.hosts), 5,
+             "the slow client to register")
+    flood = socket.create_connection(("127.0.0.1", node.server.port))
+    flood.sendall(encode(ClientRegistration(91, 0, "flood", "")))
+    chat = encode(ClientChat(91, 90, "x" * 4000))
+    stop = threading.Event()
+
+    def pour() -> None:           # until the server stops reading it or drops the slow one
+        flood.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                flood.sendall(chat * 16)
+            except (socket.timeout, OSError):
+                pass
+    pourer = threading.Thread(target=pour, daemon=True)
+    pourer.start()
+    try:
+        wait_for(lambda: 90 not in call(node.server.loop, lambda: node.server.routes.hosts), 20,
+                 "the slow reader to be dropped")
+    finally:
+        stop.set()
+        pourer.join(5)
+    chat_round_trip(mesh, node, tmp_path, "after")
+    backlog = call(node.server.loop, lambda: max((c.buffered for c in node.server.connections),
+                                                 default=0))
+    assert backlog <= 256 * 1024
+    slow.close()
+    flood.close()
+
+
+def test_a_silent_mesh_link_is_dropped_by_keepalive_and_a_quiet_one_kept(
+        mesh: Mesh, tmp_path: Path) -> None:
+    fast = {"keepalive": 0.1, "dead_after": 0.5}
+    s1 = mesh.add("s1", server_options=fast)
+    s2 = mesh.add("s2", s1, server_options=fast)
+    client, _ = mesh.client(s1, "idle-client", tmp_path)
+    mesh.wait_converged()
+    # Quiet but alive: pings keep the link and the extension client up.
+    time.sleep(1.5)         # three dead_after periods of nothing but keepalives
+    assert call(s1.server.loop, lambda: s2.server.id in s1.server.routes.hosts)
+    assert client.id in call(s1.server.loop, lambda: s1.server.routes.hosts)
+    # Silent: s2's loop is frozen (a hung host; TCP reports nothing).
+    release = threading.Event()
+    s2.server.loop.call_soon_threadsafe(release.wait, 10)
+    try:
+        started = time.monotonic()
+        wait_for(lambda: s2.server.id not in call(s1.server.loop,
+                                                 lambda: s1.server.routes.hosts),
+                 5, "s1 to give up on the silent s2")
+        assert time.monotonic() - started < 2.0
+    finally:
+        release.set()
+
+
+def test_a_client_over_its_job_quota_gets_a_clear_error(mesh: Mesh, tmp_path: Path) -> None:
+    (node,) = mesh.chain(1, max_jobs_per_client=2)
+    client, jobs = mesh.client(node, "greedy", tmp_path)
+    running = [submit(client, jobs, shell="sleep 30")[0] for _ in range(2)]
+    extra, _ = submit(client, jobs, shell="true")
+    finished(extra, 10)
+    assert "job quota: 2 unfinished job(s), at most 2 per client" in extra.error
+    for job in running:
+        call(client.loop, lambda job=job: jobs.cancel(job.id))
+    for job in running:
+        finished(job, 10)
+    again, _ = submit(client, jobs, shell="true")
+    assert finished(again, 10).exit_code == 0
