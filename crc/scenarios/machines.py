@@ -348,7 +348,10 @@ class ProcessServer(ServerMachine):
                         "--id", str(config.id), "--name", config.name, "--info", config.info,
                         "--log-file", str(log_file), "--work-dir", str(work_dir), *extra]
         if config.connect:
-            self.command += ["--connect", f"{config.connect[0]}:{config.connect[1]}"]
+            # Scenarios describe CRC v1 networks: a server that loses its uplink
+            # stays apart, as a v1 server would.
+            self.command += ["--connect", f"{config.connect[0]}:{config.connect[1]}",
+                             "--no-rejoin"]
         self.process: subprocess.Popen | None = None
         self.final: dict[str, Any] | None = None
 

@@ -32,6 +32,11 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]"), number
 
 
+def host_ports(text: str) -> list[tuple[str, int]]:
+    return [host_port(part.strip()) for part in text.split(",") if part.strip()] or \
+        [host_port(text)]
+
+
 def port_number(text: str) -> int:
     try:
         number = int(text)
@@ -84,8 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--info", default="", help="free text about this server")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--connect", type=host_port, metavar="HOST:PORT",
-                   help="join an existing mesh through this server")
+    p.add_argument("--connect", type=host_ports, metavar="HOST:PORT[,HOST:PORT...]",
+                   action="extend", default=[],
+                   help="join an existing mesh through this server; with several "
+                   "(comma-separated or repeated), the others are tried in turn when the "
+                   "uplink is lost or cannot be reached")
+    p.add_argument("--no-rejoin", action="store_true",
+                   help="stay apart after losing the uplink (plain CRC v1 behaviour)")
     jobs = p.add_argument_group("build jobs")
     jobs.add_argument("--slots", type=positive_int, default=os.cpu_count() or 1,
                       help="jobs run at once on this server (default: CPU count)")
@@ -139,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error(f"--dead-after ({args.dead_after:g}) must be longer than "
                              f"--keepalive ({args.keepalive:g})")
     config = ServerConfig(port=args.port, id=args.id, name=args.name, info=args.info,
-                          host=args.host, connect=args.connect,
+                          host=args.host, connect=args.connect[0] if args.connect else None,
+                          candidates=tuple(args.connect[1:]), rejoin=not args.no_rejoin,
                           limits=dataclasses.replace(DEFAULT_LIMITS, max_payload=args.max_frame),
                           max_send_buffer=args.max_send_buffer,
                           max_connections=args.max_connections,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import random
 import socket
 from dataclasses import dataclass, field
 from typing import Callable
@@ -57,6 +58,13 @@ class ServerConfig:
     #: after ``dead_after`` seconds without a byte from it.
     keepalive: float = 5.0
     dead_after: float = 15.0
+    #: More servers to join through, tried in turn after ``connect``.
+    candidates: tuple[tuple[str, int], ...] = ()
+    #: On losing (or failing to make) the uplink, try the next candidate,
+    #: waiting ``rejoin_delay`` seconds, doubling up to ``rejoin_max_delay``.
+    rejoin: bool = False
+    rejoin_delay: float = 0.2
+    rejoin_max_delay: float = 10.0
 
     def __post_init__(self) -> None:
         if not self.id:
@@ -116,6 +124,10 @@ class MeshServer:
         self.listener: socket.socket | None = None
         self.uplink: Connection | None = None
         self.port = config.port
+        self._closing = False
+        self._candidate = 0              # index of the candidate last tried
+        self._rejoin_delay = config.rejoin_delay
+        self.rejoin_attempts = 0
         self._refused = 0                # connections refused at the limit
         self._refused_logged = 0.0
         #: Handlers for extension frames addressed to us (or to the adjacent
@@ -151,6 +163,33 @@ class MeshServer:
             self.connect_uplink(*self.config.connect)
         self.loop.call_later(self._keepalive_period(), self._keepalive_tick)
 
+    # -- joining again ------------------------------------------------------------
+
+    def _uplink_lost(self) -> None:
+        """Our uplink closed (or never opened): rejoin through the next candidate
+        after a backoff. Our own subtree stays with us and rejoins with us; a
+        candidate inside it refuses us as a duplicate (it knows our id), and we
+        refuse it if its id is one we already know, so the tree never loops."""
+        candidates = [c for c in (self.config.connect, *self.config.candidates) if c]
+        if not self.config.rejoin or not candidates or self._closing:
+            return
+        self._candidate = (self._candidate + 1) % len(candidates)
+        delay = self._rejoin_delay * random.uniform(0.8, 1.2)
+        self._rejoin_delay = min(self._rejoin_delay * 2, self.config.rejoin_max_delay)
+        host, port = candidates[self._candidate]
+        log.info("%s: rejoining through %s:%d in %.2f s", self.name, host, port, delay)
+        self.loop.call_later(delay, self._rejoin, host, port)
+
+    def _rejoin(self, host: str, port: int) -> None:
+        if self._closing or self.uplink is not None:
+            return
+        self.rejoin_attempts += 1
+        try:
+            self.connect_uplink(host, port)
+        except OSError as exc:
+            log.warning("%s: cannot connect to %s:%d: %s", self.name, host, port, exc)
+            self._uplink_lost()
+
     def listen(self) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET,
                              socket.SOCK_STREAM)
@@ -185,6 +224,7 @@ class MeshServer:
         self.loop.stop()
 
     def close(self) -> None:
+        self._closing = True
         for listener in self.close_listeners:
             listener()
         self.close_listeners.clear()
@@ -282,7 +322,8 @@ class MeshServer:
     def on_closed(self, conn: Connection, reason: str) -> None:
         link: Link = conn.peer
         self.connections.discard(conn)
-        if conn is self.uplink:
+        was_uplink = conn is self.uplink
+        if was_uplink:
             self.uplink = None
         peer_id = link.peer_id
         if peer_id and self.links.get(peer_id) is conn:
@@ -295,9 +336,12 @@ class MeshServer:
                         self.name, link.role.value, peer_id, reason, len(gone))
                 self._announce_departure(gone, "link lost", exclude=None)
         elif link.role is Role.JOINING:
-            log.error("%s: could not join the mesh: %s", self.name, reason)
+            log.log(logging.WARNING if self.config.rejoin else logging.ERROR,
+                    "%s: could not join the mesh: %s", self.name, reason)
         else:
             log.debug("%s: %r closed: %s", self.name, conn, reason)
+        if was_uplink:
+            self._uplink_lost()
 
     def drop(self, conn: Connection, reason: str) -> None:
         """Disconnect a misbehaving peer; cleanup follows in ``on_closed``."""
@@ -449,6 +493,7 @@ class MeshServer:
         self.links[msg.source] = conn
         conn.label = f"server {msg.name}({msg.source})"
         log.info("%s: joined the mesh through %s (id %d)", self.name, msg.name, msg.source)
+        self._rejoin_delay = self.config.rejoin_delay
         # Tell the uplink what we already know (nothing, on a fresh start),
         # and tell what we already have (servers that joined us meanwhile)
         # about the uplink; what lies beyond it follows as it arrives.
