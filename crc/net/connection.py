@@ -23,6 +23,7 @@ import errno
 import logging
 import os
 import socket
+from time import monotonic as _monotonic
 from typing import Any, Callable, Protocol
 
 from ..protocol import ChatFrame, Decoder, Limits, Message, ProtocolError, encode
@@ -223,10 +224,11 @@ class Connection:
         self.loop.want_flush(self)
 
     def _read(self) -> None:
-        target = self.decoder.receive_buffer()
-        if target is not None:
-            self._read_in_place(target)
-            return
+        if self.decoder.in_place:
+            target = self.decoder.receive_buffer()
+            if target is not None:
+                self._read_in_place(target)
+                return
         buffer = self.loop.recv_buffer
         try:
             n = self.sock.recv_into(buffer)
@@ -239,7 +241,7 @@ class Connection:
             self.close("connection closed by peer")
             return
         self.bytes_in += n
-        self.last_received = self.loop.time()
+        self.last_received = _monotonic()
         self.owner.on_data(self, buffer[:n].tobytes())
 
     def _read_in_place(self, target: memoryview) -> None:
@@ -255,7 +257,7 @@ class Connection:
             self.close("connection closed by peer")
             return
         self.bytes_in += n
-        self.last_received = self.loop.time()
+        self.last_received = _monotonic()
         messages = self.decoder.received(n)
         if messages:
             self.owner.on_messages(self, messages)

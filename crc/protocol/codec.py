@@ -144,7 +144,7 @@ class Decoder:
     """Incremental CRC decoder: feed chunks, get whole messages back."""
 
     __slots__ = ("limits", "_buf", "_pos", "_need", "_failed", "_large", "_large_head",
-                 "_large_filled", "_streaming", "_head_view")
+                 "_large_filled", "_streaming", "_head_view", "in_place")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
@@ -154,6 +154,8 @@ class Decoder:
         self._failed: ProtocolError | None = None
         # An extension payload being received in place (see ``receive_buffer``).
         self._streaming = False      # the last frame was one
+        #: Cheap check for the hot path: ``receive_buffer()`` may return a buffer.
+        self.in_place = False
         self._head_view = memoryview(bytearray(_EXT.size))
         self._large: bytearray | None = None
         self._large_head = (0, 0, 0, 0)    # kind, source, dest, flags
@@ -170,6 +172,7 @@ class Decoder:
         have = len(self._buf) - start
         payload[:have] = memoryview(self._buf)[start:]
         self._large, self._large_head, self._large_filled = payload, (kind, source, dest, flags), have
+        self.in_place = True
         self._pos = len(self._buf)
         self._need = 1
 
@@ -192,13 +195,13 @@ class Decoder:
         """``n`` bytes went into ``receive_buffer()``; the messages they complete."""
         if self._large is None:
             # A frame header (or its start) after a large payload.
-            self._streaming = False
+            self._streaming = self.in_place = False
             return self.feed(self._head_view[:n])
         self._large_filled += n
         if self._large_filled < len(self._large):
             return []
         payload, self._large = self._large, None
-        self._streaming = True
+        self._streaming = self.in_place = True
         return [Extension(*self._large_head, payload)]
 
     def _fill_in_place(self, data: bytes) -> tuple[list[Message], bytes]:
@@ -219,7 +222,7 @@ class Decoder:
             done, data = self._fill_in_place(data)
             if not done:
                 return []
-            self._streaming = False
+            self._streaming = self.in_place = False
             return done + self.feed(data) if data else done
         self._append(data)
         return self._messages()
