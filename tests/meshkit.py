@@ -22,14 +22,21 @@ from crc.server import MeshServer, ServerConfig
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Return ``condition()`` as soon as it is true; fail after ``timeout``.
+
+    Checks come quickly at first (a millisecond apart) and back off to 50 ms,
+    so a fast event is seen at once and a slow one costs little CPU."""
     deadline = time.monotonic() + timeout
+    pause = 0.001
     while True:
         value = condition()
         if value:
             return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.01)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.05)
 
 
 def call(loop: EventLoop, fn: Callable[[], Any], timeout: float = 10.0) -> Any:

@@ -14,11 +14,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pytest
+
+from .meshkit import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = str(ROOT / "mesh_server.py")
@@ -27,18 +28,6 @@ CLIENT = str(ROOT / "chat_client.py")
 #: Upper bound for anything to happen (start, connect, deliver, exit).
 DEADLINE = 30.0
 LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
-
-
-def wait_for(what: str, condition: Callable[[], object], timeout: float = DEADLINE) -> object:
-    """Poll ``condition`` until it returns something true; fail after ``timeout``."""
-    end = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def child_env() -> dict[str, str]:
@@ -93,8 +82,8 @@ class Server:
             args += ["--connect", f"127.0.0.1:{connect}"]
         self.proc = procs.start(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.name = name
-        self.port = int(wait_for(f"{name} to log its port", self._logged_port))
-        wait_for(f"{name} to accept connections", self._accepts)
+        self.port = int(wait_for(self._logged_port, DEADLINE, f"{name} to log its port"))
+        wait_for(self._accepts, DEADLINE, f"{name} to accept connections")
 
     def _logged_port(self) -> str | None:
         assert self.proc.poll() is None, f"{self.name} exited with {self.proc.returncode}"
@@ -186,8 +175,8 @@ def test_a_duplicate_id_is_refused(procs: Processes, server: Server, tmp_path: P
     with holder_out.open("w", encoding="utf-8") as out:
         holder = procs.start(client_args(server, "holder", 301), stdin=subprocess.PIPE,
                              stdout=out, stderr=subprocess.PIPE)
-    wait_for("the first client's welcome",
-             lambda: "[status] Welcome" in holder_out.read_text(encoding="utf-8"))
+    wait_for(lambda: "[status] Welcome" in holder_out.read_text(encoding="utf-8"), DEADLINE,
+             "the first client's welcome")
 
     dup = run_client(procs, server, "copycat", 301, "/msg holder never sent\n")
     assert dup.returncode != 0

@@ -129,8 +129,14 @@ def test_a_silent_mesh_link_is_dropped_by_keepalive_and_a_quiet_one_kept(
     s2 = mesh.add("s2", s1, server_options=fast)
     client, _ = mesh.client(s1, "idle-client", tmp_path)
     mesh.wait_converged()
-    # Quiet but alive: pings keep the link and the extension client up.
-    time.sleep(1.5)         # three dead_after periods of nothing but keepalives
+    # Quiet but alive: pings keep the link and the extension client up. The
+    # client sends nothing but answers; each ping follows at least
+    # ``keepalive`` (0.1 s) of quiet, so 15 of them span three ``dead_after``
+    # periods in which only keepalives kept the client's link up.
+    def client_pings() -> int:
+        return call(s1.server.loop, lambda: s1.server.links[client.id].peer.pings
+                    if client.id in s1.server.links else 0)
+    wait_for(lambda: client_pings() >= 15, 20, "15 keepalive rounds on the client's link")
     assert call(s1.server.loop, lambda: s2.server.id in s1.server.routes.hosts)
     assert client.id in call(s1.server.loop, lambda: s1.server.routes.hosts)
     # Silent: s2's loop is frozen (a hung host; TCP reports nothing).

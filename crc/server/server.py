@@ -90,6 +90,7 @@ class Link:
     outbound: bool = False
     peer_id: int = 0
     ext: bool = False              # hello exchange completed: extensions allowed
+    pings: int = 0                 # keepalive pings sent on this link
     features: frozenset[str] = field(default_factory=frozenset)
 
     def __repr__(self) -> str:
@@ -297,6 +298,7 @@ class MeshServer:
                 self.drop(conn, f"nothing received for {quiet:.1f} s (keepalive timeout, "
                                 "--dead-after)")
             elif quiet >= self.config.keepalive:
+                link.pings += 1
                 conn.send(Extension(LinkKind.PING, self.id, 0, 0, b""))
         self.loop.call_later(self._keepalive_period(), self._keepalive_tick)
 
