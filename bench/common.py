@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -86,3 +87,55 @@ def wait_until(predicate: Callable[[], Any], deadline: float, what: str,
         if time.monotonic() > deadline:
             raise BenchError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+# -- child processes and servers ------------------------------------------------------
+
+class Processes:
+    """Child processes started by one step; all stopped when the step ends."""
+
+    live: set[subprocess.Popen] = set()   # every group's, for the last-resort cleanup
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self) -> "Processes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+    def spawn(self, args: list[str], *, stdout: int = subprocess.DEVNULL,
+              stderr_name: str = "") -> subprocess.Popen:
+        stderr: Any = subprocess.DEVNULL
+        if stderr_name:
+            stderr = open(self.logdir / f"{stderr_name}.stderr", "wb")
+        try:
+            proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
+                                    stdout=stdout, stderr=stderr, preexec_fn=die_with_parent)
+        finally:
+            if stderr_name:
+                stderr.close()
+        self.procs.append(proc)
+        Processes.live.add(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        stop_group(self.procs)
+        self.procs.clear()
+
+
+def stop_group(procs: list[subprocess.Popen] | set[subprocess.Popen]) -> None:
+    """Stop ``procs`` (``common.stop_processes``) and forget them."""
+    procs = list(procs)
+    stop_processes(procs)
+    Processes.live.difference_update(procs)
+
+
+@dataclass
+class Server:
+    name: str
+    id: int
+    port: int
+    proc: subprocess.Popen

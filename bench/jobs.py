@@ -68,8 +68,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from common import (  # noqa: E402  (a sibling module; it also puts ROOT on sys.path)
-    LOOPBACK, ROOT, BenchError, die_with_parent, free_port, state_query, stop_processes,
-    wait_until,
+    LOOPBACK, ROOT, BenchError, Processes, Server, free_port, state_query, wait_until,
 )
 
 import psutil  # noqa: E402
@@ -117,40 +116,7 @@ QUICK = Params(jobs=60, rounds=1, warmup_jobs=5, window=16, file_mib=8, raw_repe
                idle_rounds=200, c_files=8, headers=4, setup_timeout=20.0, step_timeout=60.0)
 
 
-# -- child processes -----------------------------------------------------------------------
-
-class Processes:
-    """The servers of one step; all stopped when the step ends."""
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> "Processes":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        stop_processes(self.procs)
-        self.procs.clear()
-
-    def spawn(self, args: list[str], name: str) -> subprocess.Popen:
-        with open(self.logdir / f"{name}.stderr", "wb") as stderr:
-            proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=stderr,
-                                    preexec_fn=die_with_parent)
-        self.procs.append(proc)
-        return proc
-
-
 # -- servers -------------------------------------------------------------------------------
-
-@dataclass
-class Server:
-    name: str
-    id: int
-    port: int
-    proc: subprocess.Popen
-
 
 def start_servers(group: Processes, names: list[str], parents: list[int | None],
                   workdir: Path, timeout: float, slots: int | None = None) -> list[Server]:
@@ -172,7 +138,7 @@ def start_servers(group: Processes, names: list[str], parents: list[int | None],
                 args += ["--slots", str(slots)]
             if parent is not None:
                 args += ["--connect", f"{LOOPBACK}:{servers[parent].port}"]
-            proc = group.spawn(args, name)
+            proc = group.spawn(args, stderr_name=name)
             server = Server(name, 5001 + i, port, proc)
             up = wait_until(lambda: proc.poll() is not None or state_query(port, 1.0) is not None,
                             deadline, f"server {name} to listen")

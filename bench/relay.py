@@ -54,8 +54,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from common import (  # noqa: E402  (a sibling module; it also puts ROOT on sys.path)
-    LOOPBACK, ROOT, BenchError, die_with_parent, free_port, state_query, stop_processes,
-    wait_until,
+    LOOPBACK, ROOT, BenchError, Processes, Server, free_port, state_query, stop_group, wait_until,
 )
 
 import psutil  # noqa: E402
@@ -105,59 +104,7 @@ QUICK = Params(chains=(2, 5), messages=5_000, rounds=200, warmup_rounds=20, tree
                stall_timeout=5.0, converge_timeout=15.0, setup_timeout=30.0)
 
 
-# -- child processes ------------------------------------------------------------------
-
-class Processes:
-    """Child processes started by one step; all stopped when the step ends."""
-
-    live: set[subprocess.Popen] = set()   # every group's, for the last-resort cleanup
-
-    def __init__(self, logdir: Path) -> None:
-        self.logdir = logdir
-        self.procs: list[subprocess.Popen] = []
-
-    def __enter__(self) -> "Processes":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop_all()
-
-    def spawn(self, args: list[str], *, stdout: int = subprocess.DEVNULL,
-              stderr_name: str = "") -> subprocess.Popen:
-        stderr: Any = subprocess.DEVNULL
-        if stderr_name:
-            stderr = open(self.logdir / f"{stderr_name}.stderr", "wb")
-        try:
-            proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdin=subprocess.DEVNULL,
-                                    stdout=stdout, stderr=stderr, preexec_fn=die_with_parent)
-        finally:
-            if stderr_name:
-                stderr.close()
-        self.procs.append(proc)
-        Processes.live.add(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        stop_group(self.procs)
-        self.procs.clear()
-
-
-def stop_group(procs: list[subprocess.Popen] | set[subprocess.Popen]) -> None:
-    """Stop ``procs`` (``common.stop_processes``) and forget them."""
-    procs = list(procs)
-    stop_processes(procs)
-    Processes.live.difference_update(procs)
-
-
 # -- servers ----------------------------------------------------------------------------
-
-@dataclass
-class Server:
-    name: str
-    id: int
-    port: int
-    proc: subprocess.Popen
-
 
 #: Scratch space for every receive of this process's main thread (the only one
 #: that receives): ``recv(n)`` would allocate, and for large ``n`` map and unmap,

@@ -227,40 +227,34 @@ class Connection:
         if self.decoder.in_place:
             target = self.decoder.receive_buffer()
             if target is not None:
-                self._read_in_place(target)
+                # The rest of a large frame (or the next header) goes straight
+                # where the decoder wants it.
+                n = self._recv_into(target)
+                messages = self.decoder.received(n) if n else None
+                if messages:
+                    self.owner.on_messages(self, messages)
                 return
         buffer = self.loop.recv_buffer
+        n = self._recv_into(buffer)
+        if n:
+            self.owner.on_data(self, buffer[:n].tobytes())
+
+    def _recv_into(self, buffer: memoryview) -> int:
+        """Bytes received into ``buffer``; 0 if none (nothing yet, or the
+        connection ended: then it is closed, with the reason)."""
         try:
             n = self.sock.recv_into(buffer)
         except (BlockingIOError, InterruptedError):
-            return
+            return 0
         except OSError as exc:
             self.close(f"receive failed: {exc.strerror or exc}")
-            return
+            return 0
         if not n:
             self.close("connection closed by peer")
-            return
+            return 0
         self.bytes_in += n
         self.last_received = _monotonic()
-        self.owner.on_data(self, buffer[:n].tobytes())
-
-    def _read_in_place(self, target: memoryview) -> None:
-        """Receive where the decoder asks (``Decoder.receive_buffer``)."""
-        try:
-            n = self.sock.recv_into(target)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            self.close(f"receive failed: {exc.strerror or exc}")
-            return
-        if not n:
-            self.close("connection closed by peer")
-            return
-        self.bytes_in += n
-        self.last_received = _monotonic()
-        messages = self.decoder.received(n)
-        if messages:
-            self.owner.on_messages(self, messages)
+        return n
 
     def decode(self, data: bytes,
                relay: Callable[["Connection", list[ChatFrame]], None] | None = None) -> None:

@@ -105,9 +105,7 @@ def encode(msg: Message) -> bytes:
             text = _utf8(msg.text, "server quit text")
             return _SQUIT.pack(t, msg.source, msg.replacement, len(text)) + text
         if t is MsgType.EXTENSION:
-            payload = msg.payload
-            return b"".join((_EXT.pack(t, msg.kind, msg.source, msg.dest, msg.flags,
-                                       len(payload)), payload))
+            return b"".join(encode_parts(msg))
     except struct.error as exc:
         raise EncodeError(f"{type(msg).__name__}: field out of range ({exc})") from None
     raise EncodeError(f"cannot encode {msg!r}")
@@ -144,7 +142,7 @@ class Decoder:
     """Incremental CRC decoder: feed chunks, get whole messages back."""
 
     __slots__ = ("limits", "_buf", "_pos", "_need", "_failed", "_large", "_large_head",
-                 "_large_filled", "_streaming", "_head_view", "in_place")
+                 "_large_filled", "_head_view", "in_place")
 
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self.limits = limits
@@ -153,8 +151,8 @@ class Decoder:
         self._need = 1         # bytes (from _pos) before another parse is worth trying
         self._failed: ProtocolError | None = None
         # An extension payload being received in place (see ``receive_buffer``).
-        self._streaming = False      # the last frame was one
-        #: Cheap check for the hot path: ``receive_buffer()`` may return a buffer.
+        #: A large payload is under way, or the last frame was one: only then
+        #: may ``receive_buffer()`` return a buffer (a cheap hot-path check).
         self.in_place = False
         self._head_view = memoryview(bytearray(_EXT.size))
         self._large: bytearray | None = None
@@ -187,7 +185,7 @@ class Decoder:
         next frame header, so that the next payload, too, is received in place."""
         if self._large is not None:
             return memoryview(self._large)[self._large_filled:]
-        if self._streaming and not self._buf:
+        if self.in_place and not self._buf:
             return self._head_view
         return None
 
@@ -195,13 +193,13 @@ class Decoder:
         """``n`` bytes went into ``receive_buffer()``; the messages they complete."""
         if self._large is None:
             # A frame header (or its start) after a large payload.
-            self._streaming = self.in_place = False
+            self.in_place = False
             return self.feed(self._head_view[:n])
         self._large_filled += n
         if self._large_filled < len(self._large):
             return []
         payload, self._large = self._large, None
-        self._streaming = self.in_place = True
+        self.in_place = True
         return [Extension(*self._large_head, payload)]
 
     def _fill_in_place(self, data: bytes) -> tuple[list[Message], bytes]:
@@ -222,7 +220,7 @@ class Decoder:
             done, data = self._fill_in_place(data)
             if not done:
                 return []
-            self._streaming = self.in_place = False
+            self.in_place = False
             return done + self.feed(data) if data else done
         self._append(data)
         return self._messages()
