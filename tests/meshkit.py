@@ -121,8 +121,9 @@ class Mesh:
                 print(f"{n.name} id={n.server.id} hosts/load ages/ext links: {view}")
             raise
 
-    def client(self, node: Node, name: str, base_dir: Path) -> tuple[ChatClient, JobClient]:
-        client = ChatClient(ClientConfig(("127.0.0.1", node.server.port), name))
+    def client(self, node: Node, name: str, base_dir: Path,
+               tls: Any = None) -> tuple[ChatClient, JobClient]:
+        client = ChatClient(ClientConfig(("127.0.0.1", node.server.port), name, tls=tls))
         jobs = JobClient(client, base_dir)
         client.start()
         thread = threading.Thread(target=client.loop.run, name=name, daemon=True)
@@ -130,6 +131,20 @@ class Mesh:
         self.clients.append((client, thread))
         wait_for(lambda: client.ext, 10, f"{name} to complete the extension handshake")
         return client, jobs
+
+    def chat_client(self, node: Node, name: str, wait: bool = True,
+                    **options: Any) -> ChatClient:
+        """A reliable, reconnecting chat client (``options``: more ClientConfig fields)."""
+        options.setdefault("reliable", True)
+        options.setdefault("reconnect", True)
+        client = ChatClient(ClientConfig(("127.0.0.1", node.server.port), name, **options))
+        client.start()
+        thread = threading.Thread(target=client.loop.run, name=name, daemon=True)
+        thread.start()
+        self.clients.append((client, thread))
+        if wait:
+            wait_for(lambda: client.negotiated, 10, f"{name} to settle its extensions")
+        return client
 
     def close(self) -> None:
         for client, thread in self.clients:

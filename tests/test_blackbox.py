@@ -74,10 +74,10 @@ def procs() -> Iterator[Processes]:
 
 class Server:
     def __init__(self, procs: Processes, tmp: Path, server_id: int, name: str,
-                 connect: int | None = None) -> None:
+                 connect: int | None = None, options: tuple[str, ...] = ()) -> None:
         self.log = tmp / f"{name}.log"
         args = [SERVER, "--port", "0", "--id", str(server_id), "--name", name,
-                "--log-file", str(self.log)]
+                "--log-file", str(self.log), *options]
         if connect is not None:
             args += ["--connect", f"127.0.0.1:{connect}"]
         self.proc = procs.start(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -193,12 +193,21 @@ def test_an_unknown_destination_gets_a_status(procs: Processes, server: Server) 
     # The server handles our chats in order, so once the chat to ourselves is
     # back, the status about the first one has arrived before it.
     result = run_client(procs, server, "lonely", 401,
-                        "/msg 999 anyone there?\n/msg lonely note to self\n/waitmsg lonely 30\n")
+                        "/msg 999 anyone there?\n/msg lonely note to self\n/waitmsg lonely 30\n",
+                        "--plain-chat")
     lines = result.stdout.splitlines()
     assert result.returncode == 0, result.stderr
     assert "[sent] 999: anyone there?" in lines
     assert lines.index("[status] Unknown ID 999") < lines.index(
         "[chat] lonely(401): note to self")
+
+
+def test_a_reliable_chat_to_an_unknown_user_is_reported_not_lost(procs: Processes,
+                                                                 server: Server) -> None:
+    result = run_client(procs, server, "hopeful", 404, "/msg 999 anyone there?\n")
+    assert result.returncode == 0, result.stderr
+    assert "[waiting] 1 chat(s) to 999: Unknown ID 999; will keep trying" in result.stdout
+    assert "1 chat(s) to 999 undelivered (Unknown ID 999); not sent" in result.stderr
 
 
 def test_a_wait_that_times_out_fails_the_script(procs: Processes, server: Server) -> None:

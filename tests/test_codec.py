@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crc.protocol import (
-    ClientChat, ClientQuit, ClientRegistration, Decoder, EncodeError, Extension, Limits,
-    ProtocolError, ServerQuit, ServerRegistration, Status, encode,
+    DEFAULT_LIMITS, ClientChat, ClientQuit, ClientRegistration, Decoder, EncodeError, Extension,
+    Limits, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status, encode,
 )
 from crc.protocol.codec import IN_PLACE_MAX, IN_PLACE_MIN
 
@@ -160,22 +161,27 @@ mixed = st.one_of(messages, st.builds(Extension, st.integers(0, 0xFFFF), ids, id
                                       st.integers(0, 255), large_payloads))
 
 
-def drive_like_a_connection(decoder: Decoder, stream: bytes, cuts: list[int]) -> list:
-    """Deliver ``stream`` the way ``Connection`` does: into ``receive_buffer()``
-    when the decoder offers one (never past a cut: what the socket has), else
-    through ``feed``."""
+def receive_like_a_connection(decoder: Decoder, data: bytes) -> list:
+    """Deliver ``data`` (what one receive got) the way ``Connection`` does: into
+    ``receive_buffer()`` when the decoder offers one, else through ``feed``."""
     out, pos = [], 0
+    while pos < len(data):
+        target = decoder.receive_buffer()
+        if target is None:
+            return out + decoder.feed(data[pos:])
+        n = min(len(target), len(data) - pos)
+        target[:n] = data[pos:pos + n]
+        out += decoder.received(n)
+        pos += n
+    return out
+
+
+def drive_like_a_connection(decoder: Decoder, stream: bytes, cuts: list[int]) -> list:
+    """Deliver ``stream`` in the pieces between ``cuts`` (sorted), as a connection would."""
+    out, start = [], 0
     for cut in [*cuts, len(stream)]:
-        while pos < cut:
-            target = decoder.receive_buffer()
-            if target is None:
-                out += decoder.feed(stream[pos:cut])
-                pos = cut
-            else:
-                n = min(len(target), cut - pos)
-                target[:n] = stream[pos:pos + n]
-                out += decoder.received(n)
-                pos += n
+        out += receive_like_a_connection(decoder, stream[start:cut])
+        start = cut
     return out
 
 
@@ -218,3 +224,86 @@ def test_a_header_claiming_more_than_the_in_place_cap_is_buffered_as_it_arrives(
     assert decoder.receive_buffer() is None      # nothing allocated on a header's say-so
     (msg,) = decoder.feed(frame[16:])
     assert len(msg.payload) == IN_PLACE_MAX + 1
+
+
+# -- hostile input -------------------------------------------------------------------
+
+def overwritten(msgs: list, changes: list[tuple[int, int]]) -> bytes:
+    """A valid stream of ``msgs`` with a few bytes overwritten (positions wrap)."""
+    stream = bytearray(b"".join(map(encode, msgs)))
+    for pos, value in changes:
+        stream[pos % len(stream)] = value
+    return bytes(stream)
+
+
+hostile = st.one_of(
+    st.binary(max_size=600),
+    st.builds(lambda t, rest: bytes([t]) + rest,                 # past the type check
+              st.sampled_from([int(t) for t in MsgType]), st.binary(max_size=600)),
+    st.builds(overwritten, st.lists(messages, min_size=1, max_size=6),
+              st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)),
+                       min_size=1, max_size=4)),
+)
+
+
+def deliver(decoder: Decoder, piece: bytes, how: str) -> list[bytes]:
+    """Give ``piece`` to ``decoder`` as ``how`` says; the wire bytes of what came out."""
+    if how == "feed":
+        return [encode(m) for m in decoder.feed(piece)]
+    if how == "feed_relay":
+        chats, msgs = decoder.feed_relay(piece)
+        return [frame for _, _, frame in chats] + [encode(m) for m in msgs]
+    return [encode(m) for m in receive_like_a_connection(decoder, piece)]
+
+
+@settings(max_examples=400, deadline=None)
+@given(hostile, st.lists(st.integers(0, 700), max_size=8),
+       st.sampled_from(["feed", "feed_relay", "in place"]),
+       st.sampled_from([DEFAULT_LIMITS, Limits(max_text=100, max_payload=40_000)]))
+def test_hostile_bytes_in_any_split_raise_only_protocol_errors_and_yield_what_was_sent(
+        stream: bytes, cuts: list[int], how: str, limits: Limits) -> None:
+    decoder = Decoder(limits)
+    out: list[bytes] = []
+    start, failed = 0, False
+    try:
+        for cut in [*sorted(c for c in cuts if c < len(stream)), len(stream)]:
+            out += deliver(decoder, stream[start:cut], how)
+            start = cut
+    except ProtocolError:
+        failed = True
+    # Whatever came out is exactly the start of the stream, re-encoded: the
+    # decoder invents nothing and drops nothing before the point it stopped.
+    decoded = b"".join(out)
+    assert stream.startswith(decoded)
+    if not failed:
+        assert len(decoded) == len(stream) - decoder.pending
+
+
+#: A header of every frame type whose length field a limit caps, claiming ``n`` bytes.
+CAPPED = {
+    "chat text": lambda n: struct.pack(">BIII", MsgType.CLIENT_CHAT, 1, 2, n),
+    "status text": lambda n: struct.pack(">BIIHI", MsgType.STATUS, 1, 2, 0, n),
+    "quit text": lambda n: struct.pack(">BII", MsgType.CLIENT_QUIT, 1, n),
+    "server quit text": lambda n: struct.pack(">BIII", MsgType.SERVER_QUIT, 1, 0, n),
+    "extension payload": lambda n: struct.pack(">BHIIBI", MsgType.EXTENSION, 21, 1, 2, 0, n),
+}
+
+
+@settings(max_examples=300)
+@given(st.sampled_from(sorted(CAPPED)), st.integers(0, 1 << 25), st.booleans(), st.data())
+def test_a_length_field_is_judged_on_the_header_alone(field: str, cap: int, allow_in_place: bool,
+                                                      data: st.DataObject) -> None:
+    n = data.draw(st.one_of(st.integers(1, max(1, cap)), st.integers(cap + 1, 0xFFFFFFFF)))
+    decoder = Decoder(Limits(max_text=cap, max_payload=cap), allow_in_place=allow_in_place)
+    header = CAPPED[field](n)
+    if n > cap:
+        with pytest.raises(ProtocolError, match=f"{field} length {n} exceeds the limit of {cap}"):
+            decoder.feed(header)
+        return
+    assert decoder.feed(header) == []           # waiting for the body
+    reserved = decoder.receive_buffer()
+    if reserved is None:
+        assert decoder.pending == len(header)   # nothing held but the header itself
+    else:                                       # a payload to be received in place
+        assert allow_in_place and field == "extension payload"
+        assert IN_PLACE_MIN <= len(reserved) == n <= IN_PLACE_MAX

@@ -4,6 +4,11 @@ Connects, waits for the extension handshake (a plain CRC v1 server cannot run
 jobs: that is a clear error, not a hang), runs one request and exits with its
 status — the job's exit code for ``run``, 0 only if every server succeeded for
 ``runall``, 0 only if every actionset succeeded for ``rake``.
+
+A lost connection is not the end (unless ``--no-reconnect``): the client
+tries its ``--server`` addresses in turn for ``--reconnect-for`` seconds
+(``BATCH_RECONNECT_FOR`` when not given) and picks up its jobs where they
+were (docs/jobs.md, "Durable results").
 """
 
 from __future__ import annotations
@@ -12,17 +17,20 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..jobs.build import Build
 from ..jobs.client import Job, JobClient, JobError, RunState
 from ..jobs.rakefile import RakefileError, check_files, parse
 from ..net import EventLoop
 from ..net.loop import EVENT_READ
+from ..protocol import StatusCode
 from .core import ChatClient, ClientConfig
 from .jobs_ui import BuildView, Output, exit_table, run_note, write_stream
 
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds batch mode keeps trying to reconnect when ``--reconnect-for`` is 0.
+BATCH_RECONNECT_FOR = 60.0
 COMMANDS = ("rake", "run", "runall")
 
 
@@ -80,12 +88,17 @@ class LineSplitter:
 
 class Batch:
     def __init__(self, server: tuple[str, int], args: argparse.Namespace, name: str,
-                 client_id: int = 0, output: Output | None = None) -> None:
+                 client_id: int = 0, output: Output | None = None, tls: Any = None,
+                 secret: bytes | None = None, servers: Sequence[tuple[str, int]] = (),
+                 reconnect: bool = False, reconnect_for: float = BATCH_RECONNECT_FOR) -> None:
         self.args = args
         self.output = output or Output()
         self.loop = EventLoop()
         self.server = server
-        self.client = ChatClient(ClientConfig(server, name, client_id), self.loop,
+        self.client = ChatClient(ClientConfig(server, name, client_id, tls=tls, secret=secret,
+                                              servers=tuple(servers), reconnect=reconnect,
+                                              reconnect_for=reconnect_for),
+                                 self.loop,
                                  listener=self._on_client_event)
         self.jobs = JobClient(self.client, Path.cwd())
         self.code = 1
@@ -104,6 +117,11 @@ class Batch:
         except KeyboardInterrupt:
             self.output.error("interrupted")
             self.code = 130
+            # The servers would run them to their end for a client that may
+            # come back: say we will not.
+            self.jobs.cancel_unfinished()
+            if self.client.conn is not None:
+                self.client.conn.flush()
         finally:
             self.jobs.close()
             self.client.close()
@@ -121,15 +139,25 @@ class Batch:
             self.output.error(f"{self.server[0]}:{self.server[1]} is a plain CRC v1 server; "
                               "it cannot run jobs")
             self._stop(2)
-        elif kind == "status" and data.get("code") == 2:
+        elif kind == "status" and (data.get("code") == StatusCode.AUTH_REFUSED or
+                                   data.get("code") == 2 and not self.started):
+            # (A duplicate id after a reconnect: the mesh has not yet noticed
+            # our old connection is gone; the client tries again.)
             self.output.error(f"server refused us: {data.get('text')}")
             self._stop(2)
         elif kind == "disconnected" and not self.loop.stopping and self.code == 1 \
                 and not self.started:
+            if data.get("reconnecting") and len(self.client.config.candidates) > 1:
+                return                  # the next address is tried; the handshake deadline holds
             self.output.error(f"cannot connect to {self.server[0]}:{self.server[1]}: "
                               f"{data.get('reason')}")
             self.code = 2
             self.loop.stop()
+        elif kind == "disconnected" and self.started and data.get("reconnecting"):
+            self.output.info(f"connection lost ({data.get('reason')}); reconnecting, the jobs "
+                             "go on")
+        elif kind == "reconnected":
+            self.output.info(f"reconnected to {data.get('server')}")
 
     def _handshake_timeout(self) -> None:
         if not self.started:
@@ -235,7 +263,10 @@ def rake_errors(path: str) -> list[str]:
     return []
 
 
-def batch_main(server: tuple[str, int], words: list[str], name: str, client_id: int = 0) -> int:
+def batch_main(server: tuple[str, int], words: list[str], name: str, client_id: int = 0,
+               tls: Any = None, secret: bytes | None = None,
+               servers: Sequence[tuple[str, int]] = (), reconnect: bool = False,
+               reconnect_for: float = 0.0) -> int:
     args = build_parser().parse_args(words)
     if args.command == "rake":
         # Errors in the Rakefile are reported before anything connects or runs.
@@ -245,4 +276,5 @@ def batch_main(server: tuple[str, int], words: list[str], name: str, client_id: 
             for e in errors:
                 print(e, file=sys.stderr)
             return 2
-    return Batch(server, args, name, client_id).run()
+    return Batch(server, args, name, client_id, tls=tls, secret=secret, servers=servers,
+                 reconnect=reconnect, reconnect_for=reconnect_for or BATCH_RECONNECT_FOR).run()

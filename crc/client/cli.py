@@ -18,15 +18,20 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..jobs.client import JobClient
-from ..server.cli import host_id, host_port
+from ..protocol.auth import SecretError, load_secret
+from ..delivery import JournalError
+from ..server.cli import host_id, host_ports
 from .core import ChatClient, ClientConfig
 from .inputs import Keyboard, PipeReader, feed_text
 from .job_commands import JobCommands
 from .session import Session
 from .tui import LineView, TerminalView, View
+
+if TYPE_CHECKING:
+    from ..net.tls import TLS
 
 PROG = "chat_client.py"
 BATCH_COMMANDS = ("rake", "run", "runall")
@@ -60,6 +65,10 @@ def seconds(text: str) -> float:
     return value
 
 
+def non_negative_seconds(text: str) -> float:
+    return 0.0 if text.strip() in ("0", "0.0") else seconds(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -67,8 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "otherwise runs the commands read from standard input or --script. "
                     "Type /help in the client for the commands. With rake, run or runall "
                     "after the flags, runs jobs instead (see: %(prog)s --server H:P run -h).")
-    p.add_argument("--server", type=host_port, required=True, metavar="HOST:PORT",
-                   help="the server to connect to")
+    p.add_argument("--server", type=host_ports, required=True, metavar="HOST:PORT[,HOST:PORT...]",
+                   help="the server to connect to; more, comma-separated, are tried in turn "
+                   "when the connection is lost")
     p.add_argument("--name", type=user_name, help="your user name (required to chat)")
     p.add_argument("--id", type=host_id, default=0, help="your 32-bit id (default: random)")
     p.add_argument("--info", type=info_text, default="", help="free text about you")
@@ -76,6 +86,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the commands in FILE ('-': standard input) instead of the keyboard")
     p.add_argument("--connect-timeout", type=seconds, default=10.0, metavar="SECONDS",
                    help="give up if the server has not welcomed us by then (default: 10)")
+    tls = p.add_argument_group("TLS (docs/security.md); for chat and batch mode alike")
+    tls.add_argument("--tls-ca", metavar="FILE",
+                     help="speak TLS; the server's certificate must be signed by this CA (PEM)")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="our certificate (PEM), for servers that ask for one")
+    tls.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
+    tls.add_argument("--tls-server-name", metavar="NAME",
+                     help="the name the server's certificate must carry (default: the host "
+                     "of --server, a DNS name or an IP address)")
+    p.add_argument("--secret-file", metavar="FILE",
+                   help="the mesh secret (docs/security.md): we prove it to the server and the "
+                   "server to us; needed to run jobs on a mesh that has one")
+    rel = p.add_argument_group("delivery (docs/protocol.md, \"Reliable chat\")")
+    rel.add_argument("--state-dir", type=Path, metavar="DIR",
+                     help="keep our id, unacknowledged chats and what we have received in DIR, "
+                     "so a restarted client loses and repeats nothing")
+    rel.add_argument("--reconnect-for", type=non_negative_seconds, default=0.0,
+                     metavar="SECONDS", help="after losing the server, keep trying the --server "
+                     "list this long (default 0: until /quit)")
+    rel.add_argument("--no-reconnect", action="store_true",
+                     help="end when the connection is lost (CRC v1 client behaviour)")
+    rel.add_argument("--plain-chat", action="store_true",
+                     help="send chats as plain CRC v1 (no acknowledgements, no resends)")
     p.add_argument("--log-level", default="WARNING",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
                    help="diagnostics on standard error (default: WARNING)")
@@ -164,19 +197,52 @@ def attach_input(session: Session, script_text: str | None, view: View) -> None:
             feed_text(sys.stdin.read(), session.feed, session.feed_eof)
 
 
-def run_batch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+TLS_FLAGS = ("tls_ca", "tls_cert", "tls_key", "tls_server_name")
+
+
+def tls_from_args(args: argparse.Namespace) -> "TLS | None":
+    """The client's TLS from its flags; None without ``--tls-ca``.
+    ``TLSConfigError`` (naming the flag and the file) if it cannot be used."""
+    from ..net.tls import TLSConfigError, client_tls
+    if not args.tls_ca:
+        for flag in ("tls_cert", "tls_key", "tls_server_name"):
+            if getattr(args, flag):
+                raise TLSConfigError(f"--{flag.replace('_', '-')} needs --tls-ca (the CA that "
+                                     "signed the server's certificate)")
+        return None
+    return client_tls(args.tls_ca, args.tls_cert, args.tls_key,
+                      server_name=args.tls_server_name)
+
+
+def run_batch(parser: argparse.ArgumentParser, args: argparse.Namespace,
+              tls: "TLS | None" = None, secret: bytes | None = None) -> int:
     command = args.batch[0]
     if command not in BATCH_COMMANDS:
         parser.error(f"unknown command {command!r} (expected one of {', '.join(BATCH_COMMANDS)})")
     from .batch import batch_main  # the jobs machinery is loaded only when used
-    return batch_main(args.server, args.batch, args.name or BATCH_NAME, args.id)
+    return batch_main(args.server[0], args.batch, args.name or BATCH_NAME, args.id, tls=tls,
+                      secret=secret, servers=args.server[1:], reconnect=not args.no_reconnect,
+                      reconnect_for=args.reconnect_for)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tls = None
+    if any(getattr(args, flag) for flag in TLS_FLAGS):
+        from ..net.tls import TLSConfigError   # ssl is loaded only when TLS is asked for
+        try:
+            tls = tls_from_args(args)  # before anything connects: a bad file stops us here
+        except TLSConfigError as exc:
+            print(f"{PROG}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        secret = load_secret(args.secret_file) if args.secret_file else None
+    except SecretError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
     if args.batch:
-        return run_batch(parser, args)
+        return run_batch(parser, args, tls, secret)
     if args.name is None:
         parser.error("the following arguments are required to chat: --name")
     script_text = (read_script(parser, args.script)
@@ -185,8 +251,19 @@ def main(argv: list[str] | None = None) -> int:
     tolerate_unencodable_output()
     view: View = TerminalView() if interactive else LineView()
     configure_logging(args.log_level, view)
-    client = ChatClient(ClientConfig(server=args.server, name=args.name, id=args.id,
-                                     info=args.info))
+    try:
+        client = ChatClient(ClientConfig(
+            server=args.server[0], servers=tuple(args.server[1:]), name=args.name, id=args.id,
+            info=args.info, tls=tls, secret=secret, reconnect=not args.no_reconnect,
+            reconnect_for=args.reconnect_for, reliable=not args.plain_chat,
+            state_dir=args.state_dir))
+    except JournalError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    if args.id and client.id != args.id:
+        print(f"{PROG}: --id {args.id} differs from the id {client.id} kept in "
+              f"{args.state_dir}/identity.json", file=sys.stderr)
+        return 2
     session = Session(client, view, script=not interactive,
                       connect_timeout=args.connect_timeout)
     session.jobs = JobCommands(session, JobClient(client, Path.cwd()))

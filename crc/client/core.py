@@ -6,22 +6,35 @@ been told about, the status and chat logs, and offers ``send_chat`` and
 compatibility adapter drive it from other threads only through the
 ``*_threadsafe`` methods. It never prints: every change is reported to the
 ``listener`` callback as an event, for whoever presents it.
+
+With ``reconnect``, a lost connection is not the end: the client tries its
+servers in turn (backing off) and comes back under the same id. With
+``reliable``, chats to other mesh clients are numbered, acknowledged end to
+end, resent until acknowledged (across reconnects and, with ``state_dir``,
+restarts) and delivered once, in order (``crc.delivery``).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import socket
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
+from ..delivery import (ChatKind, Inbox, Journal, Outbox, Pending, pack_ack, pack_chat,
+                        unpack_ack, unpack_chat, unpack_nack)
+from ..delivery.outbox import OutboxFull
 from ..net import Connection, EventLoop
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
     LinkKind, MAX_ID, Message, MsgType, encode, encode_parts,
     ProtocolError, Status, StatusCode, random_id,
 )
-from ..protocol.handshake import Hello, parse_hello
+from ..protocol import auth
+from ..protocol.handshake import FEATURES, Hello, parse_hello
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +53,37 @@ class ClientConfig:
     info: str = ""
     limits: Limits = DEFAULT_LIMITS
     extensions: bool = True     # offer mesh extensions (plain v1 when False)
+    #: More servers to try, in turn after ``server``, when reconnecting.
+    servers: tuple[tuple[str, int], ...] = ()
+    #: Reconnect after losing the connection (or failing to make it),
+    #: waiting ``reconnect_delay`` s, doubling up to ``reconnect_max_delay``;
+    #: give up after ``reconnect_for`` s without a connection (0: never).
+    reconnect: bool = False
+    reconnect_delay: float = 0.2
+    reconnect_max_delay: float = 5.0
+    reconnect_for: float = 0.0
+    #: Reliable chat to other mesh clients (needs extensions).
+    reliable: bool = False
+    #: Resend unacknowledged chats after this many seconds (doubling to 16);
+    #: report them undeliverable after ``give_up`` seconds (0: never).
+    resend_after: float = 1.0
+    give_up: float = 600.0
+    #: Where the outbox, the receive state and our identity survive restarts.
+    state_dir: Path | None = None
+    #: TLS towards the server (``crc.net.tls.client_tls``); None: plain TCP.
+    tls: Any = None
+    #: The mesh secret (``--secret-file``): we prove it to the server (which
+    #: must prove it to us) after the hello; needed to run jobs on a mesh
+    #: that has one. None: we do not authenticate.
+    secret: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.id:
             self.id = random_id()
+
+    @property
+    def candidates(self) -> list[tuple[str, int]]:
+        return [self.server, *(s for s in self.servers if s != self.server)]
 
 
 @dataclass
@@ -51,6 +91,10 @@ class User:
     id: int
     name: str
     info: str
+
+
+class Undeliverable(Exception):
+    """A chat the client cannot take (its outbox is full)."""
 
 
 class LookupFailed(LookupError):
@@ -61,6 +105,17 @@ class ChatClient:
     def __init__(self, config: ClientConfig, loop: EventLoop | None = None,
                  listener: Listener | None = None) -> None:
         self.config = config
+        self.journal: Journal | None = None
+        #: Our id comes from the state directory: a "duplicate id" at the
+        #: first connection may be our previous incarnation, not yet gone.
+        self.restored = False
+        if config.state_dir is not None:
+            self.journal = Journal(config.state_dir)
+            identity = self.journal.identity()
+            self.restored = identity is not None
+            if identity is not None:
+                config.id, config.name = identity["id"], config.name or identity["name"]
+            self.journal.save_identity(config.id, config.name)
         self.id = config.id
         self.name = config.name
         self.loop = loop or EventLoop()
@@ -72,12 +127,35 @@ class ChatClient:
         self.welcomed = False
         self.ext = False           # the server answered our mesh hello
         self.plain = False         # ... or it is plain CRC v1 (or we did not ask)
+        self.server_verified = False   # the server proved the mesh secret (this connection)
+        self.authenticated = False     # ... and accepted our proof
+        self._auth_nonce = ""
         self.has_quit = False      # we said goodbye (the connection may linger)
         self.closed_reason = ""
         #: Handlers for extension frames by kind (jobs, ...); the server only
         #: sends them once the hello exchange made this an extension link.
         self.extension_handlers: dict[int, Callable[[Extension], None]] = {}
         self.disconnect_listeners: list[Callable[[str], None]] = []
+        #: Called (no arguments) once a *new* connection after a lost one is
+        #: welcomed and its extension question settled.
+        self.reconnect_listeners: list[Callable[[], None]] = []
+        self.reconnecting = False  # the connection is down and we are trying again
+        self.connections = 0       # connections welcomed so far
+        self._candidate = 0
+        self._delay = config.reconnect_delay
+        self._lost_at: float | None = None
+        self._hello_timer = None
+        self._previous_users: dict[int, User] = {}
+        self.server_address = config.server
+        # Reliable chat.
+        self.rchat = False         # this link carries reliable chat
+        self.outbox = Outbox(config.resend_after, give_up=config.give_up)
+        self.inbox = Inbox()
+        self._acks: dict[tuple[int, int], int] = {}
+        self._retry_timer = None
+        self._retry_at = 0.0
+        if self.journal is not None:
+            self.journal.load(self.outbox, self.inbox, time.monotonic())
         self._handlers = {
             MsgType.STATUS: self._on_status,
             MsgType.CLIENT_REGISTRATION: self._on_registration,
@@ -92,12 +170,35 @@ class ChatClient:
     # -- lifecycle --------------------------------------------------------------
 
     def start(self) -> None:
-        host, port = self.config.server
+        """Connect to the first server and register (``OSError`` if that fails
+        at once and we are not to reconnect)."""
+        self._connect()
+        if self.outbox:
+            self._arm_retry()
+
+    def _connect(self) -> None:
+        candidates = self.config.candidates
+        host, port = candidates[self._candidate % len(candidates)]
+        self.server_address = (host, port)
+        self.welcomed = self.ext = self.plain = self.rchat = False
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        if self.connections:             # a reconnect: the server re-sends who is there
+            self._previous_users, self.users = self.users, {}
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
-        err = sock.connect_ex((host, port))
+        try:
+            err = sock.connect_ex((host, port))
+        except OSError as exc:          # e.g. an unresolvable name
+            sock.close()
+            if not self.config.reconnect:
+                raise
+            self._retry_connection(f"cannot connect to {host}:{port}: {exc.strerror or exc}")
+            return
         self.conn = Connection(self.loop, sock, self, limits=self.config.limits,
-                               label=f"server {host}:{port}", connecting=err != 0)
+                               label=f"server {host}:{port}", connecting=err != 0,
+                               tls=self.config.tls.towards(host) if self.config.tls else None)
         self.conn.send(ClientRegistration(self.id, 0, self.name, self.config.info))
 
     def run(self) -> None:
@@ -107,8 +208,11 @@ class ChatClient:
             self.close()
 
     def close(self) -> None:
+        self.config.reconnect = False
         if self.conn is not None:
             self.conn.close("client closed")
+        if self.journal is not None:
+            self.journal.close()
         self.loop.close()
 
     @property
@@ -118,7 +222,20 @@ class ChatClient:
     # -- commands (loop thread) ------------------------------------------------------
 
     def send_chat(self, dest: int, text: str) -> None:
-        if self.connected:
+        """Send a chat: reliably when configured (queued until the link is
+        settled, kept until acknowledged), else as a plain v1 chat."""
+        if self.config.reliable and not self.plain:
+            encode(ClientChat(self.id, dest, text))   # EncodeError now, not at a far server
+            try:
+                msg = self.outbox.add(dest, text, time.monotonic())
+            except OutboxFull as exc:
+                raise Undeliverable(str(exc)) from None
+            if self.journal is not None:
+                self.journal.sent(msg)
+            if self.rchat and self.connected:
+                self._send_reliable(msg)
+            self._arm_retry()
+        elif self.connected:
             self.conn.send(ClientChat(self.id, dest, text))
 
     def send_extension(self, msg: Extension) -> bool:
@@ -135,8 +252,8 @@ class ChatClient:
         """Say goodbye, flush, and close the connection — or, with ``linger``,
         keep it open and keep logging what still arrives (what CRC v1
         reference clients do, so scenario verdicts match theirs)."""
+        self.has_quit = True
         if self.connected:
-            self.has_quit = True
             self.conn.send(ClientQuit(self.id, text))
             if not linger:
                 self.conn.close_after_flush("quit")
@@ -197,14 +314,77 @@ class ChatClient:
                 handler(msg)
             except ProtocolError as exc:
                 log.warning("%s: bad message from server: %s", self.name, exc)
+        if self._acks:
+            self._flush_acks()
 
     def on_closed(self, conn: Connection, reason: str) -> None:
+        if conn is not self.conn:
+            return                       # an earlier connection, already replaced
         self.closed_reason = reason
+        self.rchat = False
+        self._acks.clear()
+        refused = self.status_log and self.status_log[-1].startswith(
+            "A machine has already registered") and not self.connections \
+            and not self.restored
+        # Before the first welcome, each server is tried once: a wrong address
+        # is an error at once, not an endless retry.
+        untried = self._candidate + 1 < len(self.config.candidates)
+        retry = (self.config.reconnect and not self.has_quit and not self._stop_when_closed
+                 and not refused and (self.connections > 0 or self.restored or untried))
+        if retry:
+            now = time.monotonic()
+            if self._lost_at is None:
+                self._lost_at = now
+            if self.config.reconnect_for and now - self._lost_at >= self.config.reconnect_for:
+                reason = f"{reason}; gave up reconnecting after {self.config.reconnect_for:g} s"
+                retry = False
+        self.reconnecting = retry
         for listener in self.disconnect_listeners:
             listener(reason)
-        self._emit("disconnected", reason=reason)
-        if self._stop_when_closed:
+        self._emit("disconnected", reason=reason, reconnecting=retry)
+        if retry:
+            self._retry_connection(reason)
+        elif self._stop_when_closed:
             self.loop.stop()
+
+    def _retry_connection(self, reason: str) -> None:
+        self.reconnecting = True
+        if self._lost_at is None:
+            self._lost_at = time.monotonic()
+        self._candidate += 1
+        delay = self._delay * random.uniform(0.8, 1.2)
+        self._delay = min(self._delay * 2, self.config.reconnect_max_delay)
+        log.info("%s: %s; reconnecting in %.2f s", self.name, reason, delay)
+        self.loop.call_later(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        if self.config.reconnect and not self.has_quit and not self.connected:
+            self._connect()
+
+    def _link_ready(self) -> None:
+        """The connection is welcomed and its extension question settled."""
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+            self._hello_timer = None
+        again = self.connections > 0
+        self.connections += 1
+        self.reconnecting = False
+        self._lost_at = None
+        self._delay = self.config.reconnect_delay
+        if self.config.reliable:
+            if self.rchat:
+                for msg in self.outbox.everything(time.monotonic()):
+                    self._send_reliable(msg)
+                self._arm_retry()
+            else:
+                self._flush_outbox_plain()
+        if again:
+            for user in self._previous_users.values():   # left while we were away
+                self._emit("quit", id=user.id, name=user.name, text="")
+            self._previous_users = {}
+            self._emit("reconnected", server="%s:%d" % self.server_address)
+            for listener in self.reconnect_listeners:
+                listener()
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.listener is not None:
@@ -220,35 +400,86 @@ class ChatClient:
     def _on_status(self, msg: Status) -> None:
         if msg.code == StatusCode.MESH_HELLO:
             if msg.source == self.id:
+                if self.config.secret is not None:
+                    log.warning("%s: the server is plain CRC v1 and cannot prove the mesh "
+                                "secret: chat only", self.name)
                 self._settle_plain("server is plain CRC v1")
             return
         if msg.code == StatusCode.MESH_HELLO_REPLY:
             hello = parse_hello(msg.text)
+            if self.config.secret is not None and not self._authenticate(msg.source, hello):
+                return
             self.ext = True
+            self.rchat = self.config.reliable and "rchat" in hello.features
             self._emit("extensions", features=sorted(hello.features))
+            self._link_ready()
+            return
+        if msg.code == StatusCode.AUTH_OK:
+            if self.server_verified:
+                self.authenticated = True
+                self._emit("authenticated")
             return
         self.status_log.append(msg.text)
+        if msg.code == StatusCode.AUTH_REFUSED:
+            log.error("%s: the server refused us: %s", self.name, msg.text)
         if msg.code == StatusCode.WELCOME and not self.welcomed:
             self.welcomed = True
+            self.server_verified = self.authenticated = False
             if self.config.extensions:
+                features = FEATURES if self.config.reliable else FEATURES - {"rchat"}
+                fields = {}
+                if self.config.secret is not None:
+                    self._auth_nonce = auth.new_nonce()
+                    fields["nonce"] = self._auth_nonce
                 self.conn.send(Status(self.id, self.id, StatusCode.MESH_HELLO,
-                                      Hello(role="client").text()))
-                self.loop.call_later(HELLO_TIMEOUT, self._settle_plain,
-                                     f"no answer to the mesh hello within {HELLO_TIMEOUT:g} s")
+                                      Hello(role="client", features=features,
+                                            fields=fields).text()))
+                self._hello_timer = self.loop.call_later(
+                    HELLO_TIMEOUT, self._settle_plain,
+                    f"no answer to the mesh hello within {HELLO_TIMEOUT:g} s")
             else:
                 self.plain = True
         self._emit("status", code=msg.code, text=msg.text, source=msg.source)
+        if msg.code == StatusCode.WELCOME and self.plain and not self.config.extensions:
+            self._link_ready()
+
+    def _authenticate(self, server: int, hello: Any) -> bool:
+        """Check the server's proof in its hello reply and answer with ours.
+        False if the server failed (we disconnect); a server without a proof
+        (no secret there) is kept for chat, but gets no jobs."""
+        secret = self.config.secret
+        theirs, given = hello.fields.get("nonce", ""), hello.fields.get("proof")
+        if given is None:
+            log.warning("%s: the server did not prove the mesh secret (it has none): chat "
+                        "only; jobs are not sent to it", self.name)
+            return True
+        expected = auth.proof(secret, auth.TO_CLIENT, self.id, server, self._auth_nonce, theirs) \
+            if auth.valid_nonce(theirs) else ""
+        if not expected or not auth.proof_matches(expected, given):
+            log.error("%s: the server failed to prove the mesh secret (a different secret, or "
+                      "not our mesh); disconnecting", self.name)
+            self.conn.close("the server failed to prove the mesh secret")
+            return False
+        self.server_verified = True
+        self.conn.send(Status(self.id, server, StatusCode.AUTH_PROOF, auth.auth_text(
+            proof=auth.proof(secret, auth.CLIENT, self.id, server, self._auth_nonce, theirs))))
+        return True
 
     def _settle_plain(self, why: str) -> None:
-        if self.negotiated:
+        if self.negotiated or not self.connected:
             return
         log.info("%s: no extensions: %s", self.name, why)
         self.plain = True
         self._emit("plain")
+        self._link_ready()
 
     def _on_registration(self, msg: ClientRegistration) -> None:
         self.users[msg.source] = User(msg.source, msg.name, msg.info)
-        self._emit("join", id=msg.source, name=msg.name, info=msg.info)
+        if self.outbox.wake(msg.source, time.monotonic()):
+            self._arm_retry(now=True)
+        known = self._previous_users.pop(msg.source, None)
+        if known is None or known.name != msg.name:     # not just a reconnect's resync
+            self._emit("join", id=msg.source, name=msg.name, info=msg.info)
 
     def _on_chat(self, msg: ClientChat) -> None:
         self.chat_log.append((msg.source, msg.text))
@@ -260,6 +491,9 @@ class ChatClient:
         if msg.kind == LinkKind.PING and msg.dest == 0:
             self.conn.send(Extension(LinkKind.PONG, self.id, 0, 0, b""))
             return
+        if msg.kind in _CHAT_KINDS:
+            _CHAT_KINDS[msg.kind](self, msg)
+            return
         handler = self.extension_handlers.get(msg.kind)
         if handler is not None:
             handler(msg)
@@ -268,3 +502,98 @@ class ChatClient:
         user = self.users.pop(msg.source, None)
         if user is not None:
             self._emit("quit", id=msg.source, name=user.name, text=msg.text)
+
+    # -- reliable chat ---------------------------------------------------------------------
+
+    def _send_reliable(self, msg: Pending) -> None:
+        msg.sends += 1
+        base = self.outbox.by_id[msg.stream].base
+        self.conn.send(Extension(ChatKind.CHAT, self.id, msg.dest, 0,
+                                 pack_chat(msg.stream, msg.seq, base, msg.text)))
+
+    def _flush_outbox_plain(self) -> None:
+        """The server cannot carry reliable chat: what waited goes out as v1 chats."""
+        for msg in self.outbox.everything(time.monotonic()):
+            self.conn.send(ClientChat(self.id, msg.dest, msg.text))
+            self._acked_locally(msg.stream, msg.seq)
+
+    def _acked_locally(self, stream: int, seq: int) -> None:
+        if self.outbox.acked(stream, seq, time.monotonic()) and self.journal is not None:
+            self.journal.acked(stream, seq)
+
+    def _arm_retry(self, now: bool = False) -> None:
+        due = self.outbox.next_deadline()
+        if due is None:
+            return
+        if now:                          # after the messages in hand
+            due = time.monotonic()
+        if self._retry_timer is not None:
+            if self._retry_at <= due:
+                return
+            self._retry_timer.cancel()
+        self._retry_at = due
+        self._retry_timer = self.loop.call_later(max(0.0, due - time.monotonic()), self._retry)
+
+    def _retry(self) -> None:
+        self._retry_timer = None
+        resend, abandoned = self.outbox.due(time.monotonic())
+        if resend and self.rchat and self.connected:
+            log.debug("%s: resending %d unacknowledged chat(s)", self.name, len(resend))
+            for msg in resend:
+                self._send_reliable(msg)
+        if abandoned:
+            for stream in {m.stream for m in abandoned}:
+                if self.journal is not None:
+                    self.journal.dropped(stream)
+            for msg in abandoned:
+                self._emit("undelivered", dest=msg.dest, name=self.display_name(msg.dest),
+                           text=msg.text, reason=f"not acknowledged within "
+                                                 f"{self.config.give_up:g} s")
+        if self.journal is not None and self.journal.due_for_compaction():
+            self.journal.compact(self.outbox, self.inbox)
+        self._arm_retry()
+
+    def _on_reliable_chat(self, msg: Extension) -> None:
+        stream, seq, base, text = unpack_chat(msg.payload)
+        deliver, ack = self.inbox.accept(msg.source, stream, seq, base, text)
+        for number, body in deliver:
+            # Shown first, then recorded, then (after the batch) acknowledged:
+            # a kill in between can show a chat again after a restart, never
+            # lose it (docs/protocol.md, "Reliable chat").
+            self.chat_log.append((msg.source, body))
+            self._emit("chat", source=msg.source, name=self.display_name(msg.source), text=body)
+            if self.journal is not None:
+                self.journal.delivered(msg.source, stream, number)
+        if ack:
+            self._acks[(msg.source, stream)] = ack
+
+    def _flush_acks(self) -> None:
+        if self.connected and self.rchat:
+            for (source, stream), seq in self._acks.items():
+                self.conn.send(Extension(ChatKind.ACK, self.id, source, 0, pack_ack(stream, seq)))
+        self._acks.clear()
+
+    def _on_chat_ack(self, msg: Extension) -> None:
+        stream, seq = unpack_ack(msg.payload)
+        done = self.outbox.acked(stream, seq, time.monotonic())
+        if done:
+            if self.journal is not None:
+                self.journal.acked(stream, seq)
+            self._emit("delivered", dest=msg.source, count=len(done), seq=seq)
+        self._arm_retry()
+
+    def _on_chat_nack(self, msg: Extension) -> None:
+        stream, seq, reason = unpack_nack(msg.payload)
+        stream_state = self.outbox.by_id.get(stream)
+        if self.outbox.nacked(stream, seq, reason, time.monotonic()) and stream_state:
+            self._emit("unreachable", dest=stream_state.dest, reason=reason,
+                       name=self.display_name(stream_state.dest),
+                       waiting=len(stream_state.unacked))
+        self._arm_retry()
+
+
+_CHAT_KINDS: dict[int, Callable[[ChatClient, Extension], None]] = {
+    ChatKind.CHAT: ChatClient._on_reliable_chat,
+    ChatKind.ACK: ChatClient._on_chat_ack,
+    ChatKind.NACK: ChatClient._on_chat_nack,
+}

@@ -21,13 +21,14 @@ Interactively the error is shown and the session carries on.
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..net import Timer
 from ..protocol import EncodeError, StatusCode
 from . import commands as cmd
-from .core import ChatClient, LookupFailed, User
+from .core import ChatClient, LookupFailed, Undeliverable, User
 from .tui import View, help_table, sent_text, who_table
 
 if TYPE_CHECKING:
@@ -42,6 +43,12 @@ EXIT_INTERRUPTED = 130   # a script stopped by a signal
 QUIT_GRACE = 5.0
 #: Chats remembered for ``/waitmsg`` (the oldest are forgotten first).
 MAX_UNCLAIMED = 10_000
+#: At the end of a script, how long to wait for the last chats to be
+#: acknowledged before leaving anyway.
+DRAIN_TIMEOUT = 30.0
+#: ... and for chats to a user the mesh does not know, this long from the
+#: first refusal (they may be reconnecting).
+UNREACHABLE_GRACE = 5.0
 
 
 @dataclass
@@ -94,7 +101,11 @@ class Session:
             "status": self._on_status, "join": self._on_join, "chat": self._on_chat,
             "disconnected": self._on_disconnected,
             "extensions": self._on_negotiated, "plain": self._on_negotiated,
+            "reconnected": self._on_reconnected, "delivered": self._on_negotiated,
+            "undelivered": self._on_negotiated, "unreachable": self._on_negotiated,
         }
+        self._drain_timer: Timer | None = None
+        self._drain_expired = False
         client.listener = self.on_event
         #: Job commands (/run, /rake, ...), when the client was built with them.
         self.jobs: "JobCommands | None" = None
@@ -170,8 +181,36 @@ class Session:
         while self._lines and self._runnable():
             self._line_no, line = self._lines.popleft()
             self._run_line(line)
-        if self._eof and not self._lines and self._runnable() and not self._jobs_busy():
+        if self._eof and not self._lines and self._runnable() and not self._jobs_busy() \
+                and not self._chats_unacknowledged():
             self.leave("")
+
+    def _chats_unacknowledged(self) -> bool:
+        """Reliable chats still on their way (at the end of a script, wait for
+        them - up to ``DRAIN_TIMEOUT``; not for chats to users the mesh does
+        not know now, which are reported instead)."""
+        outbox = self.client.outbox
+        waiting = [s for s in outbox.by_dest.values() if s.unacked]
+        if waiting and not self._drain_expired:
+            if self._drain_timer is None:
+                self._drain_timer = self.loop.call_later(DRAIN_TIMEOUT, self._drain_timeout)
+            if not all(s.unreachable for s in waiting):
+                return True
+            left = max(s.unreachable_since for s in waiting) + UNREACHABLE_GRACE - time.monotonic()
+            if left > 0:
+                self.loop.call_later(left, self._schedule_pump)
+                return True
+        for stream in waiting:
+            kept = ("kept in the state directory for next time"
+                    if self.client.journal is not None else "not sent")
+            why = stream.unreachable or f"not acknowledged within {DRAIN_TIMEOUT:g} s"
+            self.view.error(f"{len(stream.unacked)} chat(s) to "
+                            f"{self.client.display_name(stream.dest)} undelivered ({why}); {kept}")
+        return False
+
+    def _drain_timeout(self) -> None:
+        self._drain_expired = True
+        self._schedule_pump()
 
     def _jobs_busy(self) -> bool:
         return self.jobs is not None and self.jobs.busy()
@@ -271,7 +310,7 @@ class Session:
     def _send(self, dest: int, text: str) -> None:
         try:
             self.client.send_chat(dest, text)
-        except EncodeError as exc:
+        except (EncodeError, Undeliverable) as exc:
             self._fail(f"cannot send that: {exc}")
             return
         self.view.show(sent_text(self.client.display_name(dest), text))
@@ -353,11 +392,19 @@ class Session:
         self._unclaimed.append(_Received(data["source"], self._name_of(data["source"])))
         self._recheck_pause()
 
+    def _on_reconnected(self, data: dict[str, Any]) -> None:
+        self.view.info(f"reconnected to {data.get('server')} as "
+                       f"{self.client.name}({self.client.id})")
+        self._schedule_pump()
+
     def _on_disconnected(self, data: dict[str, Any]) -> None:
         if self._leaving:
             self.loop.stop()
             return
         reason = data.get("reason", "")
+        if data.get("reconnecting"):
+            self.view.info(f"connection lost ({reason}); reconnecting")
+            return
         if self._refusal:
             self.view.error(f"{self.server} refused {self.client.name}({self.client.id}): "
                             f"{self._refusal}")

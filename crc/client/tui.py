@@ -53,6 +53,12 @@ def event_text(kind: str, data: dict[str, Any]) -> Text | None:
         if data["text"]:
             line.append(": ").append(data["text"])
         return line
+    if kind == "unreachable":
+        return Text.assemble(("[waiting] ", "yellow"), f"{data['waiting']} chat(s) to ",
+                             (data["name"], "bold"), f": {data['reason']}; will keep trying")
+    if kind == "undelivered":
+        return Text.assemble(("[undelivered] ", "bold red"), (data["name"], "bold"), ": ",
+                             data["text"], (f" ({data['reason']})", "dim"))
     return None
 
 

@@ -8,6 +8,16 @@ listener; when a run exits, the files it created or changed are pulled back
 and written into ``base_dir`` (with their permission bits) before the run
 counts as finished. The client also answers the executing servers' requests
 for the required files it holds.
+
+A lost connection does not lose jobs when the ``ChatClient`` is reconnecting
+(``client.reconnecting``): runs wait, and once a new connection (to any
+server of the mesh, under the same client id) is up, the client sends again
+the SUBMITs that were never ACCEPTED (entries and executors run a job id
+once) and asks each unfinished run's server for what it missed (FETCH, with
+the bytes of output it already has, so nothing arrives twice). When a run's
+outcome and files are all in, the client says so (RESULT_ACK) and the
+server forgets them. Only when the client gives up reconnecting do its
+unfinished jobs fail.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +60,11 @@ class RunState:
     seconds: float = 0.0
     files: list[FileRef] = field(default_factory=list)
     pending_files: int = 0
+    #: Output bytes received per stream (index 1 stdout, 2 stderr): what a
+    #: FETCH asks to skip, and what repeated output is recognised by.
+    received: list[int] = field(default_factory=lambda: [0, 0, 0])
+    waiting: bool = False          # the connection is down; it resumes on reconnect
+    collection: int = 0            # which attempt at collecting files is current
 
     @property
     def finished(self) -> bool:
@@ -60,7 +76,8 @@ class RunState:
 
 
 #: listener(job, run, event, data): event is one of accepted, started,
-#: output (data: (stream, bytes)), done, failed, file (data: name).
+#: output (data: (stream, bytes)), done, failed, file (data: name), waiting
+#: (data: why; the connection is down and the run resumes after a reconnect).
 JobListener = Callable[["Job", RunState, str, Any], None]
 
 
@@ -73,6 +90,8 @@ class Job:
     accepted: bool = False
     error: str = ""
     stdin: bool = False
+    request: dict | None = None    # the SUBMIT header, kept until ACCEPTED
+    resent: bool = False           # SUBMIT sent again after a reconnect
 
     @property
     def finished(self) -> bool:
@@ -106,6 +125,10 @@ class JobClient:
         self.runs: dict[str, tuple[Job, RunState]] = {}
         self.files: dict[str, tuple[Path, int]] = {}       # sha -> (path, size) we can serve
         self._ids = itertools.count(1)
+        # Job ids are unique across client processes using the same client
+        # id: entries and executors recognise a job sent again by its id.
+        self._session = secrets.token_hex(3)
+        self._unacked: dict[str, int] = {}     # run id -> server owed a RESULT_ACK
         self._load_waiters: list[Callable[[list[dict]], None]] = []
         on = client.extension_handlers
         on[Kind.ACCEPTED] = self._on_accepted
@@ -118,6 +141,9 @@ class JobClient:
         on[Kind.MISSING] = self._on_missing
         on[Kind.LOAD_TABLE] = self._on_load_table
         client.disconnect_listeners.append(self._on_disconnect)
+        reconnect_listeners = getattr(client, "reconnect_listeners", None)
+        if reconnect_listeners is not None:
+            reconnect_listeners.append(self._on_reconnect)
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -143,11 +169,23 @@ class JobClient:
                files: Sequence[str] = (), stdin: bool = False, on: str | None = None,
                everywhere: bool = False, timeout: float | None = None,
                listener: JobListener | None = None) -> Job:
+        if self._reconnecting():
+            # Sent once the connection is back (``_on_reconnect``), checked then.
+            return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
+                                 send=False)
         if not self.client.ext:
             raise JobError("the server does not speak mesh extensions (plain CRC v1): "
                            "it cannot run jobs")
+        if self.client.config.secret is not None and not self.client.server_verified:
+            raise JobError("the server did not prove it knows the mesh secret: jobs (and "
+                           "their files) are not sent to it")
+        return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener)
+
+    def _new_job(self, argv: Sequence[str] | None, shell: str | None, files: Sequence[str],
+                 stdin: bool, on: str | None, everywhere: bool, timeout: float | None,
+                 listener: JobListener | None, send: bool = True) -> Job:
         refs = self.describe_files(files)
-        job_id = f"{self.client.id}.{next(self._ids)}"
+        job_id = f"{self.client.id}.{self._session}.{next(self._ids)}"
         label = shell if shell is not None else " ".join(argv or ())
         job = Job(job_id, label, listener, stdin=stdin)
         self.jobs[job_id] = job
@@ -163,14 +201,46 @@ class JobClient:
             header["all"] = True
         if timeout:
             header["timeout"] = timeout
-        self.client.send_extension(frame(Kind.SUBMIT, self.client.id, 0, header))
+        job.request = header
+        if send:
+            self.client.send_extension(frame(Kind.SUBMIT, self.client.id, 0, header))
         return job
+
+    def fetch(self, run_id: str, server: int, listener: JobListener | None = None,
+              name: str = "?") -> Job:
+        """Take up a run this client id submitted earlier (perhaps in another
+        process): ask ``server`` (its id) for its output, outcome and files."""
+        found = self.runs.get(run_id)
+        if found is not None:
+            job, run = found
+        else:
+            job = Job(run_id, run_id, listener, accepted=True)
+            run = RunState(run_id, server, name)
+            job.runs[run_id] = run
+            self.jobs[run_id] = job
+            self.runs[run_id] = (job, run)
+        self._send_fetch(run)
+        return job
+
+    def _send_fetch(self, run: RunState) -> bool:
+        run.waiting = False
+        return self.client.send_extension(frame(Kind.FETCH, self.client.id, 0, {
+            "id": run.id, "server": run.server, "offsets": run.received[1:]}))
+
+    def _reconnecting(self) -> bool:
+        return bool(getattr(self.client, "reconnecting", False))
 
     def cancel(self, job_or_run: str) -> bool:
         known = job_or_run in self.jobs or job_or_run in self.runs
         if known:
             self.client.send_extension(frame(Kind.CANCEL, self.client.id, 0, {"id": job_or_run}))
         return known
+
+    def cancel_unfinished(self) -> None:
+        """Cancel every job not finished yet (a client leaving for good)."""
+        for job in self.jobs.values():
+            if job.accepted and not job.finished:
+                self.cancel(job.id)
 
     def send_input(self, run_id: str, data: bytes, eof: bool = False) -> None:
         job_run = self.runs.get(run_id)
@@ -192,30 +262,52 @@ class JobClient:
     def _on_accepted(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)
         job = self.jobs.get(header.get("job", ""))
-        if job is None:
+        if job is None or job.accepted or job.error:
             return
         for item in header.get("runs", []):
             run = RunState(str(item["id"]), int(item["server"]), str(item.get("name", "?")))
             job.runs[run.id] = run
             self.runs[run.id] = (job, run)
         job.accepted = True
+        job.request = None
         for run in job.runs.values():
             job._emit(run, "accepted")
+        if job.resent:
+            # It may have run (and ended) while we were away: ask for all of it.
+            for run in job.runs.values():
+                self._send_fetch(run)
 
     def _on_started(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)
         found = self._find(header)
         if found:
             job, run = found
-            run.state = "running"
-            job._emit(run, "started")
+            if run.finished or run.state == "collecting":
+                return
+            run.waiting = False
+            if run.state != "running":
+                run.state = "running"
+                job._emit(run, "started")
 
     def _on_output(self, msg: Extension) -> None:
         header, body = unpack(msg.payload)
         found = self._find(header)
-        if found:
-            job, run = found
-            job._emit(run, "output", (int(header.get("stream", 1)), body))
+        if found is None:
+            return
+        job, run = found
+        stream = header.get("stream", 1)
+        if stream not in (1, 2) or run.finished:
+            return
+        offset = header.get("offset")
+        if isinstance(offset, int):
+            have = run.received[stream]
+            if offset > have:
+                return          # after a gap (frames lost while away): a FETCH resends it
+            if offset + len(body) <= have:
+                return          # seen already (sent again by a FETCH)
+            body = body[have - offset:]
+        run.received[stream] += len(body)
+        job._emit(run, "output", (stream, body))
 
     def _on_done(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)
@@ -223,6 +315,9 @@ class JobClient:
         if found is None:
             return
         job, run = found
+        if run.finished or run.state == "collecting":
+            return              # sent again (a FETCH crossing the first one)
+        run.waiting = False
         run.exit = int(header.get("exit", -1))
         run.error = str(header.get("error") or "")
         run.seconds = float(header.get("seconds", 0.0))
@@ -233,16 +328,18 @@ class JobClient:
             raise ProtocolError("DONE with a malformed file list") from None
         run.state = "collecting"
         run.pending_files = len(run.files)
+        run.collection += 1
         for ref in run.files:
             self.transfers.fetch(ref.sha, ref.size, run.server,
-                                 lambda sha, err, job=job, run=run, ref=ref:
-                                 self._collected(job, run, ref, err))
+                                 lambda sha, err, job=job, run=run, ref=ref, n=run.collection:
+                                 self._collected(job, run, ref, err, n))
         if not run.files:
             self._settle(job, run)
 
-    def _collected(self, job: Job, run: RunState, ref: FileRef, error: str | None) -> None:
-        if run.finished:
-            return
+    def _collected(self, job: Job, run: RunState, ref: FileRef, error: str | None,
+                   collection: int = 0) -> None:
+        if run.finished or collection != run.collection or run.state != "collecting":
+            return              # an attempt a lost connection cut short
         if error is None:
             try:
                 self._write_back(ref)
@@ -272,6 +369,20 @@ class JobClient:
     def _settle(self, job: Job, run: RunState) -> None:
         run.state = "done"
         job._emit(run, "done")
+        self._acknowledge(run)
+
+    def _acknowledge(self, run: RunState) -> None:
+        """Tell the executing server it may forget the run's result (now, or
+        when the connection is back)."""
+        if run.server:
+            self._unacked[run.id] = run.server
+        self._send_acks()
+
+    def _send_acks(self) -> None:
+        for run_id, server in list(self._unacked.items()):
+            if self.client.send_extension(frame(Kind.RESULT_ACK, self.client.id, server,
+                                                {"id": run_id})):
+                del self._unacked[run_id]
 
     def _on_failed(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)
@@ -281,7 +392,10 @@ class JobClient:
             job, run = found
             if not run.finished:
                 run.state, run.error, run.lost = "failed", error, bool(header.get("lost"))
+                run.waiting = False
                 job._emit(run, "failed")
+                if msg.source == run.server:       # the executor kept it: it may go
+                    self._acknowledge(run)
             return
         job = self.jobs.get(header.get("id", ""))
         if job is not None and not job.accepted:
@@ -289,14 +403,63 @@ class JobClient:
             job._emit(RunState(job.id, state="failed", error=error), "failed")
 
     def _on_disconnect(self, reason: str) -> None:
+        if self._reconnecting():
+            self._wait_for_connection(reason)
+            return
+        self._fail_unfinished(f"lost the connection to the server: {reason}")
+        self.transfers.reset("lost the connection to the server")
+
+    def _wait_for_connection(self, reason: str) -> None:
+        """The connection dropped and the client is trying again: nothing
+        fails; files being collected are asked for again after the reconnect."""
+        for job in self.jobs.values():
+            if job.finished:
+                continue
+            for run in job.runs.values():
+                if run.finished:
+                    continue
+                if run.state == "collecting":
+                    run.state = "running"
+                    run.collection += 1
+                if not run.waiting:
+                    run.waiting = True
+                    job._emit(run, "waiting", reason)
+        self.transfers.reset("the connection to the server was lost")
+
+    def _on_reconnect(self) -> None:
+        """A new connection is up (same client id, perhaps another server)."""
+        why = ""
+        if not self.client.ext:
+            why = "the server does not speak mesh extensions (plain CRC v1): it cannot run jobs"
+        elif getattr(self.client.config, "secret", None) is not None \
+                and not getattr(self.client, "server_verified", False):
+            why = ("the server did not prove it knows the mesh secret: jobs (and their files) "
+                   "are not sent to it")
+        if why:
+            self._fail_unfinished(f"after reconnecting: {why}")
+            return
+        for job in list(self.jobs.values()):
+            if job.finished:
+                continue
+            if not job.accepted:
+                if job.request is not None:
+                    job.resent = True
+                    self.client.send_extension(frame(Kind.SUBMIT, self.client.id, 0,
+                                                     job.request))
+                continue
+            for run in job.runs.values():
+                if not run.finished:
+                    self._send_fetch(run)
+        self._send_acks()
+
+    def _fail_unfinished(self, error: str) -> None:
         for job in self.jobs.values():
             if not job.accepted and not job.error:
-                job.error = f"lost the connection to the server: {reason}"
+                job.error = error
                 job._emit(RunState(job.id, state="failed", error=job.error), "failed")
             for run in job.runs.values():
                 if not run.finished:
-                    run.state, run.error, run.lost = "failed", \
-                        f"lost the connection to the server: {reason}", True
+                    run.state, run.error, run.lost = "failed", error, True
                     job._emit(run, "failed")
 
     # -- files --------------------------------------------------------------------------

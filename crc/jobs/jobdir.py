@@ -153,17 +153,27 @@ class Sweeper:
     def __repr__(self) -> str:
         return f"<Sweeper {self.trash} {'sweeping' if self._child else 'idle'}>"
 
-    def discard(self, jobdir: JobDir) -> None:
-        """Take ``jobdir`` away at once; its files are deleted soon after."""
-        target = self.trash / jobdir.path.name
+    def discard(self, jobdir: JobDir | Path) -> None:
+        """Take ``jobdir`` (or any file or directory on the trash's file system,
+        with a name unique there) away at once; it is deleted soon after."""
+        path = jobdir if isinstance(jobdir, Path) else jobdir.path
+        target = self.trash / path.name
         try:
             try:
-                os.rename(jobdir.path, target)
+                os.rename(path, target)
             except FileNotFoundError:          # no trash folder yet (or it is being swept)
+                if not os.path.lexists(path):
+                    return
                 self.trash.mkdir(exist_ok=True)
-                os.rename(jobdir.path, target)
+                os.rename(path, target)
         except OSError:
-            jobdir.remove()
+            if isinstance(jobdir, Path):
+                if jobdir.is_dir() and not jobdir.is_symlink():
+                    shutil.rmtree(jobdir, ignore_errors=True)
+                else:
+                    jobdir.unlink(missing_ok=True)
+            else:
+                jobdir.remove()
             return
         self._schedule()
 

@@ -14,7 +14,14 @@ parts, all inside the server's event loop:
 * **executor** (the server a job runs on): fetches the job's files, runs it in
   a fresh directory with at most ``slots`` jobs at once, streams output back,
   returns the exit status and the files the job created or changed, and
-  cleans up.
+  cleans up. It keeps each run's output and outcome (``results``) until the
+  client acknowledges them, so a client that lost its connection fetches
+  them again (FETCH) instead of losing them; unclaimed results expire after
+  ``result_ttl`` seconds. Job processes die with the server, even a killed
+  one (``process.GroupReaper``).
+
+An entry remembers the jobs it dispatched per client and job id, so a SUBMIT
+sent again after a reconnect is answered, not run twice.
 
 Nothing here blocks or starts a thread: child pipes and exits are selector
 events like sockets.
@@ -28,6 +35,7 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,14 +45,25 @@ from ..routing import Host
 from ..server.server import MeshServer, Role
 from .jobdir import FileRef, JobDir, JobDirError, Sweeper
 from .load import LoadReport, LoadSampler, LoadTable, should_send
-from .process import STDERR, ChildProcess
+from .process import STDERR, ChildProcess, GroupReaper
 from .rakefile import bad_relative_path
+from .results import STREAMS, Record, ResultStore
 from .scheduler import Ledger, by_name, pick
 from .store import BlobStore, valid_sha
 from .transfer import Transfers, cached_by_relays
 from .wire import Kind, frame, unpack, unpack_view
 
 log = logging.getLogger(__name__)
+
+#: Output is sent again (FETCH) in frames of this size, at most
+#: ``REPLAY_BUDGET`` bytes per turn of the loop, pausing while the link
+#: towards the client holds ``REPLAY_BACKLOG`` unsent bytes.
+REPLAY_CHUNK = 64 * 1024
+REPLAY_BUDGET = 1 << 20
+REPLAY_BACKLOG = 4 << 20
+#: Jobs an entry remembers for answering a SUBMIT sent again (at most, and
+#: for at most ``result_ttl`` seconds).
+SUBMITTED_MAX = 100_000
 
 
 @dataclass
@@ -57,6 +76,10 @@ class JobConfig:
     max_output: int = 64 << 20              # bytes of stdout + stderr per job
     max_runtime: float = 3600.0             # seconds; a job's own timeout may be shorter
     max_jobs_per_client: int = 256          # unfinished jobs a client may have through us
+    #: Where results (and the file store) are kept; default: in ``work_dir``.
+    #: Results there survive a restart of the server with the same directory.
+    state_dir: Path | None = None
+    result_ttl: float = 24 * 3600.0         # seconds an unclaimed result is kept
 
     def __post_init__(self) -> None:
         if self.stale_after is None:
@@ -84,6 +107,7 @@ class Run:
     jobdir: JobDir | None = None
     timer: Timer | None = None
     pending_input: list[tuple[bytes, bool]] = field(default_factory=list)
+    record: Record | None = None          # its output and outcome, kept (``results``)
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.state} client={self.client} {self.label[:30]!r}>"
@@ -132,8 +156,19 @@ class JobService:
         self._own_root = self.config.work_dir is None
         root = self.config.work_dir or Path(tempfile.mkdtemp(prefix=f"crc-{server.name}-"))
         self.root = Path(root)
-        self.store = BlobStore(self.root / "blobs", max_blob=self.config.max_file)
+        self.state_root = Path(self.config.state_dir) if self.config.state_dir else self.root
+        self.store = BlobStore(self.state_root / "blobs", max_blob=self.config.max_file)
         self.sweeper = Sweeper(self.loop, self.root / "jobs-trash")
+        self.results_sweeper = Sweeper(self.loop, self.state_root / "results" / "trash")
+        self.results = ResultStore(self.state_root / "results", self.results_sweeper)
+        kept = self.results.load()
+        if kept:
+            log.info("%s: %d job result(s) kept in %s can be fetched", server.name, kept,
+                     self.results.root)
+        self.reaper = GroupReaper(self.loop, server.name)
+        #: (client, job id) -> (the runs it was dispatched as, wall-clock time).
+        self.submitted: OrderedDict[tuple[int, str], tuple[list[dict], float]] = OrderedDict()
+        self.fetches_served = 0              # FETCHes answered here as the executor
         self.transfers = Transfers(self.me, self.store, self._send)
         self.sampler = LoadSampler()
         self.table = LoadTable(self.config.stale_after)
@@ -158,14 +193,21 @@ class JobService:
         on[Kind.WANT] = self._on_want
         on[Kind.DATA] = self._on_data
         on[Kind.MISSING] = self._on_missing
+        on[Kind.FETCH] = self._on_fetch
+        on[Kind.RESULT_ACK] = self._on_result_ack
         taps = server.extension_taps
         taps[Kind.WANT] = self._tap_want
         taps[Kind.DONE] = self._tap_result
         taps[Kind.FAILED] = self._tap_result
+        taps[Kind.FETCH] = self._tap_fetch
+        taps[Kind.RUN] = self._tap_run
+        taps[Kind.SUBMIT] = self._tap_submit
+        server.job_kinds.update(Kind)
         server.departure_listeners.append(self._on_departure)
         server.close_listeners.append(self.close)
         server.extension_link_listeners.append(self._on_link_up)
         self._tick()
+        self.loop.call_later(self._expiry_period(), self._expire)
 
     def __repr__(self) -> str:
         running = sum(1 for r in self.runs.values() if r.state == "running")
@@ -273,6 +315,19 @@ class JobService:
         job = header.get("job")
         if not isinstance(job, str) or not job:
             raise ProtocolError("SUBMIT without a job id")
+        refused = self.server.job_refusal(conn)
+        if refused:
+            log.warning("%s: refusing job %s from client %d at %s: %s", self.server.name,
+                        job[:40], client, conn.peer_address, refused)
+            self._to_client(client, Kind.FAILED, {"id": job, "error": refused})
+            return
+        known = self.submitted.get((client, job))
+        if known is not None:
+            # Sent again after a reconnect: it went out already; say where.
+            log.info("%s: job %s from client %d was dispatched already; not again",
+                     self.server.name, job[:40], client)
+            self._to_client(client, Kind.ACCEPTED, {"job": job, "runs": known[0]})
+            return
         try:
             parse_command(header)
             parse_files(header, self.config.max_file)
@@ -313,6 +368,9 @@ class JobService:
             self.dispatched[run_id] = (client, target.server)
             runs.append({"id": run_id, "server": target.server, "name": target.name})
         self._to_client(client, Kind.ACCEPTED, {"job": job, "runs": runs})
+        self.submitted[(client, job)] = (runs, time.time())
+        while len(self.submitted) > SUBMITTED_MAX:
+            self.submitted.popitem(last=False)
         for run in runs:
             body = dict(header, id=run["id"], client=client, entry=self.me)
             self._send(frame(Kind.RUN, self.me, run["server"], body))
@@ -356,14 +414,42 @@ class JobService:
                     "error": f"server {name} left the mesh while running the job"})
             elif client in ids:
                 del self.dispatched[run_id]
-        for run in list(self.runs.values()):
+        for run in self.runs.values():
             if run.client in ids:
-                log.info("%s: client of %r left; cancelling", self.server.name, run)
-                self._abort(run, "client left the mesh", notify=False)
+                # It may come back (a reconnect) and fetch the result; else
+                # the result expires. A run still fetching files from it fails
+                # (lost: nothing ran) through the transfer's failure.
+                log.info("%s: client of %r left; the job goes on, its result is kept",
+                         self.server.name, run)
 
     # -- executor: run -----------------------------------------------------------------
 
+    def _refuse_run(self, conn: Connection | None, msg: Extension) -> bool:
+        """Refuse a RUN that must not run here nor pass on (``run_refusal``):
+        the client hears why; True if refused."""
+        refused = self.server.run_refusal(conn)
+        if not refused:
+            return False
+        header, _ = unpack(msg.payload)
+        run_id, client = header.get("id"), header.get("client")
+        log.warning("%s: refusing job %r for client %r: %s", self.server.name, run_id, client,
+                    refused)
+        if isinstance(run_id, str) and isinstance(client, int):
+            self._to_client(client, Kind.FAILED, {"id": run_id, "error": refused})
+        return True
+
+    def _tap_submit(self, conn: Connection, msg: Extension) -> bool:
+        """A SUBMIT is for the client's own server (destination 0) only; one
+        addressed past it would reach another server over a server link."""
+        raise ProtocolError("SUBMIT addressed past the client's own server")
+
+    def _tap_run(self, conn: Connection, msg: Extension) -> bool:
+        """A RUN passing through: it goes on only over links it may cross."""
+        return self._refuse_run(conn, msg)
+
     def _on_run(self, conn: Connection | None, msg: Extension) -> None:
+        if self._refuse_run(conn, msg):
+            return
         header, _ = unpack(msg.payload)
         run_id, client, entry = header.get("id"), header.get("client"), header.get("entry")
         if not isinstance(run_id, str) or not isinstance(client, int) or not isinstance(entry, int):
@@ -380,9 +466,19 @@ class JobService:
             timeout = self.config.max_runtime
         run = Run(run_id, client, entry, argv, files, bool(header.get("stdin")),
                   min(float(timeout), self.config.max_runtime), label)
-        if run_id in self.runs:
-            self._to_client(client, Kind.FAILED, {"id": run_id, "error": "duplicate job id"})
+        live = self.runs.get(run_id)
+        kept = live.record if live is not None else self.results.finished.get(run_id)
+        if live is not None or kept is not None:
+            owner = live.client if live is not None else kept.client
+            if owner == client:
+                # Sent again (a client's SUBMIT repeated through another entry):
+                # one run per id; the client fetches its result.
+                log.info("%s: job %s from client %d is here already; not running it again",
+                         self.server.name, run_id, client)
+            else:
+                self._to_client(client, Kind.FAILED, {"id": run_id, "error": "duplicate job id"})
             return
+        run.record = self.results.new(run_id, client, entry, label)
         self.runs[run_id] = run
         self.queue.append(run_id)
         log.info("%s: job %s from client %d queued: %s", self.server.name, run_id, client, label)
@@ -398,7 +494,9 @@ class JobService:
         if run.state != "fetching":
             return
         if error:
-            self._abort(run, f"required file {ref.name if ref else '?'}: {error}")
+            # With its client gone, nothing ran: a rebuild may run it elsewhere.
+            self._abort(run, f"required file {ref.name if ref else '?'}: {error}",
+                        lost=not self.server.routes.known(run.client))
             return
         if ref is not None:
             run.missing -= 1
@@ -421,10 +519,11 @@ class JobService:
             for ref in run.files:
                 run.jobdir.place(ref, self.store.path(ref.sha), may_link=ref.sha not in self.linked)
                 self.linked.update(run.jobdir.linked.values())
+            self.reaper.ensure()
             run.process = ChildProcess(
                 self.loop, run.argv, str(run.jobdir.path), stdin=run.stdin,
                 on_output=lambda stream, data, run=run: self._output(run, stream, data),
-                on_exit=lambda code, run=run: self._exited(run, code))
+                on_exit=lambda code, run=run: self._exited(run, code), reaper=self.reaper)
         except (OSError, JobDirError) as exc:
             self._abort(run, f"cannot start: {exc}")
             return
@@ -445,7 +544,11 @@ class JobService:
                 run.error = f"output exceeds {self.config.max_output} bytes; job killed"
                 run.process.kill()
             return
-        self._to_client(run.client, Kind.OUTPUT, {"id": run.id, "stream": stream}, data)
+        record = run.record
+        offset = self.results.append(record, stream, data)
+        if record.replay is None:          # else the replay sends it, in order
+            self._to_client(run.client, Kind.OUTPUT,
+                            {"id": run.id, "stream": stream, "offset": offset}, data)
 
     def _timed_out(self, run: Run) -> None:
         if run.state == "running" and run.process is not None:
@@ -480,9 +583,20 @@ class JobService:
         log.info("%s: job %s exited %d in %.3f s (%d file(s) back)", self.server.name, run.id,
                  code, seconds, len(files))
         self._finish(run)
-        self._to_client(run.client, Kind.DONE, {
+        self._conclude(run, Kind.DONE, {
             "id": run.id, "exit": code, "error": run.error, "files": files,
             "server": self.me, "name": self.server.name, "seconds": seconds})
+
+    def _conclude(self, run: Run, kind: Kind, header: dict) -> None:
+        """The run is over: keep its final frame and send it (after a replay
+        in progress, which sends it itself)."""
+        record = run.record
+        if record is None:
+            self._to_client(run.client, kind, header)
+            return
+        self.results.finish(record, kind, header)
+        if record.replay is None:
+            self._to_client(run.client, kind, header)
 
     def _discard(self, run: Run) -> None:
         """Hand a finished job's directory to the sweeper; its links are free again."""
@@ -499,7 +613,7 @@ class JobService:
         self._changed()
         self.loop.call_soon(self._start_ready)
 
-    def _abort(self, run: Run, error: str, notify: bool = True) -> None:
+    def _abort(self, run: Run, error: str, lost: bool = False) -> None:
         if run.state == "running" and run.process is not None:
             run.error = error
             run.process.kill()          # _exited reports it
@@ -507,8 +621,10 @@ class JobService:
         if run.jobdir is not None:
             self._discard(run)
         self._finish(run)
-        if notify:
-            self._to_client(run.client, Kind.FAILED, {"id": run.id, "error": error})
+        header = {"id": run.id, "error": error}
+        if lost:
+            header["lost"] = True
+        self._conclude(run, Kind.FAILED, header)
 
     def _cancel_here(self, run_id: str) -> None:
         run = self.runs.get(run_id)
@@ -526,6 +642,155 @@ class JobService:
             run.process.write_stdin(body, eof)
         else:
             run.pending_input.append((body, eof))
+
+    # -- durable results: FETCH, replay, RESULT_ACK, expiry ------------------------------
+
+    def _on_fetch(self, conn: Connection | None, msg: Extension) -> None:
+        header, _ = unpack(msg.payload)
+        run_id = header.get("id")
+        if not isinstance(run_id, str) or not run_id:
+            raise ProtocolError("FETCH without a job id")
+        offsets = _offsets(header.get("offsets"))
+        if msg.dest == 0:
+            self._fetch_for_client(conn, msg.source, run_id, header.get("server"), offsets)
+            return
+        # From an entry server (perhaps us), on behalf of its client.
+        if conn is not None and conn.peer.role is not Role.SERVER:
+            raise ProtocolError("FETCH for a job from something other than a server")
+        client = header.get("client")
+        if not isinstance(client, int):
+            raise ProtocolError("FETCH without a client")
+        run = self.runs.get(run_id)
+        record = run.record if run is not None else self.results.finished.get(run_id)
+        if record is None or record.client != client:
+            self._to_client(client, Kind.FAILED, {
+                "id": run_id, "lost": True, "error": f"unknown job (not on server "
+                                                     f"{self.server.name}, or expired)"})
+            return
+        self.fetches_served += 1
+        log.info("%s: client %d fetches job %s from offsets %s", self.server.name, client,
+                 run_id, offsets)
+        if run is not None and run.state == "running" and run.process is not None:
+            self._to_client(client, Kind.STARTED, {"id": run.id, "server": self.me,
+                                                   "name": self.server.name,
+                                                   "pid": run.process.pid})
+        self._replay(_Replay(record, client, [0, *(min(o, record.sizes[s])
+                                                   for o, s in zip(offsets, STREAMS))]))
+
+    def _fetch_for_client(self, conn: Connection | None, client: int, run_id: str,
+                          server: object, offsets: list[int]) -> None:
+        """Our client asks for a run's results again: pass it on to where the
+        run is (and watch for that server leaving, as for a new job)."""
+        if conn is None or conn.peer.role is not Role.CLIENT or conn.peer.peer_id != client:
+            raise ProtocolError("FETCH from something other than an adjacent client")
+        if not isinstance(server, int) or server <= 0:
+            raise ProtocolError("FETCH without the executing server's id")
+        refused = self.server.job_refusal(conn)
+        if refused:
+            self._to_client(client, Kind.FAILED, {"id": run_id, "error": refused})
+            return
+        if server != self.me and not self.server.routes.known(server):
+            self._to_client(client, Kind.FAILED, {
+                "id": run_id, "lost": True,
+                "error": f"server {server} left the mesh while running the job"})
+            return
+        self.dispatched[run_id] = (client, server)
+        self._send(frame(Kind.FETCH, self.me, server,
+                         {"id": run_id, "client": client, "offsets": offsets}))
+
+    def _tap_fetch(self, conn: Connection, msg: Extension) -> bool:
+        """A FETCH passing through must come from a server: a client sends its
+        own to its server (destination 0), which vouches for who asks."""
+        if conn.peer.role is not Role.SERVER:
+            log.warning("%s: dropping a FETCH from %r addressed past its server",
+                        self.server.name, conn)
+            return True
+        return False
+
+    def _replay(self, replay: "_Replay") -> None:
+        """Send the output a client lacks, then (once over) the final frame.
+        Live output of the run waits in the file meanwhile, so the client sees
+        every stream in order."""
+        record = replay.record
+        record.replay = replay
+        self._replay_step(replay)
+
+    def _replay_step(self, replay: "_Replay") -> None:
+        record = replay.record
+        if record.replay is not replay or self.loop.stopping:
+            return                     # superseded by another FETCH, or removed
+        first = self.server.routes.first_link(replay.client)
+        conn = self.server.links.get(first) if first is not None else None
+        if conn is None:
+            record.replay = None       # gone again: it will ask once more
+            return
+        budget = REPLAY_BUDGET
+        while budget > 0:
+            if conn.buffered > REPLAY_BACKLOG:
+                self.loop.call_later(0.01, self._replay_step, replay)
+                return
+            sent = 0
+            for stream in STREAMS:
+                offset = replay.offsets[stream]
+                if offset >= record.sizes[stream]:
+                    continue
+                data = self.results.read(record, stream, offset, REPLAY_CHUNK)
+                if not data:           # not on disk (a write failed): skip the gap
+                    replay.offsets[stream] = record.sizes[stream]
+                    continue
+                self._to_client(replay.client, Kind.OUTPUT,
+                                {"id": record.id, "stream": stream, "offset": offset}, data)
+                replay.offsets[stream] = offset + len(data)
+                sent += len(data)
+            if not sent:
+                break
+            budget -= sent
+        else:
+            self.loop.call_soon(self._replay_step, replay)
+            return
+        record.replay = None           # caught up: live output flows again
+        if record.outcome is not None:
+            kind, header = record.outcome
+            self._to_client(replay.client, Kind(kind), header)
+
+    def _on_result_ack(self, conn: Connection | None, msg: Extension) -> None:
+        header, _ = unpack(msg.payload)
+        run_id = header.get("id")
+        record = self.results.finished.get(run_id) if isinstance(run_id, str) else None
+        if record is None or record.client != msg.source:
+            return
+        log.debug("%s: client %d has the result of job %s; deleted", self.server.name,
+                  msg.source, run_id)
+        self.results.remove(record)
+
+    def _expiry_period(self) -> float:
+        return max(0.05, min(60.0, self.config.result_ttl / 4))
+
+    def _expire(self) -> None:
+        """Periodic: delete results nobody fetched within ``result_ttl``."""
+        if self.loop.stopping:
+            return
+        ttl = self.config.result_ttl
+        now = time.time()
+        expired = self.results.expired(now, ttl)
+        if expired:
+            produced: set[str] = set()
+            for record in expired:
+                log.info("%s: the result of job %s (client %d) expired unclaimed after %g s "
+                         "(--result-ttl); deleted", self.server.name, record.id, record.client,
+                         now - record.finished)
+                produced |= _produced(record)
+                self.results.remove(record)
+            needed = self.results.referenced() | self.linked | {
+                ref.sha for run in self.runs.values() for ref in run.files}
+            for sha in produced - needed:
+                self.store.forget(sha)
+        while self.submitted:
+            key, (_, when) = next(iter(self.submitted.items()))
+            if now - when < ttl:
+                break
+            del self.submitted[key]
+        self.loop.call_later(self._expiry_period(), self._expire)
 
     # -- files -------------------------------------------------------------------------
 
@@ -562,9 +827,40 @@ class JobService:
                 run.process.kill()
             if run.jobdir is not None:
                 run.jobdir.remove()
+            if run.record is not None and not run.record.done:
+                self.results.finish(run.record, Kind.FAILED, {
+                    "id": run.id, "lost": True,
+                    "error": f"server {self.server.name} stopped while running the job"})
         self.runs.clear()
+        self.reaper.close()
+        self.results.close()
         self.sweeper.close()
+        self.results_sweeper.close()
         for sha in list(self.store.partials):
             self.store.abandon(sha)
         if self._own_root:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@dataclass
+class _Replay:
+    """A FETCH being answered: where each stream stands (index 1 and 2)."""
+
+    record: Record
+    client: int
+    offsets: list[int]
+
+
+def _offsets(value: object) -> list[int]:
+    """The client's byte counts [stdout, stderr] from a FETCH (0 if absent)."""
+    if isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        return list(value)
+    if value is None:
+        return [0, 0]
+    raise ProtocolError("FETCH 'offsets' is not a list of two byte counts")
+
+
+def _produced(record: Record) -> set[str]:
+    files = record.outcome[1].get("files") if record.outcome else None
+    return {f["sha"] for f in files or () if isinstance(f, dict) and isinstance(f.get("sha"), str)}

@@ -159,6 +159,11 @@ class Transfers:
             self._fail(fetch, str(header.get("error") or
                                   "not available on the machine that should hold it"))
 
+    def reset(self, error: str) -> None:
+        """Fail every fetch in progress (the connection they used is gone)."""
+        for fetch in list(self.fetches.values()):
+            self._fail(fetch, error)
+
     def holder_lost(self, holder: int) -> None:
         for fetch in [f for f in self.fetches.values() if f.holder == holder]:
             self._fail(fetch, "the machine holding it left the mesh")

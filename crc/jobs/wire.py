@@ -36,6 +36,8 @@ class Kind(IntEnum):
     WANT = 20           # requester -> holder: send bytes [offset, offset+length) of a blob
     DATA = 21           # holder -> requester: bytes of a blob
     MISSING = 22        # holder -> requester: no such blob
+    FETCH = 23          # client -> its server -> executing server: send a run's results again
+    RESULT_ACK = 24     # client -> executing server: I have everything; forget the result
 
 
 def pack(header: dict[str, Any], body: bytes | memoryview = b"") -> bytes:

@@ -14,6 +14,10 @@ ends in ``close(reason)``: idempotent, it unregisters and closes the socket at
 once and tells the owner via ``on_closed`` after the current pass.
 
 The owner (server or client) implements ``ConnectionOwner``.
+
+``Connection(..., tls=TLS(...))`` makes a ``crc.net.tls.TLSConnection``
+instead: the same interface over TLS, handshaken inside the same loop. A
+plain connection never runs a line of the TLS code.
 """
 
 from __future__ import annotations
@@ -44,9 +48,20 @@ class ConnectionOwner(Protocol):
 class Connection:
     """A non-blocking, message-framed TCP connection."""
 
+    #: TLS settings (``crc.net.tls.TLS``) of a ``TLSConnection``; None: plain TCP.
+    tls: Any = None
+    #: The peer's verified TLS certificate (``TLSConnection``); None: none.
+    peer_cert: dict | None = None
+
+    def __new__(cls, *args: Any, tls: Any = None, **kwargs: Any) -> "Connection":
+        if tls is not None and cls is Connection:
+            from .tls import TLSConnection   # here: tls.py builds on this module
+            cls = TLSConnection
+        return super().__new__(cls)
+
     def __init__(self, loop: EventLoop, sock: socket.socket, owner: ConnectionOwner, *,
                  limits: Limits, label: str = "", max_send_buffer: int = 256 * 1024 * 1024,
-                 connecting: bool = False) -> None:
+                 connecting: bool = False, tls: Any = None) -> None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -208,10 +223,19 @@ class Connection:
             self.flush()
 
     def _finish_connect(self) -> None:
+        if self._connect_failed():
+            return
+        self._established()
+
+    def _connect_failed(self) -> bool:
+        """Whether the non-blocking connect failed (the connection is then closed)."""
         err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self.close(f"connect failed: {os.strerror(err)} ({errno.errorcode.get(err, err)})")
-            return
+        return bool(err)
+
+    def _established(self) -> None:
+        """The link is up: read, send what was queued, tell the owner."""
         self._connecting = False
         try:
             self.peer_address = self.sock.getpeername()

@@ -142,10 +142,16 @@ class Decoder:
     """Incremental CRC decoder: feed chunks, get whole messages back."""
 
     __slots__ = ("limits", "_buf", "_pos", "_need", "_failed", "_large", "_large_head",
-                 "_large_filled", "_head_view", "in_place")
+                 "_large_filled", "_head_view", "in_place", "allow_in_place")
 
-    def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
+    def __init__(self, limits: Limits = DEFAULT_LIMITS, allow_in_place: bool = True) -> None:
         self.limits = limits
+        #: Whether a large extension payload may get its buffer (up to
+        #: ``IN_PLACE_MAX``) as soon as its header arrives. An owner clears it
+        #: while the peer has no business sending extension frames, so that a
+        #: header alone cannot make us allocate: the payload is then buffered
+        #: only as it arrives.
+        self.allow_in_place = allow_in_place
         self._buf = bytearray()
         self._pos = 0          # start of the first unconsumed byte
         self._need = 1         # bytes (from _pos) before another parse is worth trying
@@ -212,7 +218,9 @@ class Decoder:
     @property
     def pending(self) -> int:
         """Bytes received but not yet part of a whole message."""
-        return len(self._buf) - self._pos + (self._large_filled if self._large is not None else 0)
+        if self._large is not None:      # the frame's header has left the buffer
+            return len(self._buf) - self._pos + _EXT.size + self._large_filled
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> list[Message]:
         """Add ``data`` to the stream; return every message it completes."""
@@ -378,7 +386,7 @@ class Decoder:
             self._cap(n, self.limits.max_payload, "extension payload length")
             end = pos + 16 + n
             if end > len(buf):
-                if IN_PLACE_MIN <= n <= IN_PLACE_MAX:
+                if IN_PLACE_MIN <= n <= IN_PLACE_MAX and self.allow_in_place:
                     self._begin_in_place(kind, source, dest, flags, n, pos + 16)
                 else:
                     self._need = 16 + n

@@ -23,7 +23,8 @@ VERSION = 1
 #: What this implementation understands on an extension link.
 #:   depart - server departure (0x02) when a subtree is lost
 #:   ext    - extension frames (0x40)
-FEATURES = frozenset({"depart", "ext"})
+#:   rchat  - reliable chat frames (crc/delivery) for this peer
+FEATURES = frozenset({"depart", "ext", "rchat"})
 
 
 @dataclass(frozen=True)

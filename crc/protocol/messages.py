@@ -39,6 +39,10 @@ class StatusCode(IntEnum):
     # Ours, in a range no v1 peer assigns meaning to (docs/protocol.md).
     MESH_HELLO = 0x8001        # extension offer, addressed to its own sender
     MESH_HELLO_REPLY = 0x8002  # the offer accepted: the link speaks extensions
+    AUTH_CHALLENGE = 0x8003    # "prove you know the mesh secret": our nonce
+    AUTH_PROOF = 0x8004        # the answer: a proof (and, from a joiner, its nonce)
+    AUTH_OK = 0x8005           # proof accepted (to a joiner: with our own proof)
+    AUTH_REFUSED = 0x8006      # authentication failed or missing; the link closes
     STATE_QUERY = 0x8010       # control connection: "send me your state"
     STATE_REPLY = 0x8011       # JSON text of the state
 

@@ -13,10 +13,15 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..protocol import DEFAULT_LIMITS, MAX_ID
+from ..protocol.auth import SecretError, load_secret
 from ..jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
+
+if TYPE_CHECKING:
+    from ..net.tls import ServerTLS
 
 
 def host_port(text: str) -> tuple[str, int]:
@@ -127,10 +132,66 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--max-jobs-per-client", type=positive_int, default=256,
                       help="unfinished jobs one client may have through this server "
                       "(default: 256)")
+    jobs.add_argument("--state-dir", metavar="DIR",
+                      help="where job results and the file store are kept until clients "
+                      "collect them; a restart with the same directory (and --id) keeps them "
+                      "fetchable (default: inside the work directory)")
+    jobs.add_argument("--result-ttl", type=positive_float, default=24 * 3600.0,
+                      metavar="SECONDS",
+                      help="seconds a job result nobody collected is kept (default: 86400)")
+    tls = p.add_argument_group("TLS (docs/security.md)")
+    tls.add_argument("--tls-cert", metavar="FILE",
+                     help="this server's certificate (PEM); with --tls-key and --tls-ca every "
+                     "link of this server, accepted or uplink, speaks TLS")
+    tls.add_argument("--tls-key", metavar="FILE",
+                     help="the private key of --tls-cert (PEM, not passphrase-protected)")
+    tls.add_argument("--tls-ca", metavar="FILE",
+                     help="the CA certificate(s) (PEM) every peer certificate must be signed by")
+    tls.add_argument("--tls-require-client-cert", action="store_true",
+                     help="refuse clients without a certificate (servers always need one)")
+    tls.add_argument("--tls-server-name", metavar="NAME",
+                     help="the name the uplink's certificate must carry (default: the host "
+                     "given to --connect, a DNS name or an IP address)")
+    auth = p.add_argument_group("authentication (docs/security.md)")
+    auth.add_argument("--secret-file", metavar="FILE",
+                      help="the mesh secret (at least 16 bytes; the trailing newline is "
+                      "ignored; not readable by other users): servers must prove it to link, "
+                      "clients to run jobs")
+    auth.add_argument("--plain-clients", choices=["allow", "deny"], default="allow",
+                      help="with --secret-file: whether clients that do not prove the secret "
+                      "(plain CRC v1 clients among them) may chat (default: allow)")
+    auth.add_argument("--insecure-remote-jobs", action="store_true",
+                      help="without --secret-file: run jobs for clients and servers on other "
+                      "machines too (default: loopback only). Anyone who can connect can then "
+                      "run commands as this user")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--log-file", help="write the log here instead of standard error")
     return p
+
+
+TLS_FLAGS = ("tls_cert", "tls_key", "tls_ca", "tls_require_client_cert", "tls_server_name")
+
+
+def tls_from_args(args: argparse.Namespace) -> "ServerTLS | None":
+    """The server's TLS from its flags; None without them. ``TLSConfigError``
+    (naming the flag and the file) for anything that cannot be used."""
+    from ..net.tls import TLSConfigError, server_tls
+    given = [f for f in ("tls_cert", "tls_key", "tls_ca") if getattr(args, f)]
+    extras = [f for f in ("tls_require_client_cert", "tls_server_name") if getattr(args, f)]
+    if not given:
+        if extras:
+            raise TLSConfigError(f"--{extras[0].replace('_', '-')} needs --tls-cert, --tls-key "
+                                 "and --tls-ca")
+        return None
+    missing = [f for f in ("tls_cert", "tls_key", "tls_ca") if not getattr(args, f)]
+    if missing:
+        raise TLSConfigError("TLS needs --tls-cert, --tls-key and --tls-ca together; missing: "
+                             + ", ".join("--" + f.replace("_", "-") for f in missing))
+    return server_tls(args.tls_cert, args.tls_key, args.tls_ca,
+                      require_client_cert=args.tls_require_client_cert,
+                      server_name=args.tls_server_name,
+                      handshake_timeout=args.registration_timeout)
 
 
 def configure_logging(level: str, log_file: str | None, name: str) -> None:
@@ -148,6 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.dead_after <= args.keepalive:
         build_parser().error(f"--dead-after ({args.dead_after:g}) must be longer than "
                              f"--keepalive ({args.keepalive:g})")
+    tls = None
+    if any(getattr(args, flag) for flag in TLS_FLAGS):
+        from ..net.tls import TLSConfigError   # ssl is loaded only when TLS is asked for
+        try:
+            tls = tls_from_args(args)  # before anything starts: a bad file stops us here
+        except TLSConfigError as exc:
+            print(f"mesh_server.py: {exc}", file=sys.stderr)
+            return 2
+    try:
+        secret = load_secret(args.secret_file) if args.secret_file else None
+    except SecretError as exc:
+        print(f"mesh_server.py: {exc}", file=sys.stderr)
+        return 2
     config = ServerConfig(port=args.port, id=args.id, name=args.name, info=args.info,
                           host=args.host, connect=args.connect[0] if args.connect else None,
                           candidates=tuple(args.connect[1:]), rejoin=not args.no_rejoin,
@@ -155,14 +229,18 @@ def main(argv: list[str] | None = None) -> int:
                           max_send_buffer=args.max_send_buffer,
                           max_connections=args.max_connections,
                           registration_timeout=args.registration_timeout,
-                          keepalive=args.keepalive, dead_after=args.dead_after)
+                          keepalive=args.keepalive, dead_after=args.dead_after, tls=tls,
+                          secret=secret, plain_clients=args.plain_clients,
+                          insecure_remote_jobs=args.insecure_remote_jobs)
     configure_logging(args.log_level, args.log_file, config.name)
     server = MeshServer(config)
     JobService(server, JobConfig(
         slots=args.slots, work_dir=Path(args.work_dir) if args.work_dir else None,
         load_interval=args.load_interval, max_runtime=args.max_runtime,
         max_output=args.max_output, max_file=args.max_file,
-        max_jobs_per_client=args.max_jobs_per_client))
+        max_jobs_per_client=args.max_jobs_per_client,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        result_ttl=args.result_ttl))
     try:
         server.start()
     except OSError as exc:

@@ -13,30 +13,76 @@ peer completed the hello exchange (``crc.protocol.handshake``).
 Every departure — a client quit, a server departure, a lost link — goes
 through ``_depart``: remove the hosts, then tell every other link in the form
 it understands.
+
+With a mesh secret (``ServerConfig.secret``) a joining server is admitted
+only after it has answered our challenge (``_challenge``), and a client counts
+as authenticated once it has proved the secret after its hello; jobs run only
+for authenticated clients. Without a secret, jobs run only for peers on this
+machine (loopback) unless ``insecure_remote_jobs``. See ``job_refusal``,
+``run_refusal`` and docs/security.md.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import json
 import logging
 import random
 import socket
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
+from ..delivery.wire import ChatKind, pack_ack, pack_nack, unpack_chat
 from ..net import Connection, EventLoop
 from ..net.loop import EVENT_READ
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ChatFrame, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
-    Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status, StatusCode, encode,
+    EncodeError, Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status,
+    StatusCode, encode,
     LinkKind, encode_parts,
     duplicate_id_text, random_id, unknown_id_text, welcome_text,
 )
+from ..protocol import auth
 from ..protocol.handshake import FEATURES, Hello, parse_hello
 from ..routing import Host, Kind, RoutingError, RoutingTable
 
+if TYPE_CHECKING:
+    from ..net.tls import ServerTLS
+
 log = logging.getLogger(__name__)
+
+#: A newly registered peer that has not exchanged hellos within this many
+#: seconds is taken for plain CRC v1 (reliable chats to it go out as v1).
+HELLO_SETTLE = 3.0
+
+#: Status texts addressed to a server are kept for the state query: the newest
+#: this many, and no more text than ``STATUS_LOG_CHARS`` besides the newest.
+STATUS_LOG_ENTRIES = 256
+STATUS_LOG_CHARS = 1 << 20
+
+
+def is_loopback(address: Any) -> bool:
+    """Whether a socket peer address is this machine's loopback (a Unix
+    socket, as from ``socketpair``, counts as local too)."""
+    if isinstance(address, (str, bytes)):
+        return True                      # AF_UNIX
+    if not isinstance(address, tuple) or not address:
+        return False
+    try:
+        ip = ipaddress.ip_address(str(address[0]).split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a listen address (``--host``) is loopback only."""
+    return host == "localhost" or is_loopback((host, 0))
+
+
+PLAIN_CLIENT_POLICIES = ("allow", "deny")
 
 
 @dataclass
@@ -65,12 +111,28 @@ class ServerConfig:
     rejoin: bool = False
     rejoin_delay: float = 0.2
     rejoin_max_delay: float = 10.0
+    #: The mesh secret (``--secret-file``): servers must prove it to link,
+    #: clients to run jobs. None: no authentication, jobs for loopback only.
+    secret: bytes | None = field(default=None, repr=False)
+    #: With a secret: whether clients that do not prove it may chat.
+    plain_clients: str = "allow"
+    #: Without a secret: run jobs for non-loopback clients and servers too.
+    insecure_remote_jobs: bool = False
+    #: Whether a peer address is this machine (replaceable in tests).
+    is_local: Callable[[Any], bool] = field(default=is_loopback, repr=False)
+    #: TLS on every link (``crc.net.tls.server_tls``): accepted connections and
+    #: uplinks alike. None: plain TCP.
+    tls: "ServerTLS | None" = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.id:
             self.id = random_id()
         if not self.name:
             self.name = f"server-{self.id}"
+        auth.check_secret(self.secret)
+        if self.plain_clients not in PLAIN_CLIENT_POLICIES:
+            raise ValueError(f"plain_clients must be one of {', '.join(PLAIN_CLIENT_POLICIES)}, "
+                             f"not {self.plain_clients!r}")
 
 
 class Role(enum.Enum):
@@ -79,6 +141,9 @@ class Role(enum.Enum):
     SERVER = "server"
     CLIENT = "client"
     CONTROL = "control"          # a state query connection
+    #: Registered but not admitted until it proves the mesh secret: a joining
+    #: server we challenged, or (``plain_clients="deny"``) a welcomed client.
+    AUTH = "authenticating"
     DONE = "done"                # refused, quit or closing: ignore what follows
 
 
@@ -90,11 +155,28 @@ class Link:
     outbound: bool = False
     peer_id: int = 0
     ext: bool = False              # hello exchange completed: extensions allowed
+    #: Whether the peer speaks extensions is known (ext, or plain v1 for
+    #: sure, or no hello came within ``HELLO_SETTLE`` s of registering).
+    settled: bool = False
     pings: int = 0                 # keepalive pings sent on this link
     features: frozenset[str] = field(default_factory=frozenset)
+    authenticated: bool = False    # the peer proved it knows the mesh secret
+    auth: "AuthState | None" = None   # an authentication exchange under way
+    local: bool | None = None      # peer address is loopback (worked out once)
 
     def __repr__(self) -> str:
         return f"<Link {self.role.value} id={self.peer_id} {'ext' if self.ext else 'v1'}>"
+
+
+@dataclass
+class AuthState:
+    """One side's half of an authentication exchange on one link."""
+
+    nonce: str = ""                # ours, fresh for this link
+    peer_nonce: str = ""           # theirs
+    peer_id: int = 0               # joiner: the id that challenged us
+    #: The registration that waits for the proof (acceptor side).
+    pending: ServerRegistration | ClientRegistration | None = None
 
 
 def _tcp_keepalive(sock: socket.socket, idle: float, dead_after: float) -> None:
@@ -121,7 +203,8 @@ class MeshServer:
         self.routes = RoutingTable(self.id)
         self.links: dict[int, Connection] = {}     # adjacent id -> connection
         self.connections: set[Connection] = set()  # every open connection
-        self.status_log: list[str] = []
+        self.status_log: list[str] = []           # bounded: see ``_log_status``
+        self._status_chars = 0
         self.listener: socket.socket | None = None
         self.uplink: Connection | None = None
         self.port = config.port
@@ -136,6 +219,9 @@ class MeshServer:
         self.extension_handlers: dict[int, Callable[[Connection, Extension], None]] = {}
         #: Looks at frames passing through to someone else; True = consumed.
         self.extension_taps: dict[int, Callable[[Connection, Extension], bool]] = {}
+        #: Extension kinds of the job service: a client that may not run jobs
+        #: may send them only to its own server (destination 0).
+        self.job_kinds: set[int] = set()
         #: Called with the hosts that left the network (quit, departure, link loss).
         self.departure_listeners: list[Callable[[list[Host]], None]] = []
         #: Called with a connection whose peer just completed the hello exchange.
@@ -159,10 +245,33 @@ class MeshServer:
 
     def start(self) -> None:
         """Listen, and join the mesh if configured. Non-blocking."""
+        self._log_security()
         self.listen()
         if self.config.connect:
             self.connect_uplink(*self.config.connect)
         self.loop.call_later(self._keepalive_period(), self._keepalive_tick)
+
+    def _log_security(self) -> None:
+        """Say once, at startup, what this server trusts (loudly when unsafe)."""
+        cfg = self.config
+        if cfg.secret is not None:
+            log.info("%s: mesh secret set: servers must authenticate to link; clients must "
+                     "authenticate to run jobs (plain clients: %s)", self.name, cfg.plain_clients)
+            if cfg.insecure_remote_jobs:
+                log.warning("%s: --insecure-remote-jobs has no effect with a mesh secret: "
+                            "jobs run only for authenticated clients", self.name)
+        elif cfg.insecure_remote_jobs:
+            log.warning("%s: INSECURE: --insecure-remote-jobs without a mesh secret: anyone who "
+                        "can reach this mesh can run commands as this user on its servers",
+                        self.name)
+        if cfg.secret is None and cfg.plain_clients != "allow":
+            log.warning("%s: plain_clients=%s (--plain-clients) has no effect without a mesh "
+                        "secret", self.name, cfg.plain_clients)
+        if cfg.secret is None and not cfg.insecure_remote_jobs and not is_loopback_host(cfg.host):
+            log.warning("%s: listening on %s without a mesh secret: jobs from clients and servers "
+                        "that are not on this machine (loopback) are refused; give the mesh a "
+                        "secret (--secret-file), or accept the risk with --insecure-remote-jobs",
+                        self.name, cfg.host)
 
     # -- joining again ------------------------------------------------------------
 
@@ -208,7 +317,9 @@ class MeshServer:
         sock.setblocking(False)
         err = sock.connect_ex((host, port))
         conn = self._new_connection(sock, Link(Role.JOINING, outbound=True), f"uplink {host}:{port}",
-                                    connecting=err != 0)
+                                    connecting=err != 0,
+                                    tls=self.config.tls.connect.towards(host) if self.config.tls
+                                    else None)
         self.uplink = conn
         # Our first bytes on the link are exactly our v1 registration.
         conn.send(ServerRegistration(self.id, 0, self.name, self.info))
@@ -258,23 +369,33 @@ class MeshServer:
                     self._refused_logged = self.loop.time()
                 sock.close()
                 continue
-            conn = self._new_connection(sock, Link(Role.PENDING), f"{addr[0]}:{addr[1]}")
+            conn = self._new_connection(sock, Link(Role.PENDING), f"{addr[0]}:{addr[1]}",
+                                        tls=self.config.tls.accept if self.config.tls else None)
             self.loop.call_later(self.config.registration_timeout, self._registration_deadline,
                                  conn)
 
     def _new_connection(self, sock: socket.socket, link: Link, label: str,
-                        connecting: bool = False) -> Connection:
+                        connecting: bool = False, tls: Any = None) -> Connection:
         conn = Connection(self.loop, sock, self, limits=self.config.limits, label=label,
-                          max_send_buffer=self.config.max_send_buffer, connecting=connecting)
+                          max_send_buffer=self.config.max_send_buffer, connecting=connecting,
+                          tls=tls)
         conn.peer = link
+        # No extension frames before the hello exchange: until then a header
+        # claiming a large payload reserves nothing (``_extensions_up``).
+        conn.decoder.allow_in_place = False
         self.connections.add(conn)
         _tcp_keepalive(sock, self.config.keepalive, self.config.dead_after)
         return conn
 
     def _registration_deadline(self, conn: Connection) -> None:
-        if not conn.closed and conn.peer.role is Role.PENDING:
+        if conn.closed:
+            return
+        if conn.peer.role is Role.PENDING:
             self.drop(conn, f"no registration within {self.config.registration_timeout:g} s "
                             "(--registration-timeout)")
+        elif conn.peer.role is Role.AUTH:
+            self._refuse(conn, auth.REQUIRED_TEXT, f"did not authenticate within "
+                         f"{self.config.registration_timeout:g} s (--registration-timeout)")
 
     # -- keepalives -----------------------------------------------------------------
 
@@ -315,6 +436,12 @@ class MeshServer:
         for msg in messages:
             if conn.closed or link.role is Role.DONE:
                 return
+            if link.role is Role.AUTH and not (
+                    msg.type is MsgType.STATUS
+                    and msg.code in (StatusCode.MESH_HELLO, StatusCode.AUTH_PROOF)):
+                self._refuse(conn, auth.REQUIRED_TEXT,
+                             f"sent a {msg.type.name.lower()} before authenticating")
+                return
             try:
                 self._handlers[msg.type](conn, msg)
             except ProtocolError as exc:
@@ -340,6 +467,9 @@ class MeshServer:
         elif link.role is Role.JOINING:
             log.log(logging.WARNING if self.config.rejoin else logging.ERROR,
                     "%s: could not join the mesh: %s", self.name, reason)
+        elif link.role is Role.AUTH:
+            log.info("%s: %s closed before authenticating: %s", self.name,
+                     self._who(conn), reason)
         else:
             log.debug("%s: %r closed: %s", self.name, conn, reason)
         if was_uplink:
@@ -431,7 +561,15 @@ class MeshServer:
         if link.role is Role.PENDING:
             if msg.last_hop != 0:
                 raise ProtocolError(f"first registration has last hop {msg.last_hop}, expected 0")
-            self._admit(conn, msg, Kind.SERVER)
+            if self.config.tls is not None and conn.peer_cert is None:
+                # Servers link by mutual TLS: a certificate-less peer may be a
+                # client, never a server.
+                raise ProtocolError("a server must present a certificate signed by --tls-ca "
+                                    "to link over TLS")
+            if self.config.secret is not None:
+                self._challenge(conn, msg)
+            else:
+                self._admit(conn, msg, Kind.SERVER)
         elif link.role is Role.JOINING:
             if msg.source != msg.last_hop:
                 raise ProtocolError("uplink did not start with its own registration")
@@ -446,28 +584,27 @@ class MeshServer:
         if link.role is Role.PENDING:
             if msg.last_hop != 0:
                 raise ProtocolError(f"first registration has last hop {msg.last_hop}, expected 0")
-            self._admit(conn, msg, Kind.CLIENT)
+            if self.config.secret is not None and self.config.plain_clients == "deny":
+                self._welcome_unverified(conn, msg)
+            else:
+                self._admit(conn, msg, Kind.CLIENT)
         elif link.role is Role.SERVER:
             self._learn(conn, msg.source, Kind.CLIENT, msg.name, msg.info)
         else:
             raise ProtocolError(f"client registration from a {link.role.value} link")
 
     def _admit(self, conn: Connection, msg: ServerRegistration | ClientRegistration,
-               kind: Kind) -> None:
-        """A newcomer registered on an accepted connection."""
+               kind: Kind, welcomed: bool = False) -> None:
+        """A newcomer registered on an accepted connection (and, with a mesh
+        secret, a server proved it; ``welcomed``: a client already was)."""
         link: Link = conn.peer
-        if msg.source == 0 or self.routes.known(msg.source):
-            log.warning("%s: refusing %s %r: id %d already registered", self.name,
-                        kind.value, msg.name, msg.source)
-            conn.send(Status(self.id, msg.source, StatusCode.DUPLICATE_ID,
-                             duplicate_id_text(msg.source)))
-            link.role = Role.DONE
-            conn.close_after_flush("duplicate id")
+        if self._refuse_duplicate(conn, msg, kind):
             return
         host = self.routes.add(msg.source, kind, msg.name, msg.info, first_link=msg.source)
         link.role = Role.SERVER if kind is Kind.SERVER else Role.CLIENT
         link.peer_id = msg.source
         self.links[msg.source] = conn
+        self.loop.call_later(HELLO_SETTLE, self._settle, link)
         conn.label = f"{kind.value} {msg.name}({msg.source})"
         log.info("%s: %s %s (id %d) joined", self.name, kind.value, msg.name, msg.source)
         if kind is Kind.SERVER:
@@ -476,16 +613,40 @@ class MeshServer:
                 if other.id != host.id:
                     conn.send(self._registration(other))
         else:
-            conn.send(Status(self.id, host.id, StatusCode.WELCOME, welcome_text(host.name)))
+            if not welcomed:
+                conn.send(Status(self.id, host.id, StatusCode.WELCOME, welcome_text(host.name)))
             for other in self.routes.of_kind(Kind.CLIENT):
                 if other.id != host.id:
                     conn.send(self._registration(other))
         self._flood(self._registration(host), exclude=host.id, servers=True,
                     clients=kind is Kind.CLIENT)
 
+    def _refuse_duplicate(self, conn: Connection, msg: ServerRegistration | ClientRegistration,
+                          kind: Kind) -> bool:
+        """Refuse (and close) a newcomer whose id is taken; True if refused."""
+        if msg.source != 0 and not self.routes.known(msg.source):
+            return False
+        log.warning("%s: refusing %s %r: id %d already registered", self.name,
+                    kind.value, msg.name, msg.source)
+        conn.send(Status(self.id, msg.source, StatusCode.DUPLICATE_ID,
+                         duplicate_id_text(msg.source)))
+        conn.peer.role = Role.DONE
+        conn.close_after_flush("duplicate id")
+        return True
+
     def _accepted_by(self, conn: Connection, msg: ServerRegistration) -> None:
         """Our uplink answered with its own registration: we are in."""
         link: Link = conn.peer
+        if self.config.secret is not None and not link.authenticated:
+            log.error("%s: %s did not authenticate (it has no mesh secret, or is not a "
+                      "CRC Mesh server); leaving it", self.name, conn.label)
+            link.role = Role.DONE
+            conn.close("uplink did not authenticate")
+            return
+        if link.auth is not None and msg.source != link.auth.peer_id:
+            raise ProtocolError(f"uplink registered as {msg.source} after authenticating as "
+                                f"{link.auth.peer_id}")
+        link.auth = None
         try:
             self.routes.add(msg.source, Kind.SERVER, msg.name, msg.info, first_link=msg.source)
         except RoutingError as exc:
@@ -505,6 +666,12 @@ class MeshServer:
                 conn.send(self._registration(other))
         self._flood(self._registration(uplink), exclude=msg.source, servers=True)
         self._offer_extensions(conn)
+        self.loop.call_later(HELLO_SETTLE, self._settle, link)
+
+    @staticmethod
+    def _settle(link: Link) -> None:
+        """No hello exchange within ``HELLO_SETTLE`` s: the peer is plain CRC v1."""
+        link.settled = True
 
     def _learn(self, conn: Connection, host_id: int, kind: Kind, name: str, info: str) -> None:
         """A registration flooded from an adjacent server."""
@@ -574,6 +741,9 @@ class MeshServer:
         if link.role is Role.PENDING and msg.code == StatusCode.STATE_QUERY:
             self._answer_state_query(conn)
             return
+        if msg.code in (StatusCode.AUTH_CHALLENGE, StatusCode.AUTH_PROOF, StatusCode.AUTH_OK):
+            self._on_auth(conn, msg)
+            return
         if msg.code == StatusCode.MESH_HELLO:
             self._on_hello(conn, msg)
             return
@@ -581,17 +751,31 @@ class MeshServer:
             self._on_hello_reply(conn, msg)
             return
         if link.role is Role.JOINING and msg.dest == self.id:
-            # The server we tried to join refused us (duplicate id).
-            self.status_log.append(msg.text)
-            log.error("%s: join refused: %s", self.name, msg.text)
+            # The server we tried to join refused us (duplicate id, or
+            # authentication).
+            self._log_status(msg.text)
+            if msg.code == StatusCode.AUTH_REFUSED:
+                log.error("%s: join refused by %s: %s (is our mesh secret the same as theirs?)",
+                          self.name, conn.label, msg.text)
+            else:
+                log.error("%s: join refused: %s", self.name, msg.text)
             link.role = Role.DONE
             return
         if link.role not in (Role.SERVER, Role.CLIENT):
             raise ProtocolError("status before registration")
         if msg.dest == self.id or msg.dest == 0:
-            self.status_log.append(msg.text)
+            self._log_status(msg.text)
         elif not self._send_to(msg.dest, msg):
             log.debug("%s: status for unknown id %d dropped", self.name, msg.dest)
+
+    def _log_status(self, text: str) -> None:
+        """Keep ``text`` in ``status_log``, forgetting the oldest entries past
+        its bounds: a peer sending status after status must not make us grow."""
+        self.status_log.append(text)
+        self._status_chars += len(text)
+        while len(self.status_log) > 1 and (len(self.status_log) > STATUS_LOG_ENTRIES
+                                            or self._status_chars > STATUS_LOG_CHARS):
+            self._status_chars -= len(self.status_log.pop(0))
 
     def _on_client_quit(self, conn: Connection, msg: ClientQuit) -> None:
         if not self._check_source(conn, msg.source, "quit"):
@@ -633,19 +817,39 @@ class MeshServer:
         link: Link = conn.peer
         if msg.source == self.id and msg.dest == self.id:
             log.info("%s: %r is a plain CRC v1 peer; no extensions on this link", self.name, conn)
+            link.settled = True
             return
-        if link.role not in (Role.SERVER, Role.CLIENT) or msg.source != link.peer_id \
-                or msg.dest != link.peer_id:
+        unverified = link.role is Role.AUTH and isinstance(
+            link.auth and link.auth.pending, ClientRegistration)
+        if (link.role not in (Role.SERVER, Role.CLIENT) and not unverified) \
+                or msg.source != link.peer_id or msg.dest != link.peer_id:
             raise ProtocolError("mesh hello from someone other than the adjacent peer")
         hello = parse_hello(msg.text)
+        fields: dict[str, str] = {}
+        if self.config.secret is not None and link.role is not Role.SERVER \
+                and not link.authenticated:
+            their = hello.fields.get("nonce", "")
+            if auth.valid_nonce(their):
+                # Prove ourselves to the client; it answers with its proof.
+                state = link.auth or AuthState()
+                state.nonce, state.peer_nonce = auth.new_nonce(), their
+                link.auth = state
+                fields = {"nonce": state.nonce,
+                          "proof": auth.proof(self.config.secret, auth.TO_CLIENT, link.peer_id,
+                                              self.id, their, state.nonce)}
+            elif unverified:
+                self._refuse(conn, auth.REQUIRED_TEXT, "offered no authentication in its hello")
+                return
         link.features = hello.features & FEATURES
         conn.send(Status(self.id, link.peer_id, StatusCode.MESH_HELLO_REPLY,
-                         Hello(role="server", features=link.features).text()))
-        self._extensions_up(conn)
+                         Hello(role="server", features=link.features, fields=fields).text()))
+        if not unverified:
+            self._extensions_up(conn)       # else once it is admitted
 
     def _extensions_up(self, conn: Connection) -> None:
         link: Link = conn.peer
-        link.ext = True
+        link.ext = link.settled = True
+        conn.decoder.allow_in_place = True
         log.info("%s: extensions on %r: %s", self.name, conn, ",".join(sorted(link.features)))
         for listener in self.extension_link_listeners:
             listener(conn)
@@ -667,6 +871,20 @@ class MeshServer:
             return
         if msg.kind == LinkKind.PONG and msg.dest == 0:
             return                       # its arrival has refreshed the link already
+        if link.role is not Role.SERVER:
+            # A client speaks only for itself; one that may not run jobs
+            # reaches no further than this server (docs/security.md).
+            if msg.source != link.peer_id:
+                raise ProtocolError(f"extension frame from client {link.peer_id} with source "
+                                    f"{msg.source}")
+            if msg.dest != 0 and msg.kind in self.job_kinds \
+                    and self.job_refusal(conn) is not None:
+                log.debug("%s: dropping extension frame (kind %d) for %d from %r: not allowed "
+                          "to run jobs", self.name, msg.kind, msg.dest, conn)
+                return
+        if msg.kind == ChatKind.CHAT and msg.dest not in (0, self.id):
+            self._relay_reliable_chat(conn, msg)
+            return
         if msg.dest not in (0, self.id):
             tap = self.extension_taps.get(msg.kind)
             if tap is not None and tap(conn, msg):
@@ -679,6 +897,248 @@ class MeshServer:
             log.debug("%s: no handler for extension kind %d", self.name, msg.kind)
             return
         handler(conn, msg)
+
+    def _relay_reliable_chat(self, conn: Connection, msg: Extension) -> None:
+        """A reliable chat (crc/delivery) on its way to ``msg.dest``.
+
+        Passed on as it came while the next link speaks reliable chat. Where
+        it does not (a plain v1 client or server, or a mesh client without
+        it), it is handed over as a v1 chat and acknowledged on the
+        receiver's behalf: from there on it is plain CRC v1. An unknown
+        destination is refused with a NACK, and the sender tries again later.
+        """
+        if not self._check_source(conn, msg.source, "chat"):
+            return
+        target = self._link_towards(msg.dest)
+        if target is not None and "rchat" in target.peer.features:
+            target.send(msg)
+            return
+        if target is not None and not target.peer.settled:
+            # Its hello may yet come: handing the chat over as v1 now could
+            # show it twice (a resend would arrive as a reliable chat later).
+            # Unacknowledged, it is resent after the sender's interval.
+            return
+        try:
+            stream, seq, _, text = unpack_chat(msg.payload)
+        except ProtocolError as exc:        # the sender's fault, not the adjacent link's
+            log.warning("%s: dropping a reliable chat from %d: %s", self.name, msg.source, exc)
+            return
+        if target is None:
+            reply = Extension(ChatKind.NACK, self.id, msg.source, 0,
+                              pack_nack(stream, seq, unknown_id_text(msg.dest)))
+        else:
+            try:
+                target.send(ClientChat(msg.source, msg.dest, text))
+            except EncodeError as exc:
+                log.warning("%s: reliable chat from %d to %d cannot go out as CRC v1: %s",
+                            self.name, msg.source, msg.dest, exc)
+                return
+            reply = Extension(ChatKind.ACK, msg.dest, msg.source, 0, pack_ack(stream, seq))
+        if conn.peer.peer_id == msg.source:
+            conn.send(reply)
+        else:
+            self.send_extension(reply)
+
+    # -- authentication (docs/protocol.md, "Authentication") ----------------------------
+
+    def _who(self, conn: Connection) -> str:
+        """A peer as a log line should name it: what it claims, and its address."""
+        link: Link = conn.peer
+        pending = link.auth.pending if link.auth is not None else None
+        if pending is not None:
+            kind = "server" if isinstance(pending, ServerRegistration) else "client"
+            claim = f"{kind} {pending.name!r} (id {pending.source})"
+        elif link.peer_id:
+            claim = f"{link.role.value} {link.peer_id}"
+        else:
+            claim = "a peer"
+        address = conn.peer_address
+        if isinstance(address, tuple) and len(address) >= 2:
+            return f"{claim} from {address[0]}:{address[1]}"
+        return f"{claim} ({conn.label})"
+
+    def _refuse(self, conn: Connection, text: str, why: str) -> None:
+        """Close ``conn`` after a status saying ``text`` (what the peer is told);
+        ``why`` goes into our warning."""
+        link: Link = conn.peer
+        pending = link.auth.pending if link.auth is not None else None
+        dest = pending.source if pending is not None else link.peer_id
+        log.warning("%s: %s %s: %s; closing", self.name, self._who(conn), why, text)
+        conn.send(Status(self.id, dest, StatusCode.AUTH_REFUSED, text))
+        link.role = Role.DONE
+        link.auth = None
+        conn.close_after_flush(text)
+
+    def _challenge(self, conn: Connection, msg: ServerRegistration) -> None:
+        """A server registered on a mesh with a secret: nothing of it is recorded
+        until it answers our nonce with a proof (``_check_server_proof``)."""
+        link: Link = conn.peer
+        link.role = Role.AUTH
+        link.auth = AuthState(nonce=auth.new_nonce(), pending=msg)
+        log.info("%s: challenging %s", self.name, self._who(conn))
+        conn.send(Status(self.id, msg.source, StatusCode.AUTH_CHALLENGE,
+                         auth.auth_text(auth=auth.SCHEME, nonce=link.auth.nonce)))
+
+    def _welcome_unverified(self, conn: Connection, msg: ClientRegistration) -> None:
+        """``plain_clients="deny"``: welcome a client (it sends its hello only
+        then) but record and announce it only once it has proved the secret."""
+        link: Link = conn.peer
+        if self._refuse_duplicate(conn, msg, Kind.CLIENT):
+            return
+        link.role = Role.AUTH
+        link.peer_id = msg.source
+        link.auth = AuthState(pending=msg)
+        conn.label = f"client {msg.name}({msg.source})"
+        conn.send(Status(self.id, msg.source, StatusCode.WELCOME, welcome_text(msg.name)))
+
+    def _on_auth(self, conn: Connection, msg: Status) -> None:
+        link: Link = conn.peer
+        code = msg.code
+        if link.role is Role.JOINING and code == StatusCode.AUTH_CHALLENGE:
+            self._answer_challenge(conn, msg)
+        elif link.role is Role.JOINING and code == StatusCode.AUTH_OK:
+            self._uplink_proved(conn, msg)
+        elif code == StatusCode.AUTH_PROOF and link.role is Role.AUTH \
+                and isinstance(link.auth.pending, ServerRegistration):
+            self._check_server_proof(conn, msg)
+        elif code == StatusCode.AUTH_PROOF and link.role in (Role.AUTH, Role.CLIENT) \
+                and link.auth is not None and link.auth.peer_nonce:
+            self._check_client_proof(conn, msg)
+        else:
+            raise ProtocolError(f"unexpected authentication status {code:#06x} on a "
+                                f"{link.role.value} link")
+
+    def _answer_challenge(self, conn: Connection, msg: Status) -> None:
+        """Joiner: our uplink wants proof that we know the mesh secret."""
+        link: Link = conn.peer
+        if msg.dest != self.id or link.auth is not None:
+            raise ProtocolError("authentication challenge for another id, or a second one")
+        fields = auth.parse_auth(msg.text)
+        if self.config.secret is None:
+            log.error("%s: %s requires a mesh secret (--secret-file); leaving it",
+                      self.name, conn.label)
+            link.role = Role.DONE
+            conn.close("uplink requires a mesh secret")
+            return
+        if fields.get("auth") != auth.SCHEME or not auth.valid_nonce(fields.get("nonce")):
+            log.error("%s: %s asks for authentication we do not speak (%r); leaving it",
+                      self.name, conn.label, msg.text[:120])
+            link.role = Role.DONE
+            conn.close("unsupported authentication")
+            return
+        state = AuthState(nonce=auth.new_nonce(), peer_nonce=fields["nonce"], peer_id=msg.source)
+        link.auth = state
+        conn.send(Status(self.id, msg.source, StatusCode.AUTH_PROOF, auth.auth_text(
+            nonce=state.nonce,
+            proof=auth.proof(self.config.secret, auth.JOIN, self.id, msg.source, state.nonce,
+                             state.peer_nonce))))
+
+    def _uplink_proved(self, conn: Connection, msg: Status) -> None:
+        """Joiner: the uplink accepted our proof and sent its own."""
+        link: Link = conn.peer
+        state = link.auth
+        if state is None or not state.nonce or msg.source != state.peer_id \
+                or msg.dest != self.id:
+            raise ProtocolError("authentication accepted without a challenge")
+        expected = auth.proof(self.config.secret, auth.ACCEPT, self.id, state.peer_id,
+                              state.nonce, state.peer_nonce)
+        if not auth.proof_matches(expected, auth.parse_auth(msg.text).get("proof")):
+            log.error("%s: %s failed to prove it knows the mesh secret; leaving it",
+                      self.name, conn.label)
+            link.role = Role.DONE
+            conn.close("uplink failed authentication")
+            return
+        link.authenticated = True
+        log.info("%s: %s authenticated", self.name, conn.label)
+
+    def _check_server_proof(self, conn: Connection, msg: Status) -> None:
+        """Acceptor: a challenged joiner answered; admit it if the proof holds."""
+        link: Link = conn.peer
+        state = link.auth
+        joiner = state.pending
+        if msg.source != joiner.source or msg.dest != self.id:
+            raise ProtocolError("authentication proof from someone other than the joiner")
+        fields = auth.parse_auth(msg.text)
+        their = fields.get("nonce", "")
+        if not auth.valid_nonce(their) or not auth.proof_matches(
+                auth.proof(self.config.secret, auth.JOIN, joiner.source, self.id, their,
+                           state.nonce), fields.get("proof")):
+            self._refuse(conn, auth.FAILED_TEXT, "gave a wrong proof (wrong mesh secret?)")
+            return
+        link.auth = None
+        link.authenticated = True
+        log.info("%s: server %r (id %d) authenticated", self.name, joiner.name, joiner.source)
+        conn.send(Status(self.id, joiner.source, StatusCode.AUTH_OK, auth.auth_text(
+            proof=auth.proof(self.config.secret, auth.ACCEPT, joiner.source, self.id, their,
+                             state.nonce))))
+        self._admit(conn, joiner, Kind.SERVER)
+
+    def _check_client_proof(self, conn: Connection, msg: Status) -> None:
+        """A client answered our hello reply's proof with its own."""
+        link: Link = conn.peer
+        state = link.auth
+        if msg.source != link.peer_id or msg.dest != self.id:
+            raise ProtocolError("authentication proof from someone other than the client")
+        expected = auth.proof(self.config.secret, auth.CLIENT, link.peer_id, self.id,
+                              state.peer_nonce, state.nonce)
+        if not auth.proof_matches(expected, auth.parse_auth(msg.text).get("proof")):
+            self._refuse(conn, auth.FAILED_TEXT, "gave a wrong proof (wrong mesh secret?)")
+            return
+        pending, link.auth = state.pending, None
+        link.authenticated = True
+        log.info("%s: client %d authenticated", self.name, link.peer_id)
+        conn.send(Status(self.id, link.peer_id, StatusCode.AUTH_OK, auth.auth_text(auth="ok")))
+        if link.role is Role.AUTH and pending is not None:
+            self._admit(conn, pending, Kind.CLIENT, welcomed=True)
+            if link.role is Role.CLIENT:
+                self._extensions_up(conn)
+
+    # -- who may run jobs ------------------------------------------------------------------
+
+    def is_local(self, conn: Connection) -> bool:
+        """Whether ``conn``'s peer is on this machine (loopback)."""
+        link: Link = conn.peer
+        if link.local is None:
+            if conn.peer_address is None:
+                return False             # not connected (yet): not known to be local
+            link.local = bool(self.config.is_local(conn.peer_address))
+        return link.local
+
+    def job_refusal(self, conn: Connection) -> str | None:
+        """Why jobs submitted by the client on ``conn`` must not run; None if they may.
+
+        With a mesh secret: only authenticated clients. Without: only clients
+        on this machine, unless ``insecure_remote_jobs``."""
+        link: Link = conn.peer
+        if self.config.secret is not None:
+            return None if link.authenticated else auth.JOBS_TEXT
+        if self.config.insecure_remote_jobs or self.is_local(conn):
+            return None
+        return (f"server {self.name} runs jobs only for clients on its own machine (loopback) "
+                "when the mesh has no secret; use --secret-file (or, accepting that anyone "
+                "who can connect may run commands, --insecure-remote-jobs)")
+
+    def run_refusal(self, conn: Connection | None) -> str | None:
+        """Why a job (RUN frame) that arrived over ``conn`` must be neither run
+        nor passed on; None if it may be (``conn`` None: our own job service).
+
+        Only servers send RUN frames (``ProtocolError`` otherwise). With a
+        secret, every server link is authenticated; without one, each server
+        on the way accepts the job only from a loopback link unless
+        ``insecure_remote_jobs``, so a job never crosses a link between
+        machines without a secret."""
+        if conn is None:
+            return None
+        link: Link = conn.peer
+        if link.role is not Role.SERVER:
+            raise ProtocolError("a job (RUN) frame from a client")
+        if self.config.secret is not None:
+            return None if link.authenticated else auth.JOBS_TEXT
+        if self.config.insecure_remote_jobs or self.is_local(conn):
+            return None
+        return (f"server {self.name} refuses jobs arriving over a link from another machine "
+                f"({self._who(conn)}) when the mesh has no secret; use --secret-file (or "
+                "--insecure-remote-jobs)")
 
     # -- state query -------------------------------------------------------------------
 
@@ -703,6 +1163,10 @@ class MeshServer:
 
     def _answer_state_query(self, conn: Connection) -> None:
         link: Link = conn.peer
+        if self.config.secret is not None and not self.is_local(conn):
+            self._refuse(conn, "state queries are answered only on this machine (loopback) "
+                         "when the mesh has a secret", "asked for the state")
+            return
         link.role = Role.CONTROL
         conn.send(Status(self.id, 0, StatusCode.STATE_REPLY, json.dumps(self.snapshot())))
         conn.close_after_flush("state query answered")

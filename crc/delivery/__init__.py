@@ -1,0 +1,20 @@
+"""Reliable chat delivery between mesh clients (docs/protocol.md, "Reliable chat").
+
+Sender and receiver state, kept apart from any socket or loop so each piece is
+a plain object that tests can drive directly:
+
+* ``wire``    - the three extension kinds (CHAT, ACK, NACK) and their payloads;
+* ``outbox``  - the sender's streams: sequence numbers, unacknowledged
+  messages, when to resend;
+* ``inbox``   - the receiver's streams: in-order delivery, de-duplication;
+* ``journal`` - both of them on disk, so a client restarted with
+  ``--state-dir`` loses and repeats nothing.
+"""
+
+from .inbox import Inbox
+from .journal import Journal, JournalError
+from .outbox import Outbox, Pending
+from .wire import ChatKind, pack_ack, pack_chat, pack_nack, unpack_ack, unpack_chat, unpack_nack
+
+__all__ = ["ChatKind", "Inbox", "Journal", "JournalError", "Outbox", "Pending", "pack_ack",
+           "pack_chat", "pack_nack", "unpack_ack", "unpack_chat", "unpack_nack"]
