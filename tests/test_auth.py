@@ -506,6 +506,15 @@ def test_client_with_a_wrong_secret_disconnects(mesh: Mesh, work: Path, log) -> 
     assert "failed to prove the mesh secret" in log.text
 
 
+def test_a_reconnecting_client_does_not_retry_a_failed_proof(mesh: Mesh, log) -> None:
+    hub, other = mesh.chain(2, server_options={"secret": SECRET})
+    client = mesh.chat_client(hub, "wrong", wait=False, secret=OTHER,
+                              servers=(("127.0.0.1", other.server.port),))
+    wait_for(lambda: client.closed_reason, 10, "the client to give up")
+    assert client.fatal == "the server failed to prove the mesh secret"
+    assert not client.reconnecting and client.connections == 0
+
+
 def test_client_with_a_secret_sends_no_jobs_to_a_server_without_one(mesh: Mesh, work: Path,
                                                                      log) -> None:
     (hub,) = mesh.chain(1)

@@ -127,6 +127,8 @@ class ChatClient:
         self.welcomed = False
         self.ext = False           # the server answered our mesh hello
         self.plain = False         # ... or it is plain CRC v1 (or we did not ask)
+        #: Why reconnecting would be pointless (authentication failed either way).
+        self.fatal = ""
         self.server_verified = False   # the server proved the mesh secret (this connection)
         self.authenticated = False     # ... and accepted our proof
         self._auth_nonce = ""
@@ -330,7 +332,8 @@ class ChatClient:
         # is an error at once, not an endless retry.
         untried = self._candidate + 1 < len(self.config.candidates)
         retry = (self.config.reconnect and not self.has_quit and not self._stop_when_closed
-                 and not refused and (self.connections > 0 or self.restored or untried))
+                 and not refused and not self.fatal
+                 and (self.connections > 0 or self.restored or untried))
         if retry:
             now = time.monotonic()
             if self._lost_at is None:
@@ -422,6 +425,7 @@ class ChatClient:
         self.status_log.append(msg.text)
         if msg.code == StatusCode.AUTH_REFUSED:
             log.error("%s: the server refused us: %s", self.name, msg.text)
+            self.fatal = msg.text
         if msg.code == StatusCode.WELCOME and not self.welcomed:
             self.welcomed = True
             self.server_verified = self.authenticated = False
@@ -458,7 +462,8 @@ class ChatClient:
         if not expected or not auth.proof_matches(expected, given):
             log.error("%s: the server failed to prove the mesh secret (a different secret, or "
                       "not our mesh); disconnecting", self.name)
-            self.conn.close("the server failed to prove the mesh secret")
+            self.fatal = "the server failed to prove the mesh secret"
+            self.conn.close(self.fatal)
             return False
         self.server_verified = True
         self.conn.send(Status(self.id, server, StatusCode.AUTH_PROOF, auth.auth_text(
