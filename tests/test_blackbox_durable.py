@@ -21,7 +21,10 @@ from .meshkit import call, wait_for
 from .test_blackbox import CLIENT, DEADLINE, Processes, Server, procs  # noqa: F401
 from .test_blackbox_jobs import wait_all_schedulable
 
-SLOTS = ("--slots", "2")
+def options(tmp: Path, name: str) -> tuple[str, ...]:
+    """Two slots each; job directories under ``tmp/NAME``, so a job's working
+    directory says which server ran it."""
+    return ("--slots", "2", "--work-dir", str(tmp / name))
 
 
 def gone(pid: int) -> bool:
@@ -52,37 +55,56 @@ def running_actions(server: Server) -> set[int]:
 
 
 def slow_build(project: Path, count: Path) -> None:
-    """Six two-second remote actions, then a local one joining what they made."""
-    actions = "".join(f"\tremote-sh -c 'echo {i} >> {count}; sleep 2; echo part {i} > "
+    """Six two-second remote actions, each noting where it starts, then a
+    local one joining what they made."""
+    actions = "".join(f"\tremote-sh -c 'echo {i} $(pwd) >> {count}; sleep 2; echo part {i} > "
                       f"part{i}.txt; echo built {i}'\n" for i in range(1, 7))
     parts = " ".join(f"part{i}.txt" for i in range(1, 7))
     (project / "Rakefile").write_text(f"compile:\n{actions}join:\n\tcat {parts} > all.txt\n")
 
 
-def all_started(count: Path) -> bool:
-    return count.exists() and len(count.read_text().split()) == 6
+def executions(count: Path, tmp: Path) -> list[tuple[int, str]]:
+    """(action, server) of every start of an action."""
+    runs = []
+    for line in count.read_text().splitlines():
+        number, _, where = line.partition(" ")
+        if where.startswith(str(tmp)):          # (a line being written is skipped)
+            runs.append((int(number), Path(where).relative_to(tmp).parts[0]))
+    return runs
 
 
-def check_build(build: subprocess.Popen, project: Path, count: Path, victim: Server) -> float:
-    """The build succeeded with every part right; the actions that ran on the
-    killed server ran again elsewhere, every other one exactly once; nothing
-    the killed server started is left. Returns the seconds the build took
-    after the kill."""
-    # Every action has started (none ends for two seconds): what runs on the
-    # victim now is what the kill interrupts.
-    wait_for(lambda: all_started(count), DEADLINE, "all six actions to start")
+def check_build(build: subprocess.Popen, project: Path, count: Path, victim: Server,
+                tmp: Path) -> float:
+    """Kill ``victim`` while actions run there. The build succeeds with every
+    part right; the actions interrupted there ran again elsewhere, once; every
+    other action ran once; nothing the killed server started is left.
+    Returns the seconds the build took after the kill."""
+    def busy_there() -> set[int]:
+        """Actions that have started on the victim (noted it) and still run."""
+        running = running_actions(victim)
+        if not count.exists():
+            return set()
+        return running & {n for n, server in executions(count, tmp) if server == victim.name}
+
+    wait_for(busy_there, DEADLINE, f"actions to run on {victim.name}")
     victims = descendants(victim)
-    killed = running_actions(victim)
+    killed = busy_there()
     killed_at = time.monotonic()
     os.kill(victim.proc.pid, signal.SIGKILL)
     out, err = build.communicate(timeout=DEADLINE * 2)
     finished_in = time.monotonic() - killed_at
     assert build.returncode == 0, out + err
     assert (project / "all.txt").read_text() == "".join(f"part {i}\n" for i in range(1, 7))
-    runs = count.read_text().split()
-    times = {i: runs.count(str(i)) for i in range(1, 7)}
-    assert killed and all(times[i] == 2 for i in killed), (killed, times, out + err)
-    assert all(times[i] == 1 for i in times if i not in killed), (killed, times, out + err)
+    runs = executions(count, tmp)
+    for i in range(1, 7):
+        there = sum(1 for n, server in runs if n == i and server == victim.name)
+        elsewhere = sum(1 for n, server in runs if n == i and server != victim.name)
+        if i in killed:                 # interrupted: run again, once, elsewhere
+            assert (there, elsewhere) == (1, 1), (i, runs, out + err)
+        elif there:                     # ran there and may have ended before the kill
+            assert there == 1 and elsewhere <= 1, (i, runs, out + err)
+        else:
+            assert elsewhere == 1, (i, runs, out + err)
     assert "left the mesh while running the job; retrying on another server" in out + err
     # Not the jobs' shells, not what they started, not the reaper.
     pids = [p.pid for p in victims]
@@ -94,26 +116,29 @@ def check_build(build: subprocess.Popen, project: Path, count: Path, victim: Ser
 def test_kill_9_of_a_server_mid_build_the_build_finishes_and_its_jobs_die(
         procs: Processes, tmp_path: Path) -> None:  # noqa: F811
     # A star: beta and gamma hang off alpha, so losing beta leaves alpha and gamma.
-    alpha = Server(procs, tmp_path, 1, "alpha", options=SLOTS)
-    beta = Server(procs, tmp_path, 2, "beta", connect=alpha.port, options=SLOTS)
-    gamma = Server(procs, tmp_path, 3, "gamma", connect=alpha.port, options=SLOTS)
+    alpha = Server(procs, tmp_path, 1, "alpha", options=options(tmp_path, "alpha"))
+    beta = Server(procs, tmp_path, 2, "beta", connect=alpha.port,
+                  options=options(tmp_path, "beta"))
+    gamma = Server(procs, tmp_path, 3, "gamma", connect=alpha.port,
+                   options=options(tmp_path, "gamma"))
     project, count = tmp_path / "project", tmp_path / "count"
     project.mkdir()
     wait_all_schedulable(procs, [alpha, beta, gamma], project)
     slow_build(project, count)
+    # Six actions over three servers with two slots each: some on beta.
     build = procs.start([CLIENT, "--server", alpha.address, "rake"], cwd=project,
                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # Six actions over three servers with two slots each: some on beta.
-    wait_for(lambda: running_actions(beta), DEADLINE, "actions to run on beta")
-    took = check_build(build, project, count, beta)
+    took = check_build(build, project, count, beta, tmp_path)
     print(f"build finished {took:.2f} s after beta was killed")
 
 
 def test_kill_9_of_the_clients_own_server_mid_build_it_reconnects_and_finishes(
         procs: Processes, tmp_path: Path) -> None:  # noqa: F811
-    alpha = Server(procs, tmp_path, 1, "alpha", options=SLOTS)
-    beta = Server(procs, tmp_path, 2, "beta", connect=alpha.port, options=SLOTS)
-    gamma = Server(procs, tmp_path, 3, "gamma", connect=alpha.port, options=SLOTS)
+    alpha = Server(procs, tmp_path, 1, "alpha", options=options(tmp_path, "alpha"))
+    beta = Server(procs, tmp_path, 2, "beta", connect=alpha.port,
+                  options=options(tmp_path, "beta"))
+    gamma = Server(procs, tmp_path, 3, "gamma", connect=alpha.port,
+                   options=options(tmp_path, "gamma"))
     project, count = tmp_path / "project", tmp_path / "count"
     project.mkdir()
     wait_all_schedulable(procs, [gamma, alpha, beta], project)
@@ -124,7 +149,7 @@ def test_kill_9_of_the_clients_own_server_mid_build_it_reconnects_and_finishes(
                         stderr=subprocess.PIPE)
     wait_for(lambda: running_actions(gamma) and running_actions(alpha), DEADLINE,
              "actions to run on gamma and alpha")
-    took = check_build(build, project, count, gamma)
+    took = check_build(build, project, count, gamma, tmp_path)
     print(f"build finished {took:.2f} s after the client's server was killed")
 
 
