@@ -147,6 +147,25 @@ def test_cancel_kills_the_whole_process_group(mesh: Mesh, work: Path) -> None:
     wait_for(lambda: not _alive(child), 5, "the background child to die")
 
 
+def test_another_client_cannot_cancel_a_run(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    mallory, _ = mesh.client(nodes[0], "mallory", work)
+    job, rec = submit(client, jobs, on="s2", shell="echo running; sleep 60")
+    wait_for(lambda: rec.output(), 10, "the job to start")
+    (run_id,) = job.runs
+    # Addressed straight to the executing server, under mallory's own id.
+    call(mallory.loop, lambda: mallory.send_extension(
+        frame(Kind.CANCEL, mallory.id, nodes[1].server.id, {"id": run_id})))
+    executor = nodes[1].jobs
+    wait_for(lambda: call(nodes[1].server.loop, lambda: executor.cancels_refused), 10,
+             "the executing server to refuse mallory's CANCEL")
+    assert not job.finished
+    call(client.loop, lambda: jobs.cancel(job.id))     # alice still may
+    finished(job)
+    assert job.runs[run_id].error == "cancelled"
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

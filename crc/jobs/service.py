@@ -176,6 +176,7 @@ class JobService:
         self.runs: dict[str, Run] = {}
         self.queue: list[str] = []
         self.origins: dict[int, int] = {}            # entry id -> jobs received from it
+        self.cancels_refused = 0                     # CANCELs from neither client nor entry
         self.dispatched: dict[str, tuple[int, int]] = {}   # run id -> (client, server)
         self.linked: set[str] = set()        # blobs hard-linked into a live job directory
         self._seq = 0
@@ -381,7 +382,14 @@ class JobService:
         if not isinstance(target, str):
             raise ProtocolError("CANCEL without a job id")
         if msg.dest != 0:
-            # From an entry server (perhaps us): the run is here.
+            # From an entry server (perhaps us): the run is here. Only the
+            # entry that dispatched it, or its own client, may cancel it.
+            run = self.runs.get(target)
+            if run is not None and msg.source not in (run.entry, run.client):
+                log.warning("%s: ignoring a CANCEL of %s from %d: neither its client nor "
+                            "its entry", self.server.name, target[:40], msg.source)
+                self.cancels_refused += 1
+                return
             self._cancel_here(target)
             return
         # From our client (addressed to its adjacent server): pass it on to
