@@ -70,7 +70,8 @@ def exit_table(job: Job) -> Table:
 
 def run_note(run: RunState) -> str:
     if run.error:
-        return f"{run.name}: {run.error}"
+        # A job refused before any server took it has no server name.
+        return f"{run.name}: {run.error}" if run.server else run.error
     return f"{run.name}: exit {run.exit} in {run.seconds:.2f} s"
 
 
