@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import random
 import resource
+import select
 import socket
 import struct
 import threading
@@ -103,6 +104,20 @@ def closed_by_server(sock: socket.socket) -> bool:
         return True                      # reset
 
 
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` within ``seconds`` (anything it
+    sends meanwhile is discarded)."""
+    poller = select.poll()              # not select(): the test holds 1,000+ descriptors
+    poller.register(sock, select.POLLIN)
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if not poller.poll(left * 1000):
+            return False
+        if closed_by_server(sock):
+            return True
+    return False
+
+
 def wait_all_closed(socks: list[socket.socket], timeout: float, what: str) -> None:
     still_open = list(socks)
 
@@ -143,7 +158,7 @@ class Chatter:
         self.sent = 0
         self.error = ""
         self._reading = threading.Event()
-        self._sending = threading.Event()
+        self._stop_sending = threading.Event()
         self.sock.sendall(encode(ClientRegistration(my_id, 0, name, "well-behaved")))
         self._reading.set()
         self.reader = threading.Thread(target=self._read, name=f"{name}-reader", daemon=True)
@@ -185,12 +200,12 @@ class Chatter:
 
     def start_chatting(self, peer: int) -> None:
         self.peer = peer
-        self._sending.set()
+        self._stop_sending.clear()
         self.sender = threading.Thread(target=self._send, name=f"{self.id}-sender", daemon=True)
         self.sender.start()
 
     def _send(self) -> None:
-        while self._sending.is_set() and self.sent < MAX_CHATS:
+        while self.sent < MAX_CHATS:
             text = f"{self.sent} {time.monotonic():.6f}"
             try:
                 self.sock.sendall(encode(ClientChat(self.id, self.peer, text)))
@@ -198,15 +213,16 @@ class Chatter:
                 self.error = f"send failed: {exc}"
                 return
             self.sent += 1
-            time.sleep(PACE)             # pacing the traffic, not waiting for anything
+            if self._stop_sending.wait(PACE):    # the next chat after PACE, unless told to stop
+                return
 
     def stop_sending(self) -> None:
-        self._sending.clear()
+        self._stop_sending.set()
         if self.sender is not None:
             self.sender.join(DEADLINE)
 
     def close(self) -> None:
-        self._sending.clear()
+        self._stop_sending.set()
         self._reading.clear()
         self.reader.join(DEADLINE)
         with contextlib.suppress(OSError):
@@ -227,8 +243,7 @@ class MemorySampler:
     def __init__(self, proc: psutil.Process) -> None:
         self.proc = proc
         self.peak = 0
-        self._running = threading.Event()
-        self._running.set()
+        self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
         self.thread.start()
 
@@ -238,16 +253,17 @@ class MemorySampler:
         return value
 
     def _run(self) -> None:
-        while self._running.is_set():
+        while True:
             with contextlib.suppress(psutil.Error):
                 self.rss()
-            time.sleep(0.02)             # the sampling period
+            if self._stop.wait(0.02):    # the next sample after 20 ms, unless stopped
+                return
 
     def reset_peak(self) -> None:
         self.peak = 0
 
     def stop(self) -> None:
-        self._running.clear()
+        self._stop.set()
         self.thread.join(DEADLINE)
 
 
@@ -310,16 +326,17 @@ class SlowWriter(threading.Thread):
     def run(self) -> None:
         for frame in self.frames:
             for i in range(len(frame)):
-                if closed_by_server(self.sock):
-                    self.closed = True
-                    return
                 try:
                     self.sock.sendall(frame[i:i + 1])
                 except OSError:
                     self.closed = True
                     return
                 self.sent += 1
-                time.sleep(self.pause)   # the attack: a byte, then a pause
+                # The attack: a byte, then a pause - cut short if the server
+                # closes the connection meanwhile.
+                if closed_within(self.sock, self.pause):
+                    self.closed = True
+                    return
         self.finished = True
 
 
