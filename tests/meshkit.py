@@ -121,14 +121,24 @@ class Mesh:
                 print(f"{n.name} id={n.server.id} hosts/load ages/ext links: {view}")
             raise
 
-    def client(self, node: Node, name: str, base_dir: Path,
-               tls: Any = None) -> tuple[ChatClient, JobClient]:
-        client = ChatClient(ClientConfig(("127.0.0.1", node.server.port), name, tls=tls))
-        jobs = JobClient(client, base_dir)
+    def start_client(self, config: ClientConfig,
+                     base_dir: Path | None = None) -> tuple[ChatClient, JobClient | None]:
+        """Start a client in its own loop thread (with a ``JobClient`` working
+        in ``base_dir``, if given); it is stopped by ``close``. Waits for nothing."""
+        client = ChatClient(config)
+        jobs = JobClient(client, base_dir) if base_dir is not None else None
         client.start()
-        thread = threading.Thread(target=client.loop.run, name=name, daemon=True)
+        thread = threading.Thread(target=client.loop.run, name=config.name, daemon=True)
         thread.start()
         self.clients.append((client, thread))
+        return client, jobs
+
+    def client(self, node: Node, name: str, base_dir: Path,
+               **options: Any) -> tuple[ChatClient, JobClient]:
+        """A job client (``options``: more ClientConfig fields), once its
+        extension handshake is done."""
+        client, jobs = self.start_client(
+            ClientConfig(("127.0.0.1", node.server.port), name, **options), base_dir)
         wait_for(lambda: client.ext, 10, f"{name} to complete the extension handshake")
         return client, jobs
 
@@ -137,11 +147,8 @@ class Mesh:
         """A reliable, reconnecting chat client (``options``: more ClientConfig fields)."""
         options.setdefault("reliable", True)
         options.setdefault("reconnect", True)
-        client = ChatClient(ClientConfig(("127.0.0.1", node.server.port), name, **options))
-        client.start()
-        thread = threading.Thread(target=client.loop.run, name=name, daemon=True)
-        thread.start()
-        self.clients.append((client, thread))
+        client, _ = self.start_client(ClientConfig(("127.0.0.1", node.server.port), name,
+                                                   **options))
         if wait:
             wait_for(lambda: client.negotiated, 10, f"{name} to settle its extensions")
         return client

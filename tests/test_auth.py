@@ -31,7 +31,7 @@ from crc.jobs.client import Job, JobClient, JobError
 from crc.jobs.service import JobConfig, JobService
 from crc.jobs.wire import Kind, frame
 from crc.protocol import (
-    ClientChat, ClientRegistration, Decoder, Extension, ServerRegistration, Status, StatusCode,
+    ClientChat, ClientRegistration, Decoder, ServerRegistration, Status, StatusCode,
     encode,
 )
 from crc.protocol import auth
@@ -41,27 +41,12 @@ from crc.server import cli as server_cli
 from crc.server.query import StateQueryError, query_state
 
 from .meshkit import Mesh, Node, call, wait_for
-from .test_blackbox import procs  # noqa: F401  (fixture)
 
 SECRET = b"correct horse battery staple, 2024"
 OTHER = b"a different secret, long enough too"
 
 
 # -- helpers -------------------------------------------------------------------------------
-
-@pytest.fixture
-def mesh(tmp_path: Path):
-    m = Mesh(tmp_path / "servers")
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
-
 
 @pytest.fixture
 def log(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
@@ -84,12 +69,8 @@ def attach(mesh: Mesh, node: Node, name: str, base_dir: Path, *, host: str = "12
            until: str | None = "ext", **options) -> tuple[ChatClient, JobClient]:
     """A mesh client (``options``: more ClientConfig fields); waits until
     ``client.<until>`` is true (None: not at all)."""
-    client = ChatClient(ClientConfig((host, node.server.port), name, **options))
-    jobs = JobClient(client, base_dir)
-    client.start()
-    thread = threading.Thread(target=client.loop.run, name=name, daemon=True)
-    thread.start()
-    mesh.clients.append((client, thread))
+    client, jobs = mesh.start_client(ClientConfig((host, node.server.port), name, **options),
+                                     base_dir)
     if until:
         wait_for(lambda: getattr(client, until), 10, f"{name}: {until}")
     return client, jobs

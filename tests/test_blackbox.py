@@ -63,15 +63,6 @@ class Processes:
                 proc.wait(DEADLINE)
 
 
-@pytest.fixture
-def procs() -> Iterator[Processes]:
-    registry = Processes()
-    try:
-        yield registry
-    finally:
-        registry.cleanup()
-
-
 class Server:
     def __init__(self, procs: Processes, tmp: Path, server_id: int, name: str,
                  connect: int | None = None, options: tuple[str, ...] = ()) -> None:

@@ -18,7 +18,7 @@ from crc.client import ChatClient, ClientConfig
 from crc.jobs.client import Job, JobClient
 
 from .meshkit import call, wait_for
-from .test_blackbox import CLIENT, DEADLINE, Processes, Server, procs  # noqa: F401
+from .test_blackbox import CLIENT, DEADLINE, Processes, Server
 from .test_blackbox_jobs import wait_all_schedulable
 
 def options(tmp: Path, name: str) -> tuple[str, ...]:

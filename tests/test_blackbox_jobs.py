@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_blackbox import CLIENT, DEADLINE, ROOT, Processes, Server, procs  # noqa: F401
+from .test_blackbox import CLIENT, DEADLINE, ROOT, Processes, Server
 
 
 @pytest.fixture

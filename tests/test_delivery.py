@@ -3,19 +3,10 @@ across cut connections, cut server links, absent recipients and plain v1 peers."
 
 from __future__ import annotations
 
-import pytest
-
 from crc.client import ChatClient
 from crc.delivery import ChatKind, pack_chat
 from crc.protocol import Extension
-from tests.meshkit import Mesh, call, wait_for
-
-
-@pytest.fixture
-def mesh(tmp_path):
-    m = Mesh(tmp_path)
-    yield m
-    m.close()
+from .meshkit import Mesh, call, wait_for
 
 
 def texts_from(client: ChatClient, source: int) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from bench.netns import SENT, LineClient, chat_pattern
 
 from .meshkit import wait_for
-from .test_blackbox import DEADLINE, Processes, Server, procs  # noqa: F401
+from .test_blackbox import DEADLINE, Processes, Server
 
 CHAT = chat_pattern("alice", 7001)
 

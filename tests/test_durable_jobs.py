@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -27,20 +26,6 @@ from crc.net import EventLoop
 from .meshkit import Mesh, Node, call, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def mesh(tmp_path: Path):
-    m = Mesh(tmp_path / "servers")
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
 
 
 class Streams:
@@ -63,12 +48,7 @@ def connect(mesh: Mesh, node: Node, name: str, base_dir: Path, *also: Node,
     config = ClientConfig(("127.0.0.1", node.server.port), name, reconnect=True,
                           reconnect_delay=options.pop("reconnect_delay", 0.05),
                           servers=tuple(("127.0.0.1", n.server.port) for n in also), **options)
-    client = ChatClient(config)
-    jobs = JobClient(client, base_dir)
-    client.start()
-    thread = threading.Thread(target=client.loop.run, name=name, daemon=True)
-    thread.start()
-    mesh.clients.append((client, thread))
+    client, jobs = mesh.start_client(config, base_dir)
     wait_for(lambda: client.ext, 10, f"{name} to complete the extension handshake")
     return client, jobs
 

@@ -50,7 +50,7 @@ from crc.server.query import StateQueryError, query_state
 from crc.server.server import STATUS_LOG_CHARS, STATUS_LOG_ENTRIES
 
 from .meshkit import Mesh, call, wait_for
-from .test_blackbox import Processes, Server, procs  # noqa: F401  (the fixture)
+from .test_blackbox import Processes, Server
 
 LOOPBACK = "127.0.0.1"
 MiB = 1 << 20
@@ -558,13 +558,6 @@ def state_or_none(port: int) -> dict | None:
 
 
 # -- regressions, in process -------------------------------------------------------------
-
-@pytest.fixture
-def mesh(tmp_path: Path):
-    m = Mesh(tmp_path / "servers")
-    yield m
-    m.close()
-
 
 def test_a_header_alone_reserves_nothing_before_the_hello_exchange(mesh: Mesh,
                                                                    tmp_path: Path) -> None:

@@ -18,20 +18,6 @@ from crc.jobs.wire import Kind, frame
 from .meshkit import Mesh, call, wait_for
 
 
-@pytest.fixture
-def mesh(tmp_path: Path):
-    m = Mesh(tmp_path / "servers")
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
-
-
 class Recorder:
     """Collects job events with the time they arrived."""
 

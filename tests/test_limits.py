@@ -13,17 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from crc.protocol import ClientChat, ClientRegistration, Decoder, encode
+from crc.protocol import ClientChat, ClientRegistration, encode
 
 from .meshkit import Mesh, call, wait_for
 from .test_jobs import finished, submit
-
-
-@pytest.fixture
-def mesh(tmp_path: Path):
-    m = Mesh(tmp_path / "servers")
-    yield m
-    m.close()
 
 
 def closed_by_peer(sock: socket.socket, timeout: float) -> bool:

@@ -5,16 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from .meshkit import Mesh, call, wait_for
-
-
-@pytest.fixture
-def mesh(tmp_path: Path):
-    m = Mesh(tmp_path / "servers")
-    yield m
-    m.close()
 
 
 def knows(node, other) -> bool:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from crc.protocol import (
-    ClientChat, ClientQuit, ClientRegistration, Decoder, MsgType, ServerQuit,
+    ClientChat, ClientQuit, ClientRegistration, Decoder, MsgType,
     ServerRegistration, Status, StatusCode, encode,
 )
 from crc.protocol.handshake import Hello

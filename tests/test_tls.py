@@ -14,10 +14,8 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -28,8 +26,8 @@ from crc.client import ChatClient, ClientConfig  # noqa: E402
 from crc.net.tls import TLS, ServerTLS, TLSConfigError, client_tls, server_tls  # noqa: E402
 
 from .meshkit import Mesh, call, wait_for  # noqa: E402
-from .test_blackbox import (  # noqa: E402,F401
-    CLIENT, DEADLINE, SERVER, Processes, Server, child_env, procs,
+from .test_blackbox import (  # noqa: E402
+    CLIENT, DEADLINE, SERVER, Processes, Server, child_env,
 )
 
 SECRET_TEXT = "over TLS: «héllo» across two hops"
@@ -71,46 +69,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     return PKI(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture
-def mesh(tmp_path: Path) -> Iterator[Mesh]:
-    m = Mesh(tmp_path / "servers")
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def work(tmp_path: Path) -> Path:
-    d = tmp_path / "work"
-    d.mkdir()
-    return d
-
-
-class Clients:
-    """Clients started outside ``Mesh.client`` (ones that may never connect)."""
-
-    def __init__(self) -> None:
-        self.started: list[tuple[ChatClient, threading.Thread]] = []
-
-    def start(self, port: int, name: str, tls: TLS | None) -> ChatClient:
-        client = ChatClient(ClientConfig(("127.0.0.1", port), name, tls=tls))
-        client.start()
-        thread = threading.Thread(target=client.loop.run, name=name, daemon=True)
-        thread.start()
-        self.started.append((client, thread))
-        return client
-
-    def close(self) -> None:
-        for client, thread in self.started:
-            client.loop.stop()
-            thread.join(10)
-            client.close()
-
-
-@pytest.fixture
-def clients() -> Iterator[Clients]:
-    c = Clients()
-    yield c
-    c.close()
+def start(mesh: Mesh, port: int, name: str, tls: TLS | None) -> ChatClient:
+    """A client that may never connect: started, not waited for."""
+    client, _ = mesh.start_client(ClientConfig(("127.0.0.1", port), name, tls=tls))
+    return client
 
 
 def logged(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
@@ -187,21 +149,21 @@ def test_a_server_without_a_certificate_cannot_link(mesh: Mesh, pki: PKI,
 
 
 def test_untrusted_certificates_are_refused_with_a_reason_and_others_are_served(
-        mesh: Mesh, work: Path, pki: PKI, clients: Clients,
+        mesh: Mesh, work: Path, pki: PKI,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     (node,) = mesh.chain(1, server_options={"tls": pki.server()})
     port = node.server.port
 
     # The client does not trust the server's CA.
-    doubter = clients.start(port, "doubter", pki.client(ca="rogue-ca"))
+    doubter = start(mesh, port, "doubter", pki.client(ca="rogue-ca"))
     wait_for(lambda: disconnected(doubter), 10, "the doubting client to give up")
     assert "certificate did not verify" in doubter.closed_reason
     wait_for(lambda: logged(caplog, "TLS handshake failed", "does not trust our certificate"),
              10, "the server to log why the handshake failed")
 
     # The server does not trust the client's certificate.
-    stranger = clients.start(port, "stranger", pki.client(cert="rogue-client"))
+    stranger = start(mesh, port, "stranger", pki.client(cert="rogue-client"))
     wait_for(lambda: logged(caplog, "TLS handshake failed", "did not verify"), 10,
              "the server to log the untrusted client certificate")
     wait_for(lambda: disconnected(stranger), 10, "the stranger to be disconnected")
@@ -218,11 +180,11 @@ def test_untrusted_certificates_are_refused_with_a_reason_and_others_are_served(
              "the refused connections to be gone")
 
 
-def test_a_required_client_certificate(mesh: Mesh, work: Path, pki: PKI, clients: Clients,
+def test_a_required_client_certificate(mesh: Mesh, work: Path, pki: PKI,
                                        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     (node,) = mesh.chain(1, server_options={"tls": pki.server(require_client_cert=True)})
-    anonymous = clients.start(node.server.port, "anonymous", pki.client())
+    anonymous = start(mesh, node.server.port, "anonymous", pki.client())
     wait_for(lambda: disconnected(anonymous), 10, "the certificate-less client to be refused")
     assert "TLS handshake failed" in anonymous.closed_reason
     assert ("requires a certificate" in anonymous.closed_reason
@@ -233,9 +195,9 @@ def test_a_required_client_certificate(mesh: Mesh, work: Path, pki: PKI, clients
 
 
 def test_the_certificate_must_carry_the_name_dialled_unless_one_is_given(
-        mesh: Mesh, work: Path, pki: PKI, clients: Clients) -> None:
+        mesh: Mesh, work: Path, pki: PKI) -> None:
     (node,) = mesh.chain(1, server_options={"tls": pki.server(cert="named")})
-    by_address = clients.start(node.server.port, "by-address", pki.client())
+    by_address = start(mesh, node.server.port, "by-address", pki.client())
     wait_for(lambda: disconnected(by_address), 10, "the name check to fail")
     assert "mismatch" in by_address.closed_reason and "127.0.0.1" in by_address.closed_reason
     by_name, _ = mesh.client(node, "by-name", work, tls=pki.client(server_name="s1.mesh.test"))
@@ -243,13 +205,13 @@ def test_the_certificate_must_carry_the_name_dialled_unless_one_is_given(
 
 
 def test_plain_and_tls_peers_on_the_wrong_port_fail_fast(
-        mesh: Mesh, pki: PKI, clients: Clients, caplog: pytest.LogCaptureFixture) -> None:
+        mesh: Mesh, pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     tls_node = mesh.add("tls", server_options={"tls": pki.server()})
     plain_node = mesh.add("plain")
     started = time.monotonic()
-    plain_client = clients.start(tls_node.server.port, "plain", None)
-    tls_client = clients.start(plain_node.server.port, "tls", pki.client())
+    plain_client = start(mesh, tls_node.server.port, "plain", None)
+    tls_client = start(mesh, plain_node.server.port, "tls", pki.client())
     # Well before any registration or handshake timeout (10 s).
     wait_for(lambda: disconnected(plain_client) and disconnected(tls_client), 8,
              "both clients to see the failure")
@@ -276,9 +238,9 @@ def test_a_handshake_that_never_completes_ends_at_the_registration_timeout(
 
 
 def test_a_client_gives_up_on_a_server_that_never_answers_the_handshake(
-        pki: PKI, clients: Clients) -> None:
+        pki: PKI, mesh: Mesh) -> None:
     with socket.create_server(("127.0.0.1", 0)) as mute:      # accepts, never speaks
-        client = clients.start(mute.getsockname()[1], "patient",
+        client = start(mesh, mute.getsockname()[1], "patient",
                                pki.client(handshake_timeout=0.3))
         wait_for(lambda: disconnected(client), 10, "the client's handshake timeout")
     assert client.closed_reason == "TLS handshake failed: not completed within 0.3 s"
