@@ -197,14 +197,9 @@ def link_cut(p: argparse.Namespace, group: Processes) -> Row:
     hosts = Hosts(str(os.getpid() % 10000))
     try:
         hosts.create()
-        tmp = group.logdir
-        hosts.server("h1", "one", tmp)
         deadline = time.monotonic() + p.timeout
-        wait_until(lambda: hosts.state("h1") is not None, deadline, "server one")
-        hosts.server("h3", "three", tmp, "--connect", f"{hosts.address('h1', 'h3')}:{PORT}")
-        hosts.server("h2", "two", tmp, "--connect",
-                     f"{hosts.address('h1', 'h2')}:{PORT},{hosts.address('h3', 'h2')}:{PORT}")
-        wait_until(lambda: hosts.names_known("h1") == {"two", "three"}, deadline, "the tree")
+        hosts.start_tree(group.logdir,
+                         lambda condition, what: wait_until(condition, deadline, what))
         server = f"127.0.0.1:{PORT}"
         conv = Conversation(server, server, a_prefix=hosts.prefix("h1"),
                             b_prefix=hosts.prefix("h2"))

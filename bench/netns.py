@@ -1,7 +1,7 @@
 """Hosts and clients for fault experiments: network namespaces joined by veth
 links, a server in each, and chat clients driven through their standard input.
 
-Used by ``bench/faults.py`` and by the fault tests (tests/test_netns.py,
+Used by ``bench/faults.py`` and by the tests that start the programs (tests/test_netns.py,
 tests/test_delivery_restart.py). Namespaces need root and iproute2.
 """
 
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = str(ROOT / "mesh_server.py")
@@ -88,6 +89,17 @@ class Hosts:
             stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.procs.append(proc)
         return proc
+
+    def start_tree(self, tmp: Path, wait: Callable[[Callable[[], object], str], object]) -> None:
+        """Server one on h1; three joins it; two joins it too, with three as
+        its other candidate. ``wait(condition, what)`` waits on the caller's
+        deadline."""
+        self.server("h1", "one", tmp)
+        wait(lambda: self.state("h1") is not None, "server one to answer")
+        self.server("h3", "three", tmp, "--connect", f"{self.address('h1', 'h3')}:{PORT}")
+        self.server("h2", "two", tmp, "--connect",
+                    f"{self.address('h1', 'h2')}:{PORT},{self.address('h3', 'h2')}:{PORT}")
+        wait(lambda: self.names_known("h1") == {"two", "three"}, "the tree to form")
 
     def state(self, host: str) -> dict | None:
         code = ("import json,sys; from crc.server.query import query_state; "

@@ -8,7 +8,6 @@ deadline, generous enough for a busy machine; none is a fixed sleep.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
@@ -19,6 +18,8 @@ from typing import Iterator
 
 import pytest
 
+from bench.netns import child_env
+
 from .meshkit import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,13 +29,6 @@ CLIENT = str(ROOT / "chat_client.py")
 #: Upper bound for anything to happen (start, connect, deliver, exit).
 DEADLINE = 30.0
 LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
-    for name in ("FORCE_COLOR", "TTY_COMPATIBLE"):
-        env.pop(name, None)
-    return env
 
 
 class Processes:

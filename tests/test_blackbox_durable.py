@@ -113,14 +113,20 @@ def check_build(build: subprocess.Popen, project: Path, count: Path, victim: Ser
     return finished_in
 
 
-def test_kill_9_of_a_server_mid_build_the_build_finishes_and_its_jobs_die(
-        procs: Processes, tmp_path: Path) -> None:  # noqa: F811
-    # A star: beta and gamma hang off alpha, so losing beta leaves alpha and gamma.
+def star(procs: Processes, tmp_path: Path) -> tuple[Server, Server, Server]:
+    """alpha, with beta and gamma hanging off it: losing beta or gamma leaves
+    the other two linked."""
     alpha = Server(procs, tmp_path, 1, "alpha", options=options(tmp_path, "alpha"))
     beta = Server(procs, tmp_path, 2, "beta", connect=alpha.port,
                   options=options(tmp_path, "beta"))
     gamma = Server(procs, tmp_path, 3, "gamma", connect=alpha.port,
                    options=options(tmp_path, "gamma"))
+    return alpha, beta, gamma
+
+
+def test_kill_9_of_a_server_mid_build_the_build_finishes_and_its_jobs_die(
+        procs: Processes, tmp_path: Path) -> None:
+    alpha, beta, gamma = star(procs, tmp_path)
     project, count = tmp_path / "project", tmp_path / "count"
     project.mkdir()
     wait_all_schedulable(procs, [alpha, beta, gamma], project)
@@ -133,12 +139,8 @@ def test_kill_9_of_a_server_mid_build_the_build_finishes_and_its_jobs_die(
 
 
 def test_kill_9_of_the_clients_own_server_mid_build_it_reconnects_and_finishes(
-        procs: Processes, tmp_path: Path) -> None:  # noqa: F811
-    alpha = Server(procs, tmp_path, 1, "alpha", options=options(tmp_path, "alpha"))
-    beta = Server(procs, tmp_path, 2, "beta", connect=alpha.port,
-                  options=options(tmp_path, "beta"))
-    gamma = Server(procs, tmp_path, 3, "gamma", connect=alpha.port,
-                   options=options(tmp_path, "gamma"))
+        procs: Processes, tmp_path: Path) -> None:
+    alpha, beta, gamma = star(procs, tmp_path)
     project, count = tmp_path / "project", tmp_path / "count"
     project.mkdir()
     wait_all_schedulable(procs, [gamma, alpha, beta], project)
@@ -165,7 +167,7 @@ class Listener:
 
 
 def test_kill_9_of_the_clients_server_mid_job_the_result_arrives_once_after_reconnecting(
-        procs: Processes, tmp_path: Path) -> None:  # noqa: F811
+        procs: Processes, tmp_path: Path) -> None:
     alpha = Server(procs, tmp_path, 1, "alpha")
     beta = Server(procs, tmp_path, 2, "beta", connect=alpha.port)
     gamma = Server(procs, tmp_path, 3, "gamma", connect=alpha.port)

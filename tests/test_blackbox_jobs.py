@@ -14,14 +14,14 @@ from .test_blackbox import CLIENT, DEADLINE, ROOT, Processes, Server
 
 
 @pytest.fixture
-def mesh(procs: Processes, tmp_path: Path) -> list[Server]:  # noqa: F811
+def mesh(procs: Processes, tmp_path: Path) -> list[Server]:
     first = Server(procs, tmp_path, 1, "alpha")
     second = Server(procs, tmp_path, 2, "beta", connect=first.port)
     third = Server(procs, tmp_path, 3, "gamma", connect=second.port)
     return [first, second, third]
 
 
-def batch(procs: Processes, server: Server, cwd: Path, *words: str,  # noqa: F811
+def batch(procs: Processes, server: Server, cwd: Path, *words: str,
           stdin: str = "") -> subprocess.CompletedProcess:
     proc = procs.start([CLIENT, "--server", server.address, *words], cwd=cwd,
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -29,7 +29,7 @@ def batch(procs: Processes, server: Server, cwd: Path, *words: str,  # noqa: F81
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def wait_all_schedulable(procs: Processes, mesh: list[Server], cwd: Path) -> None:  # noqa: F811
+def wait_all_schedulable(procs: Processes, mesh: list[Server], cwd: Path) -> None:
     """`runall` answers from every server once load reports have spread."""
     result = None
     for _ in range(50):
@@ -40,7 +40,7 @@ def wait_all_schedulable(procs: Processes, mesh: list[Server], cwd: Path) -> Non
 
 
 def test_run_keeps_arguments_intact_and_returns_the_exit_status(
-        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:  # noqa: F811
+        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:
     args = ["a b", "'single'", '"double"', "héllo «wörld»", "$HOME"]
     result = batch(procs, mesh[0], tmp_path, "run", "--", "python3", "-c",
                    "import sys; print(sys.argv[1:]); sys.exit(5)", *args)
@@ -49,7 +49,7 @@ def test_run_keeps_arguments_intact_and_returns_the_exit_status(
 
 
 def test_run_ships_files_and_brings_results_back(
-        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:  # noqa: F811
+        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:
     (tmp_path / "data.txt").write_text("one\ntwo\n")
     result = batch(procs, mesh[0], tmp_path, "run", "--on", "gamma", "--file", "data.txt", "--",
                    "sh", "-c", "wc -l < data.txt > count.txt; printf '#!/bin/sh\\n' > tool; "
@@ -60,14 +60,14 @@ def test_run_ships_files_and_brings_results_back(
 
 
 def test_run_forwards_standard_input(
-        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:  # noqa: F811
+        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:
     result = batch(procs, mesh[2], tmp_path, "run", "-i", "--", "tr", "a-z", "A-Z",
                    stdin="piped text\n")
     assert (result.returncode, result.stdout) == (0, "PIPED TEXT\n"), result.stderr
 
 
 def test_runall_prefixes_lines_and_summarises_exit_codes(
-        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:  # noqa: F811
+        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:
     wait_all_schedulable(procs, mesh, tmp_path)
     result = batch(procs, mesh[1], tmp_path, "runall", "--", "sh", "-c", "echo line; exit 0")
     assert result.returncode == 0, result.stderr
@@ -78,7 +78,7 @@ def test_runall_prefixes_lines_and_summarises_exit_codes(
 
 
 def test_rake_builds_the_example_and_the_binary_runs(
-        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:  # noqa: F811
+        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:
     project = tmp_path / "cproject"
     shutil.copytree(ROOT / "examples" / "cproject", project,
                     ignore=shutil.ignore_patterns("*.o", "program"))
@@ -95,7 +95,7 @@ def test_rake_builds_the_example_and_the_binary_runs(
 
 
 def test_a_failing_actionset_stops_the_build_and_names_the_action(
-        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:  # noqa: F811
+        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:
     (tmp_path / "Rakefile").write_text(
         "first:\n\tremote-sh -c 'echo about to fail; exit 3'\n\techo fine\n"
         "second:\n\ttouch should-not-exist\n")
@@ -106,7 +106,7 @@ def test_a_failing_actionset_stops_the_build_and_names_the_action(
 
 
 def test_a_rakefile_syntax_error_is_reported_before_anything_runs(
-        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:  # noqa: F811
+        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:
     (tmp_path / "Rakefile").write_text("set:\n\ttouch ran\n\tremote-cc -c x.c\n\t\trequires x.c\n"
                                        "FOO = bar\n")
     result = batch(procs, mesh[0], tmp_path, "rake")
@@ -122,7 +122,7 @@ def test_a_rakefile_syntax_error_is_reported_before_anything_runs(
 
 
 def test_job_commands_in_a_chat_script(
-        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:  # noqa: F811
+        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:
     wait_all_schedulable(procs, mesh, tmp_path)
     script = "/run --on beta echo from beta\n/runall echo everywhere\n/jobs\n/load\n"
     proc = procs.start([CLIENT, "--server", mesh[0].address, "--name", "scripter"], cwd=tmp_path,

@@ -34,12 +34,7 @@ def hosts(tmp_path: Path):
 
 def test_a_cut_link_is_detected_by_keepalives_and_the_tree_heals(
         hosts: Hosts, tmp_path: Path) -> None:
-    hosts.server("h1", "one", tmp_path)
-    wait_for(lambda: hosts.state("h1") is not None, 20, "server one to answer")
-    hosts.server("h3", "three", tmp_path, "--connect", f"{hosts.address('h1', 'h3')}:{PORT}")
-    hosts.server("h2", "two", tmp_path, "--connect",
-                 f"{hosts.address('h1', 'h2')}:{PORT},{hosts.address('h3', 'h2')}:{PORT}")
-    wait_for(lambda: hosts.names_known("h1") == {"two", "three"}, 20, "the tree to form")
+    hosts.start_tree(tmp_path, lambda condition, what: wait_for(condition, 20, what))
     first = hosts.state("h2")
     assert first is not None
     ids = {h["name"]: int(i) for i, h in first["hosts"].items()}
@@ -68,12 +63,7 @@ def test_a_cut_link_is_detected_by_keepalives_and_the_tree_heals(
 
 def test_chats_across_a_cut_link_arrive_exactly_once_in_order(
         hosts: Hosts, tmp_path: Path) -> None:
-    hosts.server("h1", "one", tmp_path)
-    wait_for(lambda: hosts.state("h1") is not None, 20, "server one to answer")
-    hosts.server("h3", "three", tmp_path, "--connect", f"{hosts.address('h1', 'h3')}:{PORT}")
-    hosts.server("h2", "two", tmp_path, "--connect",
-                 f"{hosts.address('h1', 'h2')}:{PORT},{hosts.address('h3', 'h2')}:{PORT}")
-    wait_for(lambda: hosts.names_known("h1") == {"two", "three"}, 20, "the tree to form")
+    hosts.start_tree(tmp_path, lambda condition, what: wait_for(condition, 20, what))
     server = f"127.0.0.1:{PORT}"
     alice = LineClient(server, "alice", 9001, prefix=hosts.prefix("h1"))
     bob = LineClient(server, "bob", 9002, prefix=hosts.prefix("h2"))

@@ -307,7 +307,7 @@ def tls_server_flags(pki: PKI, *extra: str) -> tuple[str, ...]:
 
 
 def test_command_lines_over_tls_and_one_server_thread(
-        procs: Processes, tmp_path: Path, pki: PKI) -> None:  # noqa: F811
+        procs: Processes, tmp_path: Path, pki: PKI) -> None:
     first = Server(procs, tmp_path, 1, "alpha", options=tls_server_flags(pki))
     second = Server(procs, tmp_path, 2, "beta", connect=first.port, options=tls_server_flags(pki))
     (tmp_path / "data.txt").write_text("one\ntwo\nthree\n")

@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..jobs.client import JobClient
-from ..protocol.auth import SecretError, load_secret
 from ..delivery import JournalError
-from ..server.cli import host_id, host_ports
+from ..server.cli import StartupError, credentials, host_id, host_ports
 from .core import ChatClient, ClientConfig
 from .inputs import Keyboard, PipeReader, feed_text
 from .job_commands import JobCommands
@@ -228,17 +227,9 @@ def run_batch(parser: argparse.ArgumentParser, args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    tls = None
-    if any(getattr(args, flag) for flag in TLS_FLAGS):
-        from ..net.tls import TLSConfigError   # ssl is loaded only when TLS is asked for
-        try:
-            tls = tls_from_args(args)  # before anything connects: a bad file stops us here
-        except TLSConfigError as exc:
-            print(f"{PROG}: {exc}", file=sys.stderr)
-            return 2
     try:
-        secret = load_secret(args.secret_file) if args.secret_file else None
-    except SecretError as exc:
+        tls, secret = credentials(args, TLS_FLAGS, tls_from_args)
+    except StartupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
     if args.batch:

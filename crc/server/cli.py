@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..protocol import DEFAULT_LIMITS, MAX_ID
 from ..protocol.auth import SecretError, load_secret
@@ -170,6 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class StartupError(Exception):
+    """A flag's file cannot be used; the message names the flag and the file."""
+
+
+def credentials(args: argparse.Namespace, tls_flags: tuple[str, ...],
+                tls_from_args: Callable[[argparse.Namespace], Any]) -> tuple[Any, bytes | None]:
+    """The TLS settings and the mesh secret the flags ask for, read before
+    anything starts (``ssl`` is loaded only when a TLS flag is given)."""
+    tls = None
+    if any(getattr(args, flag) for flag in tls_flags):
+        from ..net.tls import TLSConfigError
+        try:
+            tls = tls_from_args(args)
+        except TLSConfigError as exc:
+            raise StartupError(str(exc)) from None
+    try:
+        secret = load_secret(args.secret_file) if args.secret_file else None
+    except SecretError as exc:
+        raise StartupError(str(exc)) from None
+    return tls, secret
+
+
 TLS_FLAGS = ("tls_cert", "tls_key", "tls_ca", "tls_require_client_cert", "tls_server_name")
 
 
@@ -209,17 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dead_after <= args.keepalive:
         build_parser().error(f"--dead-after ({args.dead_after:g}) must be longer than "
                              f"--keepalive ({args.keepalive:g})")
-    tls = None
-    if any(getattr(args, flag) for flag in TLS_FLAGS):
-        from ..net.tls import TLSConfigError   # ssl is loaded only when TLS is asked for
-        try:
-            tls = tls_from_args(args)  # before anything starts: a bad file stops us here
-        except TLSConfigError as exc:
-            print(f"mesh_server.py: {exc}", file=sys.stderr)
-            return 2
     try:
-        secret = load_secret(args.secret_file) if args.secret_file else None
-    except SecretError as exc:
+        tls, secret = credentials(args, TLS_FLAGS, tls_from_args)
+    except StartupError as exc:
         print(f"mesh_server.py: {exc}", file=sys.stderr)
         return 2
     config = ServerConfig(port=args.port, id=args.id, name=args.name, info=args.info,
