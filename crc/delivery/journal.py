@@ -99,9 +99,7 @@ class Journal:
         elif kind == "ack":
             outbox.acked(int(entry[1]), int(entry[2]), now)
         elif kind == "drop":
-            stream = outbox.by_id.get(int(entry[1]))
-            if stream is not None:
-                outbox._remove(stream)
+            outbox.abandon(int(entry[1]))
         elif kind == "recv":
             inbox.restore(int(entry[1]), int(entry[2]), int(entry[3]))
         else:

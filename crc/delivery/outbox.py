@@ -179,6 +179,12 @@ class Outbox:
         deadlines = [s.deadline for s in self.by_dest.values() if s.deadline is not None]
         return min(deadlines) if deadlines else None
 
+    def abandon(self, stream_id: int) -> None:
+        """Forget a stream and its unacknowledged messages (given up on)."""
+        stream = self.by_id.get(stream_id)
+        if stream is not None:
+            self._remove(stream)
+
     def _remove(self, stream: Stream) -> None:
         self.pending -= len(stream.unacked)
         del self.by_dest[stream.dest]

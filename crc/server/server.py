@@ -218,7 +218,8 @@ class MeshServer:
         #: peer, destination 0), by kind; filled by subsystems (jobs, ...).
         self.extension_handlers: dict[int, Callable[[Connection, Extension], None]] = {}
         #: Looks at frames passing through to someone else; True = consumed.
-        self.extension_taps: dict[int, Callable[[Connection, Extension], bool]] = {}
+        self.extension_taps: dict[int, Callable[[Connection, Extension], bool]] = {
+            ChatKind.CHAT: self._relay_reliable_chat}
         #: Extension kinds of the job service: a client that may not run jobs
         #: may send them only to its own server (destination 0).
         self.job_kinds: set[int] = set()
@@ -882,9 +883,6 @@ class MeshServer:
                 log.debug("%s: dropping extension frame (kind %d) for %d from %r: not allowed "
                           "to run jobs", self.name, msg.kind, msg.dest, conn)
                 return
-        if msg.kind == ChatKind.CHAT and msg.dest not in (0, self.id):
-            self._relay_reliable_chat(conn, msg)
-            return
         if msg.dest not in (0, self.id):
             tap = self.extension_taps.get(msg.kind)
             if tap is not None and tap(conn, msg):
@@ -898,7 +896,7 @@ class MeshServer:
             return
         handler(conn, msg)
 
-    def _relay_reliable_chat(self, conn: Connection, msg: Extension) -> None:
+    def _relay_reliable_chat(self, conn: Connection, msg: Extension) -> bool:
         """A reliable chat (crc/delivery) on its way to ``msg.dest``.
 
         Passed on as it came while the next link speaks reliable chat. Where
@@ -906,23 +904,24 @@ class MeshServer:
         it), it is handed over as a v1 chat and acknowledged on the
         receiver's behalf: from there on it is plain CRC v1. An unknown
         destination is refused with a NACK, and the sender tries again later.
+        A tap on CHAT frames passing through: each one is consumed here.
         """
         if not self._check_source(conn, msg.source, "chat"):
-            return
+            return True
         target = self._link_towards(msg.dest)
         if target is not None and "rchat" in target.peer.features:
             target.send(msg)
-            return
+            return True
         if target is not None and not target.peer.settled:
             # Its hello may yet come: handing the chat over as v1 now could
             # show it twice (a resend would arrive as a reliable chat later).
             # Unacknowledged, it is resent after the sender's interval.
-            return
+            return True
         try:
             stream, seq, _, text = unpack_chat(msg.payload)
         except ProtocolError as exc:        # the sender's fault, not the adjacent link's
             log.warning("%s: dropping a reliable chat from %d: %s", self.name, msg.source, exc)
-            return
+            return True
         if target is None:
             reply = Extension(ChatKind.NACK, self.id, msg.source, 0,
                               pack_nack(stream, seq, unknown_id_text(msg.dest)))
@@ -932,12 +931,10 @@ class MeshServer:
             except EncodeError as exc:
                 log.warning("%s: reliable chat from %d to %d cannot go out as CRC v1: %s",
                             self.name, msg.source, msg.dest, exc)
-                return
+                return True
             reply = Extension(ChatKind.ACK, msg.dest, msg.source, 0, pack_ack(stream, seq))
-        if conn.peer.peer_id == msg.source:
-            conn.send(reply)
-        else:
-            self.send_extension(reply)
+        self.send_extension(reply)
+        return True
 
     # -- authentication (docs/protocol.md, "Authentication") ----------------------------
 
