@@ -236,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         chosen.remove("link")
     rows = []
     with tempfile.TemporaryDirectory(prefix="crc-faults-") as tmp:
+        # Clients are killed outright on purpose: what they keep in temporary
+        # directories goes with this run's directory, not into /tmp.
+        os.environ["TMPDIR"] = str(Path(tmp))
         for name in chosen:
             logdir = Path(tmp) / name
             logdir.mkdir()

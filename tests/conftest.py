@@ -20,10 +20,10 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
 
 
 @pytest.fixture
-def procs() -> Iterator[Processes]:
+def procs(tmp_path: Path) -> Iterator[Processes]:
     """Child processes a test starts (real servers and clients); whatever is
     still running at the end is stopped."""
-    registry = Processes()
+    registry = Processes(tmp_path / "tmp")
     try:
         yield registry
     finally:

@@ -32,15 +32,21 @@ LISTENING = re.compile(r"listening on [^ ]+:(\d+)")
 
 
 class Processes:
-    """Every child a test starts; whatever is still running at the end is killed."""
+    """Every child a test starts; whatever is still running at the end is killed.
 
-    def __init__(self) -> None:
+    The children's temporary files (a server's work directory without
+    ``--work-dir``, a client's file store) go to ``tmpdir``, so that a child a
+    test kills outright leaves nothing behind outside the test's directory."""
+
+    def __init__(self, tmpdir: Path) -> None:
         self.children: list[subprocess.Popen] = []
+        self.tmpdir = tmpdir
 
     def start(self, args: list[str], **kwargs) -> subprocess.Popen:
         kwargs.setdefault("cwd", ROOT)
-        proc = subprocess.Popen([sys.executable, *args], env=child_env(), encoding="utf-8",
-                                **kwargs)
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        env = dict(child_env(), TMPDIR=str(self.tmpdir))
+        proc = subprocess.Popen([sys.executable, *args], env=env, encoding="utf-8", **kwargs)
         self.children.append(proc)
         return proc
 
