@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import selectors
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ if str(ROOT) not in sys.path:
 from crc.server.query import StateQueryError, query_state  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
+FORWARDER_SCRIPT = Path(__file__).resolve().parent / "forwarder.py"
 
 
 class BenchError(Exception):
@@ -139,3 +141,29 @@ class Server:
     id: int
     port: int
     proc: subprocess.Popen
+
+
+def read_ready(proc: subprocess.Popen, deadline: float) -> int:
+    """The port a forwarder reports with its ``ready PORT`` line."""
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    try:
+        if not sel.select(max(0.0, deadline - time.monotonic())):
+            raise BenchError("a forwarder did not report ready in time")
+    finally:
+        sel.close()
+    line = proc.stdout.readline().decode().split()
+    if len(line) != 2 or line[0] != "ready":
+        raise BenchError(f"a forwarder failed to start (exit status {proc.poll()})")
+    return int(line[1])
+
+
+def start_forwarders(group: Processes, length: int, target: int, deadline: float,
+                     name: str) -> int:
+    """A chain of ``length`` byte forwarders (``bench/forwarder.py``) ending at
+    loopback port ``target``; returns the port of its first one."""
+    for i in reversed(range(length)):
+        proc = group.spawn([str(FORWARDER_SCRIPT), "--to", f"{LOOPBACK}:{target}"],
+                           stdout=subprocess.PIPE, stderr_name=f"{name}-f{i}")
+        target = read_ready(proc, deadline)
+    return target

@@ -43,7 +43,6 @@ import selectors
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -54,7 +53,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from common import (  # noqa: E402  (a sibling module; it also puts ROOT on sys.path)
-    LOOPBACK, ROOT, BenchError, Processes, Server, free_port, state_query, stop_group, wait_until,
+    LOOPBACK, ROOT, BenchError, Processes, Server, free_port, start_forwarders, state_query,
+    stop_group, wait_until,
 )
 
 import psutil  # noqa: E402
@@ -69,8 +69,6 @@ from crc.protocol import (  # noqa: E402
 SERVER_SCRIPT = ROOT / "mesh_server.py"
 #: The server under test; ``--server-script`` points it at another tree.
 server_script = SERVER_SCRIPT
-FORWARDER_SCRIPT = Path(__file__).resolve().parent / "forwarder.py"
-
 TEXT_SIZE = 100                       # chat text bytes of every benchmark message
 FRAME_SIZE = 13 + TEXT_SIZE           # on the wire: the chat header plus the text
 SEND_BATCH = 512                      # frames per sendall() of the pipelined sender
@@ -412,21 +410,6 @@ def mesh_chain(length: int, chunks: list[bytes], params: Params, logdir: Path) -
             b.close()
 
 
-def read_ready(proc: subprocess.Popen, deadline: float) -> int:
-    """The port a forwarder reports with its ``ready PORT`` line."""
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    try:
-        if not sel.select(max(0.0, deadline - time.monotonic())):
-            raise BenchError("a forwarder did not report ready in time")
-    finally:
-        sel.close()
-    line = proc.stdout.readline().decode().split()
-    if len(line) != 2 or line[0] != "ready":
-        raise BenchError(f"a forwarder failed to start (exit status {proc.poll()})")
-    return int(line[1])
-
-
 def forwarder_chain(length: int, chunks: list[bytes], params: Params,
                     logdir: Path) -> PathResult:
     """The ceiling: A -> forwarder 1 -> ... -> forwarder N -> B, bytes only."""
@@ -434,11 +417,8 @@ def forwarder_chain(length: int, chunks: list[bytes], params: Params,
     with Processes(logdir) as group, socket.socket() as listener:
         listener.bind((LOOPBACK, 0))
         listener.listen(1)
-        target = listener.getsockname()[1]
-        for i in reversed(range(length)):
-            proc = group.spawn([str(FORWARDER_SCRIPT), "--to", f"{LOOPBACK}:{target}"],
-                               stdout=subprocess.PIPE, stderr_name=f"chain{length}-f{i}")
-            target = read_ready(proc, deadline)
+        target = start_forwarders(group, length, listener.getsockname()[1], deadline,
+                                  f"chain{length}")
         a = Wire(socket.create_connection((LOOPBACK, target), timeout=10.0))
         listener.settimeout(max(0.1, deadline - time.monotonic()))
         b = Wire(listener.accept()[0])
