@@ -113,3 +113,32 @@ def test_a_linked_file_changed_in_place_is_returned_and_its_blob_tainted(tmp_pat
     produced, _ = jobdir.produced()
     assert [name for name, _, _ in produced] == ["big.bin"]
     assert jobdir.tainted == [sha]
+
+
+def test_a_copied_file_gets_its_exact_mode_whatever_the_umask(tmp_path: Path) -> None:
+    source, sha = blob(tmp_path, os.urandom(70_000))        # more than one sendfile chunk may take
+    jobdir = JobDir.create(tmp_path / "jobs", "job")
+    old = os.umask(0o077)
+    try:
+        jobdir.place(FileRef("tool", sha, 70_000, 0o755), source)
+        jobdir.place(FileRef("shared.txt", sha, 70_000, 0o666), source)
+    finally:
+        os.umask(old)
+    assert (jobdir.path / "tool").stat().st_mode & 0o777 == 0o755
+    assert (jobdir.path / "shared.txt").stat().st_mode & 0o777 == 0o666
+    assert (jobdir.path / "tool").read_bytes() == source.read_bytes()
+    assert source.stat().st_mode & 0o777 != 0o755          # the blob itself is untouched
+
+
+def test_a_copied_file_changed_in_place_is_returned_and_no_blob_tainted(tmp_path: Path) -> None:
+    source, sha = blob(tmp_path, b"int x;\n")
+    jobdir = JobDir.create(tmp_path / "jobs", "job")
+    jobdir.place(FileRef("a.c", sha, 7), source)
+    jobdir.place(FileRef("b.c", sha, 7), source)
+    st = (jobdir.path / "a.c").stat()
+    with open(jobdir.path / "a.c", "r+b") as f:
+        f.write(b"long")
+    os.utime(jobdir.path / "a.c", ns=(st.st_atime_ns, st.st_mtime_ns))
+    produced, _ = jobdir.produced()
+    assert [name for name, _, _ in produced] == ["a.c"]
+    assert jobdir.tainted == [] and source.read_bytes() == b"int x;\n"
