@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crc.jobs.jobdir import LINK_MIN, FileRef, JobDir, JobDirError, Sweeper
+from crc.jobs.jobdir import FileRef, JobDir, JobDirError, Sweeper, fingerprint
 from crc.net import EventLoop
 
 
@@ -79,32 +79,53 @@ def test_close_deletes_whatever_is_left(tmp_path: Path) -> None:
     assert not any(tmp_path.glob("jobs-trash*"))
 
 
-def test_a_large_blob_is_linked_when_allowed_and_a_small_one_copied(tmp_path: Path) -> None:
-    big, big_sha = blob(tmp_path, os.urandom(LINK_MIN))
-    small = tmp_path / "small"
-    small.write_bytes(b"tiny")
-    small_sha = hashlib.sha256(b"tiny").hexdigest()
+def test_a_blob_is_linked_when_allowed_and_copied_otherwise(tmp_path: Path) -> None:
+    source, sha = blob(tmp_path, b"#define N 3\n")
     jobdir = JobDir.create(tmp_path / "jobs", "job")
-    jobdir.place(FileRef("big.bin", big_sha, LINK_MIN), big, may_link=True)
-    jobdir.place(FileRef("small.txt", small_sha, 4), small, may_link=True)
-    assert (jobdir.path / "big.bin").stat().st_ino == big.stat().st_ino
-    assert (jobdir.path / "small.txt").stat().st_ino != small.stat().st_ino
-    assert jobdir.linked == {"big.bin": big_sha}
+    jobdir.place(FileRef("linked.h", sha, 12), source, may_link=True)
+    jobdir.place(FileRef("copied.h", sha, 12), source, may_link=False)
+    assert (jobdir.path / "linked.h").stat().st_ino == source.stat().st_ino
+    assert (jobdir.path / "copied.h").stat().st_ino != source.stat().st_ino
+    assert (jobdir.path / "copied.h").read_bytes() == b"#define N 3\n"
+    assert jobdir.linked == {"linked.h": sha}
     assert jobdir.produced() == ([], []) and jobdir.tainted == []
 
 
-def test_a_large_blob_is_copied_when_linking_is_not_allowed(tmp_path: Path) -> None:
-    big, sha = blob(tmp_path, os.urandom(LINK_MIN))
+def test_a_copy_of_a_blob_changed_since_it_was_linked_is_refused(tmp_path: Path) -> None:
+    source, sha = blob(tmp_path, b"int x;\n")
+    first = JobDir.create(tmp_path / "jobs", "first")
+    when_linked = first.place(FileRef("x.c", sha, 7), source, may_link=True)
+    second = JobDir.create(tmp_path / "jobs", "second")
+    second.place(FileRef("x.c", sha, 7), source, expect=when_linked)      # unchanged: fine
+    with open(first.path / "x.c", "ab") as f:                            # the first job edits it
+        f.write(b"int y;\n")
+    third = JobDir.create(tmp_path / "jobs", "third")
+    with pytest.raises(JobDirError, match="changed in place"):
+        third.place(FileRef("x.c", sha, 7), source, expect=when_linked)
+    assert (second.path / "x.c").read_bytes() == b"int x;\n"
+
+
+def test_release_drops_every_name_the_store_shares_and_keeps_the_rest(tmp_path: Path) -> None:
+    source, sha = blob(tmp_path, b"shared")
     jobdir = JobDir.create(tmp_path / "jobs", "job")
-    jobdir.place(FileRef("big.bin", sha, LINK_MIN), big, may_link=False)
-    assert (jobdir.path / "big.bin").stat().st_ino != big.stat().st_ino
-    assert jobdir.linked == {}
+    jobdir.place(FileRef("in.txt", sha, 6), source, may_link=True)
+    (jobdir.path / "out.o").write_bytes(b"object")
+    (jobdir.path / "log.txt").write_bytes(b"only here")
+    stored = tmp_path / "stored.o"
+    produced, _ = jobdir.produced()
+    assert [name for name, _, _ in produced] == ["log.txt", "out.o"]
+    os.link(jobdir.path / "out.o", stored)          # what the store does with a produced file
+    before = fingerprint(source.stat())
+    jobdir.release()
+    assert source.stat().st_nlink == 1 and stored.stat().st_nlink == 1
+    assert sorted(p.name for p in jobdir.path.iterdir()) == ["log.txt"]
+    assert source.read_bytes() == b"shared" and before[:2] == fingerprint(source.stat())[:2]
 
 
 def test_a_linked_file_changed_in_place_is_returned_and_its_blob_tainted(tmp_path: Path) -> None:
-    big, sha = blob(tmp_path, os.urandom(LINK_MIN))
+    big, sha = blob(tmp_path, os.urandom(1 << 20))
     jobdir = JobDir.create(tmp_path / "jobs", "job")
-    jobdir.place(FileRef("big.bin", sha, LINK_MIN), big, may_link=True)
+    jobdir.place(FileRef("big.bin", sha, 1 << 20), big, may_link=True)
     st = big.stat()
     with open(jobdir.path / "big.bin", "r+b") as f:
         f.write(b"changed")

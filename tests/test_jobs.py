@@ -12,7 +12,6 @@ import pytest
 
 from crc.jobs import transfer
 from crc.jobs.client import Job, JobClient, JobError
-from crc.jobs.jobdir import LINK_MIN
 from crc.jobs.wire import Kind, frame
 
 from .meshkit import Mesh, call, wait_for
@@ -305,7 +304,7 @@ def test_a_job_editing_a_linked_input_in_place_does_not_spoil_the_store(
         mesh: Mesh, work: Path) -> None:
     nodes = mesh.chain(2)
     client, jobs = mesh.client(nodes[0], "alice", work)
-    data = os.urandom(LINK_MIN + 10)
+    data = os.urandom(100_000)
     (work / "data.bin").write_bytes(data)
     original = hashlib.sha256(data).hexdigest()
     job, _ = submit(client, jobs, on="s2", files=["data.bin"], shell="echo more >> data.bin")
@@ -318,3 +317,44 @@ def test_a_job_editing_a_linked_input_in_place_does_not_spoil_the_store(
     job, rec = submit(client, jobs, on="s2", files=["data.bin"], shell="sha256sum data.bin")
     finished(job, 30)
     assert rec.output().split()[0].decode() == original
+
+
+def test_jobs_sharing_an_input_see_it_intact_and_never_return_it(mesh: Mesh, work: Path) -> None:
+    """One job at a time links a stored blob, the others copy it; a finished
+    job's link is dropped before its directory is swept (the sweep would move
+    the blob's ctime under the next job's feet and make it look edited)."""
+    nodes = mesh.chain(2, slots=3)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    (work / "common.h").write_bytes(b"#define WIDTH 80\n")
+    want = hashlib.sha256(b"#define WIDTH 80\n").hexdigest()
+    for round_ in range(3):
+        batch = [submit(client, jobs, on="s2", files=["common.h"],
+                        shell="sleep 0.3; sha256sum common.h")[0] for _ in range(3)]
+        for job in batch:
+            finished(job, 30)
+            (run,) = job.runs.values()
+            assert job.exit_code == 0 and run.files == [], (round_, run)
+        executor = nodes[1].jobs
+        wait_for(lambda: executor.linked == {}, 10, "the links to be released")
+        assert executor.store.path(want).stat().st_nlink == 1
+        assert executor.store.has(want)
+
+
+def test_a_job_cannot_start_on_a_blob_another_job_is_editing_in_place(
+        mesh: Mesh, work: Path, tmp_path: Path) -> None:
+    nodes = mesh.chain(2, slots=2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    (work / "data.txt").write_bytes(b"original\n")
+    go = tmp_path / "go"
+    editor, editing = submit(client, jobs, on="s2", files=["data.txt"],
+                             shell=f"echo more >> data.txt; echo edited; "
+                                   f"while [ ! -e {go} ]; do sleep 0.05; done")
+    wait_for(lambda: b"edited" in editing.output(), 20, "the first job to edit its input")
+    reader, _ = submit(client, jobs, on="s2", files=["data.txt"], shell="cat data.txt")
+    finished(reader, 30)
+    (run,) = reader.runs.values()
+    assert "changed in place" in run.error and reader.exit_code != 0
+    go.touch()
+    finished(editor, 30)
+    assert (work / "data.txt").read_bytes() == b"original\nmore\n"
+    assert not nodes[1].jobs.store.has(hashlib.sha256(b"original\n").hexdigest())

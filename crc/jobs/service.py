@@ -43,7 +43,7 @@ from ..net import Connection, Timer
 from ..protocol import Extension, ProtocolError
 from ..routing import Host
 from ..server.server import MeshServer, Role
-from .jobdir import FileRef, JobDir, JobDirError, Sweeper
+from .jobdir import FileRef, Fingerprint, JobDir, JobDirError, Sweeper
 from .load import LoadReport, LoadSampler, LoadTable, should_send
 from .process import STDERR, ChildProcess, GroupReaper
 from .rakefile import bad_relative_path
@@ -178,7 +178,8 @@ class JobService:
         self.origins: dict[int, int] = {}            # entry id -> jobs received from it
         self.cancels_refused = 0                     # CANCELs from neither client nor entry
         self.dispatched: dict[str, tuple[int, int]] = {}   # run id -> (client, server)
-        self.linked: set[str] = set()        # blobs hard-linked into a live job directory
+        #: Blobs hard-linked into a live job directory, with their fingerprint then.
+        self.linked: dict[str, Fingerprint] = {}
         self._seq = 0
         self._last_sent: LoadReport | None = None
         self._last_sent_at = 0.0
@@ -525,8 +526,11 @@ class JobService:
         try:
             run.jobdir = JobDir.create(self.root / "jobs", run.id)
             for ref in run.files:
-                run.jobdir.place(ref, self.store.path(ref.sha), may_link=ref.sha not in self.linked)
-                self.linked.update(run.jobdir.linked.values())
+                shared = self.linked.get(ref.sha)
+                placed = run.jobdir.place(ref, self.store.path(ref.sha), may_link=shared is None,
+                                          expect=shared)
+                if shared is None and ref.name in run.jobdir.linked:
+                    self.linked[ref.sha] = placed
             self.reaper.ensure()
             run.process = ChildProcess(
                 self.loop, run.argv, str(run.jobdir.path), stdin=run.stdin,
@@ -609,7 +613,9 @@ class JobService:
     def _discard(self, run: Run) -> None:
         """Hand a finished job's directory to the sweeper; its links are free again."""
         assert run.jobdir is not None
-        self.linked.difference_update(run.jobdir.linked.values())
+        run.jobdir.release()
+        for sha in run.jobdir.linked.values():
+            self.linked.pop(sha, None)
         self.sweeper.discard(run.jobdir)
 
     def _finish(self, run: Run) -> None:
@@ -789,7 +795,7 @@ class JobService:
                          now - record.finished)
                 produced |= _produced(record)
                 self.results.remove(record)
-            needed = self.results.referenced() | self.linked | {
+            needed = self.results.referenced() | self.linked.keys() | {
                 ref.sha for run in self.runs.values() for ref in run.files}
             for sha in produced - needed:
                 self.store.forget(sha)
