@@ -131,12 +131,12 @@ class LineClient:
     lines collected as they come (``prefix``: e.g. ``ip netns exec NS``)."""
 
     def __init__(self, server: str, name: str, client_id: int, *args: str,
-                 prefix: list[str] | None = None) -> None:
+                 prefix: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [*(prefix or []), sys.executable, CLIENT, "--server", server, "--name", name,
              "--id", str(client_id), *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=ROOT, env=child_env(), encoding="utf-8")
+            cwd=ROOT, env=env or child_env(), encoding="utf-8")
         self.lines: list[str] = []
         self.errors: list[str] = []
         self._threads = [threading.Thread(target=self._collect, args=(self.proc.stdout, self.lines),

@@ -42,11 +42,14 @@ class Processes:
         self.children: list[subprocess.Popen] = []
         self.tmpdir = tmpdir
 
+    def env(self) -> dict[str, str]:
+        self.tmpdir.mkdir(parents=True, exist_ok=True)
+        return dict(child_env(), TMPDIR=str(self.tmpdir))
+
     def start(self, args: list[str], **kwargs) -> subprocess.Popen:
         kwargs.setdefault("cwd", ROOT)
-        self.tmpdir.mkdir(parents=True, exist_ok=True)
-        env = dict(child_env(), TMPDIR=str(self.tmpdir))
-        proc = subprocess.Popen([sys.executable, *args], env=env, encoding="utf-8", **kwargs)
+        proc = subprocess.Popen([sys.executable, *args], env=self.env(), encoding="utf-8",
+                                **kwargs)
         self.children.append(proc)
         return proc
 

@@ -16,7 +16,8 @@ CHAT = chat_pattern("alice", 7001)
 class Client(LineClient):
     def __init__(self, procs: Processes, server: Server, name: str, client_id: int,
                  state: Path) -> None:
-        super().__init__(server.address, name, client_id, "--state-dir", str(state))
+        super().__init__(server.address, name, client_id, "--state-dir", str(state),
+                         env=procs.env())
         procs.children.append(self.proc)
 
 
