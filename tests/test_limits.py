@@ -57,6 +57,32 @@ def test_a_connection_that_never_registers_is_closed_at_the_deadline(
     assert 77 not in call(node.server.loop, lambda: node.server.routes.hosts)
 
 
+def test_registered_clients_hold_no_timers_and_outlive_the_deadline(mesh: Mesh) -> None:
+    """Admitted peers cost no timer each (the registration deadline is
+    cancelled, the hello deadline is worked out when needed): a crowd of idle
+    clients never wakes the server."""
+    node = mesh.add("s1", server_options={"registration_timeout": 0.5})
+    loop = node.server.loop
+
+    def live_timers() -> int:
+        return call(loop, lambda: sum(not t.cancelled for t in loop._timers))
+
+    baseline = live_timers()
+    crowd = []
+    for i in range(40):
+        sock = socket.create_connection(("127.0.0.1", node.server.port))
+        sock.sendall(encode(ClientRegistration(500 + i, 0, f"idle{i}", "")))
+        crowd.append(sock)
+    wait_for(lambda: all(500 + i in call(loop, lambda: node.server.routes.hosts)
+                         for i in range(40)), 10, "the crowd to register")
+    assert live_timers() <= baseline
+    late = socket.create_connection(("127.0.0.1", node.server.port))
+    assert closed_by_peer(late, 5)                  # the deadline has passed for everyone
+    assert all(500 + i in call(loop, lambda: node.server.routes.hosts) for i in range(40))
+    for sock in crowd:
+        sock.close()
+
+
 def test_connections_over_the_limit_are_refused_and_logged(
         mesh: Mesh, caplog: pytest.LogCaptureFixture) -> None:
     node = mesh.add("s1", server_options={"max_connections": 4, "registration_timeout": 30})

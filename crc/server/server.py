@@ -28,6 +28,7 @@ import enum
 import ipaddress
 import json
 import logging
+import math
 import random
 import socket
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from ..protocol.handshake import FEATURES, Hello, parse_hello
 from ..routing import Host, Kind, RoutingError, RoutingTable
 
 if TYPE_CHECKING:
+    from ..net.loop import Timer
     from ..net.tls import ServerTLS
 
 log = logging.getLogger(__name__)
@@ -155,9 +157,15 @@ class Link:
     outbound: bool = False
     peer_id: int = 0
     ext: bool = False              # hello exchange completed: extensions allowed
-    #: Whether the peer speaks extensions is known (ext, or plain v1 for
-    #: sure, or no hello came within ``HELLO_SETTLE`` s of registering).
+    #: Whether the peer speaks extensions is known for sure (ext, or plain v1
+    #: by its own answer); see ``MeshServer._settled`` for the time limit.
     settled: bool = False
+    #: Loop time after which a registered peer that sent no hello counts as
+    #: plain CRC v1 (worked out when asked: no timer per link).
+    settle_at: float = math.inf
+    #: The ``--registration-timeout`` timer of an accepted connection,
+    #: cancelled once the peer is admitted (so an idle crowd wakes nobody).
+    deadline: "Timer | None" = None
     pings: int = 0                 # keepalive pings sent on this link
     features: frozenset[str] = field(default_factory=frozenset)
     authenticated: bool = False    # the peer proved it knows the mesh secret
@@ -372,8 +380,8 @@ class MeshServer:
                 continue
             conn = self._new_connection(sock, Link(Role.PENDING), f"{addr[0]}:{addr[1]}",
                                         tls=self.config.tls.accept if self.config.tls else None)
-            self.loop.call_later(self.config.registration_timeout, self._registration_deadline,
-                                 conn)
+            conn.peer.deadline = self.loop.call_later(self.config.registration_timeout,
+                                                      self._registration_deadline, conn)
 
     def _new_connection(self, sock: socket.socket, link: Link, label: str,
                         connecting: bool = False, tls: Any = None) -> Connection:
@@ -605,7 +613,7 @@ class MeshServer:
         link.role = Role.SERVER if kind is Kind.SERVER else Role.CLIENT
         link.peer_id = msg.source
         self.links[msg.source] = conn
-        self.loop.call_later(HELLO_SETTLE, self._settle, link)
+        self._registered(link)
         conn.label = f"{kind.value} {msg.name}({msg.source})"
         log.info("%s: %s %s (id %d) joined", self.name, kind.value, msg.name, msg.source)
         if kind is Kind.SERVER:
@@ -667,12 +675,19 @@ class MeshServer:
                 conn.send(self._registration(other))
         self._flood(self._registration(uplink), exclude=msg.source, servers=True)
         self._offer_extensions(conn)
-        self.loop.call_later(HELLO_SETTLE, self._settle, link)
+        self._registered(link)
 
-    @staticmethod
-    def _settle(link: Link) -> None:
-        """No hello exchange within ``HELLO_SETTLE`` s: the peer is plain CRC v1."""
-        link.settled = True
+    def _registered(self, link: Link) -> None:
+        """``link``'s peer is admitted: its deadline is met, and if no hello
+        comes within ``HELLO_SETTLE`` s it is taken for plain CRC v1."""
+        if link.deadline is not None:
+            link.deadline.cancel()
+            link.deadline = None
+        link.settle_at = self.loop.time() + HELLO_SETTLE
+
+    def _settled(self, link: Link) -> bool:
+        """Whether ``link``'s peer is known to speak extensions or not."""
+        return link.settled or self.loop.time() >= link.settle_at
 
     def _learn(self, conn: Connection, host_id: int, kind: Kind, name: str, info: str) -> None:
         """A registration flooded from an adjacent server."""
@@ -912,7 +927,7 @@ class MeshServer:
         if target is not None and "rchat" in target.peer.features:
             target.send(msg)
             return True
-        if target is not None and not target.peer.settled:
+        if target is not None and not self._settled(target.peer):
             # Its hello may yet come: handing the chat over as v1 now could
             # show it twice (a resend would arrive as a reliable chat later).
             # Unacknowledged, it is resent after the sender's interval.
