@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_CONNECTION = 1      # could not connect, refused, or connection lost
-EXIT_SCRIPT = 3          # a script line failed (bad command, unknown user, wait timed out)
+EXIT_SCRIPT = 3          # a script line failed (bad command, unknown user, wait timed out),
+                         # or chats it sent were left undelivered
 EXIT_INTERRUPTED = 130   # a script stopped by a signal
 
 #: How long a goodbye may take to flush before the loop stops anyway.
@@ -106,6 +107,7 @@ class Session:
         }
         self._drain_timer: Timer | None = None
         self._drain_expired = False
+        self._undelivered = False          # chats left undelivered at the end of a script
         client.listener = self.on_event
         #: Job commands (/run, /rake, ...), when the client was built with them.
         self.jobs: "JobCommands | None" = None
@@ -183,7 +185,7 @@ class Session:
             self._run_line(line)
         if self._eof and not self._lines and self._runnable() and not self._jobs_busy() \
                 and not self._chats_unacknowledged():
-            self.leave("")
+            self.leave("", EXIT_SCRIPT if self._undelivered else EXIT_OK)
 
     def _chats_unacknowledged(self) -> bool:
         """Reliable chats still on their way (at the end of a script, wait for
@@ -201,6 +203,7 @@ class Session:
                 self.loop.call_later(left, self._schedule_pump)
                 return True
         for stream in waiting:
+            self._undelivered = True        # the script's exit status says so too
             kept = ("kept in the state directory for next time"
                     if self.client.journal is not None else "not sent")
             why = stream.unreachable or f"not acknowledged within {DRAIN_TIMEOUT:g} s"
