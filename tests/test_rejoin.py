@@ -3,6 +3,7 @@ candidate with backoff, its subtree with it, and never links into itself."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .meshkit import Mesh, call, wait_for
@@ -52,3 +53,47 @@ def test_a_server_never_links_into_its_own_subtree(mesh: Mesh) -> None:
     assert call(s2.server.loop, lambda: sorted(s2.server.links)) == [s3.server.id]
     assert call(s3.server.loop, lambda: sorted(s3.server.links)) == [s2.server.id]
     assert call(s3.server.loop, lambda: s3.server.routes.first_link(s2.server.id)) == s2.server.id
+
+
+def test_a_server_that_notices_a_dead_link_late_learns_the_new_path(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """two loses its uplink silently while one still has the dead link. Its
+    id is still known in the mesh, so three refuses it until one has timed
+    the link out and its departure has reached three; then two joins through
+    three and one, and alice, learn the new path: no server ever holds two
+    routes to bob, and none loses him for good."""
+    one = mesh.add("one", server_options={"keepalive": 0.2, "dead_after": 1.0})
+    three = mesh.add("three", one)
+    two = mesh.add("two", one, server_options={
+        "candidates": (("127.0.0.1", three.server.port),), "rejoin": True,
+        "rejoin_delay": 0.05})
+    mesh.wait_converged()
+    alice, _ = mesh.client(one, "alice", tmp_path)
+    bob, _ = mesh.client(two, "bob", tmp_path)
+    wait_for(lambda: bob.id in alice.users and alice.id in bob.users, 5, "both to know the other")
+    kept: list[int] = []
+
+    def lose_uplink_silently() -> None:
+        uplink = two.server.uplink
+        kept.append(os.dup(uplink.sock.fileno()))     # one's end sees no FIN
+        uplink.close("test: link lost silently")
+    call(two.server.loop, lose_uplink_silently)
+    try:
+        wait_for(lambda: knows(three, two) and call(
+            three.server.loop, lambda: bob.id in three.server.routes.hosts), 5,
+            "two (with bob) to rejoin through three")
+        wait_for(lambda: not knows(one, two) or call(
+            one.server.loop, lambda: one.server.routes.first_link(two.server.id))
+            == three.server.id, 10, "one to time the dead link out")
+        wait_for(lambda: call(one.server.loop, lambda: one.server.routes.first_link(bob.id))
+                 == three.server.id, 5, "one to learn bob's new path")
+        wait_for(lambda: bob.id in alice.users, 5, "alice to see bob again")
+        call(alice.loop, lambda: alice.send_chat(bob.id, "over the new path"))
+        call(bob.loop, lambda: bob.send_chat(alice.id, "and back"))
+        wait_for(lambda: any(t == "over the new path" for _, t in bob.chat_log), 10,
+                 "alice's chat to reach bob")
+        wait_for(lambda: any(t == "and back" for _, t in alice.chat_log), 10,
+                 "bob's chat to reach alice")
+    finally:
+        for fd in kept:
+            os.close(fd)
