@@ -329,13 +329,15 @@ def test_jobs_sharing_an_input_see_it_intact_and_never_return_it(mesh: Mesh, wor
     want = hashlib.sha256(b"#define WIDTH 80\n").hexdigest()
     for round_ in range(3):
         batch = [submit(client, jobs, on="s2", files=["common.h"],
-                        shell="sleep 0.3; sha256sum common.h")[0] for _ in range(3)]
-        for job in batch:
+                        shell="sleep 0.3; sha256sum common.h") for _ in range(3)]
+        for job, rec in batch:
             finished(job, 30)
             (run,) = job.runs.values()
             assert job.exit_code == 0 and run.files == [], (round_, run)
+            assert rec.output().split()[0].decode() == want
         executor = nodes[1].jobs
-        wait_for(lambda: executor.linked == {}, 10, "the links to be released")
+        wait_for(lambda: call(nodes[1].server.loop, lambda: executor.linked == {}), 10,
+                 "the links to be released")
         assert executor.store.path(want).stat().st_nlink == 1
         assert executor.store.has(want)
 
