@@ -19,7 +19,9 @@ baseline taken in the same run, on the same machine:
    untouched, stored and verified on ``D``). Baselines: the same bytes copied
    over one loopback TCP connection from a sending thread to a receiver that
    writes them to a new file on the servers' file system, and to one that
-   only counts them.
+   only counts them; and, as the ceiling of any relay path of this shape,
+   the same bytes through three ``bench/forwarder.py`` processes to a
+   receiver that writes and hashes them as ``D`` does.
 3. **Chat under load.** Two plain CRC v1 chat clients, one on ``A`` and one
    on ``D``, ping-pong 100-byte chats (in a separate process, so the
    benchmark's own work never delays them): round-trip latency while idle,
