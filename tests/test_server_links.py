@@ -294,3 +294,47 @@ def test_uplink_accepting_us_late_is_told_to_servers_that_joined_us_first(hub: H
     uplink.send(ServerRegistration(9, 9, "up", ""))
     assert ServerRegistration(9, 1, "up", "") in early.read()
     assert ServerRegistration(2, 1, "early", "") in uplink.read()
+
+
+def _chat_between_hellos(hub: Harness):
+    """alice (a mesh client) sends a reliable chat to bob, behind server two,
+    whose hello has not come yet: the hub holds it and answers nothing."""
+    from crc.delivery.wire import ChatKind, pack_chat
+    from crc.protocol import Extension
+    alice = hub.client(10, "alice", hello=True)
+    two = hub.attach("two")
+    two.send(ServerRegistration(20, 0, "two", ""), ClientRegistration(21, 20, "bob", ""))
+    alice.read(), two.read()
+    chat = Extension(ChatKind.CHAT, 10, 21, 0, pack_chat(77, 1, 1, "early"))
+    alice.send(chat)
+    alice.send(chat)                                  # a resend meanwhile: held once
+    assert [m for m in two.read() if isinstance(m, Extension)] == []
+    assert [m for m in alice.read() if isinstance(m, Extension)] == []
+    return alice, two, chat
+
+
+def test_a_reliable_chat_waits_for_the_next_links_hello_then_goes_on(hub: Harness) -> None:
+    from crc.protocol import Extension
+    alice, two, chat = _chat_between_hellos(hub)
+    two.send(Status(20, 20, StatusCode.MESH_HELLO, Hello().text()))
+    assert [m for m in two.read() if isinstance(m, Extension)] == [chat]
+
+
+def test_a_held_chat_goes_out_as_v1_when_the_next_link_is_plain(hub: Harness) -> None:
+    from crc.delivery.wire import ChatKind, pack_ack
+    from crc.protocol import Extension
+    alice, two, chat = _chat_between_hellos(hub)
+    two.send(Status(1, 1, StatusCode.MESH_HELLO, Hello().text()))   # a v1 server echoes it
+    assert [m for m in two.read() if isinstance(m, ClientChat)] == [ClientChat(10, 21, "early")]
+    assert [m for m in alice.read() if isinstance(m, Extension)] == [
+        Extension(ChatKind.ACK, 21, 10, 0, pack_ack(77, 1))]
+
+
+def test_held_chats_are_dropped_if_the_hello_never_comes(hub: Harness) -> None:
+    """The sender resends them; each is handed over then (converting the held
+    copies could race a resend already on its way and show a chat twice)."""
+    alice, two, _ = _chat_between_hellos(hub)
+    conn = hub.server.links[20]
+    conn.peer.settle_at = hub.server.loop.time()          # the time limit passes in silence
+    hub.server._flush_held(conn)
+    assert conn.peer.held == {} and two.read() == [] and alice.read() == []

@@ -57,6 +57,9 @@ log = logging.getLogger(__name__)
 #: A newly registered peer that has not exchanged hellos within this many
 #: seconds is taken for plain CRC v1 (reliable chats to it go out as v1).
 HELLO_SETTLE = 3.0
+#: At most this many bytes of reliable chats wait per link for its hello;
+#: more are dropped (their senders resend them).
+HELD_MAX = 1 << 20
 
 #: Status texts addressed to a server are kept for the state query: the newest
 #: this many, and no more text than ``STATUS_LOG_CHARS`` besides the newest.
@@ -166,6 +169,11 @@ class Link:
     #: The ``--registration-timeout`` timer of an accepted connection,
     #: cancelled once the peer is admitted (so an idle crowd wakes nobody).
     deadline: "Timer | None" = None
+    #: Reliable chats for this peer that came before we knew whether it
+    #: speaks them (its hello pending): sent on, or converted, once we know.
+    #: Keyed by (sender, stream, sequence number): a resend replaces nothing.
+    held: dict[tuple[int, int, int], Extension] = field(default_factory=dict)
+    held_bytes: int = 0
     pings: int = 0                 # keepalive pings sent on this link
     features: frozenset[str] = field(default_factory=frozenset)
     authenticated: bool = False    # the peer proved it knows the mesh secret
@@ -834,6 +842,7 @@ class MeshServer:
         if msg.source == self.id and msg.dest == self.id:
             log.info("%s: %r is a plain CRC v1 peer; no extensions on this link", self.name, conn)
             link.settled = True
+            self._flush_held(conn)
             return
         unverified = link.role is Role.AUTH and isinstance(
             link.auth and link.auth.pending, ClientRegistration)
@@ -869,6 +878,7 @@ class MeshServer:
         log.info("%s: extensions on %r: %s", self.name, conn, ",".join(sorted(link.features)))
         for listener in self.extension_link_listeners:
             listener(conn)
+        self._flush_held(conn)
 
     def _on_hello_reply(self, conn: Connection, msg: Status) -> None:
         link: Link = conn.peer
@@ -924,19 +934,29 @@ class MeshServer:
         if not self._check_source(conn, msg.source, "chat"):
             return True
         target = self._link_towards(msg.dest)
+        if target is not None and target.peer.held:
+            self._flush_held(target)      # those held before go first, if it is time
         if target is not None and "rchat" in target.peer.features:
             target.send(msg)
             return True
         if target is not None and not self._settled(target.peer):
             # Its hello may yet come: handing the chat over as v1 now could
             # show it twice (a resend would arrive as a reliable chat later).
-            # Unacknowledged, it is resent after the sender's interval.
+            # It waits (a link that just joined answers within milliseconds);
+            # past the cap it is dropped and resent after the sender's interval.
+            self._hold(target, msg)
             return True
+        self._hand_over(target, msg)
+        return True
+
+    def _hand_over(self, target: Connection | None, msg: Extension) -> None:
+        """A reliable chat where the next link does not speak them: as v1 with an
+        acknowledgement on the receiver's behalf, or refused if nobody is there."""
         try:
             stream, seq, _, text = unpack_chat(msg.payload)
         except ProtocolError as exc:        # the sender's fault, not the adjacent link's
             log.warning("%s: dropping a reliable chat from %d: %s", self.name, msg.source, exc)
-            return True
+            return
         if target is None:
             reply = Extension(ChatKind.NACK, self.id, msg.source, 0,
                               pack_nack(stream, seq, unknown_id_text(msg.dest)))
@@ -946,10 +966,42 @@ class MeshServer:
             except EncodeError as exc:
                 log.warning("%s: reliable chat from %d to %d cannot go out as CRC v1: %s",
                             self.name, msg.source, msg.dest, exc)
-                return True
+                return
             reply = Extension(ChatKind.ACK, msg.dest, msg.source, 0, pack_ack(stream, seq))
         self.send_extension(reply)
-        return True
+
+    def _hold(self, target: Connection, msg: Extension) -> None:
+        link: Link = target.peer
+        try:
+            stream, seq, _, _ = unpack_chat(msg.payload)
+        except ProtocolError:
+            return                     # refused with a warning when handed over, if resent
+        key = (msg.source, stream, seq)
+        if key in link.held or link.held_bytes + len(msg.payload) > HELD_MAX:
+            return
+        if not link.held and math.isfinite(link.settle_at):
+            self.loop.call_later(max(0.0, link.settle_at - self.loop.time()),
+                                 self._flush_held, target)
+        link.held[key] = msg
+        link.held_bytes += len(msg.payload)
+
+    def _flush_held(self, conn: Connection) -> None:
+        """The reliable chats held for ``conn``'s peer, once its hello is answered:
+        sent on if it speaks them, handed over as v1 if not. If the time limit
+        passed in silence they are dropped instead: their senders resend them
+        and each is handed over then, as before (converting the held copies
+        now could race a resend already on its way and show a chat twice)."""
+        link: Link = conn.peer
+        if not link.held or not self._settled(link):
+            return
+        held, link.held, link.held_bytes = link.held, {}, 0
+        if not link.settled or conn.closed or link.role not in (Role.SERVER, Role.CLIENT):
+            return
+        for msg in held.values():
+            if "rchat" in link.features:
+                conn.send(msg)
+            else:
+                self._hand_over(conn, msg)
 
     # -- authentication (docs/protocol.md, "Authentication") ----------------------------
 
