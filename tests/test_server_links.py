@@ -338,3 +338,22 @@ def test_held_chats_are_dropped_if_the_hello_never_comes(hub: Harness) -> None:
     conn.peer.settle_at = hub.server.loop.time()          # the time limit passes in silence
     hub.server._flush_held(conn)
     assert conn.peer.held == {} and two.read() == [] and alice.read() == []
+
+
+def test_chats_held_for_hellos_are_capped_per_link_and_counted_back(hub: Harness) -> None:
+    from crc.delivery.wire import ChatKind, pack_chat
+    from crc.protocol import Extension
+    from crc.server.server import HELD_MAX
+    alice = hub.client(10, "alice", hello=True)
+    two = hub.attach("two")
+    two.send(ServerRegistration(20, 0, "two", ""), ClientRegistration(21, 20, "bob", ""))
+    alice.read(), two.read()
+    text = "x" * (HELD_MAX // 4)
+    for seq in range(1, 7):                      # six chats of a quarter of the cap each
+        alice.send(Extension(ChatKind.CHAT, 10, 21, 0, pack_chat(5, seq, 1, text)))
+    link = hub.server.links[20].peer
+    assert len(link.held) == 3 and link.held_bytes <= HELD_MAX     # the rest: resent later
+    assert hub.server._held_total == link.held_bytes
+    two.send(Status(20, 20, StatusCode.MESH_HELLO, Hello().text()))
+    assert len([m for m in two.read() if isinstance(m, Extension)]) == 3
+    assert link.held == {} and hub.server._held_total == 0

@@ -57,9 +57,11 @@ log = logging.getLogger(__name__)
 #: A newly registered peer that has not exchanged hellos within this many
 #: seconds is taken for plain CRC v1 (reliable chats to it go out as v1).
 HELLO_SETTLE = 3.0
-#: At most this many bytes of reliable chats wait per link for its hello;
-#: more are dropped (their senders resend them).
-HELD_MAX = 1 << 20
+#: At most this many bytes of reliable chats wait per link for its hello,
+#: and in all (plain v1 clients never answer it: a crowd of them must not
+#: make the server hold much); more are dropped, and their senders resend.
+HELD_MAX = 256 * 1024
+HELD_TOTAL = 8 << 20
 
 #: Status texts addressed to a server are kept for the state query: the newest
 #: this many, and no more text than ``STATUS_LOG_CHARS`` besides the newest.
@@ -230,6 +232,7 @@ class MeshServer:
         self.rejoin_attempts = 0
         self._refused = 0                # connections refused at the limit
         self._refused_logged = 0.0
+        self._held_total = 0             # bytes of reliable chats waiting for hellos (HELD_TOTAL)
         #: Handlers for extension frames addressed to us (or to the adjacent
         #: peer, destination 0), by kind; filled by subsystems (jobs, ...).
         self.extension_handlers: dict[int, Callable[[Connection, Extension], None]] = {}
@@ -977,13 +980,16 @@ class MeshServer:
         except ProtocolError:
             return                     # refused with a warning when handed over, if resent
         key = (msg.source, stream, seq)
-        if key in link.held or link.held_bytes + len(msg.payload) > HELD_MAX:
+        size = len(msg.payload)
+        if key in link.held or link.held_bytes + size > HELD_MAX \
+                or self._held_total + size > HELD_TOTAL:
             return
         if not link.held and math.isfinite(link.settle_at):
             self.loop.call_later(max(0.0, link.settle_at - self.loop.time()),
                                  self._flush_held, target)
         link.held[key] = msg
-        link.held_bytes += len(msg.payload)
+        link.held_bytes += size
+        self._held_total += size
 
     def _flush_held(self, conn: Connection) -> None:
         """The reliable chats held for ``conn``'s peer, once its hello is answered:
@@ -994,6 +1000,7 @@ class MeshServer:
         link: Link = conn.peer
         if not link.held or not self._settled(link):
             return
+        self._held_total -= link.held_bytes
         held, link.held, link.held_bytes = link.held, {}, 0
         if not link.settled or conn.closed or link.role not in (Role.SERVER, Role.CLIENT):
             return
