@@ -974,6 +974,8 @@ class MeshServer:
         self.send_extension(reply)
 
     def _hold(self, target: Connection, msg: Extension) -> None:
+        """Keep ``msg`` until ``target``'s peer has answered the hello (within
+        the caps; a resend of a chat already kept adds nothing)."""
         link: Link = target.peer
         try:
             stream, seq, _, _ = unpack_chat(msg.payload)
