@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from bench.common import stop_processes
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = str(ROOT / "mesh_server.py")
 CLIENT = str(ROOT / "chat_client.py")
@@ -113,15 +115,7 @@ class Hosts:
         return {h["name"] for h in state["hosts"].values()} if state else set()
 
     def destroy(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_processes(self.procs)
         for ns in self.names.values():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 

@@ -1,9 +1,11 @@
 """In-process meshes for tests: servers and clients in their own loop threads.
 
-Everything a test waits for goes through ``wait_for(condition, deadline)``;
-nothing sleeps a fixed time. Calls into a running loop go through
-``call(loop, fn)``, which runs ``fn`` in the loop's thread and returns its
-result, so tests never touch loop state from the wrong thread.
+Everything a test waits for goes through ``wait_for(condition, deadline)``,
+which waits on ``CHANGES``: every loop started here announces each pass
+that did something, and the waiting test looks at its condition again at
+once. Calls into a running loop go through ``call(loop, fn)``, which runs
+``fn`` in the loop's thread and returns its result, so tests never touch
+loop state from the wrong thread.
 """
 
 from __future__ import annotations
@@ -20,23 +22,62 @@ from crc.jobs.service import JobConfig, JobService
 from crc.net import EventLoop
 from crc.server import MeshServer, ServerConfig
 
+#: How long a waiting test goes without looking at its condition when no loop
+#: of ours has moved: what it waits for may be driven from elsewhere (a child
+#: process, a file), which announces nothing.
+RECHECK = 0.05
+
+
+class Changes:
+    """A count of loop passes, and a way to wait for the next one."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.count = 0
+
+    def announce(self) -> None:
+        with self._cond:
+            self.count += 1
+            self._cond.notify_all()
+
+    def wait_past(self, seen: int, timeout: float) -> None:
+        """Until the count has moved past ``seen``, or ``timeout`` seconds."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.count != seen, timeout)
+
+
+CHANGES = Changes()
+#: Loops whose current pass only ran a test's ``call``: announcing it would
+#: wake the test that made the call to look again at once, and again, and so on.
+_quiet: set[int] = set()
+
+
+def run_loop(loop: EventLoop) -> None:
+    """``loop.run()``, announcing on ``CHANGES`` every pass that did more than
+    answer a test's ``call``."""
+    while not loop.stopping:
+        loop.run_once()
+        if id(loop) in _quiet:
+            _quiet.discard(id(loop))
+        else:
+            CHANGES.announce()
+
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     """Return ``condition()`` as soon as it is true; fail after ``timeout``.
 
-    Checks come quickly at first (a millisecond apart) and back off to 50 ms,
-    so a fast event is seen at once and a slow one costs little CPU."""
+    The condition is looked at again whenever one of our loops has moved
+    (and at least every ``RECHECK`` seconds, for what they do not drive)."""
     deadline = time.monotonic() + timeout
-    pause = 0.001
     while True:
+        seen = CHANGES.count
         value = condition()
         if value:
             return value
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(min(pause, left))
-        pause = min(pause * 2, 0.05)
+        CHANGES.wait_past(seen, min(left, RECHECK))
 
 
 def call(loop: EventLoop, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
@@ -44,6 +85,7 @@ def call(loop: EventLoop, fn: Callable[[], Any], timeout: float = 10.0) -> Any:
     box: queue.Queue = queue.Queue()
 
     def run() -> None:
+        _quiet.add(id(loop))
         try:
             box.put((True, fn()))
         except BaseException as exc:  # handed back to the test thread
@@ -60,7 +102,13 @@ class Node:
     def __init__(self, server: MeshServer, jobs: JobService | None) -> None:
         self.server = server
         self.jobs = jobs
-        self.thread = threading.Thread(target=server.run, name=server.name, daemon=True)
+        self.thread = threading.Thread(target=self._run, name=server.name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            run_loop(self.server.loop)
+        finally:
+            self.server.close()
 
     @property
     def name(self) -> str:
@@ -128,7 +176,8 @@ class Mesh:
         client = ChatClient(config)
         jobs = JobClient(client, base_dir) if base_dir is not None else None
         client.start()
-        thread = threading.Thread(target=client.loop.run, name=config.name, daemon=True)
+        thread = threading.Thread(target=run_loop, args=(client.loop,), name=config.name,
+                                  daemon=True)
         thread.start()
         self.clients.append((client, thread))
         return client, jobs

@@ -124,13 +124,22 @@ def star(procs: Processes, tmp_path: Path) -> tuple[Server, Server, Server]:
     return alpha, beta, gamma
 
 
-def test_kill_9_of_a_server_mid_build_the_build_finishes_and_its_jobs_die(
-        procs: Processes, tmp_path: Path) -> None:
-    alpha, beta, gamma = star(procs, tmp_path)
+def slow_build_on_a_star(procs: Processes, tmp_path: Path, client_first: int
+                         ) -> tuple[list[Server], Path, Path]:
+    """The star, the slow build's project and its count file, once every
+    server (the client's own, ``star()[client_first]``, first) runs jobs."""
+    servers = list(star(procs, tmp_path))
     project, count = tmp_path / "project", tmp_path / "count"
     project.mkdir()
-    wait_all_schedulable(procs, [alpha, beta, gamma], project)
+    order = [servers[client_first]] + [s for s in servers if s is not servers[client_first]]
+    wait_all_schedulable(procs, order, project)
     slow_build(project, count)
+    return servers, project, count
+
+
+def test_kill_9_of_a_server_mid_build_the_build_finishes_and_its_jobs_die(
+        procs: Processes, tmp_path: Path) -> None:
+    (alpha, beta, _), project, count = slow_build_on_a_star(procs, tmp_path, 0)
     # Six actions over three servers with two slots each: some on beta.
     build = procs.start([CLIENT, "--server", alpha.address, "rake"], cwd=project,
                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -140,11 +149,7 @@ def test_kill_9_of_a_server_mid_build_the_build_finishes_and_its_jobs_die(
 
 def test_kill_9_of_the_clients_own_server_mid_build_it_reconnects_and_finishes(
         procs: Processes, tmp_path: Path) -> None:
-    alpha, beta, gamma = star(procs, tmp_path)
-    project, count = tmp_path / "project", tmp_path / "count"
-    project.mkdir()
-    wait_all_schedulable(procs, [gamma, alpha, beta], project)
-    slow_build(project, count)
+    (alpha, _, gamma), project, count = slow_build_on_a_star(procs, tmp_path, 2)
     # The client is on gamma and falls back on alpha.
     build = procs.start([CLIENT, "--server", f"{gamma.address},{alpha.address}", "rake"],
                         cwd=project, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
