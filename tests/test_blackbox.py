@@ -174,10 +174,10 @@ def test_a_duplicate_id_is_refused(procs: Processes, server: Server, tmp_path: P
 
     dup = run_client(procs, server, "copycat", 301, "/msg holder never sent\n")
     assert dup.returncode != 0
-    assert "[status] A machine has already registered with ID 301" in dup.stdout.splitlines()
+    assert "[status] Someone has already registered with ID 301" in dup.stdout.splitlines()
     assert "never sent" not in dup.stdout
     assert server.address in dup.stderr
-    assert "A machine has already registered with ID 301" in dup.stderr
+    assert "Someone has already registered with ID 301" in dup.stderr
 
     _, holder_err = holder.communicate("", timeout=DEADLINE)  # end of input: leave
     assert holder.returncode == 0, holder_err

@@ -115,3 +115,32 @@ def test_raw_bytes_subclass_records_the_joiners_first_bytes(runner: Runner) -> N
     runner.kill_all()
     assert hub.recvd_messages_asdqw == [expected]
     assert hub.keys_seen == 1
+
+
+def test_duplicate_ids_get_the_text_for_the_newcomers_kind(runner: Runner) -> None:
+    """The runner's classes refuse every kind of newcomer with its own text:
+    a client 'Someone ...', a server 'A machine ...', whoever holds the id."""
+    p1, p2, p3, p4 = free_port(), free_port(), free_port(), free_port()
+    s1 = runner.launch(CRCServer(server_options(1, "theshire", p1), True), "s1")
+    wait_for(lambda: listening(p1), 5, "theshire to listen")
+    s2 = runner.launch(CRCServer(server_options(2, "rivendale", p2, p1), True), "s2")
+    frodo = runner.launch(CRCClient(client_options(101, "frodo", p1), True), "frodo")
+    wait_for(lambda: sorted(s2.hosts_db) == [1, 101], 5, "rivendale and frodo to join")
+
+    copy = runner.launch(CRCClient(client_options(101, "smeagol", p2), True), "copy")
+    twin = runner.launch(CRCClient(client_options(2, "gollum", p1), True), "twin")
+    mordor = runner.launch(CRCServer(server_options(2, "mordor", p3, p1), True), "mordor")
+    isengard = runner.launch(CRCServer(server_options(101, "isengard", p4, p2), True),
+                             "isengard")
+    wait_for(lambda: all(m.status_updates_log for m in (copy, twin, mordor, isengard)), 5,
+             "the four refusals")
+    runner.kill_all()
+    assert copy.status_updates_log == ["Someone has already registered with ID 101"]
+    assert twin.status_updates_log == ["Someone has already registered with ID 2"]
+    assert mordor.status_updates_log == ["A machine has already registered with ID 2"]
+    assert isengard.status_updates_log == ["A machine has already registered with ID 101"]
+    assert sorted(s1.hosts_db) == [2, 101] and sorted(s2.hosts_db) == [1, 101]
+    assert s1.hosts_db[101].name == "frodo" and s2.hosts_db[101].name == "frodo"
+    assert not mordor.hosts_db and not isengard.hosts_db
+    assert not copy.connected_user_ids and not twin.connected_user_ids
+    assert frodo.status_updates_log == ["Welcome to the Clemson Relay Chat network frodo"]

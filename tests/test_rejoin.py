@@ -97,3 +97,54 @@ def test_a_server_that_notices_a_dead_link_late_learns_the_new_path(
     finally:
         for fd in kept:
             os.close(fd)
+
+
+def test_a_client_back_before_its_old_entry_left_is_refused_as_someone_then_admitted(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """carol's link to one dies silently; she comes back through three under
+    her id while the mesh still routes it to one. three (and one, while it
+    holds the old link) refuse her with the client's duplicate text (she is a
+    client: 'Someone ...'), she tries again, and once one has timed the old
+    link out she is admitted, seen by dave and reached by his chats."""
+    one = mesh.add("one", server_options={"keepalive": 0.2, "dead_after": 2.0})
+    two = mesh.add("two", one)
+    three = mesh.add("three", two)
+    mesh.wait_converged()
+    carol = mesh.chat_client(one, "carol", servers=(("127.0.0.1", three.server.port),),
+                             reconnect_delay=0.05, reconnect_max_delay=0.2)
+    dave = mesh.chat_client(three, "dave")
+    wait_for(lambda: carol.id in dave.users and dave.id in carol.users, 5,
+             "carol and dave to know each other")
+    kept: list[int] = []
+
+    def lose_link_silently() -> None:
+        kept.append(os.dup(carol.conn.sock.fileno()))     # one's end sees no FIN
+        carol.conn.close("test: link lost silently")
+    call(carol.loop, lose_link_silently)
+    try:
+        text = f"Someone has already registered with ID {carol.id}"
+        wait_for(lambda: text in call(carol.loop, lambda: list(carol.status_log)), 5,
+                 "three to refuse carol while one still holds her old link")
+        assert call(three.server.loop, lambda: three.server.routes.first_link(carol.id)) \
+            == two.server.id
+        wait_for(lambda: call(carol.loop, lambda: carol.connections) >= 2, 10,
+                 "carol to be admitted again once one has timed her old link out")
+        # Wherever she came back (three, or one itself), every server agrees.
+        home = call(carol.loop, lambda: carol.server_address[1])
+        entry = one if home == one.server.port else three
+        for node in (one, two, three):
+            hop = call(node.server.loop, lambda n=node: n.server.routes.first_link(carol.id))
+            if node is entry:
+                assert hop == carol.id
+            else:
+                wait_for(lambda n=node: call(n.server.loop, lambda: n.server.routes.first_link(
+                    carol.id)) not in (None, carol.id), 5, f"{node.name} to route carol")
+        wait_for(lambda: carol.id in dave.users, 5, "dave to see carol again")
+        call(dave.loop, lambda: dave.send_chat(carol.id, "found you"))
+        wait_for(lambda: any(t == "found you" for _, t in carol.chat_log), 10,
+                 "dave's chat to reach carol")
+        assert "A machine has already registered" not in " ".join(
+            call(carol.loop, lambda: list(carol.status_log)))
+    finally:
+        for fd in kept:
+            os.close(fd)

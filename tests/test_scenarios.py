@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = find_scenarios(ROOT / "TestCases")
 #: A chain with chats, a server kill, and plain clients next to job-service extension
 #: traffic; jobs: a big file over three hops, a server killed under a job, a C build.
-PROCESS_CASES = ["05_chat_3_hops", "15_server_killed", "19_plain_client_on_mesh",
+PROCESS_CASES = ["05_chat_3_hops", "09_duplicate_server_id", "10_duplicate_client_id",
+                 "15_server_killed", "19_plain_client_on_mesh", "42_duplicate_ids_every_kind",
                  "31_jobs_five_mib_three_hops", "34_jobs_server_killed_mid_job",
                  "39_jobs_c_build"]
 

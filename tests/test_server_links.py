@@ -115,7 +115,7 @@ def test_duplicate_client_id_is_refused_with_exact_text_and_closed(hub: Harness)
     alice = hub.client(10, "alice")
     dup = hub.client(10, "mallory")
     assert dup.read() == [Status(1, 10, StatusCode.DUPLICATE_ID,
-                                 "A machine has already registered with ID 10")]
+                                 "Someone has already registered with ID 10")]
     dup.read()
     assert dup.eof
     assert sorted(hub.server.routes.hosts) == [10]
@@ -126,6 +126,49 @@ def test_duplicate_of_the_server_own_id_is_refused(hub: Harness) -> None:
     peer = hub.attach()
     peer.send(ServerRegistration(1, 0, "twin", ""))
     assert statuses(peer.read()) == ["A machine has already registered with ID 1"]
+
+
+@pytest.mark.parametrize("newcomer, text", [
+    (ClientRegistration(10, 2, "mallory", "far"), "Someone has already registered with ID 10"),
+    (ServerRegistration(10, 2, "mordor", "far"), "A machine has already registered with ID 10"),
+    (ClientRegistration(1, 2, "mallory", "far"), "Someone has already registered with ID 1"),
+    (ServerRegistration(1, 2, "mordor", "far"), "A machine has already registered with ID 1"),
+], ids=["client-over-client", "server-over-client", "client-over-server", "server-over-server"])
+def test_a_duplicate_arriving_through_another_server_is_refused_towards_the_newcomer(
+        hub: Harness, newcomer, text: str) -> None:
+    alice = hub.client(10, "alice")
+    alice.read()
+    far = hub.mesh_server(2, "b")
+    far.read()
+    alice.read()
+    far.send(newcomer)
+    # Back over the link it came on: there, the id leads to the newcomer.
+    assert far.read() == [Status(1, newcomer.source, StatusCode.DUPLICATE_ID, text)]
+    assert alice.read() == []
+    assert hub.server.routes.get(10).name == "alice"
+    assert sorted(hub.server.routes.hosts) == [2, 10]
+
+
+def test_a_departure_of_a_host_reached_elsewhere_is_answered_with_its_registration(
+        hub: Harness) -> None:
+    """A client that came back through us while the far side still dropped its
+    old path: the far side's quit is answered by announcing the client there
+    again, and the client stays."""
+    alice = hub.client(10, "alice")
+    alice.read()
+    far = hub.mesh_server(2, "b")
+    far.read()
+    alice.read()
+    far.send(ClientQuit(10, "link lost"))
+    assert far.read() == [ClientRegistration(10, 1, "alice", "info")]
+    assert alice.read() == [] and not alice.eof
+    assert hub.server.routes.first_link(10) == 10
+    # A departure the far side may announce (a host behind it) is taken as before.
+    far.send(ClientRegistration(20, 2, "bob", ""))
+    assert alice.read() == [ClientRegistration(20, 1, "bob", "")]
+    far.send(ClientQuit(20, "bye"))
+    assert alice.read() == [ClientQuit(20, "bye")]
+    assert far.read() == []
 
 
 def test_joining_server_gets_own_registration_first_then_everything(hub: Harness) -> None:

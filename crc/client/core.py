@@ -31,7 +31,7 @@ from ..net import Connection, EventLoop
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
     LinkKind, MAX_ID, Message, MsgType, encode, encode_parts,
-    ProtocolError, Status, StatusCode, duplicate_id_text, random_id,
+    ProtocolError, Status, StatusCode, duplicate_id_of, random_id,
 )
 from ..protocol import auth
 from ..protocol.handshake import FEATURES, Hello, parse_hello
@@ -326,7 +326,7 @@ class ChatClient:
         self.rchat = False
         self._acks.clear()
         # Our id is taken, and not by an earlier connection of ours.
-        refused = (self.status_log and self.status_log[-1] == duplicate_id_text(self.id)
+        refused = (self.status_log and duplicate_id_of(self.status_log[-1]) == self.id
                    and not self.connections and not self.restored)
         # Before the first welcome, each server is tried once: a wrong address
         # is an error at once, not an endless retry.

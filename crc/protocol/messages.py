@@ -16,7 +16,8 @@ import random
 from enum import IntEnum
 
 __all__ = [
-    "MsgType", "StatusCode", "MAX_ID", "random_id", "welcome_text", "unknown_id_text", "duplicate_id_text",
+    "MsgType", "StatusCode", "MAX_ID", "random_id", "welcome_text", "unknown_id_text",
+    "duplicate_id_text", "duplicate_id_of",
     "ServerRegistration", "ClientRegistration", "Status", "ServerQuit", "ClientChat",
     "ClientQuit", "Extension", "FLAG_BULK", "LinkKind", "Message", "V1_TYPES",
 ]
@@ -66,8 +67,35 @@ def unknown_id_text(dest: int) -> str:
     return f"Unknown ID {dest}"
 
 
-def duplicate_id_text(host_id: int) -> str:
-    return f"A machine has already registered with ID {host_id}"
+#: The duplicate-id texts, by the kind of the *newcomer* (the registration it
+#: sent), never by the kind of the machine that holds the id already: CRC v1
+#: servers and the course's scenario files expect exactly these.
+_DUPLICATE_TEXTS = {
+    MsgType.SERVER_REGISTRATION: "A machine has already registered with ID {}",
+    MsgType.CLIENT_REGISTRATION: "Someone has already registered with ID {}",
+}
+
+
+def duplicate_id_text(host_id: int, newcomer: MsgType) -> str:
+    """The duplicate-id status text for a newcomer that sent a registration
+    of type ``newcomer`` (``MsgType.SERVER_REGISTRATION`` or
+    ``MsgType.CLIENT_REGISTRATION``) with ``host_id``."""
+    try:
+        return _DUPLICATE_TEXTS[newcomer].format(host_id)
+    except KeyError:
+        raise ValueError(f"{newcomer!r} is not a registration type") from None
+
+
+def duplicate_id_of(text: str) -> int | None:
+    """The id a duplicate-id status text names (either kind's text), or None
+    if ``text`` is not one."""
+    for template in _DUPLICATE_TEXTS.values():
+        prefix = template[:-2]
+        if text.startswith(prefix):
+            number = text[len(prefix):]
+            if number.isascii() and number.isdigit():
+                return int(number)
+    return None
 
 
 @dataclass(frozen=True, slots=True)

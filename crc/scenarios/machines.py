@@ -208,6 +208,7 @@ def client_state(client: ChatClient) -> dict[str, Any]:
         "id": client.id,
         "name": client.name,
         "connected_user_ids": sorted(client.users),
+        "user_names": {str(uid): user.name for uid, user in sorted(client.users.items())},
         "status_updates_log": list(client.status_log),
         "chat_messages_log": [text for _, text in client.chat_log],
         "chat_sources": [source for source, _ in client.chat_log],

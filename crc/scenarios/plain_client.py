@@ -184,6 +184,7 @@ class PlainClient:
                 "id": self.id,
                 "name": self.name,
                 "connected_user_ids": sorted(self.users),
+                "user_names": {str(uid): name for uid, name in sorted(self.users.items())},
                 "status_updates_log": list(self.status_log),
                 "chat_messages_log": [text for _, text in self.chat_log],
                 "chat_sources": [source for source, _ in self.chat_log],

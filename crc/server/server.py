@@ -595,7 +595,7 @@ class MeshServer:
                 raise ProtocolError("uplink did not start with its own registration")
             self._accepted_by(conn, msg)
         elif link.role is Role.SERVER:
-            self._learn(conn, msg.source, Kind.SERVER, msg.name, msg.info)
+            self._learn(conn, msg, Kind.SERVER)
         else:
             raise ProtocolError(f"server registration from a {link.role.value} link")
 
@@ -609,7 +609,7 @@ class MeshServer:
             else:
                 self._admit(conn, msg, Kind.CLIENT)
         elif link.role is Role.SERVER:
-            self._learn(conn, msg.source, Kind.CLIENT, msg.name, msg.info)
+            self._learn(conn, msg, Kind.CLIENT)
         else:
             raise ProtocolError(f"client registration from a {link.role.value} link")
 
@@ -649,7 +649,7 @@ class MeshServer:
         log.warning("%s: refusing %s %r: id %d already registered", self.name,
                     kind.value, msg.name, msg.source)
         conn.send(Status(self.id, msg.source, StatusCode.DUPLICATE_ID,
-                         duplicate_id_text(msg.source)))
+                         duplicate_id_text(msg.source, msg.type)))
         conn.peer.role = Role.DONE
         conn.close_after_flush("duplicate id")
         return True
@@ -700,12 +700,21 @@ class MeshServer:
         """Whether ``link``'s peer is known to speak extensions or not."""
         return link.settled or self.loop.time() >= link.settle_at
 
-    def _learn(self, conn: Connection, host_id: int, kind: Kind, name: str, info: str) -> None:
+    def _learn(self, conn: Connection, msg: ServerRegistration | ClientRegistration,
+               kind: Kind) -> None:
         """A registration flooded from an adjacent server."""
         link: Link = conn.peer
+        host_id, name, info = msg.source, msg.name, msg.info
         if self.routes.known(host_id):
-            log.warning("%s: ignoring registration of already known id %d (%s) from %r",
-                        self.name, host_id, name, conn)
+            # A newcomer elsewhere took an id we know (or two halves of a
+            # healing tree met while one still holds a departed host): it is
+            # refused as at its own server, and nothing of it goes further.
+            # The status goes back over the link it came on, where its id
+            # leads to the newcomer, not to the machine we know by that id.
+            log.warning("%s: refusing %s %r (id %d) announced by %r: id already registered",
+                        self.name, kind.value, name, host_id, conn)
+            conn.send(Status(self.id, host_id, StatusCode.DUPLICATE_ID,
+                             duplicate_id_text(host_id, msg.type)))
             return
         host = self.routes.add(host_id, kind, name, info, first_link=link.peer_id)
         self._flood(self._registration(host), exclude=link.peer_id, servers=True,
@@ -806,6 +815,7 @@ class MeshServer:
 
     def _on_client_quit(self, conn: Connection, msg: ClientQuit) -> None:
         if not self._check_source(conn, msg.source, "quit"):
+            self._still_here(conn, msg.source)
             return
         link: Link = conn.peer
         if link.role is Role.CLIENT and link.peer_id == msg.source:
@@ -820,8 +830,23 @@ class MeshServer:
         if not link.ext:
             raise ProtocolError("server departure on a link without extensions")
         if not self._check_source(conn, msg.source, "server departure"):
+            self._still_here(conn, msg.source)
             return
         self._depart(msg.source, msg.text, exclude=link.peer_id)
+
+    def _still_here(self, conn: Connection, host_id: int) -> None:
+        """A server told us that ``host_id`` left, but we reach it through
+        another link: the departure of an old path to it (a client that came
+        back elsewhere under its id, a server that rejoined, while the old
+        entry was still on its way out). Everything on that side has dropped
+        it by now, so we announce it there again; if they still know it, they
+        refuse the announcement and nothing changes."""
+        host = self.routes.get(host_id)
+        if host is None or conn.peer.role is not Role.SERVER:
+            return
+        log.info("%s: %r says %s %d left, but it is reached through %d: announcing it there "
+                 "again", self.name, conn, host.kind.value, host_id, host.first_link)
+        conn.send(self._registration(host))
 
     def _depart(self, host_id: int, text: str, exclude: int) -> None:
         host = self.routes.get(host_id)
