@@ -14,6 +14,7 @@ were (docs/jobs.md, "Durable results").
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ from ..net.loop import EVENT_READ
 from ..protocol import StatusCode
 from .core import ChatClient, ClientConfig
 from .jobs_ui import BuildView, Output, exit_table, run_note, write_stream
+
+log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
 #: Seconds batch mode keeps trying to reconnect when ``--reconnect-for`` is 0.
@@ -103,7 +106,7 @@ class Batch:
         self.jobs = JobClient(self.client, Path.cwd())
         self.code = 1
         self.started = False
-        self._stdin_run: str | None = None
+        self._stdin: StdinForwarder | None = None
 
     def run(self) -> int:
         try:
@@ -188,20 +191,18 @@ class Batch:
                          listener=self._on_run_event)
 
     def _on_run_event(self, job: Job, run: RunState, event: str, data: Any) -> None:
-        if event == "accepted" and self.args.stdin:
-            self._stdin_run = run.id
-            self._forward_stdin()
+        if event == "accepted" and self.args.stdin and self._stdin is None:
+            self._stdin = StdinForwarder(self.loop, self.jobs, run.id, sys.stdin.fileno())
+        elif event == "input_room" and self._stdin is not None:
+            self._stdin.resume()
         elif event == "output":
             write_stream(*data)
         elif event in ("done", "failed"):
+            if self._stdin is not None:
+                self._stdin.stop()
             if run.error:
                 self.output.error(run_note(run))
             self._stop(exit_status(run) if event == "done" else 1)
-
-    def _forward_stdin(self) -> None:
-        fd = sys.stdin.fileno()
-        os.set_blocking(fd, False)
-        self.loop.register(fd, EVENT_READ, _StdinPump(self, fd))
 
     # -- runall ----------------------------------------------------------------------
 
@@ -236,21 +237,93 @@ class Batch:
         self.build.start()
 
 
-class _StdinPump:
-    def __init__(self, batch: Batch, fd: int) -> None:
-        self.batch, self.fd = batch, fd
+class StdinForwarder:
+    """Our standard input to a job, to its end, within the job's window.
+
+    A pipe, terminal or socket is watched by the selector. A regular file or
+    a device such as ``/dev/null`` cannot be (epoll refuses them, and they
+    are always "ready"): it is read a chunk per loop pass instead, so the
+    network is served in between. Either way reading stops while the job's
+    server holds ``STDIN_WINDOW`` bytes it has not taken, and goes on when
+    it says it has (``resume``)."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, loop: EventLoop, jobs: JobClient, run_id: str, fd: int) -> None:
+        self.loop, self.jobs, self.run_id, self.fd = loop, jobs, run_id, fd
+        self.done = False
+        self.registered = False
+        self._step_due = False
+        self._was_blocking = os.get_blocking(fd)
+        try:
+            os.set_blocking(fd, False)
+        except OSError:
+            pass
+        try:
+            loop.register(fd, EVENT_READ, self)
+            self.registered = self.watched = True
+        except (OSError, ValueError):
+            self.watched = False
+            self._schedule()
 
     def handle_event(self, mask: int) -> None:
+        self._step()
+
+    def _schedule(self) -> None:
+        if not self._step_due and not self.done:
+            self._step_due = True
+            self.loop.call_soon(self._step)
+
+    def _step(self) -> None:
+        self._step_due = False
+        if self.done:
+            return
+        room = self.jobs.stdin_room(self.run_id)
+        if room <= 0:
+            self._watch(False)          # until the server has taken some
+            return
         try:
-            data = os.read(self.fd, 65536)
-        except BlockingIOError:
+            data = os.read(self.fd, min(room, self.CHUNK))
+        except (BlockingIOError, InterruptedError):
             return
-        run = self.batch._stdin_run
-        if run is None:
-            return
-        self.batch.jobs.send_input(run, data, eof=not data)
+        except OSError as exc:
+            log.warning("standard input cannot be read (%s); sending end of file",
+                        exc.strerror or exc)
+            data = b""
+        self.jobs.send_input(self.run_id, data, eof=not data)
         if not data:
-            self.batch.loop.unregister(self.fd)
+            self.stop()
+        elif not self.watched:
+            self._schedule()
+
+    def resume(self) -> None:
+        """The job's server took some input: read on."""
+        if self.done or self.jobs.stdin_room(self.run_id) <= 0:
+            return
+        if self.watched:
+            self._watch(True)
+        else:
+            self._schedule()
+
+    def _watch(self, on: bool) -> None:
+        if not self.watched or on == self.registered:
+            return
+        if on:
+            self.loop.register(self.fd, EVENT_READ, self)
+        else:
+            self.loop.unregister(self.fd)
+        self.registered = on
+
+    def stop(self) -> None:
+        """No more input is wanted (end of file, or the job ended)."""
+        if self.done:
+            return
+        self.done = True
+        self._watch(False)
+        try:
+            os.set_blocking(self.fd, self._was_blocking)
+        except OSError:
+            pass
 
 
 def rake_errors(path: str) -> list[str]:

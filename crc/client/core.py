@@ -414,8 +414,10 @@ class ChatClient:
                 return
             self.ext = True
             self.rchat = self.config.reliable and "rchat" in hello.features
-            self._emit("extensions", features=sorted(hello.features))
+            # Ready first (no longer reconnecting), then told: a listener may
+            # submit jobs at once, and they must go out on this connection.
             self._link_ready()
+            self._emit("extensions", features=sorted(hello.features))
             return
         if msg.code == StatusCode.AUTH_OK:
             if self.server_verified:
@@ -475,8 +477,8 @@ class ChatClient:
             return
         log.info("%s: no extensions: %s", self.name, why)
         self.plain = True
-        self._emit("plain")
         self._link_ready()
+        self._emit("plain")
 
     def _on_registration(self, msg: ClientRegistration) -> None:
         self.users[msg.source] = User(msg.source, msg.name, msg.info)

@@ -37,7 +37,7 @@ from .jobdir import FileRef
 from .rakefile import bad_relative_path
 from .store import BlobStore, hash_file
 from .transfer import Transfers
-from .wire import Kind, frame, unpack, unpack_view
+from .wire import STDIN_WINDOW, Kind, frame, unpack, unpack_view
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,8 @@ class RunState:
     received: list[int] = field(default_factory=lambda: [0, 0, 0])
     waiting: bool = False          # the connection is down; it resumes on reconnect
     collection: int = 0            # which attempt at collecting files is current
+    stdin_sent: int = 0            # bytes of standard input sent to the job
+    stdin_taken: int = 0           # ... of which its server has taken (INPUT_ACK)
 
     @property
     def finished(self) -> bool:
@@ -77,7 +79,8 @@ class RunState:
 
 #: listener(job, run, event, data): event is one of accepted, started,
 #: output (data: (stream, bytes)), done, failed, file (data: name), waiting
-#: (data: why; the connection is down and the run resumes after a reconnect).
+#: (data: why; the connection is down and the run resumes after a reconnect),
+#: input_room (data: bytes of standard input that may be sent now).
 JobListener = Callable[["Job", RunState, str, Any], None]
 
 
@@ -140,6 +143,7 @@ class JobClient:
         on[Kind.DATA] = self._on_data
         on[Kind.MISSING] = self._on_missing
         on[Kind.LOAD_TABLE] = self._on_load_table
+        on[Kind.INPUT_ACK] = self._on_input_ack
         client.disconnect_listeners.append(self._on_disconnect)
         reconnect_listeners = getattr(client, "reconnect_listeners", None)
         if reconnect_listeners is not None:
@@ -246,8 +250,19 @@ class JobClient:
         job_run = self.runs.get(run_id)
         if job_run is None:
             return
+        job_run[1].stdin_sent += len(data)
         self.client.send_extension(frame(Kind.INPUT, self.client.id, job_run[1].server,
                                          {"id": run_id, "eof": eof}, data, bulk=False))
+
+    def stdin_room(self, run_id: str) -> int:
+        """Bytes of standard input that may be sent to ``run_id`` now (its
+        window, ``STDIN_WINDOW``, less what its server has not taken yet);
+        0 for a run that is unknown or finished."""
+        job_run = self.runs.get(run_id)
+        if job_run is None or job_run[1].finished:
+            return 0
+        run = job_run[1]
+        return max(0, STDIN_WINDOW - (run.stdin_sent - run.stdin_taken))
 
     def query_load(self, callback: Callable[[list[dict]], None]) -> None:
         self._load_waiters.append(callback)
@@ -276,6 +291,17 @@ class JobClient:
             # It may have run (and ended) while we were away: ask for all of it.
             for run in job.runs.values():
                 self._send_fetch(run)
+
+    def _on_input_ack(self, msg: Extension) -> None:
+        header, _ = unpack(msg.payload)
+        found = self._find(header)
+        taken = header.get("taken")
+        if found is None or not isinstance(taken, int) or isinstance(taken, bool):
+            return
+        job, run = found
+        if taken > run.stdin_taken:
+            run.stdin_taken = min(taken, run.stdin_sent)
+            job._emit(run, "input_room", self.stdin_room(run.id))
 
     def _on_started(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)

@@ -84,11 +84,15 @@ class ChildProcess:
                  on_output: Callable[[int, bytes], None],
                  on_exit: Callable[[int], None],
                  stdin: bool = False, env: dict[str, str] | None = None,
-                 reaper: "GroupReaper | None" = None) -> None:
+                 reaper: "GroupReaper | None" = None,
+                 on_stdin_taken: Callable[[int], None] | None = None) -> None:
         self.loop = loop
         self.argv = list(argv)
         self.on_output = on_output
         self.on_exit = on_exit
+        #: Told how many bytes of standard input left our buffer (written to
+        #: the child, or dropped because it closed its end): flow control.
+        self.on_stdin_taken = on_stdin_taken
         self.returncode: int | None = None
         self._open_pipes: set[int] = set()
         self._exit_reported = False
@@ -146,6 +150,7 @@ class ChildProcess:
         s = self.stdin
         if s is None or s.fd < 0:
             return
+        before = len(s.buffer)
         try:
             while s.buffer:
                 n = os.write(s.fd, s.buffer[:READ_SIZE])
@@ -155,6 +160,8 @@ class ChildProcess:
         except OSError:           # the child closed its stdin: drop the rest
             s.buffer.clear()
             s.eof = True
+        if before > len(s.buffer) and self.on_stdin_taken is not None:
+            self.on_stdin_taken(before - len(s.buffer))
         if s.buffer and not s.registered:
             self.loop.register(s.fd, EVENT_WRITE, s)
             s.registered = True

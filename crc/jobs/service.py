@@ -51,7 +51,7 @@ from .results import STREAMS, Record, ResultStore
 from .scheduler import Ledger, by_name, pick
 from .store import BlobStore, valid_sha
 from .transfer import Transfers, cached_by_relays
-from .wire import Kind, frame, unpack, unpack_view
+from .wire import STDIN_ACK_EVERY, Kind, frame, unpack, unpack_view
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ class Run:
     jobdir: JobDir | None = None
     timer: Timer | None = None
     pending_input: list[tuple[bytes, bool]] = field(default_factory=list)
+    stdin_taken: int = 0                  # bytes of stdin the process took (or dropped)
+    stdin_acked: int = 0                  # ... of which the client has been told
     record: Record | None = None          # its output and outcome, kept (``results``)
 
     def __repr__(self) -> str:
@@ -535,7 +537,8 @@ class JobService:
             run.process = ChildProcess(
                 self.loop, run.argv, str(run.jobdir.path), stdin=run.stdin,
                 on_output=lambda stream, data, run=run: self._output(run, stream, data),
-                on_exit=lambda code, run=run: self._exited(run, code), reaper=self.reaper)
+                on_exit=lambda code, run=run: self._exited(run, code), reaper=self.reaper,
+                on_stdin_taken=lambda n, run=run: self._stdin_taken(run, n))
         except (OSError, JobDirError) as exc:
             self._abort(run, f"cannot start: {exc}")
             return
@@ -645,6 +648,17 @@ class JobService:
         if run is not None:
             log.info("%s: job %s cancelled", self.server.name, run_id)
             self._abort(run, "cancelled")
+
+    def _stdin_taken(self, run: Run, n: int) -> None:
+        """The process took ``n`` more bytes of its stdin: tell the client
+        (every ``STDIN_ACK_EVERY`` bytes, and whenever our buffer is empty),
+        which keeps at most ``STDIN_WINDOW`` bytes unacknowledged."""
+        run.stdin_taken += n
+        stdin = run.process.stdin if run.process is not None else None
+        drained = stdin is None or not stdin.buffer
+        if run.stdin_taken - run.stdin_acked >= STDIN_ACK_EVERY or drained:
+            run.stdin_acked = run.stdin_taken
+            self._to_client(run.client, Kind.INPUT_ACK, {"id": run.id, "taken": run.stdin_taken})
 
     def _on_input(self, conn: Connection | None, msg: Extension) -> None:
         header, body = unpack(msg.payload)

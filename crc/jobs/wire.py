@@ -19,6 +19,13 @@ from ..protocol import FLAG_BULK, Extension, ProtocolError
 
 _LEN = struct.Struct(">I")
 
+#: Standard input in flight per job: a client sends at most this many bytes
+#: beyond what the executing server has acknowledged (INPUT_ACK), so a job
+#: that reads slowly (or not yet) holds at most this much at its server.
+STDIN_WINDOW = 1 << 20
+#: ... and the server acknowledges at least every this many bytes taken.
+STDIN_ACK_EVERY = STDIN_WINDOW // 8
+
 
 class Kind(IntEnum):
     LOAD = 1            # server -> every mesh server (flooded): LoadReport JSON
@@ -38,6 +45,7 @@ class Kind(IntEnum):
     MISSING = 22        # holder -> requester: no such blob
     FETCH = 23          # client -> its server -> executing server: send a run's results again
     RESULT_ACK = 24     # client -> executing server: I have everything; forget the result
+    INPUT_ACK = 25      # executing server -> client: stdin bytes taken so far (flow control)
 
 
 def pack(header: dict[str, Any], body: bytes | memoryview = b"") -> bytes:

@@ -1,0 +1,91 @@
+"""The edges a new user hits first: odd standard inputs, dead or frozen
+servers in the address list, signals, oversized input, hostile text, bad
+files and flags. Real processes throughout (``test_blackbox``'s machinery);
+every wait has a deadline. docs/edges.md maps each input to its behaviour and
+to the test here (or elsewhere) that holds it."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+
+from .test_blackbox import CLIENT, DEADLINE, Processes, Server
+
+
+def dead_address() -> str:
+    """A loopback address nobody listens on (bound, never listening)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def batch(procs: Processes, servers: str, cwd: Path, *words: str, stdin=subprocess.DEVNULL,
+          timeout: float = DEADLINE * 2) -> subprocess.CompletedProcess:
+    proc = procs.start([CLIENT, "--server", servers, *words], cwd=cwd, stdin=stdin,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.fixture
+def alpha(procs: Processes, tmp_path: Path) -> Server:
+    return Server(procs, tmp_path, 1, "alpha")
+
+
+# -- the address list ------------------------------------------------------------------
+
+def test_batch_with_a_dead_first_server_runs_on_the_next(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    servers = f"{dead_address()},{alpha.address}"
+    result = batch(procs, servers, tmp_path, "run", "--", "echo", "ran")
+    assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
+    (tmp_path / "Rakefile").write_text("all:\n\tremote-echo built\n")
+    built = batch(procs, servers, tmp_path, "rake")
+    assert built.returncode == 0, built.stderr
+    assert "built" in built.stdout
+
+
+# -- standard input ----------------------------------------------------------------------
+
+def test_run_reads_standard_input_from_a_regular_file_and_devices(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    data = bytes(range(256)) * 12_000 + b"tail without newline"        # about 3 MiB
+    source = tmp_path / "input.bin"
+    source.write_bytes(data)
+    with source.open("rb") as f:
+        counted = batch(procs, alpha.address, tmp_path, "run", "-i", "--", "sha256sum", stdin=f)
+    assert counted.returncode == 0, counted.stderr
+    assert counted.stdout.split()[0] == hashlib.sha256(data).hexdigest()
+    with open(os.devnull, "rb") as f:
+        empty = batch(procs, alpha.address, tmp_path, "run", "-i", "--", "wc", "-c", stdin=f)
+    assert (empty.returncode, empty.stdout.strip()) == (0, "0"), empty.stderr
+
+
+def test_standard_input_in_flight_is_bounded_by_the_job_window(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    """An endless input to a job that reads only its first bytes: the client
+    sends no more than the window beyond what the job took, so the server
+    holds little, and the run ends when the job does."""
+    server = psutil.Process(alpha.proc.pid)
+    before = server.memory_info().rss
+    with open("/dev/zero", "rb") as zero:
+        proc = procs.start([CLIENT, "--server", alpha.address, "run", "-i", "--", "sh", "-c",
+                            "head -c 1000 >/dev/null; sleep 2; echo finished"],
+                           cwd=tmp_path, stdin=zero, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    peak = before
+    while proc.poll() is None:
+        peak = max(peak, server.memory_info().rss)
+        try:
+            proc.wait(0.05)
+        except subprocess.TimeoutExpired:
+            pass
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert (proc.returncode, out) == (0, "finished\n"), err
+    assert peak - before < 64 << 20, f"server grew by {(peak - before) >> 20} MiB"
