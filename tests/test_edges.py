@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from .meshkit import wait_for
 from .test_blackbox import CLIENT, DEADLINE, Processes, Server
 
 
@@ -89,3 +91,53 @@ def test_standard_input_in_flight_is_bounded_by_the_job_window(
     out, err = proc.communicate(timeout=DEADLINE)
     assert (proc.returncode, out) == (0, "finished\n"), err
     assert peak - before < 64 << 20, f"server grew by {(peak - before) >> 20} MiB"
+
+
+# -- signals -------------------------------------------------------------------------------
+
+def processes_running(argv: list[str]) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        if proc.info["cmdline"] == argv:
+            found.append(proc)
+    return found
+
+
+@pytest.mark.parametrize("sig, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signalled_batch_run_cancels_its_remote_job(
+        procs: Processes, alpha: Server, tmp_path: Path, sig: int, status: int) -> None:
+    marker = ["sleep", f"{60 + sig}.25"]
+    proc = procs.start([CLIENT, "--server", alpha.address, "run", "--", *marker], cwd=tmp_path,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: processes_running(marker), DEADLINE, "the remote job to start")
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == status, err
+    assert f"interrupted ({signal.Signals(sig).name})" in err
+    wait_for(lambda: not processes_running(marker), DEADLINE, "the remote job to be cancelled")
+
+
+def test_a_signalled_rake_stops_local_and_remote_actions(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    local, remote = ["sleep", "71.25"], ["sleep", "72.25"]
+    (tmp_path / "Rakefile").write_text(
+        f"both:\n\t{' '.join(local)}\n\tremote-{' '.join(remote)}\n")
+    proc = procs.start([CLIENT, "--server", alpha.address, "rake"], cwd=tmp_path,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: processes_running(local) and processes_running(remote), DEADLINE,
+             "both actions to start")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 143, err
+    wait_for(lambda: not processes_running(local) and not processes_running(remote), DEADLINE,
+             "both actions to be stopped")
+
+
+def test_rake_timeout_applies_to_local_actions(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    (tmp_path / "Rakefile").write_text("slow:\n\tsleep 73.25\nnever:\n\techo never ran\n")
+    result = batch(procs, alpha.address, tmp_path, "rake", "--timeout", "0.5")
+    assert result.returncode == 1, result.stderr
+    assert "timed out after 0.5 s" in result.stderr
+    assert "never ran" not in result.stdout
+    assert not processes_running(["sleep", "73.25"])

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -32,6 +33,10 @@ from .jobs_ui import BuildView, Output, exit_table, run_note, write_stream
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+#: Signals that end a batch run like Ctrl-C: jobs cancelled, exit 128 + signal.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: After a signal, how long the cancellations and goodbye may take to leave.
+INTERRUPT_GRACE = 3.0
 #: Seconds batch mode keeps trying to reconnect when ``--reconnect-for`` is 0.
 BATCH_RECONNECT_FOR = 60.0
 COMMANDS = ("rake", "run", "runall")
@@ -107,30 +112,61 @@ class Batch:
         self.code = 1
         self.started = False
         self._stdin: StdinForwarder | None = None
+        self.build: Build | None = None
+        self._signalled = False
 
     def run(self) -> int:
         try:
             self.client.start()
         except OSError as exc:
             self.output.error(f"cannot connect to {self.server[0]}:{self.server[1]}: {exc}")
-            return 2
+            return 1
         self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             self.loop.run()
-        except KeyboardInterrupt:
-            self.output.error("interrupted")
-            self.code = 130
-            # The servers would run them to their end for a client that may
-            # come back: say we will not.
-            self.jobs.cancel_unfinished()
-            if self.client.conn is not None:
-                self.client.conn.flush()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self._stdin is not None:
+                self._stdin.stop()
+            if self.build is not None:
+                self.build.abort(signal.SIGKILL)      # nothing local outlives us
             self.jobs.close()
             self.client.close()
         return self.code
 
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        # In the signal handler: only hand over to the loop.
+        self.loop.call_soon_threadsafe(self._interrupted, signum)
+
+    def _interrupted(self, signum: int) -> None:
+        """SIGINT or SIGTERM (Ctrl-C, ``kill``, ``timeout``, a CI cancelling):
+        cancel every job of ours still running on the mesh (the servers would
+        otherwise run them to their end for a client that may come back),
+        stop local actions, and exit with 128 + the signal. A second signal
+        stops at once."""
+        name = signal.Signals(signum).name
+        if self._signalled:
+            self.output.error(f"{name} again: stopping now")
+            self.loop.stop()
+            return
+        self._signalled = True
+        self.code = 128 + signum
+        self.output.error(f"interrupted ({name}): cancelling what is still running")
+        self.jobs.cancel_unfinished()
+        if self.build is not None:
+            self.build.abort(signum, then=self._leave_after_interrupt)
+        else:
+            self._leave_after_interrupt()
+
+    def _leave_after_interrupt(self) -> None:
+        self.client.finish()
+        self.loop.call_later(INTERRUPT_GRACE, self.loop.stop)
+
     def _stop(self, code: int) -> None:
+        if self._signalled:
+            return                     # the exit status is the signal's
         self.code = code
         self.client.finish()
 
@@ -200,6 +236,8 @@ class Batch:
         elif event in ("done", "failed"):
             if self._stdin is not None:
                 self._stdin.stop()
+            if self._signalled:
+                return                  # cancelled by us: said so already
             if run.error:
                 self.output.error(run_note(run))
             self._stop(exit_status(run) if event == "done" else 1)

@@ -16,16 +16,20 @@ files, so running it again elsewhere is safe.
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ..net import EventLoop
+from ..net import EventLoop, Timer
 from .client import Job, JobClient, JobError, RunState
 from .process import ChildProcess
 from .rakefile import Action, ActionSet, Rakefile
 
 log = logging.getLogger(__name__)
+
+#: After ``Build.abort``, seconds local actions get to end before SIGKILL.
+ABORT_GRACE = 2.0
 
 
 @dataclass
@@ -39,6 +43,8 @@ class ActionRun:
     error: str = ""
     attempts: int = 0
     job: Job | None = None
+    process: ChildProcess | None = None        # a local action's, while it runs
+    timer: Timer | None = None                 # a local action's --timeout
     partial: dict[int, bytearray] = field(default_factory=dict)   # stream -> unfinished line
 
     @property
@@ -78,6 +84,9 @@ class Build:
         self.current: list[ActionRun] = []
         self.failed: list[ActionRun] = []
         self.exit_code: int | None = None
+        self.aborted = False
+        self._after_abort: Callable[[], None] | None = None
+        self._abort_timer: Timer | None = None
 
     def start(self) -> None:
         """Begin; the caller has parsed and checked the Rakefile (``check_files``)."""
@@ -112,13 +121,63 @@ class Build:
                 return
         else:
             try:
-                ChildProcess(self.loop, ["/bin/sh", "-c", run.action.command], str(self.base_dir),
-                             on_output=lambda stream, data, run=run: self._output(run, stream, data),
-                             on_exit=lambda code, run=run: self._settle(run, code, ""))
+                run.process = ChildProcess(
+                    self.loop, ["/bin/sh", "-c", run.action.command], str(self.base_dir),
+                    on_output=lambda stream, data, run=run: self._output(run, stream, data),
+                    on_exit=lambda code, run=run: self._local_exited(run, code))
             except OSError as exc:
                 self._settle(run, None, f"cannot start: {exc}")
                 return
+            if self.timeout:
+                run.timer = self.loop.call_later(self.timeout, self._local_timed_out, run)
         self.reporter.action_changed(run)
+
+    def _local_timed_out(self, run: ActionRun) -> None:
+        run.timer = None
+        if run.process is not None and run.process.returncode is None:
+            run.error = f"timed out after {self.timeout:g} s (--timeout); killed"
+            run.process.kill()
+
+    def _local_exited(self, run: ActionRun, code: int) -> None:
+        run.process = None
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+        self._settle(run, code, run.error)
+        if self.aborted and self._after_abort is not None \
+                and not any(r.process for r in self.current):
+            self._aborted()
+
+    def abort(self, signum: int = signal.SIGTERM,
+              then: Callable[[], None] | None = None) -> None:
+        """Stop the build: no further actionset starts, and every local action
+        still running gets ``signum`` (its whole process group; SIGKILL after
+        ``ABORT_GRACE`` seconds). ``then`` is called once they have all ended.
+        Remote actions are the caller's to cancel (``JobClient``)."""
+        self.aborted = True
+        self._after_abort = then
+        running = [r for r in self.current if r.process is not None]
+        for run in running:
+            run.process.kill(signum)
+        if not running:
+            self._aborted()
+        elif signum != signal.SIGKILL:
+            self._abort_timer = self.loop.call_later(ABORT_GRACE, self._kill_leftovers)
+
+    def _kill_leftovers(self) -> None:
+        for run in self.current:
+            if run.process is not None:
+                run.process.kill(signal.SIGKILL)
+
+    def _aborted(self) -> None:
+        if 0 <= self.index < len(self.rakefile.actionsets) and self.current:
+            self.reporter.actionset_finished(self.rakefile.actionsets[self.index], self.current)
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+            self._abort_timer = None
+        then, self._after_abort = self._after_abort, None
+        if then is not None:
+            then()
 
     def _job_event(self, run: ActionRun, state: RunState, event: str, data: Any) -> None:
         if event in ("accepted", "started"):
@@ -130,7 +189,7 @@ class Build:
         elif event == "done":
             self._settle(run, state.exit, state.error)
         elif event == "failed":
-            if state.lost and run.attempts < 2:
+            if state.lost and run.attempts < 2 and not self.aborted:
                 self._flush_lines(run)
                 self.reporter.line(run, 2, f"crc: {state.error}; retrying on another server")
                 self._launch(run)
@@ -153,6 +212,9 @@ class Build:
 
     def _settle(self, run: ActionRun, code: int | None, error: str) -> None:
         if run.finished:
+            return
+        if self.aborted:
+            run.state, run.exit, run.error = "failed", code, error or "interrupted"
             return
         self._flush_lines(run)
         run.exit = code
