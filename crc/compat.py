@@ -14,16 +14,23 @@ routes of a peer stopped a moment earlier would report a network that was
 never meant to be checked. Here a closed link's routes are purged after
 ``LINK_LOSS_GRACE`` seconds instead of at once. The CLI server and
 ``TestManager.py`` purge immediately.
+
+And as with the original reference client, which had no socket until its
+``run()`` had connected, ``message_other_client`` and ``quit`` called before
+that are lost (logged), not queued.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .client.core import ChatClient, ClientConfig
 from .net import Connection
 from .routing import Kind
 from .server.server import MeshServer, ServerConfig
+
+log = logging.getLogger(__name__)
 
 LINK_LOSS_GRACE = 0.5
 
@@ -34,7 +41,7 @@ class CRCServer(MeshServer):
         if getattr(options, "connect_to_port", None):
             host = "127.0.0.1" if run_on_localhost else options.connect_to_host
             connect = (host, int(options.connect_to_port))
-        super().__init__(ServerConfig(port=int(options.port), id=options.id or 0,
+        super().__init__(ServerConfig(port=int(options.port), id=int(options.id or 0),
                                       name=options.servername or "", info=options.info or "",
                                       connect=connect))
         self.server_name = self.name
@@ -108,7 +115,7 @@ class CRCClient(ChatClient):
     def __init__(self, options: Any, run_on_localhost: bool = False) -> None:
         host = "127.0.0.1" if run_on_localhost else options.serverhost
         super().__init__(ClientConfig((host, int(options.serverport)), options.username or "",
-                                      options.id or 0, options.info or ""))
+                                      int(options.id or 0), options.info or ""))
         self.client_name = self.name
         self.log_file = getattr(options, "log_file", None)
 
@@ -138,7 +145,13 @@ class CRCClient(ChatClient):
         super().run()
 
     def message_other_client(self, destination_id: int, chat_message: str) -> None:
+        if self.conn is None:       # run() has not connected yet: the original lost it too
+            log.warning("%s: chat given before the client connected: lost", self.name)
+            return
         self.send_chat_threadsafe(int(destination_id), chat_message)
 
     def quit(self, quit_message: str = "") -> None:  # type: ignore[override]
+        if self.conn is None:
+            log.warning("%s: quit given before the client connected: lost", self.name)
+            return
         self.loop.call_soon_threadsafe(ChatClient.quit, self, quit_message, True)

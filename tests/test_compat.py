@@ -144,3 +144,21 @@ def test_duplicate_ids_get_the_text_for_the_newcomers_kind(runner: Runner) -> No
     assert not mordor.hosts_db and not isengard.hosts_db
     assert not copy.connected_user_ids and not twin.connected_user_ids
     assert frodo.status_updates_log == ["Welcome to the Clemson Relay Chat network frodo"]
+
+
+def test_commands_before_the_client_connected_are_lost_as_with_the_reference_client(
+        runner: Runner) -> None:
+    p1 = free_port()
+    s1 = runner.launch(CRCServer(server_options(1, "theshire", p1), True), "s1")
+    wait_for(lambda: listening(p1), 5, "theshire to listen")
+    frodo = CRCClient(client_options(101, "frodo", p1), True)
+    frodo.message_other_client(102, '"Hello there"')        # no socket yet: lost
+    frodo.quit('"bye"')
+    runner.launch(frodo, "frodo")
+    wait_for(lambda: frodo.status_updates_log and 101 in s1.hosts_db, 5, "frodo's welcome")
+    frodo.message_other_client(103, "after")                # connected: sent
+    wait_for(lambda: len(frodo.status_updates_log) == 2, 5, "the unknown-id answer")
+    runner.kill_all()
+    assert frodo.status_updates_log == ["Welcome to the Clemson Relay Chat network frodo",
+                                        "Unknown ID 103"]
+    assert sorted(s1.hosts_db) == [101]

@@ -400,3 +400,102 @@ def test_chats_held_for_hellos_are_capped_per_link_and_counted_back(hub: Harness
     two.send(Status(20, 20, StatusCode.MESH_HELLO, Hello().text()))
     assert len([m for m in two.read() if isinstance(m, Extension)]) == 3
     assert link.held == {} and hub.server._held_total == 0
+
+
+# -- v1 conformance: our status codes from afar are plain statuses --------------------------
+
+@pytest.mark.parametrize("code", [StatusCode.MESH_HELLO, StatusCode.MESH_HELLO_REPLY,
+                                  StatusCode.AUTH_CHALLENGE, StatusCode.AUTH_PROOF,
+                                  StatusCode.AUTH_OK])
+def test_a_status_with_our_codes_not_between_the_link_ends_is_passed_on(
+        hub: Harness, code: int) -> None:
+    """A plain v1 server may forward any status; one carrying our codes that
+    is not a step of this link (from further away, or to someone else) is a
+    v1 status: passed on or logged, never a reason to drop the link."""
+    alice = hub.client(10, "alice")
+    alice.read()
+    plain = hub.attach("plain")
+    plain.send(ServerRegistration(2, 0, "plain", ""))
+    plain.read()
+    plain.send(ClientRegistration(20, 2, "bob", ""))
+    assert alice.read() == [ClientRegistration(20, 1, "bob", "")]
+    relayed = Status(20, 10, code, "from bob")
+    plain.send(relayed)
+    assert alice.read() == [relayed]
+    plain.send(Status(20, 1, code, "for the hub"), Status(2, 0, code, "for anyone"))
+    assert hub.server.status_log[-2:] == ["for the hub", "for anyone"]
+    assert not plain.eof and sorted(hub.server.routes.hosts) == [2, 10, 20]
+
+
+def test_a_status_whose_source_is_not_behind_its_link_is_dropped(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    alice.read()
+    bob = hub.client(11, "bob")
+    bob.read()
+    alice.read()
+    bob.send(Status(10, 10, StatusCode.UNKNOWN_ID, "Unknown ID 5"))   # claims to be alice
+    assert alice.read() == [] and not bob.eof
+
+
+def test_a_flooded_registration_with_id_0_is_ignored_and_the_link_kept(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    alice.read()
+    far = hub.mesh_server(2, "b")
+    far.read()
+    alice.read()
+    far.send(ClientRegistration(0, 2, "nobody", ""), ServerRegistration(0, 2, "nothing", ""))
+    far.send(ClientRegistration(20, 2, "bob", ""))
+    assert alice.read() == [ClientRegistration(20, 1, "bob", "")]
+    assert not far.eof and sorted(hub.server.routes.hosts) == [2, 10, 20]
+
+
+def test_a_newcomer_with_id_0_is_refused_as_invalid(hub: Harness) -> None:
+    peer = hub.attach()
+    peer.send(ClientRegistration(0, 0, "zero", ""))
+    assert statuses(peer.read()) == ["ID 0 is not a valid ID: choose one from 1 to 4294967295"]
+    peer.read()
+    assert peer.eof and not hub.server.routes.hosts
+
+
+def test_a_server_quitting_as_a_client_takes_its_link_and_subtree_along(hub: Harness) -> None:
+    alice = hub.client(10, "alice")
+    alice.read()
+    plain = hub.attach("plain")
+    plain.send(ServerRegistration(2, 0, "plain", ""))
+    plain.read()
+    plain.send(ClientRegistration(20, 2, "bob", ""))
+    alice.read()
+    plain.send(ClientQuit(2, "leaving"))
+    plain.read()
+    assert plain.eof
+    assert sorted(hub.server.routes.hosts) == [10]
+    assert alice.read() == [ClientQuit(20, "link lost")]
+    # A server of the same id may join again afterwards.
+    again = hub.attach("again")
+    again.send(ServerRegistration(2, 0, "plain", ""))
+    assert again.read()[0] == ServerRegistration(1, 1, "hub", "")
+
+
+def test_names_and_infos_that_do_not_fit_the_wire_are_refused_up_front() -> None:
+    with pytest.raises(ValueError, match="name is 300 bytes"):
+        ServerConfig(port=0, name="n" * 300)
+    with pytest.raises(ValueError, match="info is 70000 bytes"):
+        ServerConfig(port=0, info="i" * 70000)
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        ServerConfig(port=0, name="a\udcffb")
+    ServerConfig(port=0, name="é" * 127, info="i" * 65535)          # 254 bytes: fine
+
+
+def test_a_recording_server_keeps_connections_that_never_register() -> None:
+    from crc.scenarios.machines import RecordingServer
+    server = RecordingServer(ServerConfig(port=0, id=1, name="recorder"))
+    try:
+        ours, theirs = socket.socketpair()
+        conn = server._new_connection(ours, Link(Role.PENDING), "peer")
+        theirs.sendall(b"\x00\x01")
+        server._registration_deadline(conn)
+        server.loop.run_once(0)
+        assert not conn.closed
+        theirs.close()
+    finally:
+        server.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..jobs.client import JobClient
+from ..protocol import MAX_INFO, MAX_NAME, field_problem
 from ..delivery import JournalError
 from ..server.cli import StartupError, credentials, host_id, host_ports
 from .core import ChatClient, ClientConfig
@@ -39,18 +40,18 @@ BATCH_NAME = "batch"
 
 
 def user_name(text: str) -> str:
-    size = len(text.encode("utf-8", "surrogatepass"))
     if not text.strip():
         raise argparse.ArgumentTypeError("the name must not be empty")
-    if size > 255:
-        raise argparse.ArgumentTypeError(f"the name is {size} bytes of UTF-8; the limit is 255")
+    problem = field_problem("name", text, MAX_NAME)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 
 def info_text(text: str) -> str:
-    size = len(text.encode("utf-8", "surrogatepass"))
-    if size > 65535:
-        raise argparse.ArgumentTypeError(f"the info is {size} bytes of UTF-8; the limit is 65535")
+    problem = field_problem("info", text, MAX_INFO)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return text
 
 

@@ -31,7 +31,8 @@ from ..net import Connection, EventLoop
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
     LinkKind, MAX_ID, Message, MsgType, encode, encode_parts,
-    ProtocolError, Status, StatusCode, duplicate_id_of, random_id,
+    MAX_INFO, MAX_NAME, ProtocolError, Status, StatusCode, duplicate_id_of, field_problem,
+    random_id,
 )
 from ..protocol import auth
 from ..protocol.handshake import FEATURES, Hello, parse_hello
@@ -80,6 +81,10 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not self.id:
             self.id = random_id()
+        for what, text, limit in (("name", self.name, MAX_NAME), ("info", self.info, MAX_INFO)):
+            problem = field_problem(what, text, limit)
+            if problem:
+                raise ValueError(problem)
 
     @property
     def candidates(self) -> list[tuple[str, int]]:
@@ -125,6 +130,7 @@ class ChatClient:
         self.chat_log: list[tuple[int, str]] = []   # (source id, text)
         self.conn: Connection | None = None
         self.welcomed = False
+        self.server_id = 0         # the id of the server that welcomed us
         self.ext = False           # the server answered our mesh hello
         self.plain = False         # ... or it is plain CRC v1 (or we did not ask)
         #: Why reconnecting would be pointless (authentication failed either way).
@@ -400,15 +406,22 @@ class ChatClient:
         """Whether the link's extension question is settled (either way)."""
         return self.ext or self.plain
 
+    def _from_our_server(self, msg: Status) -> bool:
+        """Whether ``msg`` is our server's own, addressed to us: only such a
+        status can be a step of the hello or authentication exchange (anyone
+        on the network can send us a status with any code)."""
+        return self.welcomed and msg.source == self.server_id and msg.dest == self.id
+
     def _on_status(self, msg: Status) -> None:
-        if msg.code == StatusCode.MESH_HELLO:
-            if msg.source == self.id:
+        if msg.code == StatusCode.MESH_HELLO and msg.source == msg.dest == self.id:
+            if not self.negotiated and self._hello_timer is not None:
                 if self.config.secret is not None:
                     log.warning("%s: the server is plain CRC v1 and cannot prove the mesh "
                                 "secret: chat only", self.name)
                 self._settle_plain("server is plain CRC v1")
             return
-        if msg.code == StatusCode.MESH_HELLO_REPLY:
+        if msg.code == StatusCode.MESH_HELLO_REPLY and self._from_our_server(msg) \
+                and not self.negotiated and self._hello_timer is not None:
             hello = parse_hello(msg.text)
             if self.config.secret is not None and not self._authenticate(msg.source, hello):
                 return
@@ -419,7 +432,7 @@ class ChatClient:
             self._link_ready()
             self._emit("extensions", features=sorted(hello.features))
             return
-        if msg.code == StatusCode.AUTH_OK:
+        if msg.code == StatusCode.AUTH_OK and self._from_our_server(msg):
             if self.server_verified:
                 self.authenticated = True
                 self._emit("authenticated")
@@ -430,6 +443,7 @@ class ChatClient:
             self.fatal = msg.text
         if msg.code == StatusCode.WELCOME and not self.welcomed:
             self.welcomed = True
+            self.server_id = msg.source
             self.server_verified = self.authenticated = False
             if self.config.extensions:
                 features = FEATURES if self.config.reliable else FEATURES - {"rchat"}

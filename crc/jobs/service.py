@@ -156,7 +156,7 @@ class JobService:
         self.loop = server.loop
         self.me = server.id
         self._own_root = self.config.work_dir is None
-        root = self.config.work_dir or Path(tempfile.mkdtemp(prefix=f"crc-{server.name}-"))
+        root = self.config.work_dir or Path(tempfile.mkdtemp(prefix=f"crc-server-{server.id}-"))
         self.root = Path(root)
         self.state_root = Path(self.config.state_dir) if self.config.state_dir else self.root
         self.store = BlobStore(self.state_root / "blobs", max_blob=self.config.max_file)

@@ -16,7 +16,7 @@ import random
 from enum import IntEnum
 
 __all__ = [
-    "MsgType", "StatusCode", "MAX_ID", "random_id", "welcome_text", "unknown_id_text",
+    "MsgType", "StatusCode", "MAX_ID", "MAX_NAME", "MAX_INFO", "field_problem", "random_id", "welcome_text", "unknown_id_text",
     "duplicate_id_text", "duplicate_id_of",
     "ServerRegistration", "ClientRegistration", "Status", "ServerQuit", "ClientChat",
     "ClientQuit", "Extension", "FLAG_BULK", "LinkKind", "Message", "V1_TYPES",
@@ -50,6 +50,22 @@ class StatusCode(IntEnum):
 
 #: Ids are unsigned 32-bit; 0 means "none" / "whoever receives this".
 MAX_ID = 0xFFFFFFFF
+#: A registration's name and info lengths are a byte and a half on the wire.
+MAX_NAME = 0xFF
+MAX_INFO = 0xFFFF
+
+
+def field_problem(what: str, text: str, limit: int) -> str | None:
+    """Why ``text`` cannot go on the wire as a registration's ``what`` (name
+    or info): not encodable as UTF-8, or over ``limit`` bytes; None if it can."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        shown = text.encode("utf-8", "surrogateescape")
+        return f"the {what} {shown!r} is not valid UTF-8"
+    if size > limit:
+        return f"the {what} is {size} bytes of UTF-8; the limit is {limit}"
+    return None
 
 _random = random.SystemRandom()
 

@@ -83,6 +83,11 @@ class ServerMachine(Machine):
 
 
 class ClientMachine(Machine):
+    """A client the scenario drives. As with the original runner, a client
+    connects in its own thread once launched; a MESSAGE or QUIT given before
+    it has connected is lost (its reference client had no socket yet), which
+    scenario files written for that runner expect (``lost_before_connect``)."""
+
     kind = Kind.CLIENT
 
     @abstractmethod
@@ -163,6 +168,10 @@ class RecordingServer(MeshServer):
     def on_data(self, conn: Connection, data: bytes) -> None:
         self.received_hex.append(data.hex())
 
+    def _registration_deadline(self, conn: Connection) -> None:
+        """Nothing is handled here, so nothing ever registers: keep every
+        connection open, as the original recording server does."""
+
     def snapshot(self) -> dict:
         state = super().snapshot()
         state["recvd_messages_asdqw"] = list(self.received_hex)
@@ -217,17 +226,31 @@ def client_state(client: ChatClient) -> dict[str, Any]:
     }
 
 
+def lost_before_connect(name: str, what: str) -> None:
+    log.warning("%s: %s given before the client connected: lost, as with the original "
+                "runner (put a WAIT after LAUNCHCLIENT)", name, what)
+
+
 class LoopClient(ClientMachine):
     def __init__(self, name: str, config: ClientConfig, jobs_dir: Path | None = None) -> None:
         self.name = name
         self.client = ChatClient(config)
-        self.runner = _LoopThread(name, self.client.loop, self.client.run)
+        self.runner = _LoopThread(name, self.client.loop, self._run)
         self.jobs_dir = jobs_dir
         self.jobs: ClientJobs | None = None
+        self.connected = threading.Event()   # set once, in its thread, after connecting
 
     def start(self) -> None:
-        self.client.start()
         self.runner.start()
+
+    def _run(self) -> None:
+        try:
+            self.client.start()
+        except OSError as exc:
+            log.error("%s: cannot connect to %s:%d: %s", self.name, *self.client.config.server,
+                      exc.strerror or exc)
+        self.connected.set()
+        self.client.run()
 
     def _state(self) -> dict[str, Any]:
         state = client_state(self.client)
@@ -268,13 +291,22 @@ class LoopClient(ClientMachine):
             self.jobs.close()
 
     def send_chat(self, dest: int, text: str) -> None:
+        if not self.connected.is_set():
+            lost_before_connect(self.name, "MESSAGE")
+            return
         self.client.send_chat_threadsafe(dest, text)
 
     def quit(self, text: str) -> None:
+        if not self.connected.is_set():
+            lost_before_connect(self.name, "QUIT")
+            return
         self.client.quit_threadsafe(text, linger=True)
 
     def send_chat_bytewise(self, dest: int, text: str) -> None:
         """Write the chat one byte per ``send()``, paced apart; return when done."""
+        if not self.connected.is_set():
+            lost_before_connect(self.name, "MESSAGE_BYTEWISE")
+            return
         data = encode(ClientChat(self.client.id, dest, text))
         done = threading.Event()
         loop = self.client.loop
@@ -304,11 +336,16 @@ class PlainMachine(ClientMachine):
         self.final: dict[str, Any] | None = None
 
     def start(self) -> None:
+        self.connected = threading.Event()
+        threading.Thread(target=self._connect, name=f"{self.name}-connect", daemon=True).start()
+
+    def _connect(self) -> None:
         try:
             self.client.start()
         except OSError as exc:
-            raise MachineError(f"{self.name}: cannot connect to {self.client.server}: "
-                               f"{exc.strerror or exc}") from None
+            log.error("%s: cannot connect to %s:%d: %s", self.name, *self.client.server,
+                      exc.strerror or exc)
+        self.connected.set()
 
     def snapshot(self) -> dict[str, Any]:
         return self.final if self.final is not None else self.client.snapshot()
@@ -316,22 +353,33 @@ class PlainMachine(ClientMachine):
     def kill(self) -> dict[str, Any]:
         if self.final is None:
             self.final = self.client.snapshot()
+            self.connected.wait(DEADLINE)      # a connect under way ends first
             self.client.stop()
         return self.final
 
     def request_stop(self) -> None:
+        self.connected.wait(DEADLINE)
         self.client.shutdown()
 
     def wait_stopped(self) -> None:
         self.client.stop()
 
     def send_chat(self, dest: int, text: str) -> None:
+        if not self.connected.is_set():
+            lost_before_connect(self.name, "MESSAGE")
+            return
         self.client.send_chat(dest, text)
 
     def send_chat_bytewise(self, dest: int, text: str) -> None:
+        if not self.connected.is_set():
+            lost_before_connect(self.name, "MESSAGE_BYTEWISE")
+            return
         self.client.send_chat_bytewise(dest, text)
 
     def quit(self, text: str) -> None:
+        if not self.connected.is_set():
+            lost_before_connect(self.name, "QUIT")
+            return
         self.client.quit(text)
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..protocol import DEFAULT_LIMITS, MAX_ID
+from ..protocol import DEFAULT_LIMITS, MAX_ID, MAX_INFO, MAX_NAME, field_problem
 from ..protocol.auth import SecretError, load_secret
 from ..jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
@@ -62,6 +62,22 @@ def host_id(text: str) -> int:
     return number
 
 
+def server_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the name must not be empty")
+    problem = field_problem("name", text, MAX_NAME)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def info_text(text: str) -> str:
+    problem = field_problem("info", text, MAX_INFO)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def positive_int(text: str) -> int:
     try:
         number = int(text)
@@ -90,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="TCP port to listen on (0: any free port)")
     p.add_argument("--id", type=host_id, default=0,
                    help="this server's 32-bit id (default: random)")
-    p.add_argument("--name", default="", help="server name (default: server-ID)")
-    p.add_argument("--info", default="", help="free text about this server")
+    p.add_argument("--name", type=server_name, default="",
+                   help="server name, up to 255 bytes of UTF-8 (default: server-ID)")
+    p.add_argument("--info", type=info_text, default="",
+                   help="free text about this server, up to 65535 bytes of UTF-8")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--connect", type=host_ports, metavar="HOST:PORT[,HOST:PORT...]",

@@ -42,7 +42,8 @@ from ..protocol import (
     EncodeError, Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status,
     StatusCode, encode,
     LinkKind, encode_parts,
-    duplicate_id_text, random_id, unknown_id_text, welcome_text,
+    MAX_INFO, MAX_NAME, duplicate_id_text, field_problem, random_id, unknown_id_text,
+    welcome_text,
 )
 from ..protocol import auth
 from ..protocol.handshake import FEATURES, Hello, parse_hello
@@ -62,6 +63,10 @@ HELLO_SETTLE = 3.0
 #: make the server hold much); more are dropped, and their senders resend.
 HELD_MAX = 256 * 1024
 HELD_TOTAL = 8 << 20
+
+#: What a newcomer registering with id 0 (never a valid id) is told, with the
+#: duplicate-id code: v1 has no other refusal.
+INVALID_ID_TEXT = "ID 0 is not a valid ID: choose one from 1 to 4294967295"
 
 #: Status texts addressed to a server are kept for the state query: the newest
 #: this many, and no more text than ``STATUS_LOG_CHARS`` besides the newest.
@@ -136,6 +141,10 @@ class ServerConfig:
             self.id = random_id()
         if not self.name:
             self.name = f"server-{self.id}"
+        for what, text, limit in (("name", self.name, MAX_NAME), ("info", self.info, MAX_INFO)):
+            problem = field_problem(what, text, limit)
+            if problem:
+                raise ValueError(problem)
         auth.check_secret(self.secret)
         if self.plain_clients not in PLAIN_CLIENT_POLICIES:
             raise ValueError(f"plain_clients must be one of {', '.join(PLAIN_CLIENT_POLICIES)}, "
@@ -646,10 +655,15 @@ class MeshServer:
         """Refuse (and close) a newcomer whose id is taken; True if refused."""
         if msg.source != 0 and not self.routes.known(msg.source):
             return False
-        log.warning("%s: refusing %s %r: id %d already registered", self.name,
-                    kind.value, msg.name, msg.source)
-        conn.send(Status(self.id, msg.source, StatusCode.DUPLICATE_ID,
-                         duplicate_id_text(msg.source, msg.type)))
+        if msg.source == 0:
+            text = INVALID_ID_TEXT
+            log.warning("%s: refusing %s %r: id 0 is never valid", self.name, kind.value,
+                        msg.name)
+        else:
+            text = duplicate_id_text(msg.source, msg.type)
+            log.warning("%s: refusing %s %r: id %d already registered", self.name,
+                        kind.value, msg.name, msg.source)
+        conn.send(Status(self.id, msg.source, StatusCode.DUPLICATE_ID, text))
         conn.peer.role = Role.DONE
         conn.close_after_flush("duplicate id")
         return True
@@ -705,6 +719,10 @@ class MeshServer:
         """A registration flooded from an adjacent server."""
         link: Link = conn.peer
         host_id, name, info = msg.source, msg.name, msg.info
+        if host_id == 0:
+            log.warning("%s: ignoring a %s registration with id 0 (never a valid id) from %r",
+                        self.name, kind.value, conn)
+            return
         if self.routes.known(host_id):
             # A newcomer elsewhere took an id we know (or two halves of a
             # healing tree met while one still holds a departed host): it is
@@ -716,7 +734,12 @@ class MeshServer:
             conn.send(Status(self.id, host_id, StatusCode.DUPLICATE_ID,
                              duplicate_id_text(host_id, msg.type)))
             return
-        host = self.routes.add(host_id, kind, name, info, first_link=link.peer_id)
+        try:
+            host = self.routes.add(host_id, kind, name, info, first_link=link.peer_id)
+        except RoutingError as exc:          # not a tree any more: refuse, keep the link
+            log.warning("%s: ignoring registration of %s %d from %r: %s", self.name,
+                        kind.value, host_id, conn, exc)
+            return
         self._flood(self._registration(host), exclude=link.peer_id, servers=True,
                     clients=kind is Kind.CLIENT)
 
@@ -777,14 +800,8 @@ class MeshServer:
         if link.role is Role.PENDING and msg.code == StatusCode.STATE_QUERY:
             self._answer_state_query(conn)
             return
-        if msg.code in (StatusCode.AUTH_CHALLENGE, StatusCode.AUTH_PROOF, StatusCode.AUTH_OK):
-            self._on_auth(conn, msg)
-            return
-        if msg.code == StatusCode.MESH_HELLO:
-            self._on_hello(conn, msg)
-            return
-        if msg.code == StatusCode.MESH_HELLO_REPLY and msg.dest == self.id:
-            self._on_hello_reply(conn, msg)
+        if msg.code in LINK_STEPS and self._is_link_step(link, msg):
+            LINK_STEPS[msg.code](self, conn, msg)
             return
         if link.role is Role.JOINING and msg.dest == self.id:
             # The server we tried to join refused us (duplicate id, or
@@ -799,10 +816,32 @@ class MeshServer:
             return
         if link.role not in (Role.SERVER, Role.CLIENT):
             raise ProtocolError("status before registration")
+        # A v1 status (our own codes too, when they are not a step of this
+        # link): kept if it is for us, else passed on like a chat, which
+        # includes that its source must be behind the link it came on.
+        if not self._check_source(conn, msg.source, "status"):
+            return
         if msg.dest == self.id or msg.dest == 0:
             self._log_status(msg.text)
         elif not self._send_to(msg.dest, msg):
             log.debug("%s: status for unknown id %d dropped", self.name, msg.dest)
+
+    def _is_link_step(self, link: Link, msg: Status) -> bool:
+        """Whether a status with one of our codes is a step of this link's
+        own set-up (hello, authentication) between its two ends, addressed as
+        that step is. Anything else carrying those codes (a status from
+        further away, or to someone else) is an ordinary v1 status: it must
+        never make us drop the link it came on."""
+        if link.role is Role.JOINING:
+            from_peer = True             # only the server we join speaks on it
+        elif link.role is Role.AUTH and link.auth is not None and link.auth.pending is not None:
+            from_peer = msg.source == link.auth.pending.source
+        else:
+            from_peer = msg.source == link.peer_id != 0
+        if msg.code == StatusCode.MESH_HELLO:
+            # Addressed to its own sender: the peer's, or ours coming back.
+            return msg.source == msg.dest and (from_peer or msg.source == self.id)
+        return msg.dest == self.id and from_peer
 
     def _log_status(self, text: str) -> None:
         """Keep ``text`` in ``status_log``, forgetting the oldest entries past
@@ -823,6 +862,12 @@ class MeshServer:
             link.role = Role.DONE
             self.links.pop(msg.source, None)
             log.info("%s: client %d quit: %s", self.name, msg.source, msg.text)
+        elif link.peer_id == msg.source:
+            # An adjacent server says it is leaving (in the only departure a
+            # plain v1 server could send): the link goes, and with it the hosts
+            # behind it, through the one path every lost link takes.
+            self.drop(conn, f"it announced its own departure: {msg.text!r}")
+            return
         self._depart(msg.source, msg.text, exclude=link.peer_id)
 
     def _on_server_quit(self, conn: Connection, msg: ServerQuit) -> None:
@@ -1281,3 +1326,14 @@ class _Acceptor:
 
     def __repr__(self) -> str:
         return f"<Acceptor {self.server.name}:{self.server.port}>"
+
+
+#: Our status codes that are steps of a link's own set-up, and their handlers
+#: (``MeshServer._is_link_step`` decides whether a status is one).
+LINK_STEPS: dict[int, Callable[[MeshServer, Connection, Status], None]] = {
+    StatusCode.MESH_HELLO: MeshServer._on_hello,
+    StatusCode.MESH_HELLO_REPLY: MeshServer._on_hello_reply,
+    StatusCode.AUTH_CHALLENGE: MeshServer._on_auth,
+    StatusCode.AUTH_PROOF: MeshServer._on_auth,
+    StatusCode.AUTH_OK: MeshServer._on_auth,
+}
