@@ -163,3 +163,50 @@ def resend_first_two(client: ChatClient, dest: int) -> None:
     for seq, text in ((1, "one"), (2, "two")):
         client.conn.send(Extension(ChatKind.CHAT, client.id, dest, 0,
                                    pack_chat(stream, seq, 1, text)))
+
+
+def test_a_chat_too_large_for_a_link_on_the_way_is_refused_and_the_rest_go_on(mesh):
+    """gamma takes frames of at most 64 KiB; alice's server learnt of beta's
+    limits before gamma joined, so it lets a 100 kB chat go: beta refuses it
+    for good (REFUSED), alice reports it undeliverable, and the chats behind
+    it arrive in order; nothing is resent for ever, no link is dropped."""
+    from crc.protocol import Limits
+    alpha = mesh.add("alpha")
+    beta = mesh.add("beta", alpha)
+    gamma = mesh.add("gamma", beta, server_options={"limits": Limits(max_payload=64 << 10)})
+    mesh.wait_converged()
+    events: list[tuple[str, dict]] = []
+    alice = mesh.chat_client(alpha, "alice")
+    carol = mesh.chat_client(gamma, "carol")
+    call(alice.loop, lambda: setattr(alice, "listener", lambda kind, data: events.append(
+        (kind, data))))
+    wait_for(lambda: carol.id in alice.users, 5, "alice to see carol")
+    assert alice.max_chat > 100_000
+    send_many(alice, carol.id, ["first", "x" * 100_000, "third", "fourth"])
+    wait_for(lambda: texts_from(carol, alice.id) == ["first", "third", "fourth"], 10,
+             "the chats around the refused one")
+    wait_for(lambda: outbox_empty(alice), 10, "alice's outbox to drain")
+    undelivered = [d for k, d in events if k == "undelivered"]
+    assert len(undelivered) == 1 and len(undelivered[0]["text"]) == 100_000
+    assert "too large for the link" in undelivered[0]["reason"]
+    assert call(beta.server.loop, lambda: sorted(beta.server.links)) == sorted(
+        [alpha.server.id, gamma.server.id])
+
+
+def test_a_client_learns_the_chat_limit_and_refuses_longer_chats_up_front(mesh):
+    from crc.client.core import Undeliverable
+    from crc.protocol import Limits
+    small = mesh.add("small", server_options={"limits": Limits(max_payload=64 << 10)})
+    mesh.wait_converged()
+    for reliable in (True, False):
+        alice = mesh.chat_client(small, f"alice{int(reliable)}", reliable=reliable)
+        assert alice.max_chat == (64 << 10) - 24
+
+        def too_long() -> str:
+            try:
+                alice.send_chat(alice.id, "y" * (64 << 10))
+            except Undeliverable as exc:
+                return str(exc)
+            return ""
+        assert "carries at most 65512 bytes" in call(alice.loop, too_long)
+        assert call(alice.loop, lambda: len(alice.outbox)) == 0

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from .meshkit import wait_for
-from .test_blackbox import CLIENT, DEADLINE, Processes, Server
+from .test_blackbox import CLIENT, DEADLINE, Processes, Server, run_client
 
 
 def dead_address() -> str:
@@ -141,3 +141,66 @@ def test_rake_timeout_applies_to_local_actions(
     assert "timed out after 0.5 s" in result.stderr
     assert "never ran" not in result.stdout
     assert not processes_running(["sleep", "73.25"])
+
+
+# -- oversized chats --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mode", [(), ("--plain-chat",)], ids=["reliable", "plain-chat"])
+def test_a_chat_longer_than_the_mesh_carries_is_refused_by_the_client(
+        procs: Processes, tmp_path: Path, mode: tuple[str, ...]) -> None:
+    small = Server(procs, tmp_path, 1, "small", options=("--max-frame", "65536"))
+    script = f"/msg {'x' * 100_000}\n"
+    result = run_client(procs, small, "alice", 101, "/wait alice 5\n" + script.replace(
+        "/msg ", "/msg alice "), *mode)
+    assert result.returncode == 3, result.stderr
+    assert "cannot send that: the chat is 100000 bytes" in result.stderr
+    assert "carries at most 65512 bytes" in result.stderr
+    assert "[sent]" not in result.stdout
+    joins = small.log.read_text().count("client alice (id 101) joined")
+    assert joins == 1, "the client connected once, no reconnect storm"
+
+
+# -- the job quota -----------------------------------------------------------------------------
+
+def test_an_actionset_larger_than_the_job_quota_is_windowed_not_failed(
+        procs: Processes, tmp_path: Path) -> None:
+    """The entry server takes at most 6 unfinished runs from a client; a set
+    of 60 actions is held back and sent as runs finish, as make -j does."""
+    server = Server(procs, tmp_path, 1, "tight", options=("--max-jobs-per-client", "6",
+                                                           "--slots", "3"))
+    actions = "".join(f"\tremote-echo action {i}\n" for i in range(60))
+    (tmp_path / "Rakefile").write_text(f"many:\n{actions}")
+    result = batch(procs, server.address, tmp_path, "rake")
+    assert result.returncode == 0, result.stderr
+    assert "job quota" not in result.stderr
+    for i in range(60):
+        assert f"action {i}" in result.stdout
+
+
+# -- leaving ---------------------------------------------------------------------------------
+
+def test_quit_waits_for_undelivered_chats_and_names_them(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    result = run_client(procs, alpha, "alice", 101, "/msg 777 are you there?\n/quit bye\n"
+                        "/msg 778 never read\n")
+    assert result.returncode == 3, result.stderr
+    assert "1 chat(s) to 777 undelivered" in result.stderr
+    assert "778" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("ending", ["", "/quit bye\n"], ids=["end-of-input", "quit"])
+def test_a_script_whose_server_is_gone_ends_after_the_connect_timeout(
+        procs: Processes, alpha: Server, tmp_path: Path, ending: str) -> None:
+    out = tmp_path / "alice.out"
+    with out.open("w") as stdout:
+        proc = procs.start([CLIENT, "--server", alpha.address, "--name", "alice",
+                            "--connect-timeout", "2"], stdin=subprocess.PIPE, stdout=stdout,
+                           stderr=subprocess.PIPE)
+    wait_for(lambda: "[status] Welcome" in out.read_text(), DEADLINE, "alice's welcome")
+    alpha.proc.kill()
+    alpha.proc.wait(DEADLINE)
+    proc.stdin.write("/msg 5 lost with the server\n" + ending)
+    proc.stdin.close()
+    err = proc.stderr.read()
+    assert proc.wait(DEADLINE) == 1, err
+    assert "no server reachable within 2 s" in err

@@ -39,6 +39,10 @@ from ..protocol.handshake import FEATURES, Hello, parse_hello
 
 log = logging.getLogger(__name__)
 
+#: The longest chat text when the server says nothing: what a v1 chat and a
+#: reliable chat frame both fit in under the default limits.
+DEFAULT_MAX_CHAT = min(DEFAULT_LIMITS.max_text, DEFAULT_LIMITS.max_payload - 24)
+
 #: Seconds to wait for the answer to our mesh hello before taking the server
 #: for plain CRC v1 (a conforming v1 server echoes the hello at once).
 HELLO_TIMEOUT = 3.0
@@ -131,6 +135,10 @@ class ChatClient:
         self.conn: Connection | None = None
         self.welcomed = False
         self.server_id = 0         # the id of the server that welcomed us
+        #: The longest chat text the mesh carries (our server's hello says).
+        self.max_chat = DEFAULT_MAX_CHAT
+        #: What our server's hello reply told us (``max_chat``, ``max_jobs``...).
+        self.server_fields: dict[str, str] = {}
         self.ext = False           # the server answered our mesh hello
         self.plain = False         # ... or it is plain CRC v1 (or we did not ask)
         #: Why reconnecting would be pointless (authentication failed either way).
@@ -189,6 +197,7 @@ class ChatClient:
         host, port = candidates[self._candidate % len(candidates)]
         self.server_address = (host, port)
         self.welcomed = self.ext = self.plain = self.rchat = False
+        self.max_chat, self.server_fields = DEFAULT_MAX_CHAT, {}
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
@@ -231,7 +240,17 @@ class ChatClient:
 
     def send_chat(self, dest: int, text: str) -> None:
         """Send a chat: reliably when configured (queued until the link is
-        settled, kept until acknowledged), else as a plain v1 chat."""
+        settled, kept until acknowledged), else as a plain v1 chat.
+
+        ``Undeliverable`` for a text longer than the mesh carries (the limit
+        our server gave in its hello, or the defaults): refused here, up
+        front, rather than by a server that would drop the link for it."""
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > self.max_chat:
+            where = (f"{self.server_address[0]}:{self.server_address[1]}" if self.ext
+                     else "the server (CRC v1 defaults)")
+            raise Undeliverable(f"the chat is {size} bytes; {where} carries at most "
+                                f"{self.max_chat} bytes of chat text")
         if self.config.reliable and not self.plain:
             encode(ClientChat(self.id, dest, text))   # EncodeError now, not at a far server
             try:
@@ -381,6 +400,7 @@ class ChatClient:
         self._lost_at = None
         self._delay = self.config.reconnect_delay
         if self.config.reliable:
+            self._refuse_oversized()
             if self.rchat:
                 for msg in self.outbox.everything(time.monotonic()):
                     self._send_reliable(msg)
@@ -427,6 +447,10 @@ class ChatClient:
                 return
             self.ext = True
             self.rchat = self.config.reliable and "rchat" in hello.features
+            self.server_fields = dict(hello.fields)
+            limit = hello.fields.get("max_chat", "")
+            if limit.isascii() and limit.isdigit():
+                self.max_chat = min(int(limit), DEFAULT_MAX_CHAT)
             # Ready first (no longer reconnecting), then told: a listener may
             # submit jobs at once, and they must go out on this connection.
             self._link_ready()
@@ -603,6 +627,30 @@ class ChatClient:
             self._emit("delivered", dest=msg.source, count=len(done), seq=seq)
         self._arm_retry()
 
+    def _refuse_oversized(self) -> None:
+        """Chats kept from before (a restart, a reconnect) that this server
+        cannot carry are reported undeliverable, not sent to be refused."""
+        for stream in list(self.outbox.by_dest.values()):
+            for pending in list(stream.unacked):
+                size = len(pending.text.encode("utf-8", "surrogatepass"))
+                if size > self.max_chat:
+                    self._refused(stream.id, pending.seq, f"{size} bytes; this server carries "
+                                                          f"at most {self.max_chat}")
+
+    def _refused(self, stream: int, seq: int, reason: str) -> None:
+        refused = self.outbox.refused(stream, seq)
+        if refused is None:
+            return
+        if self.journal is not None:
+            self.journal.refused(stream, seq)
+        self._emit("undelivered", dest=refused.dest, name=self.display_name(refused.dest),
+                   text=refused.text, reason=reason)
+
+    def _on_chat_refused(self, msg: Extension) -> None:
+        stream, seq, reason = unpack_nack(msg.payload)
+        self._refused(stream, seq, reason)
+        self._arm_retry()
+
     def _on_chat_nack(self, msg: Extension) -> None:
         stream, seq, reason = unpack_nack(msg.payload)
         stream_state = self.outbox.by_id.get(stream)
@@ -617,4 +665,5 @@ _CHAT_KINDS: dict[int, Callable[[ChatClient, Extension], None]] = {
     ChatKind.CHAT: ChatClient._on_reliable_chat,
     ChatKind.ACK: ChatClient._on_chat_ack,
     ChatKind.NACK: ChatClient._on_chat_nack,
+    ChatKind.REFUSED: ChatClient._on_chat_refused,
 }

@@ -14,6 +14,7 @@ returns at once and output appears as it arrives.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -144,6 +145,16 @@ class JobCommands:
         if hold:
             self._hold_script_until(lambda: job.finished)
 
+    def cancel_all(self) -> int:
+        """Cancel every unfinished job and build of ours (leaving); how many
+        jobs were still running."""
+        running = sum(1 for job in self.jobs.jobs.values() if not job.finished)
+        for build in self.builds:
+            if build.exit_code is None:
+                build.abort(signal.SIGTERM)
+        self.jobs.cancel_unfinished()
+        return running
+
     def busy(self) -> bool:
         """A job or build of ours has not finished yet."""
         return any(not job.finished for job in self.jobs.jobs.values()) or \
@@ -161,6 +172,8 @@ class JobCommands:
             self.lines.flush(prefix)
             if self.stdin_job is job:
                 self.stdin_job = None
+            if self.session.leaving:
+                return                  # cancelled on leaving: said so once already
             if run.ok:
                 self.session.view.info(run_note(run))
             else:

@@ -67,6 +67,17 @@ class _Received:
     name: str          # the sender's name when the chat arrived ("" if unknown)
 
 
+def _quit_text(line: str, script: bool) -> str | None:
+    """The goodbye text if ``line`` is a /quit command, else None."""
+    if not line.lstrip().startswith("/q"):
+        return None
+    try:
+        command = cmd.parse(line, script=script)
+    except cmd.CommandError:
+        return None
+    return command.text if isinstance(command, cmd.Quit) else None
+
+
 def names_user(target: str, user_id: int, name: str) -> bool:
     """Does ``target`` (a name or a decimal id) denote this user?"""
     if target == name:
@@ -103,11 +114,15 @@ class Session:
             "disconnected": self._on_disconnected,
             "extensions": self._on_negotiated, "plain": self._on_negotiated,
             "reconnected": self._on_reconnected, "delivered": self._on_negotiated,
-            "undelivered": self._on_negotiated, "unreachable": self._on_negotiated,
+            "undelivered": self._on_undelivered, "unreachable": self._on_negotiated,
         }
         self._drain_timer: Timer | None = None
         self._drain_expired = False
         self._undelivered = False          # chats left undelivered at the end of a script
+        self._quit_text = ""               # the goodbye of /quit
+        self._quit_requested = False
+        self._jobs_cancelled = False
+        self._server_timer: Timer | None = None
         client.listener = self.on_event
         #: Job commands (/run, /rake, ...), when the client was built with them.
         self.jobs: "JobCommands | None" = None
@@ -140,11 +155,17 @@ class Session:
             self.loop.stop()
 
     def interrupt(self) -> None:
-        """A signal: leave politely, or stop at once if already leaving."""
+        """A signal: leave politely (jobs still running are cancelled, and
+        the user told so), or stop at once if already leaving."""
         if self._leaving:
             self.loop.stop()
         else:
+            self._cancel_jobs()
             self.leave("", EXIT_INTERRUPTED if self.script else EXIT_OK)
+
+    @property
+    def leaving(self) -> bool:
+        return self._leaving
 
     def _set_exit(self, code: int) -> None:
         if self.exit_code is None:
@@ -161,11 +182,21 @@ class Session:
     # -- input ------------------------------------------------------------------------
 
     def feed(self, line: str) -> None:
-        """One input line; run at once if nothing is holding the queue."""
+        """One input line; run at once if nothing is holding the queue.
+
+        ``/quit`` ends the input: it takes effect once the lines before it
+        have run (even while the connection is down and they wait), and
+        nothing after it is read."""
         self._line_count += 1
-        if not self._leaving:
-            self._lines.append((self._line_count, line))
-            self._pump()
+        if self._leaving or self._eof:
+            return
+        quit_text = _quit_text(line, self.script)
+        if quit_text is not None:
+            self._quit_text, self._quit_requested = quit_text, True
+            self.feed_eof()
+            return
+        self._lines.append((self._line_count, line))
+        self._pump()
 
     def feed_eof(self) -> None:
         """No more lines: leave once the queued ones are done."""
@@ -183,9 +214,50 @@ class Session:
         while self._lines and self._runnable():
             self._line_no, line = self._lines.popleft()
             self._run_line(line)
-        if self._eof and not self._lines and self._runnable() and not self._jobs_busy() \
-                and not self._chats_unacknowledged():
-            self.leave("", EXIT_SCRIPT if self._undelivered else EXIT_OK)
+        if not self._eof or self._leaving:
+            return
+        if not (self.client.welcomed and self.client.negotiated):
+            self._await_server()          # the input is over, the connection down
+            return
+        if self._server_timer is not None:
+            self._server_timer.cancel()
+            self._server_timer = None
+        if self._lines or self._pause is not None:
+            return
+        if self._jobs_busy():
+            if not self._quit_requested:
+                return                     # the end of a script waits for its jobs
+            self._cancel_jobs()
+        if not self._chats_unacknowledged():
+            self.leave(self._quit_text, EXIT_SCRIPT if self._undelivered else EXIT_OK)
+
+    def _await_server(self) -> None:
+        """The input has ended (or /quit) while no server is connected: wait
+        ``connect_timeout`` seconds for one, then leave saying what is lost."""
+        if self._server_timer is None and self.client.connections:
+            self._server_timer = self.loop.call_later(self.connect_timeout, self._no_server)
+
+    def _no_server(self) -> None:
+        self._server_timer = None
+        if self._leaving or (self.client.welcomed and self.client.negotiated):
+            return
+        self.view.error(f"no server reachable within {self.connect_timeout:g} s "
+                        f"(--connect-timeout) after the end of input")
+        if self._lines:
+            self.view.error(f"{len(self._lines)} line(s) not run, from line "
+                            f"{self._lines[0][0]}")
+        self._drain_expired = True
+        self._chats_unacknowledged()       # names what stays undelivered
+        self.leave("", EXIT_CONNECTION)
+
+    def _cancel_jobs(self) -> None:
+        """Leaving with jobs running: cancel them, and say so."""
+        if self.jobs is None or self._jobs_cancelled:
+            return
+        self._jobs_cancelled = True
+        running = self.jobs.cancel_all()
+        if running:
+            self.view.info(f"cancelled {running} running job(s) on leaving")
 
     def _chats_unacknowledged(self) -> bool:
         """Reliable chats still on their way (at the end of a script, wait for
@@ -262,8 +334,9 @@ class Session:
                 self.view.show(who_table(self._me(), self.client.users.values()))
             case cmd.Help():
                 self.view.show(help_table())
-            case cmd.Quit(text):
-                self.leave(text)
+            case cmd.Quit(text):               # (``feed`` takes /quit before it queues)
+                self._quit_text, self._quit_requested = text, True
+                self.feed_eof()
             case cmd.Wait(target, seconds):
                 self._wait_until(lambda: self._knows(target), seconds,
                                  f"/wait {target}: no such user joined within {seconds:g} s",
@@ -388,6 +461,10 @@ class Session:
     def _on_negotiated(self, data: dict[str, Any]) -> None:
         self._schedule_pump()
 
+    def _on_undelivered(self, data: dict[str, Any]) -> None:
+        self._undelivered = True          # a script's exit status says so (3)
+        self._schedule_pump()
+
     def _on_join(self, data: dict[str, Any]) -> None:
         self._recheck_pause()
 
@@ -407,6 +484,7 @@ class Session:
         reason = data.get("reason", "")
         if data.get("reconnecting"):
             self.view.info(f"connection lost ({reason}); reconnecting")
+            self._schedule_pump()          # input that has ended must not wait for ever
             return
         if self._refusal:
             self.view.error(f"{self.server} refused {self.client.name}({self.client.id}): "

@@ -9,6 +9,7 @@ Two files in the state directory (created with mode 0700):
       ["send", stream, dest, seq, text]   a message entered the outbox
       ["ack", stream, seq]                acknowledged up to seq
       ["drop", stream]                    the stream was given up
+      ["refuse", stream, seq]             that message can never be carried
       ["recv", source, stream, seq]       delivered to the user up to seq
 
 Each line is written and flushed to the operating system before the event
@@ -100,6 +101,8 @@ class Journal:
             outbox.acked(int(entry[1]), int(entry[2]), now)
         elif kind == "drop":
             outbox.abandon(int(entry[1]))
+        elif kind == "refuse":
+            outbox.refused(int(entry[1]), int(entry[2]))
         elif kind == "recv":
             inbox.restore(int(entry[1]), int(entry[2]), int(entry[3]))
         else:
@@ -136,6 +139,9 @@ class Journal:
 
     def dropped(self, stream: int) -> None:
         self._append(["drop", stream])
+
+    def refused(self, stream: int, seq: int) -> None:
+        self._append(["refuse", stream, seq])
 
     def delivered(self, source: int, stream: int, seq: int) -> None:
         self._append(["recv", source, stream, seq])

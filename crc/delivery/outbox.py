@@ -135,6 +135,23 @@ class Outbox:
         stream.deadline = now + stream.rto
         return first
 
+    def refused(self, stream_id: int, seq: int) -> Pending | None:
+        """A server can never carry ``seq`` (it is too large for a link on the
+        way): it leaves the stream, reported by the caller, and the messages
+        behind it go on (the next frames' ``base`` tells the receiver to skip
+        it). The refused message, or None if it is no longer waiting."""
+        stream = self.by_id.get(stream_id)
+        if stream is None:
+            return None
+        for i, msg in enumerate(stream.unacked):
+            if msg.seq == seq:
+                del stream.unacked[i]
+                self.pending -= 1
+                if not stream.unacked:
+                    stream.deadline = None
+                return msg
+        return None
+
     def wake(self, dest: int, now: float) -> bool:
         """``dest`` has just (re)appeared: resend its stream now, retry interval
         back to the start. True if there is something to resend."""

@@ -1,8 +1,10 @@
-"""Reliable chat on the wire: three extension kinds, fixed binary headers.
+"""Reliable chat on the wire: four extension kinds, fixed binary headers.
 
     CHAT  stream u64 | seq u64 | base u64 | text    sender -> receiving client
     ACK   stream u64 | seq u64                      receiver -> sender: all <= seq delivered
     NACK  stream u64 | seq u64 | reason (UTF-8)     a server -> sender: not deliverable now
+    REFUSED  (as NACK)                              a server -> sender: never deliverable
+                                                    (too large for a link on the way)
 
 A *stream* is one sender's messages to one destination; its id is random, so
 a sender that lost its state starts new streams instead of colliding with
@@ -28,6 +30,7 @@ class ChatKind(IntEnum):
     CHAT = 0x110
     ACK = 0x111
     NACK = 0x112
+    REFUSED = 0x113     # like NACK, but for good: the chat can never be carried
 
 
 def pack_chat(stream: int, seq: int, base: int, text: str) -> bytes:

@@ -22,6 +22,7 @@ unfinished jobs fail.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -37,7 +38,7 @@ from .jobdir import FileRef
 from .rakefile import bad_relative_path
 from .store import BlobStore, hash_file
 from .transfer import Transfers
-from .wire import STDIN_WINDOW, Kind, frame, unpack, unpack_view
+from .wire import DEFAULT_MAX_JOBS, STDIN_WINDOW, Kind, frame, unpack, unpack_view
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Job:
     stdin: bool = False
     request: dict | None = None    # the SUBMIT header, kept until ACCEPTED
     resent: bool = False           # SUBMIT sent again after a reconnect
+    sent: bool = False             # SUBMIT sent (else held back: ``JobClient._held``)
 
     @property
     def finished(self) -> bool:
@@ -133,6 +135,11 @@ class JobClient:
         self._session = secrets.token_hex(3)
         self._unacked: dict[str, int] = {}     # run id -> server owed a RESULT_ACK
         self._load_waiters: list[Callable[[list[dict]], None]] = []
+        #: Jobs not sent yet: the entry server takes at most ``max_jobs``
+        #: unfinished runs per client, so we keep the rest back and send them
+        #: as ours finish (as ``make -j`` does), instead of having them refused.
+        self._held: collections.deque[Job] = collections.deque()
+        self._live: dict[str, Job] = {}       # sent and not finished
         on = client.extension_handlers
         on[Kind.ACCEPTED] = self._on_accepted
         on[Kind.STARTED] = self._on_started
@@ -206,9 +213,43 @@ class JobClient:
         if timeout:
             header["timeout"] = timeout
         job.request = header
+        self._held.append(job)
         if send:
-            self.client.send_extension(frame(Kind.SUBMIT, self.client.id, 0, header))
+            self._release_held()
         return job
+
+    @property
+    def max_jobs(self) -> int:
+        """Unfinished runs our entry server takes from us (its hello said)."""
+        value = getattr(self.client, "server_fields", {}).get("max_jobs", "")
+        return int(value) if value.isascii() and value.isdigit() and int(value) > 0 \
+            else DEFAULT_MAX_JOBS
+
+    def unfinished_runs(self) -> int:
+        """Runs sent and not finished (a job not yet accepted counts once)."""
+        count = 0
+        for job_id, job in list(self._live.items()):
+            if job.finished:
+                del self._live[job_id]
+            elif job.accepted:
+                count += sum(1 for r in job.runs.values() if not r.finished)
+            else:
+                count += 1
+        return count
+
+    def _release_held(self) -> None:
+        """Send held jobs while the entry's quota has room (and we are connected)."""
+        if not self._held or self._reconnecting() or not self.client.ext:
+            return
+        room = self.max_jobs - self.unfinished_runs()
+        while self._held and room > 0:
+            job = self._held.popleft()
+            if job.finished:
+                continue
+            job.sent = True
+            self._live[job.id] = job
+            self.client.send_extension(frame(Kind.SUBMIT, self.client.id, 0, job.request))
+            room -= 1
 
     def fetch(self, run_id: str, server: int, listener: JobListener | None = None,
               name: str = "?") -> Job:
@@ -235,6 +276,12 @@ class JobClient:
         return bool(getattr(self.client, "reconnecting", False))
 
     def cancel(self, job_or_run: str) -> bool:
+        held = self.jobs.get(job_or_run)
+        if held is not None and not held.sent and not held.finished:
+            self._held.remove(held)              # never sent: it ends here
+            held.error = "cancelled before it was sent"
+            held._emit(RunState(held.id, state="failed", error=held.error), "failed")
+            return True
         known = job_or_run in self.jobs or job_or_run in self.runs
         if known:
             self.client.send_extension(frame(Kind.CANCEL, self.client.id, 0, {"id": job_or_run}))
@@ -242,6 +289,8 @@ class JobClient:
 
     def cancel_unfinished(self) -> None:
         """Cancel every job not finished yet (a client leaving for good)."""
+        for job in list(self._held):
+            self.cancel(job.id)
         for job in self.jobs.values():
             if job.accepted and not job.finished:
                 self.cancel(job.id)
@@ -396,6 +445,7 @@ class JobClient:
         run.state = "done"
         job._emit(run, "done")
         self._acknowledge(run)
+        self._release_held()
 
     def _acknowledge(self, run: RunState) -> None:
         """Tell the executing server it may forget the run's result (now, or
@@ -422,11 +472,22 @@ class JobClient:
                 job._emit(run, "failed")
                 if msg.source == run.server:       # the executor kept it: it may go
                     self._acknowledge(run)
+                self._release_held()
             return
         job = self.jobs.get(header.get("id", ""))
+        if job is not None and not job.accepted and header.get("quota") \
+                and self.unfinished_runs() > 1:
+            # Others of ours hold the quota (a runall counted once before it
+            # was accepted, another process of ours): send it again when one
+            # of them finishes.
+            job.sent = False
+            self._live.pop(job.id, None)
+            self._held.appendleft(job)
+            return
         if job is not None and not job.accepted:
             job.error = error
             job._emit(RunState(job.id, state="failed", error=error), "failed")
+            self._release_held()
 
     def _on_disconnect(self, reason: str) -> None:
         if self._reconnecting():
@@ -468,7 +529,7 @@ class JobClient:
             if job.finished:
                 continue
             if not job.accepted:
-                if job.request is not None:
+                if job.request is not None and job.sent:
                     job.resent = True
                     self.client.send_extension(frame(Kind.SUBMIT, self.client.id, 0,
                                                      job.request))
@@ -477,6 +538,7 @@ class JobClient:
                 if not run.finished:
                     self._send_fetch(run)
         self._send_acks()
+        self._release_held()
 
     def _fail_unfinished(self, error: str) -> None:
         for job in self.jobs.values():

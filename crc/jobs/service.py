@@ -51,7 +51,7 @@ from .results import STREAMS, Record, ResultStore
 from .scheduler import Ledger, by_name, pick
 from .store import BlobStore, valid_sha
 from .transfer import Transfers, cached_by_relays
-from .wire import STDIN_ACK_EVERY, Kind, frame, unpack, unpack_view
+from .wire import DEFAULT_MAX_JOBS, STDIN_ACK_EVERY, Kind, frame, unpack, unpack_view
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class JobConfig:
     max_file: int = 1 << 30                 # bytes per required / returned file
     max_output: int = 64 << 20              # bytes of stdout + stderr per job
     max_runtime: float = 3600.0             # seconds; a job's own timeout may be shorter
-    max_jobs_per_client: int = 256          # unfinished jobs a client may have through us
+    max_jobs_per_client: int = DEFAULT_MAX_JOBS   # unfinished runs a client may have through us
     #: Where results (and the file store) are kept; default: in ``work_dir``.
     #: Results there survive a restart of the server with the same directory.
     state_dir: Path | None = None
@@ -153,6 +153,8 @@ class JobService:
     def __init__(self, server: MeshServer, config: JobConfig | None = None) -> None:
         self.server = server
         self.config = config or JobConfig()
+        # Clients hold their submissions within this (crc/jobs/client.py).
+        server.hello_fields["max_jobs"] = str(self.config.max_jobs_per_client)
         self.loop = server.loop
         self.me = server.id
         self._own_root = self.config.work_dir is None
@@ -362,8 +364,9 @@ class JobService:
                         "(--max-jobs-per-client %d)", self.server.name, client, unfinished,
                         job[:40], quota)
             self._to_client(client, Kind.FAILED, {
-                "id": job, "error": f"job quota: {unfinished} unfinished job(s), at most "
-                                    f"{quota} per client on this server"})
+                "id": job, "quota": True,
+                "error": f"job quota: {unfinished} unfinished job(s), at most "
+                         f"{quota} per client on this server"})
             return
         runs = []
         for target in targets:

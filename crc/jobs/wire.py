@@ -25,6 +25,9 @@ _LEN = struct.Struct(">I")
 STDIN_WINDOW = 1 << 20
 #: ... and the server acknowledges at least every this many bytes taken.
 STDIN_ACK_EVERY = STDIN_WINDOW // 8
+#: Unfinished runs one client may have through its entry server, unless the
+#: server says otherwise (``max_jobs`` in its hello reply).
+DEFAULT_MAX_JOBS = 256
 
 
 class Kind(IntEnum):

@@ -63,8 +63,6 @@ def host_id(text: str) -> int:
 
 
 def server_name(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("the name must not be empty")
     problem = field_problem("name", text, MAX_NAME)
     if problem:
         raise argparse.ArgumentTypeError(problem)

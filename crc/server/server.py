@@ -64,6 +64,9 @@ HELLO_SETTLE = 3.0
 HELD_MAX = 256 * 1024
 HELD_TOTAL = 8 << 20
 
+#: Bytes a reliable chat's frame carries besides its text (stream, seq, base).
+CHAT_OVERHEAD = 24
+
 #: What a newcomer registering with id 0 (never a valid id) is told, with the
 #: duplicate-id code: v1 has no other refusal.
 INVALID_ID_TEXT = "ID 0 is not a valid ID: choose one from 1 to 4294967295"
@@ -187,6 +190,10 @@ class Link:
     held_bytes: int = 0
     pings: int = 0                 # keepalive pings sent on this link
     features: frozenset[str] = field(default_factory=frozenset)
+    #: The largest extension payload the peer accepts, and the longest chat it
+    #: says it can carry on (from its hello; the defaults of every version).
+    max_frame: int = DEFAULT_LIMITS.max_payload
+    max_chat: int = DEFAULT_LIMITS.max_payload - 24
     authenticated: bool = False    # the peer proved it knows the mesh secret
     auth: "AuthState | None" = None   # an authentication exchange under way
     local: bool | None = None      # peer address is loopback (worked out once)
@@ -248,6 +255,9 @@ class MeshServer:
         #: Looks at frames passing through to someone else; True = consumed.
         self.extension_taps: dict[int, Callable[[Connection, Extension], bool]] = {
             ChatKind.CHAT: self._relay_reliable_chat}
+        #: More fields for the hello reply to a client (``max_jobs``, ...),
+        #: filled by subsystems: what the client should know of our limits.
+        self.hello_fields: dict[str, str] = {}
         #: Extension kinds of the job service: a client that may not run jobs
         #: may send them only to its own server (destination 0).
         self.job_kinds: set[int] = set()
@@ -540,10 +550,16 @@ class MeshServer:
         return cls(host.id, self.id, host.name, host.info)
 
     def send_extension(self, msg: Extension) -> bool:
-        """Route an extension frame towards ``msg.dest`` over extension links."""
+        """Route an extension frame towards ``msg.dest`` over extension links
+        (False if it cannot go: no such link, or too large for that peer)."""
         first = self.routes.first_link(msg.dest)
         conn = self.links.get(first) if first is not None else None
         if conn is None or not conn.peer.ext:
+            return False
+        if len(msg.payload) > conn.peer.max_frame:
+            log.warning("%s: an extension frame (kind %d, %d bytes) from %d for %d is larger "
+                        "than %r accepts (%d): dropped", self.name, msg.kind, len(msg.payload),
+                        msg.source, msg.dest, conn, conn.peer.max_frame)
             return False
         if msg.flags & FLAG_BULK:
             conn.send_bulk(*encode_parts(msg))
@@ -908,7 +924,28 @@ class MeshServer:
 
     def _offer_extensions(self, conn: Connection) -> None:
         """Send our hello addressed to ourselves (echoed back by v1 peers)."""
-        conn.send(Status(self.id, self.id, StatusCode.MESH_HELLO, Hello(role="server").text()))
+        conn.send(Status(self.id, self.id, StatusCode.MESH_HELLO,
+                         Hello(role="server", fields=self._limit_fields()).text()))
+
+    def max_chat(self) -> int:
+        """The longest chat text (bytes) we take and our mesh neighbours said
+        they can carry on: what a client is told it may send."""
+        limits = self.config.limits
+        own = min(limits.max_text, limits.max_payload - CHAT_OVERHEAD)
+        return min([own, *(c.peer.max_chat for c in self.links.values()
+                           if c.peer.ext and c.peer.role is Role.SERVER)])
+
+    def _limit_fields(self) -> dict[str, str]:
+        return {"max_frame": str(self.config.limits.max_payload),
+                "max_chat": str(self.max_chat())}
+
+    @staticmethod
+    def _learn_limits(link: Link, hello: Hello) -> None:
+        """What the peer said it accepts (absent: the defaults every version has)."""
+        for name in ("max_frame", "max_chat"):
+            value = hello.fields.get(name, "")
+            if value.isascii() and value.isdigit():
+                setattr(link, name, int(value))
 
     def _on_hello(self, conn: Connection, msg: Status) -> None:
         link: Link = conn.peer
@@ -939,6 +976,10 @@ class MeshServer:
                 self._refuse(conn, auth.REQUIRED_TEXT, "offered no authentication in its hello")
                 return
         link.features = hello.features & FEATURES
+        self._learn_limits(link, hello)
+        fields.update(self._limit_fields())
+        if link.role is not Role.SERVER:
+            fields.update(self.hello_fields)
         conn.send(Status(self.id, link.peer_id, StatusCode.MESH_HELLO_REPLY,
                          Hello(role="server", features=link.features, fields=fields).text()))
         if not unverified:
@@ -959,6 +1000,7 @@ class MeshServer:
             raise ProtocolError("mesh hello reply from someone other than the adjacent peer")
         hello = parse_hello(msg.text)
         link.features = hello.features & FEATURES
+        self._learn_limits(link, hello)
         self._extensions_up(conn)
 
     def _on_extension(self, conn: Connection, msg: Extension) -> None:
@@ -1009,6 +1051,12 @@ class MeshServer:
         target = self._link_towards(msg.dest)
         if target is not None and target.peer.held:
             self._flush_held(target)      # those held before go first, if it is time
+        if target is not None and len(msg.payload) > target.peer.max_frame:
+            self._refuse_chat(msg, f"too large for the link from {self.name} to "
+                                   f"{target.label} ({len(msg.payload) - CHAT_OVERHEAD} bytes of "
+                                   f"text; it takes at most "
+                                   f"{target.peer.max_frame - CHAT_OVERHEAD})")
+            return True
         if target is not None and "rchat" in target.peer.features:
             target.send(msg)
             return True
@@ -1021,6 +1069,18 @@ class MeshServer:
             return True
         self._hand_over(target, msg)
         return True
+
+    def _refuse_chat(self, msg: Extension, reason: str) -> None:
+        """A reliable chat that can never be carried: its sender is told so
+        (REFUSED), drops it and goes on with the ones behind it."""
+        try:
+            stream, seq, _, _ = unpack_chat(msg.payload)
+        except ProtocolError:
+            return
+        log.warning("%s: refusing a reliable chat from %d to %d: %s", self.name, msg.source,
+                    msg.dest, reason)
+        self.send_extension(Extension(ChatKind.REFUSED, self.id, msg.source, 0,
+                                      pack_nack(stream, seq, reason)))
 
     def _hand_over(self, target: Connection | None, msg: Extension) -> None:
         """A reliable chat where the next link does not speak them: as v1 with an
