@@ -11,13 +11,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import pytest
 
 from .meshkit import wait_for
-from .test_blackbox import CLIENT, DEADLINE, Processes, Server, run_client
+from .test_blackbox import CLIENT, DEADLINE, SERVER, Processes, Server, run_client
 
 
 def dead_address() -> str:
@@ -204,3 +206,51 @@ def test_a_script_whose_server_is_gone_ends_after_the_connect_timeout(
     err = proc.stderr.read()
     assert proc.wait(DEADLINE) == 1, err
     assert "no server reachable within 2 s" in err
+
+
+# -- peers that accept and never answer -------------------------------------------------------
+
+@pytest.fixture
+def frozen() -> Iterator[str]:
+    """The address of a 'frozen' server: it listens (the kernel completes
+    connections) and never reads or answers, like a stopped process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(16)
+        yield f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_a_client_skips_a_server_that_never_answers(
+        procs: Processes, alpha: Server, tmp_path: Path, frozen: str) -> None:
+    proc = procs.start([CLIENT, "--server", f"{frozen},{alpha.address}", "--name", "alice",
+                        "--connect-timeout", "4"], stdin=subprocess.PIPE,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = proc.communicate("/who\n", timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    assert out.startswith("[status] Welcome to the Clemson Relay Chat network alice"), out
+    result = batch(procs, f"{frozen},{alpha.address}", tmp_path, "--connect-timeout", "4",
+                   "run", "--", "echo", "ran")
+    assert (result.returncode, result.stdout) == (0, "ran\n"), result.stderr
+
+
+def test_a_server_joins_through_the_next_candidate_when_one_never_answers(
+        procs: Processes, alpha: Server, tmp_path: Path, frozen: str) -> None:
+    joiner = Server(procs, tmp_path, 2, "joiner",
+                    options=("--connect", f"{frozen},{alpha.address}", "--join-timeout", "1"))
+    wait_for(lambda: "joined the mesh through alpha" in joiner.log.read_text(), DEADLINE,
+             "the joiner to give up on the frozen candidate and join alpha")
+    assert "no answer within 1 s (--join-timeout)" in joiner.log.read_text()
+
+
+def test_an_unresolvable_candidate_is_skipped_with_a_clear_line(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    joiner = Server(procs, tmp_path, 2, "joiner",
+                    options=("--connect", f"nosuchhost.invalid:9,{alpha.address}"))
+    wait_for(lambda: "joined the mesh through alpha" in joiner.log.read_text(), DEADLINE,
+             "the joiner to join through its second candidate")
+    alone = subprocess.run([sys.executable, SERVER, "--port", "0", "--connect",
+                            "nosuchhost.invalid:9"], capture_output=True, text=True,
+                           timeout=DEADLINE, stdin=subprocess.DEVNULL)
+    assert alone.returncode == 2
+    assert "cannot resolve 'nosuchhost.invalid'" in alone.stderr
+    assert "Traceback" not in alone.stderr

@@ -4,6 +4,7 @@ candidate with backoff, its subtree with it, and never links into itself."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from .meshkit import Mesh, call, wait_for
@@ -148,3 +149,24 @@ def test_a_client_back_before_its_old_entry_left_is_refused_as_someone_then_admi
     finally:
         for fd in kept:
             os.close(fd)
+
+
+def test_a_client_leaves_a_frozen_server_for_its_next_one(mesh: Mesh) -> None:
+    """one stops running (its loop blocked, its sockets open: what SIGSTOP
+    does to a process); carol, whose pings go unanswered, takes it for gone
+    after --dead-after and reconnects through two (admitted once two, too,
+    has timed one out)."""
+    quick = {"keepalive": 0.2, "dead_after": 1.0}
+    one = mesh.add("one", server_options=quick)
+    two = mesh.add("two", one, server_options=quick)
+    mesh.wait_converged()
+    carol = mesh.chat_client(one, "carol", servers=(("127.0.0.1", two.server.port),),
+                             keepalive=0.2, dead_after=1.0, reconnect_delay=0.05)
+    thaw = threading.Event()
+    one.server.loop.call_soon_threadsafe(thaw.wait, 30)      # one freezes
+    try:
+        wait_for(lambda: call(carol.loop, lambda: carol.server_address[1]) == two.server.port
+                 and carol.connections >= 2, 15, "carol to reconnect through two")
+    finally:
+        thaw.set()
+    assert call(two.server.loop, lambda: two.server.routes.first_link(carol.id)) == carol.id

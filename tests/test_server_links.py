@@ -15,7 +15,7 @@ import time
 import pytest
 
 from crc.protocol import (
-    ClientChat, ClientQuit, ClientRegistration, Decoder, MsgType,
+    ClientChat, ClientQuit, ClientRegistration, Decoder, LinkKind, MsgType,
     ServerRegistration, Status, StatusCode, encode,
 )
 from crc.protocol.handshake import Hello
@@ -499,3 +499,27 @@ def test_a_recording_server_keeps_connections_that_never_register() -> None:
         theirs.close()
     finally:
         server.close()
+
+
+# -- a server that was not running itself ----------------------------------------------------
+
+def test_a_server_that_did_not_run_pings_before_it_judges_a_silent_link(hub: Harness) -> None:
+    """After a freeze (SIGSTOP, a starved VM) the first pass may run timers
+    before it reads what peers sent meanwhile: our own silence is not theirs."""
+    alice = hub.client(10, "alice", hello=True)
+    alice.read()
+    server = hub.server
+    conn = server.links[10]
+    now = server.loop.time()
+    server._tick_due = now - 10.0                   # the tick is 10 s late: we were stopped
+    conn.last_received = now - 10.0                 # ... and read nothing meanwhile
+    server._keepalive_tick()
+    hub.pump()
+    assert not conn.closed
+    assert [m.kind for m in alice.read()] == [LinkKind.PING]
+    # A link that is really silent is still dropped when the server did run.
+    server._tick_due = server.loop.time()
+    conn.last_received = server.loop.time() - server.config.dead_after - 1
+    server._keepalive_tick()
+    hub.pump()
+    assert conn.closed

@@ -2,8 +2,11 @@
 
 Connects, waits for the extension handshake (a plain CRC v1 server cannot run
 jobs: that is a clear error, not a hang), runs one request and exits with its
-status — the job's exit code for ``run``, 0 only if every server succeeded for
-``runall``, 0 only if every actionset succeeded for ``rake``.
+status — the job's exit code for ``run`` (128 + N for a job killed by signal
+N), 0 only if every server succeeded for ``runall``, 0 only if every actionset
+succeeded for ``rake``; 1 for a connection problem (none reachable, refused,
+a plain v1 server), 2 for a bad command line, Rakefile or file list, 128 + N
+when stopped by signal N (the jobs are cancelled).
 
 A lost connection is not the end (unless ``--no-reconnect``): the client
 tries its ``--server`` addresses in turn for ``--reconnect-for`` seconds
@@ -98,14 +101,16 @@ class Batch:
     def __init__(self, server: tuple[str, int], args: argparse.Namespace, name: str,
                  client_id: int = 0, output: Output | None = None, tls: Any = None,
                  secret: bytes | None = None, servers: Sequence[tuple[str, int]] = (),
-                 reconnect: bool = False, reconnect_for: float = BATCH_RECONNECT_FOR) -> None:
+                 reconnect: bool = False, reconnect_for: float = BATCH_RECONNECT_FOR,
+                 liveness: dict[str, float] | None = None) -> None:
         self.args = args
         self.output = output or Output()
         self.loop = EventLoop()
         self.server = server
+        self.liveness = dict(liveness or {})
         self.client = ChatClient(ClientConfig(server, name, client_id, tls=tls, secret=secret,
                                               servers=tuple(servers), reconnect=reconnect,
-                                              reconnect_for=reconnect_for),
+                                              reconnect_for=reconnect_for, **self.liveness),
                                  self.loop,
                                  listener=self._on_client_event)
         self.jobs = JobClient(self.client, Path.cwd())
@@ -121,7 +126,8 @@ class Batch:
         except OSError as exc:
             self.output.error(f"cannot connect to {self.server[0]}:{self.server[1]}: {exc}")
             return 1
-        self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        self.loop.call_later(self.liveness.get("handshake_timeout", HANDSHAKE_TIMEOUT) + 1.0,
+                             self._handshake_timeout)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
         try:
             self.loop.run()
@@ -177,20 +183,20 @@ class Batch:
         elif kind == "plain":
             self.output.error(f"{self.server[0]}:{self.server[1]} is a plain CRC v1 server; "
                               "it cannot run jobs")
-            self._stop(2)
+            self._stop(1)
         elif kind == "status" and (data.get("code") == StatusCode.AUTH_REFUSED or
                                    data.get("code") == 2 and not self.started):
             # (A duplicate id after a reconnect: the mesh has not yet noticed
             # our old connection is gone; the client tries again.)
             self.output.error(f"server refused us: {data.get('text')}")
-            self._stop(2)
+            self._stop(1)
         elif kind == "disconnected" and not self.loop.stopping and self.code == 1 \
                 and not self.started:
             if data.get("reconnecting") and len(self.client.config.candidates) > 1:
                 return                  # the next address is tried; the handshake deadline holds
             self.output.error(f"cannot connect to {self.server[0]}:{self.server[1]}: "
                               f"{data.get('reason')}")
-            self.code = 2
+            self.code = 1
             self.loop.stop()
         elif kind == "disconnected" and self.started and data.get("reconnecting"):
             self.output.info(f"connection lost ({data.get('reason')}); reconnecting, the jobs "
@@ -200,9 +206,10 @@ class Batch:
 
     def _handshake_timeout(self) -> None:
         if not self.started:
-            self.output.error(f"{self.server[0]}:{self.server[1]} did not complete the mesh "
-                              f"handshake within {HANDSHAKE_TIMEOUT:g} s")
-            self._stop(2)
+            limit = self.liveness.get("handshake_timeout", HANDSHAKE_TIMEOUT)
+            self.output.error(f"no server completed the mesh handshake within {limit:g} s "
+                              f"(--connect-timeout)")
+            self._stop(1)
 
     def _begin(self) -> None:
         try:
@@ -377,7 +384,7 @@ def rake_errors(path: str) -> list[str]:
 def batch_main(server: tuple[str, int], words: list[str], name: str, client_id: int = 0,
                tls: Any = None, secret: bytes | None = None,
                servers: Sequence[tuple[str, int]] = (), reconnect: bool = False,
-               reconnect_for: float = 0.0) -> int:
+               reconnect_for: float = 0.0, liveness: dict[str, float] | None = None) -> int:
     args = build_parser().parse_args(words)
     if args.command == "rake":
         # Errors in the Rakefile are reported before anything connects or runs.
@@ -388,4 +395,5 @@ def batch_main(server: tuple[str, int], words: list[str], name: str, client_id: 
                 print(e, file=sys.stderr)
             return 2
     return Batch(server, args, name, client_id, tls=tls, secret=secret, servers=servers,
-                 reconnect=reconnect, reconnect_for=reconnect_for or BATCH_RECONNECT_FOR).run()
+                 reconnect=reconnect, reconnect_for=reconnect_for or BATCH_RECONNECT_FOR,
+                 liveness=liveness).run()

@@ -85,7 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", metavar="FILE",
                    help="run the commands in FILE ('-': standard input) instead of the keyboard")
     p.add_argument("--connect-timeout", type=seconds, default=10.0, metavar="SECONDS",
-                   help="give up if the server has not welcomed us by then (default: 10)")
+                   help="give up if no server has welcomed us by then; with several --server "
+                   "addresses each gets its share before the next is tried (default: 10)")
+    p.add_argument("--keepalive", type=seconds, default=5.0, metavar="SECONDS",
+                   help="ping the server after this many quiet seconds (default: 5)")
+    p.add_argument("--dead-after", type=seconds, default=15.0, metavar="SECONDS",
+                   help="take the server for gone (frozen, cut off) after this many seconds "
+                   "without a byte from it, and reconnect (default: 15)")
     tls = p.add_argument_group("TLS (docs/security.md); for chat and batch mode alike")
     tls.add_argument("--tls-ca", metavar="FILE",
                      help="speak TLS; the server's certificate must be signed by this CA (PEM)")
@@ -222,12 +228,21 @@ def run_batch(parser: argparse.ArgumentParser, args: argparse.Namespace,
     from .batch import batch_main  # the jobs machinery is loaded only when used
     return batch_main(args.server[0], args.batch, args.name or BATCH_NAME, args.id, tls=tls,
                       secret=secret, servers=args.server[1:], reconnect=not args.no_reconnect,
-                      reconnect_for=args.reconnect_for)
+                      reconnect_for=args.reconnect_for, liveness=liveness(args))
+
+
+def liveness(args: argparse.Namespace) -> dict[str, float]:
+    """The client's deadlines from its flags (``ClientConfig`` fields)."""
+    return {"handshake_timeout": args.connect_timeout, "keepalive": args.keepalive,
+            "dead_after": args.dead_after}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.dead_after <= args.keepalive:
+        parser.error(f"--dead-after ({args.dead_after:g}) must be longer than --keepalive "
+                     f"({args.keepalive:g})")
     try:
         tls, secret = credentials(args, TLS_FLAGS, tls_from_args)
     except StartupError as exc:
@@ -248,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             server=args.server[0], servers=tuple(args.server[1:]), name=args.name, id=args.id,
             info=args.info, tls=tls, secret=secret, reconnect=not args.no_reconnect,
             reconnect_for=args.reconnect_for, reliable=not args.plain_chat,
-            state_dir=args.state_dir))
+            state_dir=args.state_dir, **liveness(args)))
     except JournalError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

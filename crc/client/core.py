@@ -28,6 +28,7 @@ from ..delivery import (ChatKind, Inbox, Journal, Outbox, Pending, pack_ack, pac
                         unpack_ack, unpack_chat, unpack_nack)
 from ..delivery.outbox import OutboxFull
 from ..net import Connection, EventLoop
+from ..net.connection import tcp_keepalive
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
     LinkKind, MAX_ID, Message, MsgType, encode, encode_parts,
@@ -77,6 +78,13 @@ class ClientConfig:
     state_dir: Path | None = None
     #: TLS towards the server (``crc.net.tls.client_tls``); None: plain TCP.
     tls: Any = None
+    #: Seconds to wait for a welcome, shared among the candidates when
+    #: connecting: a server that accepts and never answers is left for the next.
+    handshake_timeout: float = 10.0
+    #: Ping a quiet extension link to the server after ``keepalive`` seconds;
+    #: take the server for gone after ``dead_after`` seconds without a byte.
+    keepalive: float = 5.0
+    dead_after: float = 15.0
     #: The mesh secret (``--secret-file``): we prove it to the server (which
     #: must prove it to us) after the hello; needed to run jobs on a mesh
     #: that has one. None: we do not authenticate.
@@ -161,6 +169,9 @@ class ChatClient:
         self._delay = config.reconnect_delay
         self._lost_at: float | None = None
         self._hello_timer = None
+        self._step_timer = None
+        self._keepalive_timer = None
+        self._tick_due = 0.0
         self._previous_users: dict[int, User] = {}
         self.server_address = config.server
         # Reliable chat.
@@ -216,7 +227,16 @@ class ChatClient:
         self.conn = Connection(self.loop, sock, self, limits=self.config.limits,
                                label=f"server {host}:{port}", connecting=err != 0,
                                tls=self.config.tls.towards(host) if self.config.tls else None)
+        tcp_keepalive(sock, self.config.keepalive, self.config.dead_after)
         self.conn.send(ClientRegistration(self.id, 0, self.name, self.config.info))
+        # A server that accepts and never answers (a frozen process, a wedged
+        # host) must not hold us: each candidate gets its share of the time.
+        step = max(1.0, self.config.handshake_timeout / len(candidates))
+        self._step_timer = self.loop.call_later(step, self._no_answer, self.conn, step)
+
+    def _no_answer(self, conn: Connection, step: float) -> None:
+        if conn is self.conn and not conn.closed and not self.welcomed:
+            conn.close(f"no welcome from {conn.label} within {step:g} s")
 
     def run(self) -> None:
         try:
@@ -347,6 +367,10 @@ class ChatClient:
     def on_closed(self, conn: Connection, reason: str) -> None:
         if conn is not self.conn:
             return                       # an earlier connection, already replaced
+        for timer in (self._step_timer, self._keepalive_timer):
+            if timer is not None:
+                timer.cancel()
+        self._step_timer = self._keepalive_timer = None
         self.closed_reason = reason
         self.rchat = False
         self._acks.clear()
@@ -394,6 +418,10 @@ class ChatClient:
         if self._hello_timer is not None:
             self._hello_timer.cancel()
             self._hello_timer = None
+        if self.ext and self._keepalive_timer is None:
+            self._tick_due = self.loop.time() + self._keepalive_period()
+            self._keepalive_timer = self.loop.call_later(self._keepalive_period(),
+                                                         self._keepalive_tick)
         again = self.connections > 0
         self.connections += 1
         self.reconnecting = False
@@ -414,6 +442,37 @@ class ChatClient:
             self._emit("reconnected", server="%s:%d" % self.server_address)
             for listener in self.reconnect_listeners:
                 listener()
+
+    # -- keepalives -------------------------------------------------------------------
+
+    def _keepalive_period(self) -> float:
+        return max(0.05, min(self.config.keepalive, self.config.dead_after / 3))
+
+    def _keepalive_tick(self) -> None:
+        """Ping our server after ``keepalive`` quiet seconds; after
+        ``dead_after`` seconds without a byte from it, take it for gone (a
+        frozen process, a cut link) and reconnect, to the next candidate. A
+        plain v1 server cannot answer pings: TCP keepalives watch it instead.
+        If it is we who did not run for a while, the server gets the rest of
+        ``dead_after`` to be heard first."""
+        self._keepalive_timer = None
+        conn = self.conn
+        if conn is None or conn.closed or not self.ext:
+            return
+        now = self.loop.time()
+        period = self._keepalive_period()
+        if now - self._tick_due > max(1.0, period):
+            conn.last_received = max(conn.last_received, now - self.config.keepalive)
+        self._tick_due = now + period
+        quiet = now - conn.last_received
+        if quiet >= self.config.dead_after:
+            log.warning("%s: nothing from %s for %.1f s; reconnecting", self.name, conn.label,
+                        quiet)
+            conn.close(f"nothing received for {quiet:.1f} s (keepalive timeout)")
+            return
+        if quiet >= self.config.keepalive:
+            conn.send(Extension(LinkKind.PING, self.id, 0, 0, b""))
+        self._keepalive_timer = self.loop.call_later(period, self._keepalive_tick)
 
     def _emit(self, kind: str, **data: Any) -> None:
         if self.listener is not None:
@@ -468,6 +527,9 @@ class ChatClient:
         if msg.code == StatusCode.WELCOME and not self.welcomed:
             self.welcomed = True
             self.server_id = msg.source
+            if self._step_timer is not None:
+                self._step_timer.cancel()
+                self._step_timer = None
             self.server_verified = self.authenticated = False
             if self.config.extensions:
                 features = FEATURES if self.config.reliable else FEATURES - {"rchat"}

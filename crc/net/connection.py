@@ -40,6 +40,20 @@ log = logging.getLogger(__name__)
 SEND_SIZE = 256 * 1024
 
 
+def tcp_keepalive(sock: socket.socket, idle: float, dead_after: float) -> None:
+    """Let the kernel probe a quiet connection too (the only check a plain v1
+    peer, which cannot answer pings, gets): dead after about ``dead_after``."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        idle_s = max(1, int(idle))
+        interval = max(1, int((dead_after - idle) / 3) or 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except (OSError, AttributeError):
+        pass                     # not TCP, or a platform without these options
+
+
 class ConnectionOwner(Protocol):
     def on_messages(self, conn: "Connection", messages: list[Message]) -> None: ...
     def on_closed(self, conn: "Connection", reason: str) -> None: ...

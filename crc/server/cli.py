@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "nothing more is read from that peer (default: 64 MiB)")
     bounds.add_argument("--max-frame", type=positive_int, default=16 << 20,
                         help="bytes of the largest extension frame accepted (default: 16 MiB)")
+    bounds.add_argument("--join-timeout", type=positive_float, default=5.0,
+                        help="seconds the server we join has to answer our registration "
+                        "before the next --connect candidate is tried (default: 5)")
     bounds.add_argument("--keepalive", type=positive_float, default=5.0,
                         help="seconds of quiet before a mesh link is pinged (default: 5)")
     bounds.add_argument("--dead-after", type=positive_float, default=15.0,
@@ -232,6 +236,24 @@ def tls_from_args(args: argparse.Namespace) -> "ServerTLS | None":
                       handshake_timeout=args.registration_timeout)
 
 
+def resolve_candidates(candidates: list[tuple[str, int]]) -> tuple[list[tuple[str, int]],
+                                                                    dict[str, str], list[str]]:
+    """Look up each candidate's host once, before the loop starts (the loop
+    itself never waits on DNS): the candidates that resolved, their
+    addresses by host name, and a line for each that did not."""
+    usable, addresses, problems = [], {}, []
+    for host, port in candidates:
+        try:
+            info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            problems.append(f"--connect {host}:{port}: cannot resolve {host!r}: "
+                            f"{getattr(exc, 'strerror', None) or exc}")
+            continue
+        addresses[host] = info[0][4][0]
+        usable.append((host, port))
+    return usable, addresses, problems
+
+
 def configure_logging(level: str, log_file: str | None, name: str) -> None:
     handler: logging.Handler = (logging.FileHandler(log_file) if log_file
                                 else logging.StreamHandler(sys.stderr))
@@ -252,9 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         print(f"mesh_server.py: {exc}", file=sys.stderr)
         return 2
+    candidates, addresses, unresolved = resolve_candidates(args.connect)
+    for problem in unresolved:
+        print(f"mesh_server.py: {problem}" + ("; trying the others" if candidates else ""),
+              file=sys.stderr)
+    if unresolved and not candidates:
+        return 2
     config = ServerConfig(port=args.port, id=args.id, name=args.name, info=args.info,
-                          host=args.host, connect=args.connect[0] if args.connect else None,
-                          candidates=tuple(args.connect[1:]), rejoin=not args.no_rejoin,
+                          host=args.host, connect=candidates[0] if candidates else None,
+                          candidates=tuple(candidates[1:]), rejoin=not args.no_rejoin,
+                          join_timeout=args.join_timeout, addresses=addresses,
                           limits=dataclasses.replace(DEFAULT_LIMITS, max_payload=args.max_frame),
                           max_send_buffer=args.max_send_buffer,
                           max_connections=args.max_connections,

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..delivery.wire import ChatKind, pack_ack, pack_nack, unpack_chat
 from ..net import Connection, EventLoop
+from ..net.connection import tcp_keepalive
 from ..net.loop import EVENT_READ
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ChatFrame, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
@@ -126,6 +127,12 @@ class ServerConfig:
     rejoin: bool = False
     rejoin_delay: float = 0.2
     rejoin_max_delay: float = 10.0
+    #: The server we join must answer our registration within this, else the
+    #: next candidate is tried (a frozen process accepts and never answers).
+    join_timeout: float = 5.0
+    #: Candidate host names resolved to addresses before the loop started
+    #: (the CLI does it): the loop never waits on a name lookup.
+    addresses: dict[str, str] = field(default_factory=dict)
     #: The mesh secret (``--secret-file``): servers must prove it to link,
     #: clients to run jobs. None: no authentication, jobs for loopback only.
     secret: bytes | None = field(default=None, repr=False)
@@ -213,20 +220,6 @@ class AuthState:
     pending: ServerRegistration | ClientRegistration | None = None
 
 
-def _tcp_keepalive(sock: socket.socket, idle: float, dead_after: float) -> None:
-    """Let the kernel probe a quiet connection too (the only check a plain v1
-    peer, which cannot answer pings, gets): dead after about ``dead_after``."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        idle_s = max(1, int(idle))
-        interval = max(1, int((dead_after - idle) / 3) or 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle_s)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    except (OSError, AttributeError):
-        pass                     # not TCP, or a platform without these options
-
-
 class MeshServer:
     def __init__(self, config: ServerConfig, loop: EventLoop | None = None) -> None:
         self.config = config
@@ -249,6 +242,11 @@ class MeshServer:
         self._refused = 0                # connections refused at the limit
         self._refused_logged = 0.0
         self._held_total = 0             # bytes of reliable chats waiting for hellos (HELD_TOTAL)
+        self._join_refusal = ""          # why the last join was refused: duplicate, self, auth
+        self._duplicate_refusals = 0     # refused as a duplicate since we last joined
+        self._join_failures = 0          # joins that failed since we last joined
+        self._excluded: set[tuple[str, int]] = set()   # candidates that are ourselves
+        self._tick_due = 0.0             # when the keepalive tick should run next
         #: Handlers for extension frames addressed to us (or to the adjacent
         #: peer, destination 0), by kind; filled by subsystems (jobs, ...).
         self.extension_handlers: dict[int, Callable[[Connection, Extension], None]] = {}
@@ -287,7 +285,15 @@ class MeshServer:
         self._log_security()
         self.listen()
         if self.config.connect:
-            self.connect_uplink(*self.config.connect)
+            try:
+                self.connect_uplink(*self.config.connect)
+            except OSError as exc:
+                host, port = self.config.connect
+                log.log(logging.WARNING if self.config.rejoin else logging.ERROR,
+                        "%s: cannot connect to %s:%d: %s", self.name, host, port,
+                        exc.strerror or exc)
+                self._uplink_lost()
+        self._tick_due = self.loop.time() + self._keepalive_period()
         self.loop.call_later(self._keepalive_period(), self._keepalive_tick)
 
     def _log_security(self) -> None:
@@ -320,9 +326,23 @@ class MeshServer:
         candidate inside it refuses us as a duplicate (it knows our id), and we
         refuse it if its id is one we already know, so the tree never loops."""
         candidates = [c for c in (self.config.connect, *self.config.candidates) if c]
+        refusal, self._join_refusal = self._join_refusal, ""
         if not self.config.rejoin or not candidates or self._closing:
             return
-        self._candidate = (self._candidate + 1) % len(candidates)
+        if refusal == "self":
+            self._excluded.add(candidates[self._candidate % len(candidates)])
+        usable = [c for c in candidates if c not in self._excluded]
+        if not usable:
+            log.error("%s: no candidate left to join through (every one is this server "
+                      "itself); staying apart", self.name)
+            return
+        if refusal != "duplicate":
+            # A candidate that refused us as a duplicate is alive and will take
+            # us once our old path has left the mesh: it is tried again.
+            # Anything else (unreachable, no answer, closed) moves on.
+            self._candidate = (self._candidate + 1) % len(candidates)
+        while candidates[self._candidate] in self._excluded:
+            self._candidate = (self._candidate + 1) % len(candidates)
         delay = self._rejoin_delay * random.uniform(0.8, 1.2)
         self._rejoin_delay = min(self._rejoin_delay * 2, self.config.rejoin_max_delay)
         host, port = candidates[self._candidate]
@@ -352,17 +372,63 @@ class MeshServer:
         log.info("%s (id %d) listening on %s:%d", self.name, self.id, self.config.host, self.port)
 
     def connect_uplink(self, host: str, port: int) -> None:
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        """Open the uplink to ``host:port`` (its address as resolved before the
+        loop started, ``ServerConfig.addresses``, so nothing here waits on DNS)
+        and register; ``OSError`` if the connection cannot even be started.
+        An uplink that has not answered within ``join_timeout`` is given up."""
+        address = self.config.addresses.get(host, host)
+        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                             socket.SOCK_STREAM)
         sock.setblocking(False)
-        err = sock.connect_ex((host, port))
+        try:
+            err = sock.connect_ex((address, port))
+        except OSError:
+            sock.close()
+            raise
         conn = self._new_connection(sock, Link(Role.JOINING, outbound=True), f"uplink {host}:{port}",
                                     connecting=err != 0,
                                     tls=self.config.tls.connect.towards(host) if self.config.tls
                                     else None)
         self.uplink = conn
+        conn.peer.deadline = self.loop.call_later(self.config.join_timeout, self._join_deadline,
+                                                  conn)
         # Our first bytes on the link are exactly our v1 registration.
         conn.send(ServerRegistration(self.id, 0, self.name, self.info))
         log.info("%s joining the mesh through %s:%d", self.name, host, port)
+
+    def _join_refused(self, conn: Connection, msg: Status) -> None:
+        """Say why a join was refused, once per streak of the same refusal."""
+        if msg.code == StatusCode.AUTH_REFUSED:
+            self._join_refusal = "auth"
+            log.error("%s: join refused by %s: %s (is our mesh secret the same as theirs?)",
+                      self.name, conn.label, msg.text)
+        elif msg.code == StatusCode.DUPLICATE_ID and msg.source == self.id:
+            self._join_refusal = "self"
+            log.error("%s: %s is this server itself (--connect names our own address); not "
+                      "trying it again", self.name, conn.label)
+        elif msg.code == StatusCode.DUPLICATE_ID:
+            self._join_refusal = "duplicate"
+            self._duplicate_refusals += 1
+            if not self.config.rejoin:
+                log.error("%s: join refused: %s", self.name, msg.text)
+            elif self._duplicate_refusals == 1:
+                # Expected while the mesh still holds our old path (a rejoin
+                # after a silent cut); if another server really has our id,
+                # this repeats every --rejoin backoff, up to 10 s apart.
+                log.warning("%s: join refused by %s: %s; trying again (the mesh may still "
+                            "hold our old path, or another server has our id)", self.name,
+                            conn.label, msg.text)
+            else:
+                log.info("%s: join refused again by %s (%d times): %s", self.name, conn.label,
+                         self._duplicate_refusals, msg.text)
+        else:
+            log.error("%s: join refused: %s", self.name, msg.text)
+
+    def _join_deadline(self, conn: Connection) -> None:
+        """The server we are joining (a frozen process, a wedged host) has not
+        answered: try the next candidate instead of waiting for ever."""
+        if not conn.closed and conn is self.uplink and conn.peer.role is Role.JOINING:
+            conn.close(f"no answer within {self.config.join_timeout:g} s (--join-timeout)")
 
     def run(self) -> None:
         """Run the event loop until ``stop``; then close every socket."""
@@ -423,7 +489,7 @@ class MeshServer:
         # claiming a large payload reserves nothing (``_extensions_up``).
         conn.decoder.allow_in_place = False
         self.connections.add(conn)
-        _tcp_keepalive(sock, self.config.keepalive, self.config.dead_after)
+        tcp_keepalive(sock, self.config.keepalive, self.config.dead_after)
         return conn
 
     def _registration_deadline(self, conn: Connection) -> None:
@@ -449,6 +515,19 @@ class MeshServer:
         ``dead_after`` without a byte from the other end. Plain v1 peers
         cannot answer pings: their sockets get TCP keepalives instead."""
         now = self.loop.time()
+        period = self._keepalive_period()
+        stalled = now - self._tick_due
+        if stalled > max(1.0, period):
+            # We ourselves did not run (stopped, or starved of CPU): what our
+            # peers sent meanwhile is still unread in the socket buffers. Our
+            # silence is not theirs: each link is pinged now and judged only
+            # if it stays silent for the rest of --dead-after.
+            log.warning("%s: this server did not run for %.1f s; every link gets %.0f s to be "
+                        "heard before it is judged", self.name, stalled + period,
+                        self.config.dead_after - self.config.keepalive)
+            for conn in self.connections:
+                conn.last_received = max(conn.last_received, now - self.config.keepalive)
+        self._tick_due = now + period
         for conn in list(self.connections):
             link: Link = conn.peer
             if conn.closed or not link.ext or link.role not in (Role.SERVER, Role.CLIENT):
@@ -460,7 +539,7 @@ class MeshServer:
             elif quiet >= self.config.keepalive:
                 link.pings += 1
                 conn.send(Extension(LinkKind.PING, self.id, 0, 0, b""))
-        self.loop.call_later(self._keepalive_period(), self._keepalive_tick)
+        self.loop.call_later(period, self._keepalive_tick)
 
     def on_data(self, conn: Connection, data: bytes) -> None:
         role = conn.peer.role
@@ -504,8 +583,13 @@ class MeshServer:
                         self.name, link.role.value, peer_id, reason, len(gone))
                 self._announce_departure(gone, "link lost", exclude=None)
         elif link.role is Role.JOINING:
-            log.log(logging.WARNING if self.config.rejoin else logging.ERROR,
-                    "%s: could not join the mesh: %s", self.name, reason)
+            self._join_failures += 1
+            if not self.config.rejoin:
+                log.error("%s: could not join the mesh: %s", self.name, reason)
+            else:                         # said once; the retries that follow quietly
+                log.log(logging.WARNING if self._join_failures == 1 else logging.INFO,
+                        "%s: could not join the mesh through %s: %s", self.name, conn.label,
+                        reason)
         elif link.role is Role.AUTH:
             log.info("%s: %s closed before authenticating: %s", self.name,
                      self._who(conn), reason)
@@ -707,6 +791,7 @@ class MeshServer:
         conn.label = f"server {msg.name}({msg.source})"
         log.info("%s: joined the mesh through %s (id %d)", self.name, msg.name, msg.source)
         self._rejoin_delay = self.config.rejoin_delay
+        self._duplicate_refusals = self._join_failures = 0
         # Tell the uplink what we already know (nothing, on a fresh start),
         # and tell what we already have (servers that joined us meanwhile)
         # about the uplink; what lies beyond it follows as it arrives.
@@ -823,11 +908,7 @@ class MeshServer:
             # The server we tried to join refused us (duplicate id, or
             # authentication).
             self._log_status(msg.text)
-            if msg.code == StatusCode.AUTH_REFUSED:
-                log.error("%s: join refused by %s: %s (is our mesh secret the same as theirs?)",
-                          self.name, conn.label, msg.text)
-            else:
-                log.error("%s: join refused: %s", self.name, msg.text)
+            self._join_refused(conn, msg)
             link.role = Role.DONE
             return
         if link.role not in (Role.SERVER, Role.CLIENT):
