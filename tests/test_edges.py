@@ -254,3 +254,57 @@ def test_an_unresolvable_candidate_is_skipped_with_a_clear_line(
     assert alone.returncode == 2
     assert "cannot resolve 'nosuchhost.invalid'" in alone.stderr
     assert "Traceback" not in alone.stderr
+
+
+# -- hostile text ---------------------------------------------------------------------------
+
+def test_control_characters_from_other_users_are_shown_not_obeyed(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    evil_name = "mal\x1b[5mlory\nfake"
+    evil_text = "\x1b]0;TITLE\x07hidden \x1b[31mred\r\u202egnp.exe"
+    alice_out = tmp_path / "alice.out"
+    with alice_out.open("w") as out:
+        alice = procs.start([CLIENT, "--server", alpha.address, "--name", "alice", "--id", "101"],
+                            stdin=subprocess.PIPE, stdout=out, stderr=subprocess.PIPE)
+    wait_for(lambda: "[status] Welcome" in alice_out.read_text(), DEADLINE, "alice's welcome")
+    mallory = run_client(procs, alpha, evil_name, 666,
+                         f"/wait alice 10\n/msg alice {evil_text}\n/who\n")
+    assert mallory.returncode == 0, mallory.stderr
+    wait_for(lambda: "hidden" in alice_out.read_text(), DEADLINE, "the chat at alice")
+    alice.stdin.write("/who\n")
+    alice.stdin.close()
+    assert alice.wait(DEADLINE) == 0
+    shown = alice_out.read_text()
+    assert "\x1b" not in shown and "\x07" not in shown and "\r" not in shown
+    assert "\u202e" not in shown
+    assert ("[chat] mal\\x1b[5mlory\\nfake(666): \\x1b]0;TITLE\\x07hidden \\x1b[31mred\\r"
+            "\\u202egnp.exe") in shown.splitlines()
+    assert "[join] mal\\x1b[5mlory\\nfake(666)" in shown.splitlines()
+    # The server's log keeps one line per entry, whatever the name holds.
+    log_lines = alpha.log.read_text().splitlines()
+    joined = [line for line in log_lines if "(id 666) joined" in line]
+    assert len(joined) == 1 and "mal\\x1b[5mlory\\nfake" in joined[0]
+    assert not any(line.startswith("fake") for line in log_lines)
+
+
+# -- servers that share a name --------------------------------------------------------------
+
+def test_servers_sharing_a_name_are_told_apart_by_id(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    twin1 = Server(procs, tmp_path, 2, "twin", connect=alpha.port)
+    twin2 = Server(procs, tmp_path, 3, "twin", connect=alpha.port)
+    wait_for(lambda: "named 'twin' like server(s) 2" in alpha.log.read_text(), DEADLINE,
+             "alpha to warn about the second 'twin'")
+    runall = None
+    for _ in range(50):          # until load reports from all three have spread
+        runall = batch(procs, alpha.address, tmp_path, "runall", "--", "echo", "here")
+        if runall.returncode == 0 and runall.stdout.count("[twin(") >= 2:
+            break
+    assert runall is not None and runall.returncode == 0, runall.stderr
+    assert "twin(2)" in runall.stdout and "twin(3)" in runall.stdout
+    ambiguous = batch(procs, alpha.address, tmp_path, "run", "--on", "twin", "--", "true")
+    assert ambiguous.returncode != 0
+    assert "2 servers are named 'twin' (ids 2, 3)" in ambiguous.stderr
+    chosen = batch(procs, alpha.address, tmp_path, "run", "--on", "3", "--", "true")
+    assert chosen.returncode == 0, chosen.stderr
+    assert twin1.proc.poll() is None and twin2.proc.poll() is None

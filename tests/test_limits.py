@@ -172,15 +172,36 @@ def test_a_silent_mesh_link_is_dropped_by_keepalive_and_a_quiet_one_kept(
 
 
 def test_a_client_over_its_job_quota_gets_a_clear_error(mesh: Mesh, tmp_path: Path) -> None:
+    """The entry enforces the quota whatever a client does (here one that
+    sends SUBMIT frames itself, past the window ``JobClient`` keeps)."""
+    from crc.jobs.wire import Kind, frame
     (node,) = mesh.chain(1, max_jobs_per_client=2)
     client, jobs = mesh.client(node, "greedy", tmp_path)
+    assert jobs.max_jobs == 2                        # told in the hello reply
     running = [submit(client, jobs, shell="sleep 30")[0] for _ in range(2)]
-    extra, _ = submit(client, jobs, shell="true")
-    finished(extra, 10)
-    assert "job quota: 2 unfinished job(s), at most 2 per client" in extra.error
+    wait_for(lambda: call(client.loop, lambda: all(j.accepted for j in running)), 10,
+             "both to be accepted")
+    refusals: list[str] = []
+    call(client.loop, lambda: client.extension_handlers.__setitem__(
+        Kind.FAILED, lambda msg: refusals.append(msg.payload.decode("utf-8", "replace"))))
+    call(client.loop, lambda: client.send_extension(frame(Kind.SUBMIT, client.id, 0, {
+        "job": f"{client.id}.raw.1", "files": [], "stdin": False, "shell": "true"})))
+    wait_for(lambda: refusals, 10, "the refusal")
+    assert "job quota: 2 unfinished job(s), at most 2 per client" in refusals[0]
     for job in running:
         call(client.loop, lambda job=job: jobs.cancel(job.id))
-    for job in running:
-        finished(job, 10)
-    again, _ = submit(client, jobs, shell="true")
-    assert finished(again, 10).exit_code == 0
+
+
+def test_jobs_beyond_the_quota_wait_for_room_instead_of_failing(
+        mesh: Mesh, tmp_path: Path) -> None:
+    (node,) = mesh.chain(1, max_jobs_per_client=2)
+    client, jobs = mesh.client(node, "patient", tmp_path)
+    running = [submit(client, jobs, shell="sleep 30")[0] for _ in range(2)]
+    extra, _ = submit(client, jobs, shell="true")
+    wait_for(lambda: call(client.loop, lambda: all(j.accepted for j in running)), 10,
+             "the first two to be accepted")
+    assert not call(client.loop, lambda: extra.sent)          # held back, not refused
+    call(client.loop, lambda: jobs.cancel(running[0].id))
+    assert finished(extra, 10).exit_code == 0
+    assert not extra.error
+    call(client.loop, lambda: jobs.cancel(running[1].id))

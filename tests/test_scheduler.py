@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections import Counter
 
 import pytest
@@ -57,11 +59,14 @@ def test_recently_picked_loses_a_tie() -> None:
     assert pick([a, b], ledger, ME).server == 3
 
 
-def test_by_name_accepts_name_or_id() -> None:
+def test_by_name_accepts_name_or_id_and_returns_every_namesake() -> None:
     rs = [report(2), report(3)]
-    assert by_name(rs, "s3").server == 3
-    assert by_name(rs, "2").server == 2
-    assert by_name(rs, "nope") is None
+    assert [r.server for r in by_name(rs, "s3")] == [3]
+    assert [r.server for r in by_name(rs, "2")] == [2]
+    assert by_name(rs, "nope") == []
+    twins = [report(2), dataclasses.replace(report(3), name="s2")]
+    assert sorted(r.server for r in by_name(twins, "s2")) == [2, 3]
+    assert [r.server for r in by_name(twins, "3")] == [3]
 
 
 def test_load_table_ages_and_staleness() -> None:

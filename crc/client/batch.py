@@ -199,10 +199,10 @@ class Batch:
             self.code = 1
             self.loop.stop()
         elif kind == "disconnected" and self.started and data.get("reconnecting"):
-            self.output.info(f"connection lost ({data.get('reason')}); reconnecting, the jobs "
+            self.output.note(f"connection lost ({data.get('reason')}); reconnecting, the jobs "
                              "go on")
         elif kind == "reconnected":
-            self.output.info(f"reconnected to {data.get('server')}")
+            self.output.note(f"reconnected to {data.get('server')}")
 
     def _handshake_timeout(self) -> None:
         if not self.started:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from ..jobs.client import JobClient
 from ..protocol import MAX_INFO, MAX_NAME, field_problem
+from ..visible import VisibleFormatter
 from ..delivery import JournalError
 from ..server.cli import StartupError, credentials, host_id, host_ports
 from .core import ChatClient, ClientConfig
@@ -149,7 +150,7 @@ class ViewLogHandler(logging.Handler):
 
 def configure_logging(level: str, view: View) -> None:
     handler = ViewLogHandler(view)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(VisibleFormatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

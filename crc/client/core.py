@@ -36,6 +36,7 @@ from ..protocol import (
     random_id,
 )
 from ..protocol import auth
+from ..visible import visible
 from ..protocol.handshake import FEATURES, Hello, parse_hello
 
 log = logging.getLogger(__name__)
@@ -340,10 +341,12 @@ class ChatClient:
         raise LookupFailed(f"no known user named {target!r} (try /who)")
 
     def display_name(self, user_id: int) -> str:
+        """``name(id)`` for messages to the user (control characters in a
+        name, which anyone may choose, shown as escapes)."""
         if user_id == self.id:
-            return f"{self.name}({user_id})"
+            return f"{visible(self.name)}({user_id})"
         user = self.users.get(user_id)
-        return f"{user.name}({user_id})" if user else str(user_id)
+        return f"{visible(user.name)}({user_id})" if user else str(user_id)
 
     # -- connection callbacks ----------------------------------------------------------
 

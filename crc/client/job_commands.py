@@ -26,6 +26,7 @@ from ..jobs.client import Job, JobClient, JobError, RunState
 from ..jobs.rakefile import RakefileError, check_files, parse
 from . import commands as cmd
 from .batch import LineSplitter
+from ..visible import visible
 from .jobs_ui import BuildView, Output, exit_table, load_table, run_note
 
 if TYPE_CHECKING:
@@ -42,11 +43,16 @@ class _ViewOutput(Output):
         self.session = session
 
     def line(self, prefix: str, stream: int, text: str) -> None:
+        # A job's output in the chat window: shown, never obeyed (batch
+        # ``run`` is where output stays byte-exact).
         style = "cyan" if stream == 1 else "magenta"
-        self.session.view.show(Text.assemble((f"[{prefix}] ", style), text))
+        self.session.view.show(Text.assemble((f"[{visible(prefix)}] ", style), visible(text)))
 
     def info(self, text: str) -> None:
         self.session.view.show(Text.from_markup(text))
+
+    def note(self, text: str) -> None:
+        self.session.view.info(text)
 
     def error(self, text: str) -> None:
         self.session.view.error(text)
@@ -161,7 +167,7 @@ class JobCommands:
             any(build.exit_code is None for build in self.builds)
 
     def _event(self, job: Job, run: RunState, event: str, data: Any) -> None:
-        prefix = run.id if "@" in run.id else f"{run.id}@{run.name}"
+        prefix = f"{job.id}@{run.name}"
         if event == "accepted" and job.stdin:
             for data, eof in self._early_input:
                 self.jobs.send_input(run.id, data, eof)
@@ -209,12 +215,14 @@ class JobCommands:
             table.add_column(col)
         for job in self.jobs.jobs.values():
             if job.error:
-                table.add_row(job.id, job.label, "-", Text("failed", style="red"), job.error)
+                table.add_row(job.id, Text(visible(job.label)), "-", Text("failed", style="red"),
+                              Text(visible(job.error)))
             elif not job.runs:
-                table.add_row(job.id, job.label, "?", "submitted", "")
+                table.add_row(job.id, Text(visible(job.label)), "?", "submitted", "")
             for run in job.runs.values():
                 style = "green" if run.ok else ("red" if run.finished else "yellow")
-                table.add_row(run.id, job.label, run.name, Text(run.state, style=style),
+                table.add_row(Text(visible(run.id)), Text(visible(job.label)),
+                              Text(visible(run.name)), Text(run.state, style=style),
                               "" if run.exit is None else str(run.exit))
         return table
 

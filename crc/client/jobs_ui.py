@@ -21,6 +21,7 @@ from rich.text import Text
 from ..jobs.build import ActionRun
 from ..jobs.client import Job, RunState
 from ..jobs.rakefile import ActionSet
+from ..visible import visible
 
 STATE_STYLE = {"waiting": "dim", "running": "yellow", "ok": "green", "failed": "bold red"}
 
@@ -38,10 +39,15 @@ class Output:
         console.print(Text.assemble((f"[{prefix}] ", style), text))
 
     def info(self, text: str) -> None:
+        """A line of rich markup (callers escape what they quote)."""
         self.err.print(text)
 
+    def note(self, text: str) -> None:
+        """A plain line, shown as it is (control characters visible)."""
+        self.err.print(escape(visible(text, newlines=True)))
+
     def error(self, text: str) -> None:
-        self.err.print(f"[bold red]error:[/] {escape(text)}")
+        self.err.print(f"[bold red]error:[/] {escape(visible(text, newlines=True))}")
 
 
 def load_table(rows: Iterable[dict]) -> Table:
@@ -50,7 +56,7 @@ def load_table(rows: Iterable[dict]) -> Table:
         table.add_column(col, justify="left" if col == "server" else "right")
     for r in rows:
         age = f"{r.get('age', 0):.1f}" + (" (stale)" if r.get("stale") else "")
-        table.add_row(str(r.get("name")), str(r.get("server")), f"{r.get('cpu', 0):.0f}",
+        table.add_row(Text(visible(str(r.get("name")))), str(r.get("server")), f"{r.get('cpu', 0):.0f}",
                       f"{r.get('mem', 0):.0f}", f"{r.get('load1', 0):.2f}", str(r.get("running")),
                       str(r.get("queued")), str(r.get("slots")), age)
     return table
@@ -64,7 +70,8 @@ def exit_table(job: Job) -> Table:
     for run in sorted(job.runs.values(), key=lambda r: r.name):
         code = "-" if run.exit is None else str(run.exit)
         style = "green" if run.ok else "red"
-        table.add_row(run.name, Text(code, style=style), escape(run.error))
+        table.add_row(Text(visible(run.name)), Text(code, style=style),
+                      Text(visible(run.error)))
     return table
 
 
@@ -94,7 +101,7 @@ class BuildView:
         for col in ("action", "command", "server", "state"):
             table.add_column(col)
         for r in self.runs:
-            table.add_row(r.name, escape(r.action.label), r.server,
+            table.add_row(r.name, Text(r.action.label), Text(visible(r.server)),
                           Text(r.state, style=STATE_STYLE.get(r.state, "")))
         return table
 
@@ -105,7 +112,7 @@ class BuildView:
                              transient=True)
             self.live.start()
         else:
-            self.output.info(f"== {actionset.name}: {len(runs)} action(s)")
+            self.output.info(f"== {escape(actionset.name)}: {len(runs)} action(s)")
 
     def action_changed(self, run: ActionRun) -> None:
         if self.live is not None:
@@ -113,13 +120,14 @@ class BuildView:
         elif run.state == "running" and run.server not in ("?", "") \
                 and self._announced.get(run.name) != run.server:
             self._announced[run.name] = run.server
-            self.output.info(f"   {run.name} {run.action.label} -> {run.server}")
+            self.output.info(f"   {run.name} {escape(run.action.label)} -> "
+                             f"{escape(visible(run.server))}")
         elif run.finished:
             mark = "ok" if run.state == "ok" else f"FAILED ({run.error or f'exit {run.exit}'})"
-            self.output.info(f"   {run.name} {mark}")
+            self.output.info(f"   {run.name} {escape(visible(mark))}")
 
     def line(self, run: ActionRun, stream: int, text: str) -> None:
-        prefix = run.name if run.server in ("local", "?") else f"{run.name}@{run.server}"
+        prefix = run.name if run.server in ("local", "?") else f"{run.name}@{visible(run.server)}"
         self.output.line(prefix, stream, text)
 
     def actionset_finished(self, actionset: ActionSet, runs: list[ActionRun]) -> None:
@@ -134,7 +142,7 @@ class BuildView:
             return
         self.output.error("build failed; failed action(s):")
         for run in failed:
-            self.output.err.print(f"  {escape(run.describe_failure())}")
+            self.output.err.print(f"  {escape(visible(run.describe_failure()))}")
 
 
 def write_stream(stream: int, data: bytes) -> None:

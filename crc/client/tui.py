@@ -1,6 +1,8 @@
 """How the chat client looks: event lines, the /who table, help, errors.
 
-This module owns presentation only. ``event_text`` turns a ``ChatClient``
+This module owns presentation only. Whatever came from other machines
+(names, infos, chat and status texts) is shown through ``crc.visible``:
+control characters appear as escapes and never reach the terminal raw. ``event_text`` turns a ``ChatClient``
 event into one line (``[chat] alice(101): text`` and so on) and is shared by
 both views:
 
@@ -31,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..protocol import StatusCode
+from ..visible import visible
 from .commands import COMMANDS, PLAIN_LINES
 from .core import User
 
@@ -39,32 +42,37 @@ STATUS_STYLE = {StatusCode.WELCOME: "blue", StatusCode.UNKNOWN_ID: "red",
 
 
 def event_text(kind: str, data: dict[str, Any]) -> Text | None:
-    """One line for a ``ChatClient`` event, or None for events not shown."""
+    """One line for a ``ChatClient`` event, or None for events not shown.
+    Everything that came from the network is shown ``visible``."""
     if kind == "chat":
-        return Text.assemble(("[chat] ", "cyan"), (f"{data['name']}", "bold cyan"), ": ",
-                             data["text"])
+        return Text.assemble(("[chat] ", "cyan"), (visible(data["name"]), "bold cyan"), ": ",
+                             visible(data["text"]))
     if kind == "status":
         style = STATUS_STYLE.get(data.get("code"), "")
-        return Text.assemble(("[status] ", style or "blue"), (data["text"], style))
+        return Text.assemble(("[status] ", style or "blue"), (visible(data["text"]), style))
     if kind == "join":
-        return Text.assemble(("[join] ", "green"), (f"{data['name']}({data['id']})", "green"))
+        return Text.assemble(("[join] ", "green"),
+                             (f"{visible(data['name'])}({data['id']})", "green"))
     if kind == "quit":
-        line = Text.assemble(("[quit] ", "yellow"), (f"{data['name']}({data['id']})", "yellow"))
+        line = Text.assemble(("[quit] ", "yellow"),
+                             (f"{visible(data['name'])}({data['id']})", "yellow"))
         if data["text"]:
-            line.append(": ").append(data["text"])
+            line.append(": ").append(visible(data["text"]))
         return line
     if kind == "unreachable":
         return Text.assemble(("[waiting] ", "yellow"), f"{data['waiting']} chat(s) to ",
-                             (data["name"], "bold"), f": {data['reason']}; will keep trying")
+                             (visible(data["name"]), "bold"),
+                             f": {visible(data['reason'])}; will keep trying")
     if kind == "undelivered":
-        return Text.assemble(("[undelivered] ", "bold red"), (data["name"], "bold"), ": ",
-                             data["text"], (f" ({data['reason']})", "dim"))
+        return Text.assemble(("[undelivered] ", "bold red"), (visible(data["name"]), "bold"),
+                             ": ", visible(data["text"]),
+                             (f" ({visible(data['reason'])})", "dim"))
     return None
 
 
 def sent_text(target: str, text: str) -> Text:
     """The echo of a chat this client sent."""
-    return Text.assemble(("[sent] ", "dim"), (target, "bold"), ": ", text)
+    return Text.assemble(("[sent] ", "dim"), (visible(target), "bold"), ": ", visible(text))
 
 
 def who_table(me: User, users: Iterable[User]) -> Table:
@@ -74,9 +82,10 @@ def who_table(me: User, users: Iterable[User]) -> Table:
     table.add_column("id", justify="right")
     table.add_column("name")
     table.add_column("info")
-    table.add_row(str(me.id), Text.assemble(me.name, (" (you)", "dim")), me.info)
+    table.add_row(str(me.id), Text.assemble(visible(me.name), (" (you)", "dim")),
+                  visible(me.info))
     for user in others:
-        table.add_row(str(user.id), user.name, user.info)
+        table.add_row(str(user.id), Text(visible(user.name)), Text(visible(user.info)))
     return table
 
 
@@ -114,10 +123,10 @@ class LineView:
         self.out.print(renderable)
 
     def info(self, text: str) -> None:
-        self.err.print(Text(text, style="dim"))
+        self.err.print(Text(visible(text, newlines=True), style="dim"))
 
     def error(self, text: str) -> None:
-        self.err.print(Text.assemble(("error: ", "bold red"), text))
+        self.err.print(Text.assemble(("error: ", "bold red"), visible(text, newlines=True)))
 
 
 def plain_console(stream: Any) -> Console:
@@ -176,10 +185,10 @@ class TerminalView:
         self._print(renderable)
 
     def info(self, text: str) -> None:
-        self._print(Text(text, style="dim"))
+        self._print(Text(visible(text, newlines=True), style="dim"))
 
     def error(self, text: str) -> None:
-        self._print(Text.assemble(("error: ", "bold red"), text))
+        self._print(Text.assemble(("error: ", "bold red"), visible(text, newlines=True)))
 
     def close(self) -> None:
         """Leave the cursor on a clean line (a prompt may still be showing)."""

@@ -328,8 +328,12 @@ class JobClient:
         job = self.jobs.get(header.get("job", ""))
         if job is None or job.accepted or job.error:
             return
-        for item in header.get("runs", []):
-            run = RunState(str(item["id"]), int(item["server"]), str(item.get("name", "?")))
+        items = header.get("runs", [])
+        names = [str(item.get("name", "?")) for item in items]
+        for item, name in zip(items, names):
+            if names.count(name) > 1:          # namesakes: told apart by their ids
+                name = f"{name}({item['server']})"
+            run = RunState(str(item["id"]), int(item["server"]), name)
             job.runs[run.id] = run
             self.runs[run.id] = (job, run)
         job.accepted = True

@@ -61,11 +61,13 @@ def pick(reports: Iterable[LoadReport], ledger: Ledger, me: int) -> LoadReport |
     return chosen
 
 
-def by_name(reports: Iterable[LoadReport], name: str) -> LoadReport | None:
-    for report in reports:
-        if report.name == name or str(report.server) == name:
-            return report
-    return None
+def by_name(reports: Iterable[LoadReport], name: str) -> list[LoadReport]:
+    """The servers ``name`` denotes: the one whose id it is (a decimal id is
+    never ambiguous), else every server of that name (more than one: the
+    caller says it is ambiguous and lists their ids)."""
+    reports = list(reports)
+    by_id = [r for r in reports if str(r.server) == name]
+    return by_id or [r for r in reports if r.name == name]
 
 
 def spread(reports: list[LoadReport], ledger: Ledger, me: int, n: int) -> list[int]:

@@ -345,12 +345,18 @@ class JobService:
             targets = sorted(candidates, key=lambda r: r.name)
         elif isinstance(header.get("on"), str) and header["on"]:
             chosen = by_name(candidates, header["on"])
-            if chosen is None:
+            if not chosen:
                 known = ", ".join(sorted(r.name for r in candidates)) or "none"
                 self._to_client(client, Kind.FAILED, {
                     "id": job, "error": f"no server named {header['on']!r} (known: {known})"})
                 return
-            targets = [chosen]
+            if len(chosen) > 1:
+                ids = ", ".join(str(r.server) for r in sorted(chosen, key=lambda r: r.server))
+                self._to_client(client, Kind.FAILED, {
+                    "id": job, "error": f"{len(chosen)} servers are named {header['on']!r} "
+                                        f"(ids {ids}); give --on one of the ids"})
+                return
+            targets = chosen
         else:
             chosen = pick(candidates, self.ledger, self.me)
             targets = [chosen] if chosen else []
@@ -370,7 +376,9 @@ class JobService:
             return
         runs = []
         for target in targets:
-            run_id = f"{job}@{target.name}" if header.get("all") else job
+            # Ids, not names, keep the copies of a runall apart: two servers
+            # may share a name.
+            run_id = f"{job}@{target.server}" if header.get("all") else job
             self.ledger.record(target.server)
             self.dispatched[run_id] = (client, target.server)
             runs.append({"id": run_id, "server": target.server, "name": target.name})

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..protocol import DEFAULT_LIMITS, MAX_ID, MAX_INFO, MAX_NAME, field_problem
 from ..protocol.auth import SecretError, load_secret
+from ..visible import VisibleFormatter, visible
 from ..jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
 
@@ -257,8 +258,10 @@ def resolve_candidates(candidates: list[tuple[str, int]]) -> tuple[list[tuple[st
 def configure_logging(level: str, log_file: str | None, name: str) -> None:
     handler: logging.Handler = (logging.FileHandler(log_file) if log_file
                                 else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"))
+    # Every line stays one line whatever names and texts it quotes (a name
+    # with a newline cannot forge a second entry).
+    handler.setFormatter(VisibleFormatter(
+        f"%(asctime)s {visible(name).replace('%', '%%')} %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

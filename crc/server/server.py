@@ -730,6 +730,7 @@ class MeshServer:
         if self._refuse_duplicate(conn, msg, kind):
             return
         host = self.routes.add(msg.source, kind, msg.name, msg.info, first_link=msg.source)
+        self._warn_namesake(host)
         link.role = Role.SERVER if kind is Kind.SERVER else Role.CLIENT
         link.peer_id = msg.source
         self.links[msg.source] = conn
@@ -782,9 +783,11 @@ class MeshServer:
                                 f"{link.auth.peer_id}")
         link.auth = None
         try:
-            self.routes.add(msg.source, Kind.SERVER, msg.name, msg.info, first_link=msg.source)
+            uplink = self.routes.add(msg.source, Kind.SERVER, msg.name, msg.info,
+                                     first_link=msg.source)
         except RoutingError as exc:
             raise ProtocolError(f"uplink registration refused: {exc}") from None
+        self._warn_namesake(uplink)
         link.role = Role.SERVER
         link.peer_id = msg.source
         self.links[msg.source] = conn
@@ -841,8 +844,23 @@ class MeshServer:
             log.warning("%s: ignoring registration of %s %d from %r: %s", self.name,
                         kind.value, host_id, conn, exc)
             return
+        self._warn_namesake(host)
         self._flood(self._registration(host), exclude=link.peer_id, servers=True,
                     clients=kind is Kind.CLIENT)
+
+    def _warn_namesake(self, host: Host) -> None:
+        """Two servers of one name work, but ``--on NAME`` cannot choose
+        between them and logs and tables confuse them: say so as it happens."""
+        if host.kind is not Kind.SERVER:
+            return
+        twins = [h.id for h in self.routes.of_kind(Kind.SERVER)
+                 if h.name == host.name and h.id != host.id]
+        if host.name == self.name:
+            twins.append(self.id)
+        if twins:
+            log.warning("%s: server %d is named %r like server(s) %s: give each server its own "
+                        "--name (--on %r is ambiguous; use ids)", self.name, host.id, host.name,
+                        ", ".join(map(str, sorted(twins))), host.name)
 
     # -- chat, status, quits ----------------------------------------------------------
 
