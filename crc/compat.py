@@ -17,7 +17,7 @@ never meant to be checked. Here a closed link's routes are purged after
 
 And as with the original reference client, which had no socket until its
 ``run()`` had connected, ``message_other_client`` and ``quit`` called before
-that are lost (logged), not queued.
+the client is on the network (welcomed) are lost (logged), not queued.
 """
 
 from __future__ import annotations
@@ -145,13 +145,13 @@ class CRCClient(ChatClient):
         super().run()
 
     def message_other_client(self, destination_id: int, chat_message: str) -> None:
-        if self.conn is None:       # run() has not connected yet: the original lost it too
-            log.warning("%s: chat given before the client connected: lost", self.name)
+        if not self.welcomed:       # not on the network yet: the original lost it too
+            log.warning("%s: chat given before the client was welcomed: lost", self.name)
             return
         self.send_chat_threadsafe(int(destination_id), chat_message)
 
     def quit(self, quit_message: str = "") -> None:  # type: ignore[override]
-        if self.conn is None:
-            log.warning("%s: quit given before the client connected: lost", self.name)
+        if not self.welcomed:
+            log.warning("%s: quit given before the client was welcomed: lost", self.name)
             return
         self.loop.call_soon_threadsafe(ChatClient.quit, self, quit_message, True)

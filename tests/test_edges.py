@@ -308,3 +308,67 @@ def test_servers_sharing_a_name_are_told_apart_by_id(
     chosen = batch(procs, alpha.address, tmp_path, "run", "--on", "3", "--", "true")
     assert chosen.returncode == 0, chosen.stderr
     assert twin1.proc.poll() is None and twin2.proc.poll() is None
+
+
+# -- what the servers keep on disk -------------------------------------------------------------
+
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def test_the_file_store_stays_within_store_max(procs: Processes, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    server = Server(procs, tmp_path, 1, "keeper", options=("--work-dir", str(work),
+                                                           "--store-max", "3M"))
+    for i in range(5):                 # 5 different 1 MiB results, each collected
+        result = batch(procs, server.address, tmp_path, "run", "--", "sh", "-c",
+                       f"head -c 1048576 /dev/urandom > out{i}")
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / f"out{i}").stat().st_size == 1 << 20
+    wait_for(lambda: tree_size(work / "blobs") <= 3 << 20, DEADLINE,
+             "the store to be trimmed to --store-max")
+    assert "evicted" in server.log.read_text()
+
+
+def test_a_produced_file_over_max_file_fails_the_job(
+        procs: Processes, tmp_path: Path) -> None:
+    server = Server(procs, tmp_path, 1, "strict", options=("--max-file", "1K"))
+    result = batch(procs, server.address, tmp_path, "run", "--", "sh", "-c",
+                   "head -c 5000 /dev/zero > big; echo made it")
+    assert result.returncode == 1, result.stderr
+    assert "produced file big is 5000 bytes, over the 1024 byte limit (--max-file)" \
+        in result.stderr
+    assert not (tmp_path / "big").exists()
+
+
+def test_a_killed_servers_leftovers_go_at_the_next_start(
+        procs: Processes, tmp_path: Path) -> None:
+    temp = procs.tmpdir
+    victim = Server(procs, tmp_path, 1, "victim")
+    mine = [p for p in temp.iterdir() if p.name.startswith("crc-server-1-")]
+    assert len(mine) == 1
+    (mine[0] / "jobs" / "a-job").mkdir(parents=True)
+    (mine[0] / "jobs" / "a-job" / "object.o").write_bytes(b"x" * 100_000)
+    victim.proc.kill()
+    victim.proc.wait(DEADLINE)
+    work = tmp_path / "work"
+    (work / "jobs" / "left-123").mkdir(parents=True)
+    (work / "jobs" / "left-123" / "file").write_text("from a killed run")
+    Server(procs, tmp_path, 2, "next", options=("--work-dir", str(work)))
+    Server(procs, tmp_path, 3, "third")
+    wait_for(lambda: not mine[0].exists(), DEADLINE, "the killed server's temporary directory "
+             "to be removed")
+    wait_for(lambda: not (work / "jobs" / "left-123").exists(), DEADLINE,
+             "the job directory left in --work-dir to be removed")
+
+
+def test_a_batch_run_acknowledges_its_result_before_it_leaves(
+        procs: Processes, tmp_path: Path) -> None:
+    """The executing server may forget a result once the client has it; a
+    RESULT_ACK queued after the client's goodbye was never read, so every
+    batch result stayed for --result-ttl (a day)."""
+    server = Server(procs, tmp_path, 1, "forgetful", options=("--log-level", "DEBUG"))
+    result = batch(procs, server.address, tmp_path, "run", "--", "sh", "-c", "echo x > made")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: "has the result of job" in server.log.read_text(), DEADLINE,
+             "the server to hear that the client has the result")

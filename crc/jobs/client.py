@@ -447,8 +447,10 @@ class JobClient:
 
     def _settle(self, job: Job, run: RunState) -> None:
         run.state = "done"
-        job._emit(run, "done")
+        # Acknowledged before anyone hears of it: a listener may leave at
+        # once, and a RESULT_ACK queued after our goodbye is never read.
         self._acknowledge(run)
+        job._emit(run, "done")
         self._release_held()
 
     def _acknowledge(self, run: RunState) -> None:
@@ -473,9 +475,9 @@ class JobClient:
             if not run.finished:
                 run.state, run.error, run.lost = "failed", error, bool(header.get("lost"))
                 run.waiting = False
-                job._emit(run, "failed")
                 if msg.source == run.server:       # the executor kept it: it may go
                     self._acknowledge(run)
+                job._emit(run, "failed")
                 self._release_held()
             return
         job = self.jobs.get(header.get("id", ""))

@@ -44,6 +44,7 @@ from ..protocol import Extension, ProtocolError
 from ..routing import Host
 from ..server.server import MeshServer, Role
 from .jobdir import FileRef, Fingerprint, JobDir, JobDirError, Sweeper
+from .leftovers import mark_owner, sweep_stale
 from .load import LoadReport, LoadSampler, LoadTable, should_send
 from .process import STDERR, ChildProcess, GroupReaper
 from .rakefile import bad_relative_path
@@ -64,6 +65,8 @@ REPLAY_BACKLOG = 4 << 20
 #: Jobs an entry remembers for answering a SUBMIT sent again (at most, and
 #: for at most ``result_ttl`` seconds).
 SUBMITTED_MAX = 100_000
+#: Our temporary work directory's name starts so (``leftovers`` finds them).
+TEMP_PREFIX = "crc-server-"
 
 
 @dataclass
@@ -80,6 +83,8 @@ class JobConfig:
     #: Results there survive a restart of the server with the same directory.
     state_dir: Path | None = None
     result_ttl: float = 24 * 3600.0         # seconds an unclaimed result is kept
+    #: Bytes the file store may hold; past it, files no job needs are evicted.
+    store_max: int | None = 4 << 30
 
     def __post_init__(self) -> None:
         if self.stale_after is None:
@@ -158,11 +163,13 @@ class JobService:
         self.loop = server.loop
         self.me = server.id
         self._own_root = self.config.work_dir is None
-        root = self.config.work_dir or Path(tempfile.mkdtemp(prefix=f"crc-server-{server.id}-"))
+        root = self.config.work_dir or Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{server.id}-"))
         self.root = Path(root)
         self.state_root = Path(self.config.state_dir) if self.config.state_dir else self.root
-        self.store = BlobStore(self.state_root / "blobs", max_blob=self.config.max_file)
+        self.store = BlobStore(self.state_root / "blobs", max_blob=self.config.max_file,
+                               max_bytes=self.config.store_max)
         self.sweeper = Sweeper(self.loop, self.root / "jobs-trash")
+        self._clear_leftovers()
         self.results_sweeper = Sweeper(self.loop, self.state_root / "results" / "trash")
         self.results = ResultStore(self.state_root / "results", self.results_sweeper)
         kept = self.results.load()
@@ -215,6 +222,22 @@ class JobService:
         self._tick()
         self.loop.call_later(self._expiry_period(), self._expire)
 
+    def _clear_leftovers(self) -> None:
+        """What a server killed outright left: the job directories in our work
+        directory (their jobs died with it), and other servers' temporary
+        directories whose process is gone. Removed in the background."""
+        if self._own_root:
+            mark_owner(self.root)
+            stale = sweep_stale(TEMP_PREFIX, self.sweeper.discard, self.root.parent)
+            if stale:
+                log.info("%s: removing %d temporary director(y/ies) of servers that were killed",
+                         self.server.name, stale)
+        jobs = self.root / "jobs"
+        if jobs.exists():
+            log.info("%s: removing job directories left in %s by an earlier run",
+                     self.server.name, jobs)
+            self.sweeper.discard(jobs)
+
     def __repr__(self) -> str:
         running = sum(1 for r in self.runs.values() if r.state == "running")
         return f"<JobService {self.server.name} running={running} queued={len(self.queue)}>"
@@ -257,6 +280,7 @@ class JobService:
             return
         self._cpu = self.sampler.sample()
         self._maybe_report()
+        self._trim_store()             # (received and relayed files count too)
         self.loop.call_later(min(1.0, self.config.load_interval / 2), self._tick)
 
     def _changed(self) -> None:
@@ -595,13 +619,15 @@ class JobService:
                 for name, path, mode in produced:
                     size = path.stat().st_size
                     if size > self.config.max_file:
-                        warnings.append(f"{name} is {size} bytes, over the {self.config.max_file}"
-                                        " byte limit; not returned")
+                        # The job did not deliver what it made: it failed.
+                        run.error = run.error or (
+                            f"produced file {name} is {size} bytes, over the "
+                            f"{self.config.max_file} byte limit (--max-file); not returned")
                         continue
                     sha, size = self.store.add_file(path, move=True)
                     files.append(FileRef(name, sha, size, mode).to_json())
             except OSError as exc:
-                warnings.append(f"could not collect produced files: {exc}")
+                run.error = run.error or f"could not collect produced files: {exc}"
             self._discard(run)
         for w in warnings:
             self._output(run, STDERR, f"crc: {w}\n".encode())
@@ -612,6 +638,7 @@ class JobService:
         self._conclude(run, Kind.DONE, {
             "id": run.id, "exit": code, "error": run.error, "files": files,
             "server": self.me, "name": self.server.name, "seconds": seconds})
+        self._trim_store()            # (its files are kept: its result lists them)
 
     def _conclude(self, run: Run, kind: Kind, header: dict) -> None:
         """The run is over: keep its final frame and send it (after a replay
@@ -623,6 +650,19 @@ class JobService:
         self.results.finish(record, kind, header)
         if record.replay is None:
             self._to_client(run.client, kind, header)
+
+    def _trim_store(self) -> None:
+        """Keep the store within ``--store-max``: evict least recently used
+        blobs that no live job, transfer or unclaimed result needs."""
+        if not self.store.over_budget():
+            return
+        needed = set(self.linked) | self.results.referenced()
+        for run in self.runs.values():
+            needed.update(ref.sha for ref in run.files)
+        freed = self.store.trim(needed.__contains__, self.sweeper.discard)
+        if freed:
+            log.info("%s: file store over %d bytes (--store-max): evicted %d bytes of files "
+                     "no job needs", self.server.name, self.store.max_bytes, freed)
 
     def _discard(self, run: Run) -> None:
         """Hand a finished job's directory to the sweeper; its links are free again."""

@@ -1,7 +1,9 @@
 """Content-addressed file store: blobs named by their SHA-256.
 
-A server keeps every file it has received, produced or relayed here, so a
-file with the same content never crosses a link twice. Blobs arrive in
+A server keeps the files it has received, produced or relayed here, so a
+file with the same content never crosses a link twice, within a budget
+(``--store-max``): past it, the least recently used blobs that no job or
+unclaimed result needs are evicted (``trim``). Blobs arrive in
 order, chunk by chunk, into a ``Partial`` that hashes as it writes; only a
 complete blob whose hash matches its name is committed (renamed into place),
 so a half-received or corrupted file is never served.
@@ -12,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 _SHA = re.compile(r"^[0-9a-f]{64}$")
 BLOCK = 1 << 20
@@ -63,21 +67,80 @@ class Partial:
 
 
 class BlobStore:
-    def __init__(self, root: Path, max_blob: int = 1 << 30) -> None:
+    """Blobs under ``root``; at most ``max_bytes`` of them (None: no bound) once
+    ``trim`` has run: least recently used first, never one the caller keeps."""
+
+    def __init__(self, root: Path, max_blob: int = 1 << 30,
+                 max_bytes: int | None = None) -> None:
         self.root = Path(root)
         self.max_blob = max_blob
-        (self.root / "tmp").mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        tmp = self.root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        for leftover in tmp.iterdir():        # partial blobs of a process that was killed
+            leftover.unlink(missing_ok=True)
         self.partials: dict[str, Partial] = {}
         # Fan-out directories known to exist: a mkdir per stored blob costs a
         # path lookup under the store's directory lock, milliseconds on a
         # busy disk, for nothing once the directory is there.
         self._made: set[str] = set()
+        #: Every stored blob's size, least recently used first.
+        self.sizes: OrderedDict[str, int] = OrderedDict()
+        self.total = 0
+        self._load()
 
     def __repr__(self) -> str:
-        return f"<BlobStore {self.root} partial={len(self.partials)}>"
+        return (f"<BlobStore {self.root} blobs={len(self.sizes)} bytes={self.total} "
+                f"partial={len(self.partials)}>")
+
+    def _load(self) -> None:
+        """What an earlier run left, oldest first (by modification time)."""
+        found = []
+        for fan in self.root.iterdir():
+            if len(fan.name) != 2 or not fan.is_dir():
+                continue
+            self._made.add(fan.name)
+            for entry in os.scandir(fan):
+                if valid_sha(entry.name):
+                    st = entry.stat()
+                    found.append((st.st_mtime, entry.name, st.st_size))
+        for _, sha, size in sorted(found):
+            self.sizes[sha] = size
+            self.total += size
 
     def path(self, sha: str) -> Path:
+        if sha in self.sizes:
+            self.sizes.move_to_end(sha)       # used: the last to be evicted
         return self.root / sha[:2] / sha
+
+    def _stored(self, sha: str, size: int) -> None:
+        if sha not in self.sizes:
+            self.total += size
+        self.sizes[sha] = size
+        self.sizes.move_to_end(sha)
+
+    def over_budget(self) -> bool:
+        return self.max_bytes is not None and self.total > self.max_bytes
+
+    def trim(self, keep: Callable[[str], bool], discard: Callable[[Path], None]) -> int:
+        """Evict least recently used blobs that ``keep`` does not claim until
+        the store is down to 90 % of ``max_bytes``; each goes to ``discard``
+        (a sweeper: deleting a large file is not for the event loop). Bytes
+        freed."""
+        if not self.over_budget():
+            return 0
+        target = int(self.max_bytes * 0.9)
+        freed = 0
+        for sha, size in list(self.sizes.items()):
+            if self.total <= target:
+                break
+            if keep(sha) or sha in self.partials:
+                continue
+            del self.sizes[sha]
+            self.total -= size
+            freed += size
+            discard(self.root / sha[:2] / sha)
+        return freed
 
     def _destination(self, sha: str) -> Path:
         """Where blob ``sha`` goes, its fan-out directory made if need be."""
@@ -88,11 +151,13 @@ class BlobStore:
 
     def _publish(self, source: Path, sha: str) -> None:
         """Rename ``source`` into place as blob ``sha``."""
+        size = source.stat().st_size
         try:
             os.replace(source, self._destination(sha))
         except FileNotFoundError:      # its fan-out directory was removed behind our back
             self._made.discard(sha[:2])
             os.replace(source, self._destination(sha))
+        self._stored(sha, size)
 
     def has(self, sha: str) -> bool:
         return valid_sha(sha) and self.path(sha).is_file()
@@ -114,6 +179,7 @@ class BlobStore:
             if move:
                 try:
                     os.link(source, dest)
+                    self._stored(sha, size)
                     return sha, size
                 except OSError:
                     pass        # another file system: copy
@@ -128,6 +194,7 @@ class BlobStore:
         """Drop a blob (one whose file was changed behind the store's back)."""
         if valid_sha(sha):
             self.path(sha).unlink(missing_ok=True)
+            self.total -= self.sizes.pop(sha, 0)
 
     def begin(self, sha: str, size: int) -> Partial:
         """Start (or continue) receiving blob ``sha`` of ``size`` bytes."""

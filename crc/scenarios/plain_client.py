@@ -126,6 +126,7 @@ class PlainClient:
         self.received_types: set[int] = set()
         self.fatal_error = ""
         self.connected = False
+        self.welcomed = False                # the server's welcome status arrived
         self._lock = threading.Lock()        # guards the state above
         self._send_lock = threading.Lock()   # one writer at a time
         self._sock: socket.socket | None = None
@@ -241,6 +242,8 @@ class PlainClient:
                 raise V1Violation(f"a server registration (id {msg[1]}) was sent to a client")
             if kind == STATUS:
                 self.status_log.append(msg[4])
+                if msg[3] == 0:
+                    self.welcomed = True
             elif kind == CLIENT_REGISTRATION:
                 self.users[msg[1]] = msg[3]
             elif kind == CLIENT_CHAT:

@@ -88,6 +88,29 @@ def positive_int(text: str) -> int:
     return number
 
 
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """A positive number of bytes: ``1048576``, ``512K``, ``100M``, ``1.5G``
+    (K, M, G, T are powers of 1024; ``KiB``, ``MB`` and ``k`` are read alike)."""
+    raw = text.strip()
+    number = raw.rstrip("BbIi") if raw[-1:] in "Bb" else raw
+    unit = number[-1:].upper() if number[-1:].isalpha() else ""
+    if unit and unit not in _UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown size unit {number[-1]!r} "
+                                         "(use K, M, G or T)")
+    digits = number[:-1] if unit else number
+    try:
+        value = float(digits)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (like 4096, 512K, 100M, "
+                                         "2G)") from None
+    if not 0 < value < float("inf") or value * _UNITS[unit] < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size")
+    return int(value * _UNITS[unit])
+
+
 def positive_float(text: str) -> float:
     try:
         number = float(text)
@@ -128,19 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
                       help="seconds between load reports at the latest (default: 2)")
     jobs.add_argument("--max-runtime", type=positive_float, default=3600.0,
                       help="seconds a job may run at most (default: 3600)")
-    jobs.add_argument("--max-output", type=positive_int, default=64 << 20,
+    jobs.add_argument("--max-output", type=byte_size, default=64 << 20,
                       help="bytes of output a job may write (default: 64 MiB)")
-    jobs.add_argument("--max-file", type=positive_int, default=1 << 30,
+    jobs.add_argument("--max-file", type=byte_size, default=1 << 30,
                       help="bytes per required or returned file (default: 1 GiB)")
     bounds = p.add_argument_group("limits and liveness")
     bounds.add_argument("--max-connections", type=positive_int, default=2048,
                         help="open connections at most; more are refused (default: 2048)")
     bounds.add_argument("--registration-timeout", type=positive_float, default=10.0,
                         help="seconds a new connection has to register (default: 10)")
-    bounds.add_argument("--max-send-buffer", type=positive_int, default=64 << 20,
+    bounds.add_argument("--max-send-buffer", type=byte_size, default=64 << 20,
                         help="bytes queued for a peer before it is dropped; from half of it "
                         "nothing more is read from that peer (default: 64 MiB)")
-    bounds.add_argument("--max-frame", type=positive_int, default=16 << 20,
+    bounds.add_argument("--max-frame", type=byte_size, default=16 << 20,
                         help="bytes of the largest extension frame accepted (default: 16 MiB)")
     bounds.add_argument("--join-timeout", type=positive_float, default=5.0,
                         help="seconds the server we join has to answer our registration "
@@ -150,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     bounds.add_argument("--dead-after", type=positive_float, default=15.0,
                         help="seconds of silence after which a mesh link is dropped "
                         "(default: 15)")
+    jobs.add_argument("--store-max", type=byte_size, default=4 << 30, metavar="SIZE",
+                      help="bytes the file store may hold (received, produced and relayed "
+                      "files, kept so a file crosses a link once); past it the least recently "
+                      "used files no job needs are removed (default: 4G)")
     jobs.add_argument("--max-jobs-per-client", type=positive_int, default=256,
                       help="unfinished jobs one client may have through this server "
                       "(default: 256)")
@@ -302,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         max_output=args.max_output, max_file=args.max_file,
         max_jobs_per_client=args.max_jobs_per_client,
         state_dir=Path(args.state_dir) if args.state_dir else None,
-        result_ttl=args.result_ttl))
+        result_ttl=args.result_ttl, store_max=args.store_max))
     try:
         server.start()
     except OSError as exc:
+        server.close()                  # nothing left behind (work directory, helper)
         logging.getLogger("crc.server").error("cannot listen on %s:%d: %s",
                                               config.host, config.port, exc.strerror or exc)
         print(f"mesh_server.py: cannot listen on {config.host}:{config.port}: "
