@@ -372,3 +372,21 @@ def test_a_batch_run_acknowledges_its_result_before_it_leaves(
     assert result.returncode == 0, result.stderr
     wait_for(lambda: "has the result of job" in server.log.read_text(), DEADLINE,
              "the server to hear that the client has the result")
+
+
+def test_a_killed_clients_temporary_directory_goes_with_the_next_client(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    (tmp_path / "input").write_text("some input\n")
+    proc = procs.start([CLIENT, "--server", alpha.address, "run", "--file", "input", "--",
+                        "sleep", "74.25"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    wait_for(lambda: processes_running(["sleep", "74.25"]), DEADLINE, "the job to start")
+    left = [p for p in procs.tmpdir.iterdir() if p.name.startswith("crc-client-")]
+    assert len(left) == 1
+    proc.kill()
+    proc.wait(DEADLINE)
+    assert left[0].exists()
+    result = batch(procs, alpha.address, tmp_path, "run", "--", "true")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: not left[0].exists(), DEADLINE, "the killed client's directory to go")
+    assert not list(tmp_path.glob(".*.crc-tmp"))

@@ -34,7 +34,8 @@ from typing import Any, Callable, Sequence
 
 from ..client.core import ChatClient
 from ..protocol import Extension, ProtocolError
-from .jobdir import FileRef
+from .jobdir import FileRef, Sweeper
+from .leftovers import mark_owner, sweep_stale
 from .rakefile import bad_relative_path
 from .store import BlobStore, hash_file
 from .transfer import Transfers
@@ -43,6 +44,8 @@ from .wire import DEFAULT_MAX_JOBS, STDIN_WINDOW, Kind, frame, unpack, unpack_vi
 log = logging.getLogger(__name__)
 
 TERMINAL = ("done", "failed")
+#: Our temporary directory's name starts so (``leftovers`` finds them).
+TEMP_PREFIX = "crc-client-"
 
 
 class JobError(Exception):
@@ -123,8 +126,13 @@ class JobClient:
     def __init__(self, client: ChatClient, base_dir: Path | str = ".") -> None:
         self.client = client
         self.base_dir = Path(base_dir).resolve()
-        self._tmp = tempfile.TemporaryDirectory(prefix="crc-client-")
+        self._tmp = tempfile.TemporaryDirectory(prefix=TEMP_PREFIX)
+        mark_owner(Path(self._tmp.name))
         self.store = BlobStore(Path(self._tmp.name))
+        # Clients killed outright leave their temporary directories: the
+        # next client removes them (in the background, while it works).
+        self.sweeper = Sweeper(client.loop, Path(self._tmp.name) / "trash")
+        sweep_stale(TEMP_PREFIX, self.sweeper.discard)
         self.transfers = Transfers(client.id, self.store, client.send_extension)
         self.jobs: dict[str, Job] = {}
         self.runs: dict[str, tuple[Job, RunState]] = {}
@@ -157,6 +165,7 @@ class JobClient:
             reconnect_listeners.append(self._on_reconnect)
 
     def close(self) -> None:
+        self.sweeper.close()
         self._tmp.cleanup()
 
     # -- requests ------------------------------------------------------------------
@@ -438,11 +447,14 @@ class JobClient:
             raise ValueError(why or f"{ref.name!r} leaves the working directory")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.crc-tmp"
-        with open(self.store.path(ref.sha), "rb") as src, open(tmp, "wb") as out:
-            while block := src.read(1 << 20):
-                out.write(block)
-        os.chmod(tmp, ref.mode & 0o777)
-        os.replace(tmp, dest)
+        try:
+            with open(self.store.path(ref.sha), "rb") as src, open(tmp, "wb") as out:
+                while block := src.read(1 << 20):
+                    out.write(block)
+            os.chmod(tmp, ref.mode & 0o777)
+            os.replace(tmp, dest)
+        finally:
+            tmp.unlink(missing_ok=True)        # only if it did not become ``dest``
         self.files[ref.sha] = (dest, ref.size)
 
     def _settle(self, job: Job, run: RunState) -> None:
