@@ -3,7 +3,7 @@
 
 import sys
 
-from crc.scenarios.cli import main
+from crc.entry import testmanager
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(testmanager())

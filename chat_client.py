@@ -3,7 +3,7 @@
 
 import sys
 
-from crc.client.cli import main
+from crc.entry import chat
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(chat())

@@ -3,7 +3,7 @@
 
 import sys
 
-from crc.server.cli import main
+from crc.entry import server
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(server())

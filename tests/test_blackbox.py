@@ -48,8 +48,8 @@ class Processes:
 
     def start(self, args: list[str], **kwargs) -> subprocess.Popen:
         kwargs.setdefault("cwd", ROOT)
-        proc = subprocess.Popen([sys.executable, *args], env=self.env(), encoding="utf-8",
-                                **kwargs)
+        kwargs.setdefault("env", self.env())
+        proc = subprocess.Popen([sys.executable, *args], encoding="utf-8", **kwargs)
         self.children.append(proc)
         return proc
 

@@ -390,3 +390,92 @@ def test_a_killed_clients_temporary_directory_goes_with_the_next_client(
     assert result.returncode == 0, result.stderr
     wait_for(lambda: not left[0].exists(), DEADLINE, "the killed client's directory to go")
     assert not list(tmp_path.glob(".*.crc-tmp"))
+
+
+# -- bad input: clear errors, no tracebacks ------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["nan", "-5", "0", "inf", "soon"])
+def test_a_timeout_that_is_not_a_positive_number_is_refused(
+        procs: Processes, alpha: Server, tmp_path: Path, value: str) -> None:
+    result = batch(procs, alpha.address, tmp_path, "run", "--timeout", value, "--", "true")
+    assert result.returncode == 2
+    assert "argument --timeout" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--max-runtime", "--keepalive", "--load-interval"])
+def test_server_seconds_must_be_positive_and_finite(tmp_path: Path, flag: str) -> None:
+    for value in ("inf", "nan", "0"):
+        result = subprocess.run([sys.executable, SERVER, "--port", "0", flag, value],
+                                capture_output=True, text=True, timeout=DEADLINE,
+                                stdin=subprocess.DEVNULL, cwd=tmp_path)
+        assert result.returncode == 2, (flag, value, result.stderr)
+        assert "Traceback" not in result.stderr
+
+
+def rake_in(procs: Processes, alpha: Server, tmp_path: Path, content: bytes,
+            *words: str) -> subprocess.CompletedProcess:
+    (tmp_path / "Rakefile").write_bytes(content)
+    return batch(procs, alpha.address, tmp_path, "rake", *words)
+
+
+@pytest.mark.parametrize("content, words, expected", [
+    (b"all:\n\techo caf\xe9\n", (), "Rakefile:2: not UTF-8 text (byte 0xe9)"),
+    (b"all:\n\techo x\n", (".",), ".: is a directory; name the Rakefile in it"),
+    (b"all:\n\tremote-cat a\n\trequires a\n", (),
+     "'requires' must be indented deeper than its action (line 2)"),
+    (b"all:\n\tremote-cat adir\n\t\trequires adir\n", (), "required 'adir' is a directory"),
+    (b"all:\n\tremote-cat a\n\t\trequires a a\n", (), "required file 'a' is listed twice"),
+    (b"all:\n\techo one\n    echo two\n", (),
+     "Rakefile:3: action indented 4 column(s), but this file's actions are indented 8"),
+], ids=["not-utf8", "directory", "requires-level", "requires-dir", "listed-twice", "mixed-indent"])
+def test_rakefile_mistakes_are_named_before_anything_runs(
+        procs: Processes, alpha: Server, tmp_path: Path, content: bytes, words: tuple,
+        expected: str) -> None:
+    (tmp_path / "a").write_text("a\n")
+    (tmp_path / "adir").mkdir()
+    result = rake_in(procs, alpha, tmp_path, content, *words)
+    assert result.returncode == 2
+    assert expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_rake_on_a_server_that_does_not_exist_fails_once_up_front(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    result = rake_in(procs, alpha, tmp_path, b"all:\n\tremote-true\n\tremote-true\n",
+                     "--on", "nosuch")
+    assert result.returncode == 2
+    assert result.stderr.count("no such server") == 1
+    assert "known: alpha" in result.stderr
+
+
+def test_a_rakefile_names_its_servers_with_hosts_and_port(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    (tmp_path / "Rakefile").write_text(f"PORT = {alpha.port}\nHOSTS = {dead_address()} "
+                                       f"127.0.0.1\n\nall:\n\tremote-echo from the HOSTS\n")
+    proc = procs.start([CLIENT, "rake"], cwd=tmp_path, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, env=dict(procs.env(), CRC_MESH=""))
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    assert "from the HOSTS" in out
+    missing = procs.start([CLIENT, "run", "--", "true"], cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=dict(procs.env(), CRC_MESH=""))
+    _, err = missing.communicate(timeout=DEADLINE)
+    assert missing.returncode == 2 and "--server is required (or set CRC_MESH" in err
+
+
+def test_unusable_directories_and_files_for_a_server_are_named(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    cases = [
+        (["--work-dir", str(a_file)], f"--work-dir {a_file}: exists and is not a directory"),
+        (["--state-dir", str(a_file / "sub")], f"--state-dir {a_file / 'sub'}: cannot be made"),
+        (["--log-file", str(tmp_path / "missing" / "x.log")], "cannot open --log-file"),
+        (["--name", "a\udcffb"], "is not valid UTF-8"),
+    ]
+    for args, expected in cases:
+        result = subprocess.run([sys.executable, SERVER, "--port", "0", *args],
+                                capture_output=True, text=True, timeout=DEADLINE,
+                                stdin=subprocess.DEVNULL, cwd=tmp_path, errors="surrogateescape")
+        assert result.returncode == 2, (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr

@@ -27,6 +27,8 @@ from typing import Any, Callable, Sequence
 from ..jobs.build import Build
 from ..jobs.client import Job, JobClient, JobError, RunState
 from ..jobs.rakefile import RakefileError, check_files, parse
+from ..jobs.rakefile import read as read_rakefile
+from ..visible import visible
 from ..net import EventLoop
 from ..net.loop import EVENT_READ
 from ..protocol import StatusCode
@@ -45,6 +47,20 @@ BATCH_RECONNECT_FOR = 60.0
 COMMANDS = ("rake", "run", "runall")
 
 
+def timeout_seconds(text: str) -> float:
+    """A positive, finite number of seconds (no --timeout at all: no limit but
+    the server's --max-runtime)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a positive number of seconds (leave --timeout out for no limit "
+            "but the server's --max-runtime)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chat_client.py --server HOST:PORT",
                                 description="Run jobs and builds on the mesh.")
@@ -52,17 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     rake = sub.add_parser("rake", help="build a Rakefile")
     rake.add_argument("rakefile", nargs="?", default="Rakefile")
     rake.add_argument("--on", metavar="NAME", help="run every remote action on this server")
-    rake.add_argument("--timeout", type=float, help="seconds allowed per action")
+    rake.add_argument("--timeout", type=timeout_seconds, help="seconds allowed per action")
     run = sub.add_parser("run", help="run one command on the least-loaded server")
     run.add_argument("--on", metavar="NAME", help="run on this server")
     run.add_argument("-i", "--stdin", action="store_true", help="forward standard input to the job")
     run.add_argument("--file", "-f", action="append", default=[], metavar="FILE",
                      help="a file the command needs (repeatable)")
-    run.add_argument("--timeout", type=float, help="seconds allowed")
+    run.add_argument("--timeout", type=timeout_seconds, help="seconds allowed")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     runall = sub.add_parser("runall", help="run one command on every server")
     runall.add_argument("--file", "-f", action="append", default=[], metavar="FILE")
-    runall.add_argument("--timeout", type=float)
+    runall.add_argument("--timeout", type=timeout_seconds, help="seconds allowed")
     runall.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
     return p
 
@@ -269,17 +285,34 @@ class Batch:
 
     def _begin_rake(self) -> None:
         path = Path(self.args.rakefile)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise JobError(f"cannot read {path}: {exc.strerror}") from None
-        rakefile = parse(text, str(path))
+        rakefile = parse(read_rakefile(path), str(path))
         base = path.resolve().parent
         check_files(rakefile, base)
         self.jobs.base_dir = base
         self.build = Build(rakefile, self.jobs, self.loop, base, BuildView(self.output),
                            on=self.args.on, timeout=self.args.timeout, done=self._stop)
-        self.build.start()
+        if self.args.on:
+            # A server that does not exist (or a name two servers share) is
+            # said once, before anything runs, not by every action.
+            self.jobs.query_load(self._check_on_then_build)
+        else:
+            self.build.start()
+
+    def _check_on_then_build(self, rows: list[dict]) -> None:
+        on = self.args.on
+        matches = [r for r in rows if str(r.get("server")) == on] or \
+            [r for r in rows if r.get("name") == on]
+        if len(matches) == 1:
+            self.build.start()
+            return
+        if matches:
+            ids = ", ".join(str(r.get("server")) for r in matches)
+            self.output.error(f"--on {on}: {len(matches)} servers have that name (ids {ids}); "
+                              "give one of the ids")
+        else:
+            known = ", ".join(sorted(str(r.get("name")) for r in rows)) or "none"
+            self.output.error(f"--on {on}: no such server in the mesh (known: {known})")
+        self._stop(2)
 
 
 class StdinForwarder:
@@ -371,29 +404,38 @@ class StdinForwarder:
             pass
 
 
-def rake_errors(path: str) -> list[str]:
-    """Parse and check a Rakefile without a server (``FILE:LINE: reason`` list)."""
+def load_rakefile(path: str) -> tuple[Any, list[str]]:
+    """Read, parse and check a Rakefile without a server: ``(rakefile, [])``,
+    or ``(None, ["FILE:LINE: reason", ...])``."""
     try:
-        rf = parse(Path(path).read_text(), path)
-        check_files(rf, Path(path).resolve().parent)
+        rakefile = parse(read_rakefile(Path(path)), path)
+        check_files(rakefile, Path(path).resolve().parent)
     except RakefileError as exc:
-        return exc.errors
-    return []
+        return None, exc.errors
+    return rakefile, []
 
 
-def batch_main(server: tuple[str, int], words: list[str], name: str, client_id: int = 0,
-               tls: Any = None, secret: bytes | None = None,
-               servers: Sequence[tuple[str, int]] = (), reconnect: bool = False,
-               reconnect_for: float = 0.0, liveness: dict[str, float] | None = None) -> int:
+def batch_main(servers: Sequence[tuple[str, int]] | None, words: list[str], name: str,
+               client_id: int = 0, tls: Any = None, secret: bytes | None = None,
+               reconnect: bool = False, reconnect_for: float = 0.0,
+               liveness: dict[str, float] | None = None) -> int:
+    """Run one batch command against ``servers`` (the first, then the rest in
+    turn); for ``rake`` without servers, the Rakefile's ``HOSTS`` are used."""
     args = build_parser().parse_args(words)
     if args.command == "rake":
         # Errors in the Rakefile are reported before anything connects or runs.
-        errors = rake_errors(args.rakefile) if Path(args.rakefile).exists() else \
-            [f"{args.rakefile}: no such file"]
+        rakefile, errors = load_rakefile(args.rakefile)
         if errors:
             for e in errors:
-                print(e, file=sys.stderr)
+                print(visible(e), file=sys.stderr)
             return 2
-    return Batch(server, args, name, client_id, tls=tls, secret=secret, servers=servers,
-                 reconnect=reconnect, reconnect_for=reconnect_for or BATCH_RECONNECT_FOR,
-                 liveness=liveness).run()
+        if not servers:
+            servers = list(rakefile.hosts)
+            if not servers:
+                print(f"chat_client.py: no --server given (nor $CRC_MESH) and "
+                      f"{args.rakefile} lists no HOSTS", file=sys.stderr)
+                return 2
+    assert servers
+    return Batch(servers[0], args, name, client_id, tls=tls, secret=secret,
+                 servers=servers[1:], reconnect=reconnect,
+                 reconnect_for=reconnect_for or BATCH_RECONNECT_FOR, liveness=liveness).run()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
     from ..net.tls import TLS
 
 PROG = "chat_client.py"
+#: The environment variable naming the mesh when --server is not given.
+MESH_ENV = "CRC_MESH"
 BATCH_COMMANDS = ("rake", "run", "runall")
 #: The client's name in batch mode when ``--name`` is not given.
 BATCH_NAME = "batch"
@@ -77,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "otherwise runs the commands read from standard input or --script. "
                     "Type /help in the client for the commands. With rake, run or runall "
                     "after the flags, runs jobs instead (see: %(prog)s --server H:P run -h).")
-    p.add_argument("--server", type=host_ports, required=True, metavar="HOST:PORT[,HOST:PORT...]",
+    p.add_argument("--server", type=host_ports, metavar="HOST:PORT[,HOST:PORT...]",
                    help="the server to connect to; more, comma-separated, are tried in turn "
-                   "when the connection is lost")
+                   f"when the connection is lost (default: ${MESH_ENV}; for rake, the "
+                   "Rakefile's HOSTS)")
     p.add_argument("--name", type=user_name, help="your user name (required to chat)")
     p.add_argument("--id", type=host_id, default=0, help="your 32-bit id (default: random)")
     p.add_argument("--info", type=info_text, default="", help="free text about you")
@@ -226,9 +230,11 @@ def run_batch(parser: argparse.ArgumentParser, args: argparse.Namespace,
     command = args.batch[0]
     if command not in BATCH_COMMANDS:
         parser.error(f"unknown command {command!r} (expected one of {', '.join(BATCH_COMMANDS)})")
+    if args.server is None and command != "rake":
+        parser.error(f"--server is required (or set {MESH_ENV}=HOST:PORT[,HOST:PORT...])")
     from .batch import batch_main  # the jobs machinery is loaded only when used
-    return batch_main(args.server[0], args.batch, args.name or BATCH_NAME, args.id, tls=tls,
-                      secret=secret, servers=args.server[1:], reconnect=not args.no_reconnect,
+    return batch_main(args.server, args.batch, args.name or BATCH_NAME, args.id, tls=tls,
+                      secret=secret, reconnect=not args.no_reconnect,
                       reconnect_for=args.reconnect_for, liveness=liveness(args))
 
 
@@ -241,6 +247,11 @@ def liveness(args: argparse.Namespace) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.server is None and os.environ.get(MESH_ENV, "").strip():
+        try:
+            args.server = host_ports(os.environ[MESH_ENV].strip())
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"${MESH_ENV}: {exc}")
     if args.dead_after <= args.keepalive:
         parser.error(f"--dead-after ({args.dead_after:g}) must be longer than --keepalive "
                      f"({args.keepalive:g})")
@@ -251,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.batch:
         return run_batch(parser, args, tls, secret)
+    if args.server is None:
+        parser.error(f"--server is required (or set {MESH_ENV}=HOST:PORT[,HOST:PORT...])")
     if args.name is None:
         parser.error("the following arguments are required to chat: --name")
     script_text = (read_script(parser, args.script)
@@ -286,3 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                 view.close()
             client.close()
     return session.exit_code or 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

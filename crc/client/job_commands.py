@@ -24,6 +24,7 @@ from rich.text import Text
 from ..jobs.build import Build
 from ..jobs.client import Job, JobClient, JobError, RunState
 from ..jobs.rakefile import RakefileError, check_files, parse
+from ..jobs.rakefile import read as read_rakefile
 from . import commands as cmd
 from .batch import LineSplitter
 from ..visible import visible
@@ -192,10 +193,7 @@ class JobCommands:
     def _rake(self, path_text: str) -> None:
         self._require_mesh()
         path = Path(path_text)
-        try:
-            rakefile = parse(path.read_text(), str(path))
-        except OSError as exc:
-            raise JobError(f"cannot read {path}: {exc.strerror}") from None
+        rakefile = parse(read_rakefile(path), str(path))
         base = path.resolve().parent
         check_files(rakefile, base)
         self.jobs.base_dir = base

@@ -91,6 +91,7 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
     sets: list[_Open] = []
     current: _Open | None = None
     last_action_indent = 0
+    level, level_line = 0, 0           # the first action's indentation fixes one level
 
     def err(line: int, reason: str) -> None:
         errors.append(f"{path}:{line}: {reason}")
@@ -131,10 +132,14 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
             files = rest.split()
             if not files:
                 err(number, "'requires' lists no files")
+            seen: set[str] = set()
             for name in files:
                 why = bad_relative_path(name)
                 if why:
                     err(number, why)
+                if os.path.normpath(name) in seen:
+                    err(number, f"required file {name!r} is listed twice")
+                seen.add(os.path.normpath(name))
             last = current.actions[-1]
             if last.requires:
                 err(number, f"second 'requires' line for the action on line {last.line}")
@@ -142,10 +147,21 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
                                          last.requires + tuple(files))
             continue
         if body.startswith("requires") and (body == "requires" or body[8] in " \t"):
-            err(number, "'requires' with no action above it")
+            if current is not None and current.actions:
+                err(number, f"'requires' must be indented deeper than its action (line "
+                            f"{current.actions[-1].line}): two levels, like two tabs")
+            else:
+                err(number, "'requires' with no action above it")
             continue
         if current is None:
             err(number, f"action outside an actionset: {body!r}")
+            continue
+        if not level:
+            level, level_line = width, number
+        elif width != level:
+            err(number, f"action indented {width} column(s), but this file's actions are "
+                        f"indented {level} (line {level_line}): one level, a tab or the same "
+                        f"spaces, for every action")
             continue
         remote = body.startswith(REMOTE_PREFIX)
         command = body[len(REMOTE_PREFIX):].strip() if remote else body
@@ -178,6 +194,26 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
         raise RakefileError(errors)
     return Rakefile(path, port, tuple(hosts),
                     tuple(ActionSet(s.name, s.line, tuple(s.actions)) for s in sets))
+
+
+def read(path: Path) -> str:
+    """A Rakefile's text; ``RakefileError`` (one line, naming the file) when it
+    cannot be read: missing, a directory, unreadable, not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise RakefileError([f"{path}: is a directory; name the Rakefile in it "
+                             f"({path / 'Rakefile'})"]) from None
+    except FileNotFoundError:
+        raise RakefileError([f"{path}: no such file"]) from None
+    except OSError as exc:
+        raise RakefileError([f"{path}: cannot read it: {exc.strerror or exc}"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise RakefileError([f"{path}:{line}: not UTF-8 text (byte {data[exc.start]:#04x}); "
+                             f"save the Rakefile as UTF-8"]) from None
 
 
 _OUTPUT_FLAG = re.compile(r"^-o(.+)$")
@@ -214,7 +250,10 @@ def check_files(rakefile: Rakefile, base: Path) -> None:
     for actionset in rakefile.actionsets:
         for action in actionset.actions:
             for name in action.requires:
-                if name not in produced and not (base / name).is_file():
+                if (base / name).is_dir():
+                    errors.append(f"{rakefile.path}:{action.line}: required {name!r} is a "
+                                  f"directory; 'requires' lists files (name each one)")
+                elif name not in produced and not (base / name).is_file():
                     errors.append(f"{rakefile.path}:{action.line}: required file {name!r} "
                                   f"does not exist and no earlier action makes it")
         for action in actionset.actions:

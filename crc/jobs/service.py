@@ -30,6 +30,7 @@ events like sockets.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
 import shutil
@@ -128,6 +129,18 @@ def parse_command(header: dict) -> tuple[list[str], str]:
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
         return list(argv), shlex.join(argv)
     raise ProtocolError("job has neither a non-empty 'argv' list nor a 'shell' command")
+
+
+def parse_timeout(header: dict, max_runtime: float) -> float:
+    """A job's time limit: its ``timeout`` (a positive finite number of
+    seconds) capped at ``max_runtime``, or ``max_runtime`` when it has none."""
+    timeout = header.get("timeout")
+    if timeout is None:
+        return max_runtime
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not math.isfinite(timeout) or timeout <= 0:
+        raise ProtocolError(f"job timeout {timeout!r} is not a positive number of seconds")
+    return min(float(timeout), max_runtime)
 
 
 def parse_files(header: dict, max_file: int) -> list[FileRef]:
@@ -504,12 +517,10 @@ class JobService:
         try:
             argv, label = parse_command(header)
             files = parse_files(header, self.config.max_file)
+            timeout = parse_timeout(header, self.config.max_runtime)
         except ProtocolError as exc:
             self._to_client(client, Kind.FAILED, {"id": run_id, "error": str(exc)})
             return
-        timeout = header.get("timeout") or self.config.max_runtime
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
-            timeout = self.config.max_runtime
         run = Run(run_id, client, entry, argv, files, bool(header.get("stdin")),
                   min(float(timeout), self.config.max_runtime), label)
         live = self.runs.get(run_id)

@@ -37,13 +37,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the selected files and exit")
     p.add_argument("--processes", action="store_true",
                    help="run servers as mesh_server.py processes (state read by query)")
-    p.add_argument("--dir", type=Path, default=ROOT / "TestCases",
-                   help="directory of scenario files (default: TestCases/)")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="directory of scenario files (default: TestCases/ here, else the "
+                   "project's)")
     return p
 
 
-def main(argv: Sequence[str] | None = None, root: Path = ROOT) -> int:
+def project_root() -> Path:
+    """Where TestCases/ and Logs/ are: this directory if it has TestCases/
+    (an installed ``crc-testmanager`` run in a project), else the project's."""
+    here = Path.cwd()
+    return here if (here / "TestCases").is_dir() else ROOT
+
+
+def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
     args = build_parser().parse_args(argv)
+    root = root or project_root()
+    args.dir = args.dir or root / "TestCases"
     console = Console()
     paths = find_scenarios(args.dir, args.prefixes)
     if not paths:
@@ -54,3 +64,8 @@ def main(argv: Sequence[str] | None = None, root: Path = ROOT) -> int:
         return 0
     results = run_all(paths, processes=args.processes, root=root, console=console)
     return 0 if all(r.passed for r in results) else 1
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

@@ -393,7 +393,9 @@ class ProcessServer(ServerMachine):
                  work_dir: Path, extra: Sequence[str] = ()) -> None:
         self.name = name
         self.config = config
-        self.command = [sys.executable, str(script), "--port", str(config.port),
+        # The project's script, or (an installed package run elsewhere) the module.
+        program = [str(script)] if script.is_file() else ["-m", "crc.server"]
+        self.command = [sys.executable, *program, "--port", str(config.port),
                         "--id", str(config.id), "--name", config.name, "--info", config.info,
                         "--log-file", str(log_file), "--work-dir", str(work_dir), *extra]
         if config.connect:

@@ -116,8 +116,8 @@ def positive_float(text: str) -> float:
         number = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"{number:g} is not positive")
+    if not 0 < number < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number")
     return number
 
 
@@ -282,6 +282,21 @@ def resolve_candidates(candidates: list[tuple[str, int]]) -> tuple[list[tuple[st
     return usable, addresses, problems
 
 
+def directory_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a directory we keep files in (made if missing),
+    or None if it can."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        return "exists and is not a directory"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot be made: {exc.strerror or exc}"
+    if not os.access(target, os.W_OK | os.X_OK):
+        return "is not writable by this user"
+    return None
+
+
 def configure_logging(level: str, log_file: str | None, name: str) -> None:
     handler: logging.Handler = (logging.FileHandler(log_file) if log_file
                                 else logging.StreamHandler(sys.stderr))
@@ -321,7 +336,17 @@ def main(argv: list[str] | None = None) -> int:
                           keepalive=args.keepalive, dead_after=args.dead_after, tls=tls,
                           secret=secret, plain_clients=args.plain_clients,
                           insecure_remote_jobs=args.insecure_remote_jobs)
-    configure_logging(args.log_level, args.log_file, config.name)
+    for flag, value in (("--work-dir", args.work_dir), ("--state-dir", args.state_dir)):
+        problem = directory_problem(value) if value else None
+        if problem:
+            print(f"mesh_server.py: {flag} {value}: {problem}", file=sys.stderr)
+            return 2
+    try:
+        configure_logging(args.log_level, args.log_file, config.name)
+    except OSError as exc:
+        print(f"mesh_server.py: cannot open --log-file {args.log_file}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     server = MeshServer(config)
     JobService(server, JobConfig(
         slots=args.slots, work_dir=Path(args.work_dir) if args.work_dir else None,
@@ -350,3 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     server.run()
     logging.getLogger("crc.server").info("%s stopped", config.name)
     return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

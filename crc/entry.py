@@ -1,0 +1,44 @@
+"""The programs' entry points: ``mesh_server.py``, ``chat_client.py`` and
+``TestManager.py`` at the top of the project, the ``crc-*`` commands of the
+installed package, and ``python -m crc.server`` (``crc.client``,
+``crc.scenarios``) all come here.
+
+Each imports its command line only when run, so that a dependency that is
+not installed is one clear line naming it and the command that installs it,
+not a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable
+
+INSTALL = "python -m pip install -r requirements.txt"
+
+
+def _main_of(module: str, program: str) -> Callable[[], int]:
+    try:
+        return importlib.import_module(module).main
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] != "crc":
+            print(f"{program}: the Python package {exc.name!r} is not installed; install "
+                  f"what CRC Mesh needs with: {INSTALL} (or pip install crc-mesh)",
+                  file=sys.stderr)
+            raise SystemExit(2) from None
+        raise
+
+
+def server() -> int:
+    """``mesh_server.py`` / ``crc-mesh-server`` / ``python -m crc.server``."""
+    return _main_of("crc.server.cli", "mesh_server.py")()
+
+
+def chat() -> int:
+    """``chat_client.py`` / ``crc-chat`` / ``python -m crc.client``."""
+    return _main_of("crc.client.cli", "chat_client.py")()
+
+
+def testmanager() -> int:
+    """``TestManager.py`` / ``crc-testmanager`` / ``python -m crc.scenarios``."""
+    return _main_of("crc.scenarios.cli", "TestManager.py")()
