@@ -49,7 +49,8 @@ class Processes:
     def start(self, args: list[str], **kwargs) -> subprocess.Popen:
         kwargs.setdefault("cwd", ROOT)
         kwargs.setdefault("env", self.env())
-        proc = subprocess.Popen([sys.executable, *args], encoding="utf-8", **kwargs)
+        kwargs.setdefault("encoding", "utf-8")
+        proc = subprocess.Popen([sys.executable, *args], **kwargs)
         self.children.append(proc)
         return proc
 

@@ -479,3 +479,52 @@ def test_unusable_directories_and_files_for_a_server_are_named(tmp_path: Path) -
         assert result.returncode == 2, (args, result.stderr)
         assert expected in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+# -- rough edges ---------------------------------------------------------------------------------
+
+def test_a_name_with_blanks_is_addressed_in_quotes(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    out = tmp_path / "smith.out"
+    with out.open("w") as stdout:
+        smith = procs.start([CLIENT, "--server", alpha.address, "--name", "alice smith"],
+                            stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE)
+    wait_for(lambda: "[status] Welcome" in out.read_text(), DEADLINE, "alice smith's welcome")
+    bob = run_client(procs, alpha, "bob", 102, '/wait "alice smith" 10\n'
+                                               '/msg "alice smith" hello with blanks\n')
+    assert bob.returncode == 0, bob.stderr
+    wait_for(lambda: "hello with blanks" in out.read_text(), DEADLINE, "the chat")
+    smith.stdin.close()
+    assert smith.wait(DEADLINE) == 0
+
+
+def test_a_job_is_cancelled_by_its_number_and_that_is_not_an_error(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    proc = procs.start([CLIENT, "--server", alpha.address, "--name", "canceller"],
+                       cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE)
+    proc.stdin.write("/run -i sleep 75.25\n")      # -i: the script goes on meanwhile
+    proc.stdin.flush()
+    wait_for(lambda: processes_running(["sleep", "75.25"]), DEADLINE, "the job to start")
+    out, err = proc.communicate("/cancel 1\n", timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    assert "cancelling " in err and ": cancelled" in err
+    assert "error" not in err
+    wait_for(lambda: not processes_running(["sleep", "75.25"]), DEADLINE, "the job to end")
+
+
+def test_runall_reports_a_killed_job_as_a_shell_does_and_keeps_output_bytes(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    timed_out = batch(procs, alpha.address, tmp_path, "runall", "--timeout", "0.5", "--",
+                      "sleep", "76.25")
+    assert timed_out.returncode == 137, timed_out.stderr
+    assert "137 (SIGKILL)" in timed_out.stdout
+    ran = batch(procs, alpha.address, tmp_path, "run", "--timeout", "0.5", "--",
+                "sleep", "76.25")
+    assert ran.returncode == 137
+    proc = procs.start([CLIENT, "--server", alpha.address, "runall", "--", "printf",
+                        "caf\\351\\n"], cwd=tmp_path, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, encoding=None)
+    out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 0, err
+    assert b"[alpha] caf\xe9\n" in out

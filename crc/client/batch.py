@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..jobs.build import Build
-from ..jobs.client import Job, JobClient, JobError, RunState
+from ..jobs.client import Job, JobClient, JobError, RunState, shell_status
 from ..jobs.rakefile import RakefileError, check_files, parse
 from ..jobs.rakefile import read as read_rakefile
 from ..visible import visible
@@ -84,32 +84,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def exit_status(run: RunState) -> int:
-    if run.exit is not None and run.exit < 0:
-        return 128 - run.exit          # killed by a signal
     if run.exit:
-        return run.exit
+        return shell_status(run.exit)  # its code, or 128 + N for signal N
     return 0 if run.ok else 1
 
 
 class LineSplitter:
-    """Cuts a byte stream into whole lines (per key) before printing."""
+    """Cuts a byte stream into whole lines (per key) before printing: text
+    lines for ``emit``, or, with ``raw``, the lines' bytes as they came."""
 
-    def __init__(self, emit: Callable[[Any, int, str], None]) -> None:
+    def __init__(self, emit: Callable[[Any, int, Any], None], raw: bool = False) -> None:
         self.emit = emit
+        self.raw = raw
         self.partial: dict[tuple[Any, int], bytearray] = {}
+
+    def _line(self, key: Any, stream: int, line: bytes) -> None:
+        self.emit(key, stream, bytes(line) if self.raw else line.decode("utf-8", "replace"))
 
     def feed(self, key: Any, stream: int, data: bytes) -> None:
         buf = self.partial.setdefault((key, stream), bytearray())
         buf += data
         *lines, rest = buf.split(b"\n")
         for line in lines:
-            self.emit(key, stream, line.decode("utf-8", "replace"))
+            self._line(key, stream, line)
         self.partial[(key, stream)] = bytearray(rest)
 
     def flush(self, key: Any) -> None:
         for (k, stream), buf in list(self.partial.items()):
             if k == key and buf:
-                self.emit(k, stream, buf.decode("utf-8", "replace"))
+                self._line(k, stream, buf)
                 buf.clear()
 
 
@@ -268,7 +271,9 @@ class Batch:
     # -- runall ----------------------------------------------------------------------
 
     def _begin_runall(self) -> None:
-        self.lines = LineSplitter(lambda name, stream, text: self.output.line(name, stream, text))
+        # Each line whole, after its server's name; the line's bytes as the job
+        # wrote them (as ``run`` keeps them), only the name made visible.
+        self.lines = LineSplitter(write_prefixed, raw=True)
         self.jobs.submit(argv=self._argv(), files=self.args.file, everywhere=True,
                          timeout=self.args.timeout, listener=self._on_runall_event)
 
@@ -313,6 +318,12 @@ class Batch:
             known = ", ".join(sorted(str(r.get("name")) for r in rows)) or "none"
             self.output.error(f"--on {on}: no such server in the mesh (known: {known})")
         self._stop(2)
+
+
+def write_prefixed(name: str, stream: int, line: bytes) -> None:
+    target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
+    target.write(f"[{visible(name)}] ".encode() + line + b"\n")
+    target.flush()
 
 
 class StdinForwarder:

@@ -137,7 +137,8 @@ class CommandInfo:
 #: Every command, in the order ``/help`` lists them.
 COMMANDS: dict[str, CommandInfo] = {
     "msg": CommandInfo("/msg NAME|ID [TEXT]",
-                       "send TEXT to a user and make them the target of plain lines"),
+                       "send TEXT to a user and make them the target of plain lines "
+                       "(a name with blanks in double quotes: /msg \"alice smith\" hi)"),
     "who": CommandInfo("/who", "list the clients this client knows"),
     "wait": CommandInfo("/wait NAME|ID [SECONDS]",
                         f"pause until that user has joined (error after {DEFAULT_WAIT:g} s)"),
@@ -150,7 +151,8 @@ COMMANDS: dict[str, CommandInfo] = {
                        "-i: your lines go to its stdin until /eof"),
     "runall": CommandInfo("/runall CMD", "run a shell command on every server"),
     "jobs": CommandInfo("/jobs", "list your jobs"),
-    "cancel": CommandInfo("/cancel ID", "cancel a job"),
+    "cancel": CommandInfo("/cancel ID|N", "cancel a job: its id, or its number N (as /jobs "
+                                        "shows it)"),
     "load": CommandInfo("/load", "show every server's load"),
     "rake": CommandInfo("/rake [FILE]", "build a Rakefile (default: ./Rakefile)"),
     "eof": CommandInfo("/eof", "end the input of the job started with /run -i"),
@@ -226,15 +228,39 @@ def _seconds(name: str, text: str) -> float:
     return value
 
 
+def _split_target(name: str, text: str) -> tuple[str, str]:
+    """A user name or id and the rest: a name with blanks is written in double
+    quotes (``"alice smith"``; ``\\"`` and ``\\\\`` inside stand for ``"``
+    and a backslash)."""
+    text = text.lstrip()
+    if not text.startswith('"'):
+        return _split_word(text)
+    chars, i = [], 1
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text) and text[i + 1] in '"\\':
+            chars.append(text[i + 1])
+            i += 2
+            continue
+        if char == '"':
+            rest = text[i + 1:]
+            if rest and not rest[0].isspace():
+                raise _usage_error(name, "a quoted name must be followed by a blank")
+            return "".join(chars), rest.lstrip()
+        chars.append(char)
+        i += 1
+    raise _usage_error(name, "a quoted name has no closing '\"'")
+
+
 def _parse_msg(name: str, rest: str) -> Command:
-    target, text = _split_word(rest)
+    target, text = _split_target(name, rest)
     if not target:
         raise _usage_error(name, "/msg needs a user name or id")
     return Msg(target, text)
 
 
 def _parse_target_wait(name: str, rest: str) -> tuple[str, float]:
-    target, tail = _split_word(rest)
+    target, tail = _split_target(name, rest)
     if not target:
         raise _usage_error(name, f"/{name} needs a user name or id")
     seconds_text, extra = _split_word(tail)

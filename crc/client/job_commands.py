@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..jobs.build import Build
-from ..jobs.client import Job, JobClient, JobError, RunState
+from ..jobs.client import Job, JobClient, JobError, RunState, describe_exit
 from ..jobs.rakefile import RakefileError, check_files, parse
 from ..jobs.rakefile import read as read_rakefile
 from . import commands as cmd
@@ -90,6 +90,7 @@ class JobCommands:
         self.stdin_job: Job | None = None
         self._early_input: list[tuple[bytes, bool]] = []
         self.builds: list[Build] = []
+        self.cancelled: set[str] = set()      # jobs the user cancelled (/cancel)
 
     def execute(self, command: cmd.Command) -> None:
         match command:
@@ -101,8 +102,7 @@ class JobCommands:
             case cmd.Jobs():
                 self.session.view.show(self._jobs_table())
             case cmd.Cancel(job):
-                if not self.jobs.cancel(job):
-                    self.session._fail(f"no job {job!r} (see /jobs)")
+                self._cancel(job)
             case cmd.Load():
                 self._require_mesh()
                 answered: list[bool] = []
@@ -121,6 +121,27 @@ class JobCommands:
                 else:
                     self._input(b"", eof=True)
                     self.stdin_job = None
+
+    def _cancel(self, wanted: str) -> None:
+        """``/cancel``: a job or run id, or a job's number (the last part of
+        its id, as /jobs shows it); unfinished jobs only."""
+        ids = list(self.jobs.jobs) + [run for job in self.jobs.jobs.values()
+                                       for run in job.runs]
+        if wanted in ids:
+            matches = [wanted]
+        else:
+            matches = [job_id for job_id, job in self.jobs.jobs.items()
+                       if job_id.rsplit(".", 1)[-1] == wanted and not job.finished]
+        if not matches:
+            self.session._fail(f"no unfinished job {wanted!r} (see /jobs)")
+            return
+        if len(matches) > 1:
+            self.session._fail(f"/cancel {wanted}: more than one job has that number: "
+                               f"{', '.join(matches)}; give the id")
+            return
+        self.cancelled.add(matches[0].split("@", 1)[0])
+        self.jobs.cancel(matches[0])
+        self.session.view.info(f"cancelling {matches[0]}")
 
     def forward(self, line: str) -> bool:
         """Send a typed line to the /run -i job; False when none is reading."""
@@ -181,11 +202,13 @@ class JobCommands:
                 self.stdin_job = None
             if self.session.leaving:
                 return                  # cancelled on leaving: said so once already
-            if run.ok:
+            if job.id in self.cancelled and not run.ok:
+                self.session.view.info(f"{prefix}: cancelled")
+            elif run.ok:
                 self.session.view.info(run_note(run))
             else:
                 self.session.view.error(run_note(run) if run.error else
-                                        f"{run.name}: exit {run.exit}")
+                                        f"{run.name}: exit {describe_exit(run.exit)}")
             if job.finished and len(job.runs) > 1:
                 self.session.view.show(exit_table(job))
             self.session.job_settled()
@@ -221,7 +244,7 @@ class JobCommands:
                 style = "green" if run.ok else ("red" if run.finished else "yellow")
                 table.add_row(Text(visible(run.id)), Text(visible(job.label)),
                               Text(visible(run.name)), Text(run.state, style=style),
-                              "" if run.exit is None else str(run.exit))
+                              "" if run.exit is None else describe_exit(run.exit))
         return table
 
 

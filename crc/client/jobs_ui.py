@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..jobs.build import ActionRun
-from ..jobs.client import Job, RunState
+from ..jobs.client import Job, RunState, describe_exit
 from ..jobs.rakefile import ActionSet
 from ..visible import visible
 
@@ -68,7 +68,7 @@ def exit_table(job: Job) -> Table:
     table.add_column("exit", justify="right")
     table.add_column("note")
     for run in sorted(job.runs.values(), key=lambda r: r.name):
-        code = "-" if run.exit is None else str(run.exit)
+        code = describe_exit(run.exit)
         style = "green" if run.ok else "red"
         table.add_row(Text(visible(run.name)), Text(code, style=style),
                       Text(visible(run.error)))
@@ -79,7 +79,7 @@ def run_note(run: RunState) -> str:
     if run.error:
         # A job refused before any server took it has no server name.
         return f"{run.name}: {run.error}" if run.server else run.error
-    return f"{run.name}: exit {run.exit} in {run.seconds:.2f} s"
+    return f"{run.name}: exit {describe_exit(run.exit)} in {run.seconds:.2f} s"
 
 
 class BuildView:

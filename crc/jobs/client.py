@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import secrets
+import signal
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,17 +110,37 @@ class Job:
 
     @property
     def exit_code(self) -> int:
-        """0 when every run exited 0; else the first failing run's code (1 if none)."""
+        """0 when every run exited 0; else the first failing run's status as a
+        shell gives it (128 + N for signal N), 1 if it has none."""
         if self.error:
             return 1
         for run in self.runs.values():
             if not run.ok:
-                return run.exit if run.exit not in (None, 0) else 1
+                return shell_status(run.exit) if run.exit not in (None, 0) else 1
         return 0
 
     def _emit(self, run: RunState, event: str, data: Any = None) -> None:
         if self.listener is not None:
             self.listener(self, run, event, data)
+
+
+def shell_status(exit: int) -> int:
+    """A process's exit as a shell reports it: its code, or 128 + N when
+    killed by signal N (``subprocess`` says -N)."""
+    return 128 - exit if exit < 0 else exit
+
+
+def describe_exit(exit: int | None) -> str:
+    """``0``, ``3``, ``137 (SIGKILL)``, or ``-`` when there is none."""
+    if exit is None:
+        return "-"
+    if exit < 0:
+        try:
+            name = signal.Signals(-exit).name
+        except ValueError:
+            name = f"signal {-exit}"
+        return f"{128 - exit} ({name})"
+    return str(exit)
 
 
 class JobClient:
