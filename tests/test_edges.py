@@ -528,3 +528,36 @@ def test_runall_reports_a_killed_job_as_a_shell_does_and_keeps_output_bytes(
     out, err = proc.communicate(timeout=DEADLINE)
     assert proc.returncode == 0, err
     assert b"[alpha] caf\xe9\n" in out
+
+
+# -- an entry server that comes back -------------------------------------------------------------
+
+def test_an_entry_restarted_mid_rake_fetches_finished_runs_instead_of_rerunning_them(
+        procs: Processes, tmp_path: Path, frozen: str) -> None:
+    """alpha, the build's entry, is killed while both actions run on beta and
+    comes back on the same port, joining through a frozen candidate first, so
+    the client's FETCHes reach it before it knows beta. "Not known yet" is not
+    "gone": it waits for its view to settle, fetches the finished results, and
+    nothing runs twice."""
+    beta = Server(procs, tmp_path, 2, "beta")
+    port = int(dead_address().rsplit(":", 1)[1])
+    alpha = Server(procs, tmp_path, 1, "alpha", options=("--port", str(port), "--connect",
+                                                          beta.address))
+    wait_for(lambda: "joined the mesh through beta" in alpha.log.read_text(), DEADLINE,
+             "alpha to join beta")
+    count = tmp_path / "count"
+    (tmp_path / "Rakefile").write_text(
+        "both:\n" + "".join(f"\tremote-sh -c 'echo {i} >> {count}; sleep 3; echo done {i}'\n"
+                            for i in range(2)))
+    proc = procs.start([CLIENT, "--server", alpha.address, "rake", "--on", "beta"],
+                       cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: count.exists() and len(count.read_text().split()) == 2, DEADLINE,
+             "both actions to run on beta")
+    alpha.proc.kill()
+    alpha.proc.wait(DEADLINE)
+    Server(procs, tmp_path, 1, "alpha-again", options=(
+        "--port", str(port), "--connect", f"{frozen},{beta.address}", "--join-timeout", "2"))
+    out, err = proc.communicate(timeout=DEADLINE * 2)
+    assert proc.returncode == 0, err
+    assert "done 0" in out and "done 1" in out
+    assert sorted(count.read_text().split()) == ["0", "1"], "an action ran twice"

@@ -66,6 +66,11 @@ REPLAY_BACKLOG = 4 << 20
 #: Jobs an entry remembers for answering a SUBMIT sent again (at most, and
 #: for at most ``result_ttl`` seconds).
 SUBMITTED_MAX = 100_000
+#: A FETCH for a server we do not know waits for our view of the mesh to
+#: settle: this long (at least two load intervals) after our start or after
+#: a server link came up, and at most ``FETCH_HOLD_MAX`` in all.
+VIEW_SETTLE = 3.0
+FETCH_HOLD_MAX = 30.0
 #: Our temporary work directory's name starts so (``leftovers`` finds them).
 TEMP_PREFIX = "crc-server-"
 
@@ -204,6 +209,11 @@ class JobService:
         self.dispatched: dict[str, tuple[int, int]] = {}   # run id -> (client, server)
         #: Blobs hard-linked into a live job directory, with their fingerprint then.
         self.linked: dict[str, Fingerprint] = {}
+        #: FETCHes for servers not known yet (we just started or rejoined):
+        #: (since, client, run id, server, offsets).
+        self._unknown_fetches: list[tuple[float, int, str, int, list[int]]] = []
+        self._fetch_timer: Timer | None = None
+        self._view_changed = self.loop.time()
         self._seq = 0
         self._last_sent: LoadReport | None = None
         self._last_sent_at = 0.0
@@ -318,6 +328,7 @@ class JobService:
         """A new mesh server link: tell it every fresh report we hold, ours first."""
         if conn.peer.role is not Role.SERVER:
             return
+        self._view_changed = self.loop.time()     # what lies beyond it is arriving
         self._maybe_report()
         for entry in sorted(self.table.fresh(), key=lambda e: e.report.server != self.me):
             report = entry.report
@@ -780,6 +791,12 @@ class JobService:
             self._to_client(client, Kind.FAILED, {"id": run_id, "error": refused})
             return
         if server != self.me and not self.server.routes.known(server):
+            if self._view_settling():
+                # "Not known yet" is not "gone": we may have just started or
+                # rejoined, and the registrations are still arriving.
+                self._unknown_fetches.append((self.loop.time(), client, run_id, server, offsets))
+                self._recheck_unknown_fetches()
+                return
             self._to_client(client, Kind.FAILED, {
                 "id": run_id, "lost": True,
                 "error": f"server {server} left the mesh while running the job"})
@@ -787,6 +804,43 @@ class JobService:
         self.dispatched[run_id] = (client, server)
         self._send(frame(Kind.FETCH, self.me, server,
                          {"id": run_id, "client": client, "offsets": offsets}))
+
+    def _view_settling(self) -> bool:
+        """Whether our view of the mesh may still be filling in: within
+        ``settle`` seconds of our start or of a server link coming up, or while
+        we are (re)joining through an uplink that has not taken us yet."""
+        settle = max(VIEW_SETTLE, 2 * self.config.load_interval)
+        if self.loop.time() < self._view_changed + settle:
+            return True
+        cfg = self.server.config
+        joining = bool(cfg.connect) and cfg.rejoin and not self.server.ext_servers()
+        return joining
+
+    def _recheck_unknown_fetches(self) -> None:
+        """FETCHes held for servers we did not know yet: on to the server once
+        it is known, or a clear "lost" once our view has settled without it
+        (or after ``FETCH_HOLD_MAX`` seconds in any case)."""
+        if self._fetch_timer is not None:
+            return
+        held, self._unknown_fetches = self._unknown_fetches, []
+        now = self.loop.time()
+        for since, client, run_id, server, offsets in held:
+            if self.server.routes.known(server):
+                self.dispatched[run_id] = (client, server)
+                self._send(frame(Kind.FETCH, self.me, server,
+                                 {"id": run_id, "client": client, "offsets": offsets}))
+            elif self._view_settling() and now - since < FETCH_HOLD_MAX:
+                self._unknown_fetches.append((since, client, run_id, server, offsets))
+            else:
+                self._to_client(client, Kind.FAILED, {
+                    "id": run_id, "lost": True,
+                    "error": f"server {server} left the mesh while running the job"})
+        if self._unknown_fetches:
+            self._fetch_timer = self.loop.call_later(0.1, self._fetch_recheck_due)
+
+    def _fetch_recheck_due(self) -> None:
+        self._fetch_timer = None
+        self._recheck_unknown_fetches()
 
     def _tap_fetch(self, conn: Connection, msg: Extension) -> bool:
         """A FETCH passing through must come from a server: a client sends its
