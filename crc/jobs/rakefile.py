@@ -92,6 +92,7 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
     current: _Open | None = None
     last_action_indent = 0
     level, level_line = 0, 0           # the first action's indentation fixes one level
+    after_action = False               # the line before was an action (or its requires)
 
     def err(line: int, reason: str) -> None:
         errors.append(f"{path}:{line}: {reason}")
@@ -102,6 +103,7 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
         if not body or body.startswith("#"):
             continue
         if width == 0:
+            after_action = False
             name = _NAME.match(body)
             setting = _SETTING.match(body)
             if name:
@@ -147,7 +149,7 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
                                          last.requires + tuple(files))
             continue
         if body.startswith("requires") and (body == "requires" or body[8] in " \t"):
-            if current is not None and current.actions:
+            if after_action and current is not None and current.actions:
                 err(number, f"'requires' must be indented deeper than its action (line "
                             f"{current.actions[-1].line}): two levels, like two tabs")
             else:
@@ -175,6 +177,7 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
             continue
         current.actions.append(Action(command, remote, number))
         last_action_indent = width
+        after_action = True
 
     hosts: list[tuple[str, int]] = []
     for item in hosts_text.split():
