@@ -135,3 +135,28 @@ def test_journal_keeps_identity(tmp_path):
     (tmp_path / "identity.json").write_text("[]")
     with pytest.raises(JournalError, match="identity.json"):
         Journal(tmp_path).identity()
+
+
+@pytest.mark.parametrize("identity", ['{"id": 0, "name": "x"}', '{"id": -5, "name": "x"}',
+                                      '{"id": true, "name": "x"}',
+                                      '{"id": 1099511627776, "name": "x"}'])
+def test_journal_refuses_an_identity_that_is_no_id(tmp_path, identity):
+    (tmp_path / "identity.json").write_text(identity)
+    with pytest.raises(JournalError, match="a number from 1 to 4294967295"):
+        Journal(tmp_path).identity()
+
+
+@pytest.mark.parametrize("line", ['["ack", 1, 1e400]', "[" * 100_000,
+                                  '["send", 1, 99999999999, 1, "hello"]',
+                                  '["send", 1, 0, 1, "to nobody"]', '["send", -1, 5, 1, "x"]',
+                                  '{"a": 1}', '["recv", 1, true, 3]'])
+def test_journal_names_the_line_of_any_malformed_entry(tmp_path, line):
+    (tmp_path / "journal").write_text(f'["recv", 5, 9, 1]\n{line}\n["recv", 5, 9, 2]\n')
+    with pytest.raises(JournalError, match=r"journal:2: malformed entry"):
+        Journal(tmp_path).load(Outbox(), Inbox(), 0.0)
+
+
+def test_journal_that_cannot_be_written_is_a_clear_error(tmp_path):
+    (tmp_path / "journal.tmp").mkdir()
+    with pytest.raises(JournalError, match="cannot write state directory"):
+        Journal(tmp_path).load(Outbox(), Inbox(), 0.0)

@@ -443,3 +443,27 @@ def test_a_killed_server_takes_its_job_processes_with_it() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_one_unreadable_entry_in_the_middle_loses_only_itself(tmp_path: Path) -> None:
+    """A bad entry between good ones (a flipped byte, a disk error) is
+    skipped; the results after it are kept, not dropped with it."""
+    loop = EventLoop()
+    root = tmp_path / "results"
+    first = results.ResultStore(root, Sweeper(loop, root / "trash"))
+    assert first.load() == 0
+    for i in range(3):
+        record = first.new(f"job.{i}", 7, 1, f"label {i}")
+        first.append(record, 1, f"out {i}\n".encode())
+        first.finish(record, Kind.DONE, {"id": record.id, "exit": 0})
+    middle = first.finished["job.1"].at
+    first.close()
+    data = bytearray((root / "journal").read_bytes())
+    header_start = data.rindex(b'{"op"', 0, middle)
+    data[header_start:header_start + 5] = b"{\xff\xfe\x00#"   # its header, garbled
+    (root / "journal").write_bytes(bytes(data))
+    second = results.ResultStore(root, Sweeper(loop, root / "trash"))
+    assert second.load() == 2
+    assert sorted(second.finished) == ["job.0", "job.2"]
+    assert second.read(second.finished["job.2"], 1, 0, 100) == b"out 2\n"
+    second.close()

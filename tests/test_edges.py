@@ -561,3 +561,71 @@ def test_an_entry_restarted_mid_rake_fetches_finished_runs_instead_of_rerunning_
     assert proc.returncode == 0, err
     assert "done 0" in out and "done 1" in out
     assert sorted(count.read_text().split()) == ["0", "1"], "an action ran twice"
+
+
+@pytest.mark.parametrize("words, expected", [
+    (["run", "--", "echo", "\udcff"], "argument 2 b'\\xff' is not valid UTF-8"),
+    (["run", "--on", "\udcff", "--", "true"], "--on b'\\xff' is not valid UTF-8"),
+    (["run", "--on", "", "--", "true"], "--on needs a server name or id"),
+    (["runall"], "no command given (use: runall -- CMD ARGS...)"),
+    (["run", "--file", "sub", "--", "true"], "--file 'sub' is a directory"),
+    (["run", "--file", "a", "--file", "a", "--", "true"], "--file 'a' is listed twice"),
+    (["run", "--file", "fifo", "--", "true"], "--file 'fifo' is not a regular file"),
+], ids=["argv-utf8", "on-utf8", "on-empty", "runall-empty", "file-dir", "file-twice", "fifo"])
+def test_a_bad_batch_command_line_is_named_before_anything_connects(
+        procs: Processes, tmp_path: Path, words: list[str], expected: str) -> None:
+    (tmp_path / "a").write_text("a\n")
+    (tmp_path / "sub").mkdir()
+    os.mkfifo(tmp_path / "fifo")
+    result = batch(procs, dead_address(), tmp_path, *words)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--secret-file", ""], "--secret-file needs a file name"),
+    (["--tls-ca", ""], "--tls-ca needs a file name"),
+    (["--state-dir", "", "--name", "x"], "--state-dir needs a file name"),
+    (["--script", "s.txt", "run", "--", "true"], "--script is for chat mode"),
+    (["--no-reconnect", "--reconnect-for", "5", "--name", "x"], "contradict"),
+    (["run", "--server", "127.0.0.1:5", "--", "true"], "--server goes before the command word"),
+    (["--connect-timeout", "1e30", "--name", "x"], "is not a number of seconds"),
+], ids=["empty-secret", "empty-ca", "empty-state", "script-in-batch", "contradiction",
+        "server-late", "huge-seconds"])
+def test_client_flags_that_would_fail_open_or_be_ignored_are_refused(
+        procs: Processes, tmp_path: Path, flags: list[str], expected: str) -> None:
+    proc = procs.start([CLIENT, "--server", "127.0.0.1:9", *flags], cwd=tmp_path,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 2, err
+    assert expected in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--secret-file", ""], "--secret-file needs a file name"),
+    (["--tls-cert", "", "--tls-key", "", "--tls-ca", ""], "--tls-cert needs a file name"),
+    (["--host", "\udcff"], "is not a host name or address"),
+    (["--dead-after", "1e10"], "is not a number of seconds"),
+    (["--max-frame", "1"], "is out of range (64K"),
+    (["--work-dir", "w" * 300], "cannot be used"),
+], ids=["empty-secret", "empty-tls", "host-utf8", "huge-seconds", "tiny-frame", "long-name"])
+def test_server_flags_that_would_fail_open_or_break_later_are_refused(
+        tmp_path: Path, flags: list[str], expected: str) -> None:
+    result = subprocess.run([sys.executable, SERVER, "--port", "0", *flags],
+                            capture_output=True, text=True, timeout=DEADLINE,
+                            stdin=subprocess.DEVNULL, cwd=tmp_path, errors="surrogateescape")
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and "Traceback" not in result.stderr
+
+
+def test_local_actions_run_a_few_at_a_time(procs: Processes, alpha: Server,
+                                           tmp_path: Path) -> None:
+    """Forty local actions in one set: they all run, never all at once."""
+    (tmp_path / "running").mkdir()
+    action = "\tsh -c 'ls running | wc -l >> seen; touch running/$$; sleep 0.1; rm running/$$'\n"
+    (tmp_path / "Rakefile").write_text("many:\n" + action * 40)
+    result = batch(procs, alpha.address, tmp_path, "rake")
+    assert result.returncode == 0, result.stderr
+    seen = [int(n) for n in (tmp_path / "seen").read_text().split()]
+    assert len(seen) == 40
+    assert max(seen) < max(2, os.cpu_count() or 1)

@@ -85,3 +85,31 @@ def test_check_files_allows_outputs_of_earlier_actionsets(tmp_path: Path) -> Non
     (tmp_path / "square.c").unlink()
     with pytest.raises(RakefileError, match="Rakefile:9: required file 'square.c' does not exist"):
         check_files(parse(EXAMPLE), tmp_path)
+
+
+def test_hosts_take_commas_and_bracketed_ipv6_and_port_only_ascii_digits() -> None:
+    rf = parse("HOSTS = a:1,b:2 [::1]:5 [::2] c\nPORT = 7\nset:\n\techo hi\n")
+    assert rf.hosts == (("a", 1), ("b", 2), ("::1", 5), ("::2", 7), ("c", 7))
+    for bad in ("PORT = ²\n", "PORT = ５\n", "HOSTS = h:²\n"):
+        with pytest.raises(RakefileError):
+            parse(bad + "set:\n\techo hi\n")
+
+
+def test_line_numbers_count_newlines_only_and_a_bom_is_ignored() -> None:
+    with pytest.raises(RakefileError) as caught:
+        parse("\ufeff# a comment with a form feed \x0c and U+2028 \u2028 inside\nset:\n"
+              "\techo ok\nbad line\n")
+    assert caught.value.errors == ["Rakefile:4: expected 'NAME:' to open an actionset or "
+                                   "'KEY = value', got 'bad line'"]
+
+
+def test_a_nul_byte_or_an_overlong_command_is_an_error_up_front() -> None:
+    with pytest.raises(RakefileError, match="Rakefile:2: the command contains a NUL byte"):
+        parse("set:\n\techo a\0b\n\techo fine\n")
+    with pytest.raises(RakefileError, match="Rakefile:2: the command is 200000 characters"):
+        parse("set:\n\t" + "x" * 200_000 + "\n")
+
+
+def test_ten_thousand_actionsets_parse_quickly() -> None:
+    text = "".join(f"s{i}:\n\techo {i}\n" for i in range(10_000))
+    assert len(parse(text).actionsets) == 10_000     # (the duplicate check was quadratic)

@@ -91,6 +91,31 @@ def test_a_broken_command_fails_the_scenario_with_its_line() -> None:
     assert "nobody" in result.problems[0].message
 
 
+@pytest.mark.parametrize("line, reason", [
+    ("WAIT inf", "is not from 0 to 3600 seconds"), ("WAIT nan", "is not from 0 to 3600"),
+    ("LAUNCHSERVER --id 1 --servername s --port 70000", "--port 70000 is not a port"),
+    ("LAUNCHSERVER --id 99999999999 --servername s --port 25999", "--id 99999999999 is not"),
+    ("LAUNCHCLIENT --id 1 --serverhost s --serverport 0 --username u", "--serverport 0"),
+])
+def test_values_out_of_range_fail_the_scenario_with_a_reason(line: str, reason: str) -> None:
+    result = run_scenario(from_dict({"type": "CRC_functionality", "commands": [line]},
+                                    name="out_of_range"), root=ROOT)
+    assert not result.passed
+    assert reason in result.problems[0].message
+
+
+def test_the_manager_names_a_missing_directory_and_a_file_nested_too_deeply(
+        tmp_path: Path) -> None:
+    from crc.scenarios.cli import main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--dir", str(tmp_path / "nope")])
+    assert exit_info.value.code == 2
+    (tmp_path / "deep.cfg").write_text("[" * 100_000)
+    from crc.scenarios.scenario import load
+    with pytest.raises(ScenarioError, match="nested too deeply"):
+        load(tmp_path / "deep.cfg")
+
+
 # -- tokeniser and options -------------------------------------------------------------
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..jobs.build import Build
-from ..jobs.client import Job, JobClient, JobError, RunState, shell_status
-from ..jobs.rakefile import RakefileError, check_files, parse
+from ..jobs.client import Job, JobClient, JobError, RunState, shell_status, text_problem
+from ..jobs.rakefile import RakefileError, bad_relative_path, check_files, parse
 from ..jobs.rakefile import read as read_rakefile
 from ..visible import visible
 from ..net import EventLoop
@@ -121,13 +121,14 @@ class Batch:
                  client_id: int = 0, output: Output | None = None, tls: Any = None,
                  secret: bytes | None = None, servers: Sequence[tuple[str, int]] = (),
                  reconnect: bool = False, reconnect_for: float = BATCH_RECONNECT_FOR,
-                 liveness: dict[str, float] | None = None) -> None:
+                 liveness: dict[str, float] | None = None, info: str = "") -> None:
         self.args = args
         self.output = output or Output()
         self.loop = EventLoop()
         self.server = server
         self.liveness = dict(liveness or {})
-        self.client = ChatClient(ClientConfig(server, name, client_id, tls=tls, secret=secret,
+        self.client = ChatClient(ClientConfig(server, name, client_id, info, tls=tls,
+                                              secret=secret,
                                               servers=tuple(servers), reconnect=reconnect,
                                               reconnect_for=reconnect_for, **self.liveness),
                                  self.loop,
@@ -231,6 +232,11 @@ class Batch:
             self._stop(1)
 
     def _begin(self) -> None:
+        if self.client.config.secret is not None and not self.client.server_verified:
+            self.output.error(f"{self.server[0]}:{self.server[1]} did not prove it knows the "
+                              "mesh secret: no job (nor its files) is sent to it")
+            self._stop(1)
+            return
         try:
             getattr(self, f"_begin_{self.args.command}")()
         except (JobError, RakefileError, OSError) as exc:
@@ -240,17 +246,22 @@ class Batch:
     # -- run ------------------------------------------------------------------------
 
     def _argv(self) -> list[str]:
-        argv = list(self.args.argv)
-        if argv and argv[0] == "--":
-            argv = argv[1:]
-        if not argv:
-            raise JobError("no command given (use: run -- CMD ARGS...)")
-        return argv
+        return command_words(self.args)
 
     def _begin_run(self) -> None:
-        self.jobs.submit(argv=self._argv(), files=self.args.file, on=self.args.on,
-                         stdin=self.args.stdin, timeout=self.args.timeout,
-                         listener=self._on_run_event)
+        if self.args.on:
+            self.jobs.query_load(lambda rows: self._on_known(rows, self._submit_run))
+        else:
+            self._submit_run()
+
+    def _submit_run(self) -> None:
+        try:
+            self.jobs.submit(argv=self._argv(), files=self.args.file, on=self.args.on,
+                             stdin=self.args.stdin, timeout=self.args.timeout,
+                             listener=self._on_run_event)
+        except JobError as exc:
+            self.output.error(str(exc))
+            self._stop(2)
 
     def _on_run_event(self, job: Job, run: RunState, event: str, data: Any) -> None:
         if event == "accepted" and self.args.stdin and self._stdin is None:
@@ -299,16 +310,18 @@ class Batch:
         if self.args.on:
             # A server that does not exist (or a name two servers share) is
             # said once, before anything runs, not by every action.
-            self.jobs.query_load(self._check_on_then_build)
+            self.jobs.query_load(lambda rows: self._on_known(rows, self.build.start))
         else:
             self.build.start()
 
-    def _check_on_then_build(self, rows: list[dict]) -> None:
+    def _on_known(self, rows: list[dict], then: Callable[[], None]) -> None:
+        """``--on``: go on with ``then`` if it names exactly one server of the
+        load table, else say why (exit 2), before anything runs."""
         on = self.args.on
         matches = [r for r in rows if str(r.get("server")) == on] or \
             [r for r in rows if r.get("name") == on]
         if len(matches) == 1:
-            self.build.start()
+            then()
             return
         if matches:
             ids = ", ".join(str(r.get("server")) for r in matches)
@@ -426,13 +439,66 @@ def load_rakefile(path: str) -> tuple[Any, list[str]]:
     return rakefile, []
 
 
+def command_words(args: argparse.Namespace) -> list[str]:
+    """The command of ``run``/``runall`` (after an optional ``--``);
+    ``JobError`` if there is none."""
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise JobError(f"no command given (use: {args.command} -- CMD ARGS...)")
+    return argv
+
+
+def command_line_problems(args: argparse.Namespace) -> list[str]:
+    """What is wrong with a ``run``/``runall`` command line, found before
+    anything connects: the command's words, ``--on``, the ``--file`` list."""
+    try:
+        argv = command_words(args)
+    except JobError as exc:
+        return [str(exc)]
+    problems = [p for i, word in enumerate(argv)
+                if (p := text_problem(f"argument {i + 1}", word))]
+    on = getattr(args, "on", None)
+    if on is not None:
+        if not on.strip():
+            problems.append("--on needs a server name or id")
+        elif (p := text_problem("--on", on)):
+            problems.append(p)
+    seen: set[str] = set()
+    for name in args.file:
+        why = bad_relative_path(name) or text_problem("--file", name)
+        path = Path(name)
+        if why:
+            problems.append(why)
+        elif os.path.normpath(name) in seen:
+            problems.append(f"--file {name!r} is listed twice")
+        elif path.is_dir():
+            problems.append(f"--file {name!r} is a directory; name the files in it")
+        elif not path.exists():
+            problems.append(f"--file {name!r} does not exist")
+        elif not path.is_file():
+            problems.append(f"--file {name!r} is not a regular file")
+        seen.add(os.path.normpath(name))
+    return problems
+
+
 def batch_main(servers: Sequence[tuple[str, int]] | None, words: list[str], name: str,
                client_id: int = 0, tls: Any = None, secret: bytes | None = None,
                reconnect: bool = False, reconnect_for: float = 0.0,
-               liveness: dict[str, float] | None = None) -> int:
+               liveness: dict[str, float] | None = None, info: str = "") -> int:
     """Run one batch command against ``servers`` (the first, then the rest in
     turn); for ``rake`` without servers, the Rakefile's ``HOSTS`` are used."""
     args = build_parser().parse_args(words)
+    if args.command in ("run", "runall"):
+        problems = command_line_problems(args)
+        if problems:
+            for problem in problems:
+                print(f"chat_client.py {args.command}: {visible(problem)}", file=sys.stderr)
+            return 2
+    if args.command == "rake" and args.on is not None and not args.on.strip():
+        print("chat_client.py rake: --on needs a server name or id", file=sys.stderr)
+        return 2
     if args.command == "rake":
         # Errors in the Rakefile are reported before anything connects or runs.
         rakefile, errors = load_rakefile(args.rakefile)
@@ -449,4 +515,5 @@ def batch_main(servers: Sequence[tuple[str, int]] | None, words: list[str], name
     assert servers
     return Batch(servers[0], args, name, client_id, tls=tls, secret=secret,
                  servers=servers[1:], reconnect=reconnect,
-                 reconnect_for=reconnect_for or BATCH_RECONNECT_FOR, liveness=liveness).run()
+                 reconnect_for=reconnect_for or BATCH_RECONNECT_FOR, liveness=liveness,
+                 info=info).run()

@@ -17,15 +17,17 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from ..jobs.client import JobClient
-from ..protocol import MAX_INFO, MAX_NAME, field_problem
 from ..visible import VisibleFormatter
 from ..delivery import JournalError
-from ..server.cli import StartupError, credentials, host_id, host_ports
+from ..options import (OptionError, file_name, host_id, host_ports, info_text, listen_host,
+                       seconds, seconds_or_zero, user_name)
+from ..server.cli import StartupError, credentials
 from .core import ChatClient, ClientConfig
 from .inputs import Keyboard, PipeReader, feed_text
 from .job_commands import JobCommands
@@ -43,36 +45,6 @@ BATCH_COMMANDS = ("rake", "run", "runall")
 BATCH_NAME = "batch"
 
 
-def user_name(text: str) -> str:
-    if not text.strip():
-        raise argparse.ArgumentTypeError("the name must not be empty")
-    problem = field_problem("name", text, MAX_NAME)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def info_text(text: str) -> str:
-    problem = field_problem("info", text, MAX_INFO)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
-    return value
-
-
-def non_negative_seconds(text: str) -> float:
-    return 0.0 if text.strip() in ("0", "0.0") else seconds(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -87,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", type=user_name, help="your user name (required to chat)")
     p.add_argument("--id", type=host_id, default=0, help="your 32-bit id (default: random)")
     p.add_argument("--info", type=info_text, default="", help="free text about you")
-    p.add_argument("--script", metavar="FILE",
+    p.add_argument("--script", type=file_name("--script"), metavar="FILE",
                    help="run the commands in FILE ('-': standard input) instead of the keyboard")
     p.add_argument("--connect-timeout", type=seconds, default=10.0, metavar="SECONDS",
                    help="give up if no server has welcomed us by then; with several --server "
@@ -98,22 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take the server for gone (frozen, cut off) after this many seconds "
                    "without a byte from it, and reconnect (default: 15)")
     tls = p.add_argument_group("TLS (docs/security.md); for chat and batch mode alike")
-    tls.add_argument("--tls-ca", metavar="FILE",
+    tls.add_argument("--tls-ca", type=file_name("--tls-ca"), metavar="FILE",
                      help="speak TLS; the server's certificate must be signed by this CA (PEM)")
-    tls.add_argument("--tls-cert", metavar="FILE",
+    tls.add_argument("--tls-cert", type=file_name("--tls-cert"), metavar="FILE",
                      help="our certificate (PEM), for servers that ask for one")
-    tls.add_argument("--tls-key", metavar="FILE", help="the private key of --tls-cert (PEM)")
-    tls.add_argument("--tls-server-name", metavar="NAME",
+    tls.add_argument("--tls-key", type=file_name("--tls-key"), metavar="FILE",
+                     help="the private key of --tls-cert (PEM)")
+    tls.add_argument("--tls-server-name", type=listen_host, metavar="NAME",
                      help="the name the server's certificate must carry (default: the host "
                      "of --server, a DNS name or an IP address)")
-    p.add_argument("--secret-file", metavar="FILE",
+    p.add_argument("--secret-file", type=file_name("--secret-file"), metavar="FILE",
                    help="the mesh secret (docs/security.md): we prove it to the server and the "
                    "server to us; needed to run jobs on a mesh that has one")
     rel = p.add_argument_group("delivery (docs/protocol.md, \"Reliable chat\")")
-    rel.add_argument("--state-dir", type=Path, metavar="DIR",
+    rel.add_argument("--state-dir", type=lambda text: Path(file_name("--state-dir")(text)),
+                     metavar="DIR",
                      help="keep our id, unacknowledged chats and what we have received in DIR, "
                      "so a restarted client loses and repeats nothing")
-    rel.add_argument("--reconnect-for", type=non_negative_seconds, default=0.0,
+    rel.add_argument("--reconnect-for", type=seconds_or_zero, default=0.0,
                      metavar="SECONDS", help="after losing the server, keep trying the --server "
                      "list this long (default 0: until /quit)")
     rel.add_argument("--no-reconnect", action="store_true",
@@ -230,12 +204,37 @@ def run_batch(parser: argparse.ArgumentParser, args: argparse.Namespace,
     command = args.batch[0]
     if command not in BATCH_COMMANDS:
         parser.error(f"unknown command {command!r} (expected one of {', '.join(BATCH_COMMANDS)})")
+    for flag in ("--server", "--name", "--id"):
+        if flag in args.batch[1:]:
+            parser.error(f"{flag} goes before the command word: {PROG} {flag} ... {command} ...")
+    for flag, given in (("--script", args.script), ("--state-dir", args.state_dir),
+                        ("--plain-chat", args.plain_chat)):
+        if given:
+            parser.error(f"{flag} is for chat mode; {command} does not use it")
     if args.server is None and command != "rake":
         parser.error(f"--server is required (or set {MESH_ENV}=HOST:PORT[,HOST:PORT...])")
     from .batch import batch_main  # the jobs machinery is loaded only when used
     return batch_main(args.server, args.batch, args.name or BATCH_NAME, args.id, tls=tls,
-                      secret=secret, reconnect=not args.no_reconnect,
+                      secret=secret, reconnect=not args.no_reconnect, info=args.info,
                       reconnect_for=args.reconnect_for, liveness=liveness(args))
+
+
+def resolvable(parser: argparse.ArgumentParser,
+               servers: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The servers whose names resolve (each one that does not is said once);
+    none: a bad command line, said now rather than after --connect-timeout."""
+    usable = []
+    for host, port in servers:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError) as exc:
+            print(f"{PROG}: --server {host}:{port}: cannot resolve {host!r}: "
+                  f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            continue
+        usable.append((host, port))
+    if not usable:
+        parser.exit(2)
+    return usable
 
 
 def liveness(args: argparse.Namespace) -> dict[str, float]:
@@ -250,8 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.server is None and os.environ.get(MESH_ENV, "").strip():
         try:
             args.server = host_ports(os.environ[MESH_ENV].strip())
-        except argparse.ArgumentTypeError as exc:
+        except OptionError as exc:
             parser.error(f"${MESH_ENV}: {exc}")
+    if args.server is not None:
+        args.server = resolvable(parser, args.server)
+    if args.no_reconnect and args.reconnect_for:
+        parser.error("--no-reconnect and --reconnect-for contradict each other")
     if args.dead_after <= args.keepalive:
         parser.error(f"--dead-after ({args.dead_after:g}) must be longer than --keepalive "
                      f"({args.keepalive:g})")

@@ -374,6 +374,11 @@ class ChatClient:
             if timer is not None:
                 timer.cancel()
         self._step_timer = self._keepalive_timer = None
+        if not self.welcomed and conn.bytes_in == 0 and not self.fatal \
+                and ("reset" in reason or "closed by peer" in reason):
+            # Nothing at all came back: often TLS on one side only.
+            reason += (" (does the server speak TLS? then give --tls-ca)"
+                       if self.config.tls is None else " (does the server speak TLS?)")
         self.closed_reason = reason
         self.rchat = False
         self._acks.clear()

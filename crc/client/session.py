@@ -188,6 +188,8 @@ class Session:
         have run (even while the connection is down and they wait), and
         nothing after it is read."""
         self._line_count += 1
+        if self._line_count == 1 and line.startswith("\ufeff"):
+            line = line[1:]                    # a byte-order mark from an editor
         if self._leaving or self._eof:
             return
         quit_text = _quit_text(line, self.script)

@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..protocol import MAX_ID
 from .inbox import Inbox
 from .outbox import Outbox, Pending
 
@@ -59,15 +60,20 @@ class Journal:
             return None
         except (OSError, ValueError) as exc:
             raise JournalError(f"{path}: unreadable: {exc}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("id"), int) \
+        if not isinstance(data, dict) or not _whole(data.get("id"), 1, MAX_ID) \
                 or not isinstance(data.get("name"), str):
-            raise JournalError(f"{path}: expected {{\"id\": number, \"name\": text}}")
+            raise JournalError(f"{path}: expected {{\"id\": a number from 1 to {MAX_ID}, "
+                               f"\"name\": text}}")
         return data
 
     def save_identity(self, client_id: int, name: str) -> None:
         tmp = self.dir / "identity.json.tmp"
-        tmp.write_text(json.dumps({"id": client_id, "name": name}) + "\n")
-        os.replace(tmp, self.dir / "identity.json")
+        try:
+            tmp.write_text(json.dumps({"id": client_id, "name": name}) + "\n")
+            os.replace(tmp, self.dir / "identity.json")
+        except OSError as exc:
+            raise JournalError(f"cannot write state directory {self.dir}: "
+                               f"{exc.strerror or exc}") from None
 
     # -- replay -----------------------------------------------------------------------
 
@@ -85,26 +91,36 @@ class Journal:
                 continue
             try:
                 self._apply(json.loads(line), outbox, inbox, now)
-            except (ValueError, TypeError, IndexError, KeyError) as exc:
+            except (ValueError, TypeError, IndexError, KeyError, OverflowError,
+                    RecursionError) as exc:
                 if number == last:
                     break                # torn by a kill mid-write: never took effect
-                raise JournalError(f"{self.path}:{number + 1}: malformed entry: {exc}") from None
-        self.compact(outbox, inbox)
+                raise JournalError(f"{self.path}:{number + 1}: malformed entry: "
+                                   f"{type(exc).__name__}: {exc}") from None
+        try:
+            self.compact(outbox, inbox)
+        except OSError as exc:
+            raise JournalError(f"cannot write state directory {self.dir}: "
+                               f"{exc.strerror or exc}") from None
 
     @staticmethod
     def _apply(entry: list, outbox: Outbox, inbox: Inbox, now: float) -> None:
+        if not isinstance(entry, list) or not entry:
+            raise ValueError("expected a JSON list like [\"send\", ...]")
         kind = entry[0]
         if kind == "send":
             _, stream, dest, seq, text = entry
-            outbox.restore(int(stream), int(dest), int(seq), str(text), now)
+            if not isinstance(text, str):
+                raise ValueError("the text is not a string")
+            outbox.restore(_stream(stream), _id(dest), _seq(seq), text, now)
         elif kind == "ack":
-            outbox.acked(int(entry[1]), int(entry[2]), now)
+            outbox.acked(_stream(entry[1]), _seq(entry[2]), now)
         elif kind == "drop":
-            outbox.abandon(int(entry[1]))
+            outbox.abandon(_stream(entry[1]))
         elif kind == "refuse":
-            outbox.refused(int(entry[1]), int(entry[2]))
+            outbox.refused(_stream(entry[1]), _seq(entry[2]))
         elif kind == "recv":
-            inbox.restore(int(entry[1]), int(entry[2]), int(entry[3]))
+            inbox.restore(_id(entry[1]), _stream(entry[2]), _seq(entry[3]))
         else:
             raise ValueError(f"unknown entry {kind!r}")
 
@@ -153,6 +169,28 @@ class Journal:
         if self.file is not None:
             self.file.close()
             self.file = None
+
+
+def _whole(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _checked(value: object, low: int, high: int, what: str) -> int:
+    if not _whole(value, low, high):
+        raise ValueError(f"{what} {value!r} is not a whole number from {low} to {high}")
+    return value  # type: ignore[return-value]
+
+
+def _id(value: object) -> int:
+    return _checked(value, 1, MAX_ID, "id")
+
+
+def _stream(value: object) -> int:
+    return _checked(value, 1, (1 << 64) - 1, "stream")
+
+
+def _seq(value: object) -> int:
+    return _checked(value, 1, (1 << 64) - 1, "sequence number")
 
 
 def _line(entry: list) -> str:

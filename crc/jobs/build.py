@@ -16,6 +16,7 @@ files, so running it again elsewhere is safe.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +86,8 @@ class Build:
         self.failed: list[ActionRun] = []
         self.exit_code: int | None = None
         self.aborted = False
+        self.local_slots = max(2, os.cpu_count() or 1)
+        self._local_waiting: list[ActionRun] = []
         self._after_abort: Callable[[], None] | None = None
         self._abort_timer: Timer | None = None
 
@@ -102,8 +105,20 @@ class Build:
         actionset = self.rakefile.actionsets[self.index]
         self.current = [ActionRun(a, actionset.name, i + 1) for i, a in enumerate(actionset.actions)]
         self.reporter.actionset_started(actionset, self.current)
+        self._local_waiting = [r for r in self.current if not r.action.remote]
         for run in self.current:
-            self._launch(run)
+            if run.action.remote:
+                self._launch(run)
+        self._start_local()
+
+    def _start_local(self) -> None:
+        """Local actions run at most ``local_slots`` at a time (like ``make
+        -j``): ten thousand at once would exhaust this machine's processes
+        and descriptors. The rest wait their turn."""
+        running = sum(1 for r in self.current if r.process is not None)
+        while self._local_waiting and running < self.local_slots and not self.aborted:
+            self._launch(self._local_waiting.pop(0))
+            running += 1
 
     def _launch(self, run: ActionRun) -> None:
         run.attempts += 1
@@ -125,7 +140,7 @@ class Build:
                     self.loop, ["/bin/sh", "-c", run.action.command], str(self.base_dir),
                     on_output=lambda stream, data, run=run: self._output(run, stream, data),
                     on_exit=lambda code, run=run: self._local_exited(run, code))
-            except OSError as exc:
+            except (OSError, ValueError) as exc:
                 self._settle(run, None, f"cannot start: {exc}")
                 return
             if self.timeout:
@@ -147,6 +162,8 @@ class Build:
         if self.aborted and self._after_abort is not None \
                 and not any(r.process for r in self.current):
             self._aborted()
+        elif not self.aborted:
+            self._start_local()
 
     def abort(self, signum: int = signal.SIGTERM,
               then: Callable[[], None] | None = None) -> None:

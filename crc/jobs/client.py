@@ -124,6 +124,18 @@ class Job:
             self.listener(self, run, event, data)
 
 
+def text_problem(what: str, text: str) -> str | None:
+    """Why ``text`` cannot go into a job (not UTF-8, or a NUL byte, which no
+    command line can carry), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{what} {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8"
+    if "\0" in text:
+        return f"{what} {text!r} contains a NUL byte"
+    return None
+
+
 def shell_status(exit: int) -> int:
     """A process's exit as a shell reports it: its code, or 128 + N when
     killed by signal N (``subprocess`` says -N)."""
@@ -193,12 +205,19 @@ class JobClient:
 
     def describe_files(self, names: Sequence[str]) -> list[FileRef]:
         """Hash the named files under ``base_dir``; ``JobError`` for a bad one."""
-        refs = []
+        refs, seen = [], set()
         for name in names:
-            why = bad_relative_path(name)
+            why = bad_relative_path(name) or text_problem("file name", name)
             if why:
                 raise JobError(why)
+            if os.path.normpath(name) in seen:
+                raise JobError(f"required file {name!r} is listed twice")
+            seen.add(os.path.normpath(name))
             path = self.base_dir / name
+            if path.is_dir():
+                raise JobError(f"required {name!r} is a directory; name the files in it")
+            if path.exists() and not path.is_file():
+                raise JobError(f"required {name!r} is not a regular file")
             if not path.is_file():
                 raise JobError(f"required file {name!r} does not exist in {self.base_dir}")
             sha, size = hash_file(path)
@@ -225,6 +244,14 @@ class JobClient:
     def _new_job(self, argv: Sequence[str] | None, shell: str | None, files: Sequence[str],
                  stdin: bool, on: str | None, everywhere: bool, timeout: float | None,
                  listener: JobListener | None, send: bool = True) -> Job:
+        for i, word in enumerate(argv or ()):
+            problem = text_problem(f"argument {i + 1}", word)
+            if problem:
+                raise JobError(problem)
+        for what, text in (("command", shell), ("--on", on)):
+            problem = text_problem(what, text) if text is not None else None
+            if problem:
+                raise JobError(problem)
         refs = self.describe_files(files)
         job_id = f"{self.client.id}.{self._session}.{next(self._ids)}"
         label = shell if shell is not None else " ".join(argv or ())

@@ -19,7 +19,11 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from ..options import OptionError, host_port
+
 DEFAULT_PORT = 31101
+#: The longest command line an action may have (a shell's own limit is near).
+MAX_COMMAND = 128 * 1024
 REMOTE_PREFIX = "remote-"
 _NAME = re.compile(r"^([A-Za-z0-9_.\-]+)\s*:\s*$")
 _SETTING = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
@@ -89,6 +93,7 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
     errors: list[str] = []
     port, hosts_text, hosts_line = DEFAULT_PORT, "", 0
     sets: list[_Open] = []
+    names: set[str] = set()
     current: _Open | None = None
     last_action_indent = 0
     level, level_line = 0, 0           # the first action's indentation fixes one level
@@ -97,8 +102,12 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
     def err(line: int, reason: str) -> None:
         errors.append(f"{path}:{line}: {reason}")
 
-    for number, raw in enumerate(text.splitlines(), start=1):
-        width, body = _indent(raw.rstrip("\r\n"))
+    if text.startswith("\ufeff"):
+        text = text[1:]                       # a byte-order mark from an editor
+    # Lines end at "\n" only: a form feed or U+2028 inside a line is text, and
+    # line numbers are what an editor shows.
+    for number, raw in enumerate(text.split("\n"), start=1):
+        width, body = _indent(raw.rstrip("\r"))
         body = body.rstrip()
         if not body or body.startswith("#"):
             continue
@@ -107,14 +116,15 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
             name = _NAME.match(body)
             setting = _SETTING.match(body)
             if name:
-                if any(s.name == name.group(1) for s in sets):
+                if name.group(1) in names:
                     err(number, f"actionset {name.group(1)!r} is defined twice")
+                names.add(name.group(1))
                 current = _Open(name.group(1), number)
                 sets.append(current)
             elif setting:
                 key, value = setting.group(1), setting.group(2).strip()
                 if key == "PORT":
-                    if not value.isdigit() or not 0 < int(value) < 65536:
+                    if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 65536:
                         err(number, f"PORT must be a number from 1 to 65535, not {value!r}")
                     else:
                         port = int(value)
@@ -170,6 +180,12 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
         if not command:
             err(number, "'remote-' with no command")
             continue
+        if "\0" in command:
+            err(number, "the command contains a NUL byte")
+            continue
+        if len(command) > MAX_COMMAND:
+            err(number, f"the command is {len(command)} characters long; at most {MAX_COMMAND}")
+            continue
         try:
             shlex.split(command)
         except ValueError as exc:
@@ -180,14 +196,13 @@ def parse(text: str, path: str = "Rakefile") -> Rakefile:
         after_action = True
 
     hosts: list[tuple[str, int]] = []
-    for item in hosts_text.split():
-        host, sep, p = item.rpartition(":")
-        if not sep:
-            hosts.append((item, port))
-        elif p.isdigit() and 0 < int(p) < 65536 and host:
-            hosts.append((host, int(p)))
-        else:
-            err(hosts_line, f"bad host {item!r}: expected HOST or HOST:PORT")
+    for item in hosts_text.replace(",", " ").split():
+        bare = item.startswith("[") and item.endswith("]") or (":" not in item)
+        try:
+            hosts.append(host_port(f"{item}:{port}") if bare else host_port(item))
+        except OptionError as exc:
+            err(hosts_line, f"bad host {item!r}: {exc} (expected HOST, HOST:PORT or "
+                            f"[IPV6]:PORT)")
     for s in sets:
         if not s.actions:
             err(s.line, f"actionset {s.name!r} has no actions")

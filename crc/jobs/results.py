@@ -313,28 +313,29 @@ class ResultStore:
             data = self.path.read_bytes()
         except FileNotFoundError:
             data = b""
-        pos = 0
+        pos, skipped = 0, 0
         while pos + 8 <= len(data):
             (length,) = _U32.unpack_from(data, pos)
             (head_len,) = _U32.unpack_from(data, pos + 4)
             end = pos + 4 + length
-            if end > len(data) or head_len > length - 4:
-                break
+            if length < 4 or end > len(data) or head_len > length - 4:
+                break                  # the framing itself is gone: nothing after it is sure
             try:
                 meta = json.loads(data[pos + 8:pos + 8 + head_len])
                 if meta["op"] == "done":
-                    record = Record(str(meta["id"]), int(meta["client"]), int(meta["entry"]),
-                                    str(meta.get("label", "")), memory=None)
-                    record.outcome = (int(meta["kind"]), dict(meta["header"]))
-                    record.finished = float(meta["finished"])
-                    record.sizes = [0, *map(int, meta["out"])]
-                    record.spilled = bool(meta.get("spilled"))
+                    record = _record(meta, body=length - 4 - head_len)
                     record.at = pos + 8 + head_len
                     kept[record.id] = record
                 elif meta["op"] == "gone":
                     kept.pop(str(meta["id"]), None)
-            except (ValueError, KeyError, TypeError):
-                break
+                else:
+                    raise ValueError(f"unknown op {meta['op']!r}")
+            except (ValueError, KeyError, TypeError, IndexError, OverflowError,
+                    RecursionError, UnicodeDecodeError) as exc:
+                # One bad entry, framed like the others: skip it, keep the rest.
+                skipped += 1
+                log.warning("job results journal %s: skipping the unreadable entry at byte %d "
+                            "(%s)", self.path, pos, exc)
             pos = end
         if pos < len(data):
             log.warning("job results journal %s: dropping %d unreadable byte(s) at its end",
@@ -363,6 +364,26 @@ class ResultStore:
         for record in self.finished.values():
             self._close_writers(record)
         self._close_journal()
+
+
+def _record(meta: dict[str, Any], body: int) -> Record:
+    """A kept result from its journal entry (``body``: the bytes of output
+    the entry holds); ``ValueError`` for anything that does not add up."""
+    out = [int(n) for n in meta["out"]]
+    spilled = bool(meta.get("spilled"))
+    if len(out) != 2 or min(out) < 0 or max(out) > 1 << 40 \
+            or (not spilled and sum(out) != body):
+        raise ValueError(f"output sizes {meta['out']!r} do not match the entry")
+    header = meta["header"]
+    if not isinstance(header, dict):
+        raise ValueError("the final frame's header is not an object")
+    record = Record(str(meta["id"]), int(meta["client"]), int(meta["entry"]),
+                    str(meta.get("label", "")), memory=None)
+    record.outcome = (int(meta["kind"]), header)
+    record.finished = float(meta["finished"])
+    record.sizes = [0, *out]
+    record.spilled = spilled
+    return record
 
 
 def _head(meta: dict[str, Any]) -> bytes:

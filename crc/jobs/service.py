@@ -596,7 +596,7 @@ class JobService:
                 on_output=lambda stream, data, run=run: self._output(run, stream, data),
                 on_exit=lambda code, run=run: self._exited(run, code), reaper=self.reaper,
                 on_stdin_taken=lambda n, run=run: self._stdin_taken(run, n))
-        except (OSError, JobDirError) as exc:
+        except (OSError, ValueError, JobDirError) as exc:    # ValueError: a NUL in argv
             self._abort(run, f"cannot start: {exc}")
             return
         run.state = "running"

@@ -22,7 +22,10 @@ SUFFIXES = (".cfg", ".json")
 
 def find_scenarios(directory: Path, prefixes: Sequence[str] = ()) -> list[Path]:
     """Scenario files in ``directory`` whose names start with one of ``prefixes``."""
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+    try:
+        files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix in SUFFIXES)
+    except OSError as exc:
+        raise SystemExit(f"TestManager.py: cannot list {directory}: {exc.strerror or exc}")
     if prefixes:
         files = [p for p in files if any(p.name.startswith(prefix) for prefix in prefixes)]
     return files
@@ -51,9 +54,15 @@ def project_root() -> Path:
 
 
 def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     root = root or project_root()
+    if args.dir is not None and not str(args.dir).strip():
+        parser.error("--dir needs a directory, got an empty name")
     args.dir = args.dir or root / "TestCases"
+    if not args.dir.is_dir():
+        parser.error(f"--dir {args.dir}: " + ("no such directory" if not args.dir.exists()
+                                              else "not a directory"))
     console = Console()
     paths = find_scenarios(args.dir, args.prefixes)
     if not paths:

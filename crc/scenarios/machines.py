@@ -407,7 +407,11 @@ class ProcessServer(ServerMachine):
         self.final: dict[str, Any] | None = None
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
+        # The package we run from is importable in the child whatever its cwd.
+        package_parent = str(Path(__file__).resolve().parents[2])
+        path = os.environ.get("PYTHONPATH")
+        env = dict(os.environ, PYTHONPATH=package_parent + (os.pathsep + path if path else ""))
+        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL, env=env,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             state = wait_answering(LOCALHOST, self.config.port, DEADLINE,

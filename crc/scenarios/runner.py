@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterator
 
 from ..client import ClientConfig
 from ..jobs.service import JobConfig
-from ..protocol import random_id
+from ..protocol import MAX_ID, random_id
 from ..server import ServerConfig
 from .checks import Problem, check
 from .commands import Command, CommandError, parse_int, parse_seconds
@@ -63,7 +63,8 @@ Progress = Callable[[int, int, str], None]
 LOAD_INTERVAL = 0.5
 
 #: Errors that end a scenario run early (reported as a problem, not raised).
-RUN_ERRORS = (CommandError, ScenarioError, MachineError, StateQueryError, OSError, ValueError)
+RUN_ERRORS = (CommandError, ScenarioError, MachineError, StateQueryError, OSError, ValueError,
+              OverflowError)
 
 
 @dataclass
@@ -76,6 +77,23 @@ class ScenarioResult:
     log_file: Path | None = None
     states: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
+
+
+#: Bounds on what a scenario may ask for: a WAIT, a generated chat.
+MAX_WAIT = 3600.0
+MAX_MESSAGE_SIZE = 64 << 20
+
+
+def _port(value: int | None, what: str) -> int | None:
+    if value is not None and not 0 < value < 65536:
+        raise CommandError(f"{what} {value} is not a port (1-65535)")
+    return value
+
+
+def _id(value: int | None) -> int | None:
+    if value is not None and not 0 <= value <= MAX_ID:
+        raise CommandError(f"--id {value} is not in 1..{MAX_ID}")
+    return value
 
 
 def run_scenario(source: Path | Scenario, *, processes: bool = False, root: Path = ROOT,
@@ -181,9 +199,9 @@ class _Run:
 
     def launch_server(self, cmd: Command) -> None:
         name = cmd.require("servername")
-        connect_port = cmd.number("connect_to_port")
-        config = ServerConfig(port=_required(cmd.number("port"), "--port"),
-                              id=cmd.number("id") or 0, name=name,
+        connect_port = _port(cmd.number("connect_to_port"), "--connect_to_port")
+        config = ServerConfig(port=_port(_required(cmd.number("port"), "--port"), "--port"),
+                              id=_id(cmd.number("id")) or 0, name=name,
                               info=cmd.option("info", "") or "", host=LOCALHOST,
                               connect=(LOCALHOST, connect_port) if connect_port else None)
         slots = cmd.number("slots")
@@ -196,7 +214,7 @@ class _Run:
             extra = ["--load-interval", f"{interval:g}"] if self.scenario.uses_jobs else []
             extra += ["--slots", str(slots)] if slots is not None else []
             machine: LoopServer | ProcessServer = ProcessServer(
-                name, config, self.root / "mesh_server.py",
+                name, config, ROOT / "mesh_server.py",
                 self.log_dir / f"{self.scenario.name}.{name}.log", work_dir, extra)
         else:
             jobs = None
@@ -210,8 +228,9 @@ class _Run:
 
     def launch_client(self, cmd: Command) -> None:
         name = cmd.require("username")
-        server = (LOCALHOST, _required(cmd.number("serverport"), "--serverport"))
-        client_id = cmd.number("id") or random_id()
+        server = (LOCALHOST, _port(_required(cmd.number("serverport"), "--serverport"),
+                                   "--serverport"))
+        client_id = _id(cmd.number("id")) or random_id()
         info = cmd.option("info", "") or ""
         if cmd.flag("plain"):
             machine: LoopClient | PlainMachine = PlainMachine(
@@ -241,7 +260,10 @@ class _Run:
                         what, " ".join(args[2:]))
         dest = parse_int(args[0], "destination id")
         if what == "MESSAGE_SIZE":
-            machine.send_chat(dest, sized_text(parse_int(args[1], "size")))
+            size = parse_int(args[1], "size")
+            if not 0 <= size <= MAX_MESSAGE_SIZE:
+                raise CommandError(f"MESSAGE_SIZE {size} is not from 0 to {MAX_MESSAGE_SIZE}")
+            machine.send_chat(dest, sized_text(size))
         elif what == "MESSAGE_BYTEWISE":
             machine.send_chat_bytewise(dest, args[1])
         else:
@@ -259,7 +281,9 @@ class _Run:
             seconds = float(cmd.rest)
         except ValueError:
             raise CommandError(f"WAIT {cmd.rest!r} is not a number of seconds") from None
-        time.sleep(max(0.0, seconds))
+        if not 0 <= seconds <= MAX_WAIT:        # (nan fails too)
+            raise CommandError(f"WAIT {cmd.rest!r} is not from 0 to {MAX_WAIT:g} seconds")
+        time.sleep(seconds)
 
     def kill(self, cmd: Command) -> None:
         """KILL ALL, or KILL NAME...; an unknown name is ignored, as by the original runner."""

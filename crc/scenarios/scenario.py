@@ -49,6 +49,8 @@ def load(path: Path) -> Scenario:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ScenarioError(f"{path}: cannot read: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: cannot read: JSON nested too deeply") from None
     return from_dict(data, name=path.stem, path=path)
 
 

@@ -16,7 +16,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..protocol import DEFAULT_LIMITS, MAX_ID, MAX_INFO, MAX_NAME, field_problem
+from ..options import (byte_size, directory_problem, file_name, host_id, host_ports, info_text,
+                       listen_host, port_number, positive_int, seconds, server_name,
+                       size_at_least)
+from ..protocol import DEFAULT_LIMITS
 from ..protocol.auth import SecretError, load_secret
 from ..visible import VisibleFormatter, visible
 from ..jobs.service import JobConfig, JobService
@@ -24,101 +27,6 @@ from .server import MeshServer, ServerConfig
 
 if TYPE_CHECKING:
     from ..net.tls import ServerTLS
-
-
-def host_port(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    try:
-        number = int(port)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port {port!r} in {text!r} is not a number") from None
-    if not 0 < number < 65536:
-        raise argparse.ArgumentTypeError(f"port {number} in {text!r} is out of range")
-    return host.strip("[]"), number
-
-
-def host_ports(text: str) -> list[tuple[str, int]]:
-    return [host_port(part.strip()) for part in text.split(",") if part.strip()] or \
-        [host_port(text)]
-
-
-def port_number(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port {text!r} is not a number") from None
-    if not 0 <= number < 65536:
-        raise argparse.ArgumentTypeError(f"port {number} is out of range (0-65535)")
-    return number
-
-
-def host_id(text: str) -> int:
-    try:
-        number = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"id {text!r} is not a number") from None
-    if not 0 < number <= MAX_ID:
-        raise argparse.ArgumentTypeError(f"id {number} is not in 1..{MAX_ID}")
-    return number
-
-
-def server_name(text: str) -> str:
-    problem = field_problem("name", text, MAX_NAME)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def info_text(text: str) -> str:
-    problem = field_problem("info", text, MAX_INFO)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return text
-
-
-def positive_int(text: str) -> int:
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{number} is not positive")
-    return number
-
-
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def byte_size(text: str) -> int:
-    """A positive number of bytes: ``1048576``, ``512K``, ``100M``, ``1.5G``
-    (K, M, G, T are powers of 1024; ``KiB``, ``MB`` and ``k`` are read alike)."""
-    raw = text.strip()
-    number = raw.rstrip("BbIi") if raw[-1:] in "Bb" else raw
-    unit = number[-1:].upper() if number[-1:].isalpha() else ""
-    if unit and unit not in _UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r}: unknown size unit {number[-1]!r} "
-                                         "(use K, M, G or T)")
-    digits = number[:-1] if unit else number
-    try:
-        value = float(digits)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (like 4096, 512K, 100M, "
-                                         "2G)") from None
-    if not 0 < value < float("inf") or value * _UNITS[unit] < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive size")
-    return int(value * _UNITS[unit])
-
-
-def positive_float(text: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < number < float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive, finite number")
-    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server name, up to 255 bytes of UTF-8 (default: server-ID)")
     p.add_argument("--info", type=info_text, default="",
                    help="free text about this server, up to 65535 bytes of UTF-8")
-    p.add_argument("--host", default="127.0.0.1",
+    p.add_argument("--host", type=listen_host, default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--connect", type=host_ports, metavar="HOST:PORT[,HOST:PORT...]",
                    action="extend", default=[],
@@ -145,11 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     jobs = p.add_argument_group("build jobs")
     jobs.add_argument("--slots", type=positive_int, default=os.cpu_count() or 1,
                       help="jobs run at once on this server (default: CPU count)")
-    jobs.add_argument("--work-dir", help="where job directories and the file store live "
+    jobs.add_argument("--work-dir", type=file_name("--work-dir"),
+                      help="where job directories and the file store live "
                       "(default: a temporary directory, removed at exit)")
-    jobs.add_argument("--load-interval", type=positive_float, default=2.0,
+    jobs.add_argument("--load-interval", type=seconds, default=2.0,
                       help="seconds between load reports at the latest (default: 2)")
-    jobs.add_argument("--max-runtime", type=positive_float, default=3600.0,
+    jobs.add_argument("--max-runtime", type=seconds, default=3600.0,
                       help="seconds a job may run at most (default: 3600)")
     jobs.add_argument("--max-output", type=byte_size, default=64 << 20,
                       help="bytes of output a job may write (default: 64 MiB)")
@@ -158,19 +67,19 @@ def build_parser() -> argparse.ArgumentParser:
     bounds = p.add_argument_group("limits and liveness")
     bounds.add_argument("--max-connections", type=positive_int, default=2048,
                         help="open connections at most; more are refused (default: 2048)")
-    bounds.add_argument("--registration-timeout", type=positive_float, default=10.0,
+    bounds.add_argument("--registration-timeout", type=seconds, default=10.0,
                         help="seconds a new connection has to register (default: 10)")
-    bounds.add_argument("--max-send-buffer", type=byte_size, default=64 << 20,
+    bounds.add_argument("--max-send-buffer", type=size_at_least(64 << 10), default=64 << 20,
                         help="bytes queued for a peer before it is dropped; from half of it "
                         "nothing more is read from that peer (default: 64 MiB)")
-    bounds.add_argument("--max-frame", type=byte_size, default=16 << 20,
+    bounds.add_argument("--max-frame", type=size_at_least(64 << 10), default=16 << 20,
                         help="bytes of the largest extension frame accepted (default: 16 MiB)")
-    bounds.add_argument("--join-timeout", type=positive_float, default=5.0,
+    bounds.add_argument("--join-timeout", type=seconds, default=5.0,
                         help="seconds the server we join has to answer our registration "
                         "before the next --connect candidate is tried (default: 5)")
-    bounds.add_argument("--keepalive", type=positive_float, default=5.0,
+    bounds.add_argument("--keepalive", type=seconds, default=5.0,
                         help="seconds of quiet before a mesh link is pinged (default: 5)")
-    bounds.add_argument("--dead-after", type=positive_float, default=15.0,
+    bounds.add_argument("--dead-after", type=seconds, default=15.0,
                         help="seconds of silence after which a mesh link is dropped "
                         "(default: 15)")
     jobs.add_argument("--store-max", type=byte_size, default=4 << 30, metavar="SIZE",
@@ -180,28 +89,28 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--max-jobs-per-client", type=positive_int, default=256,
                       help="unfinished jobs one client may have through this server "
                       "(default: 256)")
-    jobs.add_argument("--state-dir", metavar="DIR",
+    jobs.add_argument("--state-dir", type=file_name("--state-dir"), metavar="DIR",
                       help="where job results and the file store are kept until clients "
                       "collect them; a restart with the same directory (and --id) keeps them "
                       "fetchable (default: inside the work directory)")
-    jobs.add_argument("--result-ttl", type=positive_float, default=24 * 3600.0,
+    jobs.add_argument("--result-ttl", type=seconds, default=24 * 3600.0,
                       metavar="SECONDS",
                       help="seconds a job result nobody collected is kept (default: 86400)")
     tls = p.add_argument_group("TLS (docs/security.md)")
-    tls.add_argument("--tls-cert", metavar="FILE",
+    tls.add_argument("--tls-cert", type=file_name("--tls-cert"), metavar="FILE",
                      help="this server's certificate (PEM); with --tls-key and --tls-ca every "
                      "link of this server, accepted or uplink, speaks TLS")
-    tls.add_argument("--tls-key", metavar="FILE",
+    tls.add_argument("--tls-key", type=file_name("--tls-key"), metavar="FILE",
                      help="the private key of --tls-cert (PEM, not passphrase-protected)")
-    tls.add_argument("--tls-ca", metavar="FILE",
+    tls.add_argument("--tls-ca", type=file_name("--tls-ca"), metavar="FILE",
                      help="the CA certificate(s) (PEM) every peer certificate must be signed by")
     tls.add_argument("--tls-require-client-cert", action="store_true",
                      help="refuse clients without a certificate (servers always need one)")
-    tls.add_argument("--tls-server-name", metavar="NAME",
+    tls.add_argument("--tls-server-name", type=listen_host, metavar="NAME",
                      help="the name the uplink's certificate must carry (default: the host "
                      "given to --connect, a DNS name or an IP address)")
     auth = p.add_argument_group("authentication (docs/security.md)")
-    auth.add_argument("--secret-file", metavar="FILE",
+    auth.add_argument("--secret-file", type=file_name("--secret-file"), metavar="FILE",
                       help="the mesh secret (at least 16 bytes; the trailing newline is "
                       "ignored; not readable by other users): servers must prove it to link, "
                       "clients to run jobs")
@@ -214,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "run commands as this user")
     p.add_argument("--log-level", default="INFO",
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
-    p.add_argument("--log-file", help="write the log here instead of standard error")
+    p.add_argument("--log-file", type=file_name("--log-file"),
+                   help="write the log here instead of standard error")
     return p
 
 
@@ -282,21 +192,6 @@ def resolve_candidates(candidates: list[tuple[str, int]]) -> tuple[list[tuple[st
     return usable, addresses, problems
 
 
-def directory_problem(path: str) -> str | None:
-    """Why ``path`` cannot be a directory we keep files in (made if missing),
-    or None if it can."""
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        return "exists and is not a directory"
-    try:
-        target.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"cannot be made: {exc.strerror or exc}"
-    if not os.access(target, os.W_OK | os.X_OK):
-        return "is not writable by this user"
-    return None
-
-
 def configure_logging(level: str, log_file: str | None, name: str) -> None:
     handler: logging.Handler = (logging.FileHandler(log_file) if log_file
                                 else logging.StreamHandler(sys.stderr))
@@ -344,17 +239,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure_logging(args.log_level, args.log_file, config.name)
     except OSError as exc:
-        print(f"mesh_server.py: cannot open --log-file {args.log_file}: "
+        print(f"mesh_server.py: cannot open --log-file {visible(args.log_file)}: "
               f"{exc.strerror or exc}", file=sys.stderr)
         return 2
     server = MeshServer(config)
-    JobService(server, JobConfig(
-        slots=args.slots, work_dir=Path(args.work_dir) if args.work_dir else None,
-        load_interval=args.load_interval, max_runtime=args.max_runtime,
-        max_output=args.max_output, max_file=args.max_file,
-        max_jobs_per_client=args.max_jobs_per_client,
-        state_dir=Path(args.state_dir) if args.state_dir else None,
-        result_ttl=args.result_ttl, store_max=args.store_max))
+    try:
+        jobs = JobService(server, JobConfig(
+            slots=args.slots, work_dir=Path(args.work_dir) if args.work_dir else None,
+            load_interval=args.load_interval, max_runtime=args.max_runtime,
+            max_output=args.max_output, max_file=args.max_file,
+            max_jobs_per_client=args.max_jobs_per_client,
+            state_dir=Path(args.state_dir) if args.state_dir else None,
+            result_ttl=args.result_ttl, store_max=args.store_max))
+    except OSError as exc:
+        where = args.state_dir or args.work_dir or "the temporary directory"
+        print(f"mesh_server.py: cannot use {where} for job results and files: "
+              f"{exc.filename or ''} {exc.strerror or exc}".rstrip(), file=sys.stderr)
+        server.close()
+        return 2
+    logging.getLogger("crc.server").debug("%r ready", jobs)
     try:
         server.start()
     except OSError as exc:
