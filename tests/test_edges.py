@@ -304,7 +304,7 @@ def test_servers_sharing_a_name_are_told_apart_by_id(
     assert "twin(2)" in runall.stdout and "twin(3)" in runall.stdout
     ambiguous = batch(procs, alpha.address, tmp_path, "run", "--on", "twin", "--", "true")
     assert ambiguous.returncode != 0
-    assert "2 servers are named 'twin' (ids 2, 3)" in ambiguous.stderr
+    assert "--on twin: 2 servers have that name (ids 2, 3)" in ambiguous.stderr
     chosen = batch(procs, alpha.address, tmp_path, "run", "--on", "3", "--", "true")
     assert chosen.returncode == 0, chosen.stderr
     assert twin1.proc.poll() is None and twin2.proc.poll() is None
@@ -468,7 +468,7 @@ def test_unusable_directories_and_files_for_a_server_are_named(tmp_path: Path) -
     a_file.write_text("not a directory")
     cases = [
         (["--work-dir", str(a_file)], f"--work-dir {a_file}: exists and is not a directory"),
-        (["--state-dir", str(a_file / "sub")], f"--state-dir {a_file / 'sub'}: cannot be made"),
+        (["--state-dir", str(a_file / "sub")], f"--state-dir {a_file / 'sub'}: cannot be used"),
         (["--log-file", str(tmp_path / "missing" / "x.log")], "cannot open --log-file"),
         (["--name", "a\udcffb"], "is not valid UTF-8"),
     ]
@@ -629,3 +629,79 @@ def test_local_actions_run_a_few_at_a_time(procs: Processes, alpha: Server,
     seen = [int(n) for n in (tmp_path / "seen").read_text().split()]
     assert len(seen) == 40
     assert max(seen) < max(2, os.cpu_count() or 1)
+
+
+# -- streams and signals, swept --------------------------------------------------------------
+
+def test_a_batch_run_whose_reader_goes_away_cancels_its_job_and_exits_141(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    """``run ... | head -1``: the rest of the output has no reader."""
+    marker = ["sh", "-c", "while :; do echo line; sleep 0.01; done # 77.25"]
+    client = procs.start([CLIENT, "--server", alpha.address, "run", "--", *marker],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         encoding=None)
+    assert client.stdout.readline() == b"line\n"
+    client.stdout.close()                           # what head does after one line
+    assert client.wait(DEADLINE) == 141
+    assert b"cannot write the output (Broken pipe)" in client.stderr.read()
+    wait_for(lambda: not processes_running(marker), DEADLINE, "the job to be cancelled")
+
+
+def test_a_batch_run_with_standard_output_closed_says_so_and_exits_1(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    result = subprocess.run(f"exec {sys.executable} {CLIENT} --server {alpha.address} run -- "
+                            f"echo hi >&-", shell=True, capture_output=True, text=True,
+                            timeout=DEADLINE, env=procs.env(), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "cannot write the output" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sighup_stops_a_batch_run_like_sigterm(procs: Processes, alpha: Server,
+                                               tmp_path: Path) -> None:
+    marker = ["sleep", "78.25"]
+    client = procs.start([CLIENT, "--server", alpha.address, "run", "--", *marker],
+                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for(lambda: processes_running(marker), DEADLINE, "the job to start")
+    client.send_signal(signal.SIGHUP)
+    assert client.wait(DEADLINE) == 129
+    wait_for(lambda: not processes_running(marker), DEADLINE, "the job to be cancelled")
+
+
+def test_sighup_stops_a_server_cleanly_with_a_log_line(procs: Processes,
+                                                       tmp_path: Path) -> None:
+    server = Server(procs, tmp_path, 1, "hungup")
+    server.proc.send_signal(signal.SIGHUP)
+    assert server.proc.wait(DEADLINE) == 0
+    assert "SIGHUP received, shutting down" in server.log.read_text()
+
+
+def test_a_chat_script_stopped_by_sigterm_exits_143(procs: Processes, alpha: Server,
+                                                    tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with out.open("w") as stdout:
+        client = procs.start([CLIENT, "--server", alpha.address, "--name", "terminated"],
+                             stdin=subprocess.PIPE, stdout=stdout, stderr=subprocess.PIPE)
+    wait_for(lambda: "[status] Welcome" in out.read_text(), DEADLINE, "the welcome")
+    client.send_signal(signal.SIGTERM)
+    assert client.wait(DEADLINE) == 143
+
+
+def test_a_server_out_of_descriptors_pauses_accepting_instead_of_spinning(
+        procs: Processes, tmp_path: Path) -> None:
+    server = Server(procs, tmp_path, 1, "starved")
+    psutil.Process(server.proc.pid).rlimit(psutil.RLIMIT_NOFILE, (48, 48))
+    held = []
+    try:
+        for _ in range(80):
+            held.append(socket.create_connection(("127.0.0.1", server.port), timeout=5))
+        wait_for(lambda: "accept failed" in server.log.read_text(), DEADLINE,
+                 "the server to run out of descriptors")
+        wait_for(lambda: server.log.read_text().count("accept failed") >= 2, DEADLINE,
+                 "a second pause")
+        # Said at most once a second (a spinning accept said it 120,000 times).
+        assert server.log.read_text().count("accept failed") <= 3
+    finally:
+        for sock in held:
+            sock.close()
+    chat = run_client(procs, server, "after", 5, "/msg 777 still there?\n")
+    assert "Unknown ID 777" in chat.stdout, chat.stderr

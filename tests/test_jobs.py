@@ -360,3 +360,62 @@ def test_a_job_cannot_start_on_a_blob_another_job_is_editing_in_place(
     finished(editor, 30)
     assert (work / "data.txt").read_bytes() == b"original\nmore\n"
     assert not nodes[1].jobs.store.has(hashlib.sha256(b"original\n").hexdigest())
+
+
+def test_standard_input_past_the_window_stops_the_job_not_the_server(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """A client that ignores INPUT_ACK cannot make the server hold its input."""
+    from crc.jobs.wire import STDIN_WINDOW, Kind, frame
+    (node,) = mesh.chain(1)
+    client, jobs = mesh.client(node, "flooder", tmp_path)
+    job, _ = submit(client, jobs, argv=["sleep", "30"], stdin=True)
+    wait_for(lambda: call(client.loop, lambda: bool(job.runs)), 10, "the job to be accepted")
+    run_id = next(iter(job.runs))
+    chunk = b"x" * (1 << 20)
+
+    def flood() -> None:
+        for _ in range(3 * STDIN_WINDOW // len(chunk)):
+            client.send_extension(frame(Kind.INPUT, client.id, job.runs[run_id].server,
+                                        {"id": run_id, "eof": False}, chunk))
+    call(client.loop, flood)
+    finished(job, 10)
+    assert "beyond the 1048576 byte window" in job.runs[run_id].error
+    assert call(node.server.loop, lambda: client.id in node.server.links)
+
+
+def test_a_submit_that_cannot_be_passed_on_is_refused_before_it_is_accepted(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """A lone surrogate is valid JSON but not UTF-8: refused with a reason,
+    no quota slot taken, the client kept."""
+    import json
+    from crc.jobs.wire import Kind, unpack
+    from crc.protocol import Extension
+    (node,) = mesh.chain(1, max_jobs_per_client=1)
+    client, jobs = mesh.client(node, "odd", tmp_path)
+    answers: list[tuple[int, dict]] = []
+    for kind in (Kind.FAILED, Kind.ACCEPTED):
+        call(client.loop, lambda kind=kind: client.extension_handlers.__setitem__(
+            kind, lambda msg, kind=kind: answers.append((kind, unpack(msg.payload)[0]))))
+    # JSON may escape a lone surrogate (\ud800); our own encoder never would.
+    head = json.dumps({"job": "odd.1", "files": [], "stdin": False,
+                       "argv": ["echo", "\ud800"]}).encode()
+    call(client.loop, lambda: client.send_extension(Extension(
+        Kind.SUBMIT, client.id, 0, 0, len(head).to_bytes(4, "big") + head)))
+    wait_for(lambda: answers, 10, "the answer")
+    assert answers == [(Kind.FAILED, {"id": "odd.1",
+                                      "error": "argument 2 is not valid UTF-8"})]
+    assert call(node.server.loop, lambda: client.id in node.server.links)
+    assert call(node.server.loop, lambda: not node.jobs.dispatched)
+
+
+def test_a_job_frame_with_a_run_id_that_is_not_text_is_a_protocol_error(
+        mesh: Mesh, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from crc.jobs.wire import Kind, frame
+    (node,) = mesh.chain(1)
+    client, jobs = mesh.client(node, "listy", tmp_path)
+    call(client.loop, lambda: client.send_extension(frame(Kind.INPUT, client.id, node.server.id,
+                                                          {"id": [], "eof": True})))
+    wait_for(lambda: call(node.server.loop, lambda: client.id not in node.server.links), 10,
+             "the server to drop the client")
+    assert "protocol error: job frame without a text 'id'" in caplog.text
+    assert "internal error" not in caplog.text

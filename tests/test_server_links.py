@@ -523,3 +523,14 @@ def test_a_server_that_did_not_run_pings_before_it_judges_a_silent_link(hub: Har
     server._keepalive_tick()
     hub.pump()
     assert conn.closed
+
+
+def test_a_shared_server_name_is_said_once_however_many_share_it(
+        hub: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    """(Each announcement used to list every namesake: quadratic in both the
+    time it took and the log it wrote, a flood of registrations froze us.)"""
+    far = hub.mesh_server(2, "b")
+    far.read()
+    far.send(*(ServerRegistration(100 + i, 2, f"name{i % 3}", "") for i in range(300)))
+    assert len(hub.server.routes) == 301
+    assert caplog.text.count("give each server its own --name") == 3

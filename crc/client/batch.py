@@ -17,6 +17,7 @@ were (docs/jobs.md, "Durable results").
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import signal
@@ -33,13 +34,14 @@ from ..net import EventLoop
 from ..net.loop import EVENT_READ
 from ..protocol import StatusCode
 from .core import ChatClient, ClientConfig
-from .jobs_ui import BuildView, Output, exit_table, run_note, write_stream
+from .jobs_ui import BuildView, Output, exit_table, run_note
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
-#: Signals that end a batch run like Ctrl-C: jobs cancelled, exit 128 + signal.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Signals that end a batch run like Ctrl-C: jobs cancelled, exit 128 + signal
+#: (SIGHUP: the terminal went away).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 #: After a signal, how long the cancellations and goodbye may take to leave.
 INTERRUPT_GRACE = 3.0
 #: Seconds batch mode keeps trying to reconnect when ``--reconnect-for`` is 0.
@@ -124,6 +126,7 @@ class Batch:
                  liveness: dict[str, float] | None = None, info: str = "") -> None:
         self.args = args
         self.output = output or Output()
+        self.output.on_closed = self._output_closed
         self.loop = EventLoop()
         self.server = server
         self.liveness = dict(liveness or {})
@@ -174,15 +177,36 @@ class Batch:
         stops at once."""
         name = signal.Signals(signum).name
         if self._signalled:
-            self.output.error(f"{name} again: stopping now")
             self.loop.stop()
+            self.output.error(f"{name} again: stopping now")
             return
-        self._signalled = True
-        self.code = 128 + signum
+        self._stop_everything(128 + signum)
+        # Said last: a closed standard error must not keep the jobs running.
         self.output.error(f"interrupted ({name}): cancelling what is still running")
+
+    def _output_closed(self, exc: OSError) -> None:
+        """Our standard output or error cannot be written (a reader that went
+        away, as ``| head``, a closed or full stream): nobody will see the
+        rest, so the jobs stop, once; 141 (128 + SIGPIPE) for a broken pipe."""
+        if self._signalled:
+            return
+        self._stop_everything(128 + signal.SIGPIPE if exc.errno == errno.EPIPE else 1)
+        try:
+            print(f"chat_client.py: cannot write the output ({exc.strerror or exc}); "
+                  "cancelling what is still running", file=sys.stderr)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def _stop_everything(self, code: int) -> None:
+        """Cancel our jobs on the mesh, stop local actions, leave with ``code``."""
+        self._signalled = True
+        self.code = code
+        if self._stdin is not None:
+            self._stdin.stop()
         self.jobs.cancel_unfinished()
         if self.build is not None:
-            self.build.abort(signum, then=self._leave_after_interrupt)
+            self.build.abort(signal.SIGTERM if code != 128 + signal.SIGINT else signal.SIGINT,
+                             then=self._leave_after_interrupt)
         else:
             self._leave_after_interrupt()
 
@@ -265,11 +289,17 @@ class Batch:
 
     def _on_run_event(self, job: Job, run: RunState, event: str, data: Any) -> None:
         if event == "accepted" and self.args.stdin and self._stdin is None:
-            self._stdin = StdinForwarder(self.loop, self.jobs, run.id, sys.stdin.fileno())
+            try:
+                fd = sys.stdin.fileno()
+                os.fstat(fd)
+            except (AttributeError, OSError, ValueError):       # no standard input at all
+                self.jobs.send_input(run.id, b"", eof=True)
+            else:
+                self._stdin = StdinForwarder(self.loop, self.jobs, run.id, fd)
         elif event == "input_room" and self._stdin is not None:
             self._stdin.resume()
         elif event == "output":
-            write_stream(*data)
+            self.output.bytes(*data)
         elif event in ("done", "failed"):
             if self._stdin is not None:
                 self._stdin.stop()
@@ -284,7 +314,7 @@ class Batch:
     def _begin_runall(self) -> None:
         # Each line whole, after its server's name; the line's bytes as the job
         # wrote them (as ``run`` keeps them), only the name made visible.
-        self.lines = LineSplitter(write_prefixed, raw=True)
+        self.lines = LineSplitter(self._prefixed, raw=True)
         self.jobs.submit(argv=self._argv(), files=self.args.file, everywhere=True,
                          timeout=self.args.timeout, listener=self._on_runall_event)
 
@@ -293,9 +323,12 @@ class Batch:
             self.lines.feed(run.name, *data)
         elif event in ("done", "failed"):
             self.lines.flush(run.name)
-            if job.finished:
-                self.output.out.print(exit_table(job))
+            if job.finished and not self._signalled:
+                self.output.print(exit_table(job))
                 self._stop(job.exit_code)
+
+    def _prefixed(self, name: str, stream: int, line: bytes) -> None:
+        self.output.bytes(stream, f"[{visible(name)}] ".encode() + line + b"\n")
 
     # -- rake --------------------------------------------------------------------------
 
@@ -331,12 +364,6 @@ class Batch:
             known = ", ".join(sorted(str(r.get("name")) for r in rows)) or "none"
             self.output.error(f"--on {on}: no such server in the mesh (known: {known})")
         self._stop(2)
-
-
-def write_prefixed(name: str, stream: int, line: bytes) -> None:
-    target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
-    target.write(f"[{visible(name)}] ".encode() + line + b"\n")
-    target.flush()
 
 
 class StdinForwarder:

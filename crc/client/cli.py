@@ -162,11 +162,13 @@ def terminal_restored(enabled: bool) -> Iterator[None]:
 
 
 def install_signal_handlers(session: Session) -> None:
-    def on_signal(_signum: int, _frame: object) -> None:
-        session.loop.call_soon_threadsafe(session.interrupt)
+    """SIGINT, SIGTERM and SIGHUP (the terminal went away) all leave politely:
+    jobs cancelled, goodbye said; a second one stops at once."""
+    def on_signal(signum: int, _frame: object) -> None:
+        session.loop.call_soon_threadsafe(session.interrupt, signum)
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
 
 def attach_input(session: Session, script_text: str | None, view: View) -> None:
@@ -176,6 +178,8 @@ def attach_input(session: Session, script_text: str | None, view: View) -> None:
     elif isinstance(view, TerminalView):
         Keyboard(session.loop, view.read_line, lambda: session.prompt,
                  session.feed, session.feed_eof).start()
+    elif sys.stdin is None:                  # closed before we started: no input
+        session.feed_eof()
     else:
         reader = PipeReader(session.loop, sys.stdin.fileno(), session.feed, session.feed_eof)
         if not reader.start():
@@ -271,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the following arguments are required to chat: --name")
     script_text = (read_script(parser, args.script)
                    if args.script is not None and args.script != "-" else None)
-    interactive = args.script is None and sys.stdin.isatty()
+    interactive = args.script is None and sys.stdin is not None and sys.stdin.isatty() \
+        and sys.stdout is not None
     tolerate_unencodable_output()
     view: View = TerminalView() if interactive else LineView()
     configure_logging(args.log_level, view)
@@ -291,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     session = Session(client, view, script=not interactive,
                       connect_timeout=args.connect_timeout)
     session.jobs = JobCommands(session, JobClient(client, Path.cwd()))
+    if isinstance(view, LineView):
+        view.on_closed = session.output_closed
     with terminal_restored(interactive):
         try:
             install_signal_handlers(session)

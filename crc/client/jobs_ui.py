@@ -9,6 +9,8 @@ lines are written, standard output to stdout and standard error to stderr.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from typing import Iterable
 
@@ -22,32 +24,54 @@ from ..jobs.build import ActionRun
 from ..jobs.client import Job, RunState, describe_exit
 from ..jobs.rakefile import ActionSet
 from ..visible import visible
+from .tui import ClosedStream, Guarded, SafeConsole
 
 STATE_STYLE = {"waiting": "dim", "running": "yellow", "ok": "green", "failed": "bold red"}
 
 
-class Output:
-    """Two consoles: one per stream, each plain when not a terminal."""
+class Output(Guarded):
+    """Two consoles: one per stream, each plain when not a terminal. Every
+    write is guarded: a closed or full stream is reported once
+    (``on_closed``) and written to no more."""
 
     def __init__(self, out: Console | None = None, err: Console | None = None) -> None:
-        self.out = out or Console(highlight=False, soft_wrap=True)
-        self.err = err or Console(stderr=True, highlight=False, soft_wrap=True)
+        super().__init__()
+        self.out = out or SafeConsole(file=sys.stdout or ClosedStream(), highlight=False,
+                                      soft_wrap=True)
+        self.err = err or SafeConsole(file=sys.stderr or ClosedStream(), highlight=False,
+                                      soft_wrap=True)
 
     def line(self, prefix: str, stream: int, text: str) -> None:
         console = self.out if stream == 1 else self.err
         style = "cyan" if stream == 1 else "magenta"
-        console.print(Text.assemble((f"[{prefix}] ", style), text))
+        self._guard(lambda: console.print(Text.assemble((f"[{prefix}] ", style), text)))
+
+    def print(self, renderable: Any) -> None:
+        """Something on standard output (a table)."""
+        self._guard(lambda: self.out.print(renderable))
 
     def info(self, text: str) -> None:
         """A line of rich markup (callers escape what they quote)."""
-        self.err.print(text)
+        self._guard(lambda: self.err.print(text))
 
     def note(self, text: str) -> None:
         """A plain line, shown as it is (control characters visible)."""
-        self.err.print(escape(visible(text, newlines=True)))
+        self._guard(lambda: self.err.print(escape(visible(text, newlines=True))))
 
     def error(self, text: str) -> None:
-        self.err.print(f"[bold red]error:[/] {escape(visible(text, newlines=True))}")
+        self._guard(lambda: self.err.print(
+            f"[bold red]error:[/] {escape(visible(text, newlines=True))}"))
+
+    def bytes(self, stream: int, data: bytes) -> None:
+        """A job's output as it came (batch ``run``)."""
+        target = sys.stdout if stream == 1 else sys.stderr
+
+        def write() -> None:
+            if target is None:                  # closed before we started (``>&-``)
+                raise OSError(errno.EBADF, "the stream is closed")
+            target.buffer.write(data)
+            target.buffer.flush()
+        self._guard(write)
 
 
 def load_table(rows: Iterable[dict]) -> Table:
@@ -134,7 +158,7 @@ class BuildView:
         if self.live is not None:
             self.live.stop()
             self.live = None
-            self.output.out.print(self._table())
+            self.output.print(self._table())
 
     def build_finished(self, ok: bool, failed: list[ActionRun]) -> None:
         if ok:
@@ -142,10 +166,4 @@ class BuildView:
             return
         self.output.error("build failed; failed action(s):")
         for run in failed:
-            self.output.err.print(f"  {escape(visible(run.describe_failure()))}")
-
-
-def write_stream(stream: int, data: bytes) -> None:
-    target = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
-    target.write(data)
-    target.flush()
+            self.output.info(f"  {escape(visible(run.describe_failure()))}")

@@ -21,6 +21,8 @@ Interactively the error is shown and the session carries on.
 from __future__ import annotations
 
 import collections
+import errno
+import signal
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
@@ -38,7 +40,7 @@ EXIT_OK = 0
 EXIT_CONNECTION = 1      # could not connect, refused, or connection lost
 EXIT_SCRIPT = 3          # a script line failed (bad command, unknown user, wait timed out),
                          # or chats it sent were left undelivered
-EXIT_INTERRUPTED = 130   # a script stopped by a signal
+EXIT_INTERRUPTED = 130   # a script stopped by SIGINT (128 + N for signal N)
 
 #: How long a goodbye may take to flush before the loop stops anyway.
 QUIT_GRACE = 5.0
@@ -154,14 +156,23 @@ class Session:
         else:
             self.loop.stop()
 
-    def interrupt(self) -> None:
+    def interrupt(self, signum: int = signal.SIGINT) -> None:
         """A signal: leave politely (jobs still running are cancelled, and
-        the user told so), or stop at once if already leaving."""
+        the user told so), or stop at once if already leaving. A script exits
+        128 + the signal; an interactive session ended by Ctrl-C exits 0."""
         if self._leaving:
             self.loop.stop()
         else:
             self._cancel_jobs()
-            self.leave("", EXIT_INTERRUPTED if self.script else EXIT_OK)
+            interactive_ctrl_c = not self.script and signum == signal.SIGINT
+            self.leave("", EXIT_OK if interactive_ctrl_c else 128 + signum)
+
+    def output_closed(self, exc: OSError) -> None:
+        """Our standard output (or error) cannot be written: nobody sees what
+        follows. Leave as for a signal: 141 (128 + SIGPIPE) for a broken pipe."""
+        if not self._leaving:
+            self._cancel_jobs()
+            self.leave("", 128 + signal.SIGPIPE if exc.errno == errno.EPIPE else EXIT_CONNECTION)
 
     @property
     def leaving(self) -> bool:

@@ -20,12 +20,15 @@ prompt set from the keyboard thread, and serialises output with a lock.
 
 from __future__ import annotations
 
+import errno
 import importlib
+import io
+import os
 import sys
 import threading
 import time
 from types import ModuleType
-from typing import Any, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 from rich.cells import cell_len
 from rich.console import Console, RenderableType
@@ -107,33 +110,78 @@ class View(Protocol):
     def error(self, text: str) -> None: ...
 
 
-class LineView:
+class ClosedStream(io.TextIOBase):
+    """Where a standard stream that was closed before we started (``>&-``)
+    would be: every write fails as writing to a closed descriptor does."""
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "the stream is closed")
+
+    def isatty(self) -> bool:
+        return False
+
+
+class SafeConsole(Console):
+    """A rich console whose broken pipe is an ``OSError`` for its owner to
+    handle (rich's own answer is ``SystemExit`` from deep inside a print,
+    which would leave without cancelling anything)."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+
+class Guarded:
+    """Writes that may fail (a closed or full standard output or error): the
+    first failure is handed to ``on_closed`` once, and nothing more is written."""
+
+    def __init__(self) -> None:
+        self.on_closed: Callable[[OSError], None] | None = None
+        self.closed = False
+
+    def _guard(self, write: Callable[[], Any]) -> None:
+        if self.closed:
+            return
+        try:
+            write()
+        except OSError as exc:
+            self.closed = True
+            if self.on_closed is not None:
+                self.on_closed(exc)
+
+
+class LineView(Guarded):
     """Plain lines, no prompt: scripts and pipes."""
 
     def __init__(self, out: Console | None = None, err: Console | None = None) -> None:
+        super().__init__()
         self.out = out or plain_console(sys.stdout)
         self.err = err or plain_console(sys.stderr)
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         text = event_text(kind, data)
         if text is not None:
-            self.out.print(text)
+            self._guard(lambda: self.out.print(text))
 
     def show(self, renderable: RenderableType) -> None:
-        self.out.print(renderable)
+        self._guard(lambda: self.out.print(renderable))
 
     def info(self, text: str) -> None:
-        self.err.print(Text(visible(text, newlines=True), style="dim"))
+        self._guard(lambda: self.err.print(Text(visible(text, newlines=True), style="dim")))
 
     def error(self, text: str) -> None:
-        self.err.print(Text.assemble(("error: ", "bold red"), visible(text, newlines=True)))
+        self._guard(lambda: self.err.print(Text.assemble(("error: ", "bold red"),
+                                                         visible(text, newlines=True))))
 
 
 def plain_console(stream: Any) -> Console:
-    """A console that never wraps lines or reads markup, colourless unless on a terminal."""
+    """A console that never wraps lines or reads markup, colourless unless on
+    a terminal. A stream that is not there (closed before we started) is
+    taken as one that discards everything."""
+    if stream is None:
+        stream = ClosedStream()
     terminal = None if stream.isatty() else False
-    return Console(file=stream, force_terminal=terminal, highlight=False, soft_wrap=True,
-                   markup=False, emoji=False)
+    return SafeConsole(file=stream, force_terminal=terminal, highlight=False, soft_wrap=True,
+                       markup=False, emoji=False)
 
 
 def load_readline() -> ModuleType | None:

@@ -79,6 +79,8 @@ def bad_relative_path(name: str) -> str | None:
         return f"file name {name!r} is absolute; required files must be relative"
     if ".." in p.parts:
         return f"file name {name!r} leaves the job directory ('..')"
+    if os.path.normpath(name) == "." or name.endswith("/"):
+        return f"file name {name!r} names a directory, not a file"
     return None
 
 

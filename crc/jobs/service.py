@@ -53,7 +53,8 @@ from .results import STREAMS, Record, ResultStore
 from .scheduler import Ledger, by_name, pick
 from .store import BlobStore, valid_sha
 from .transfer import Transfers, cached_by_relays
-from .wire import DEFAULT_MAX_JOBS, STDIN_ACK_EVERY, Kind, frame, unpack, unpack_view
+from .wire import (DEFAULT_MAX_JOBS, STDIN_ACK_EVERY, STDIN_WINDOW, Kind, frame, unpack,
+                   unpack_view)
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +127,31 @@ class Run:
         return f"<Run {self.id} {self.state} client={self.client} {self.label[:30]!r}>"
 
 
+def _run_id(header: dict) -> str:
+    """A frame's run id; ``ProtocolError`` for anything but text."""
+    run_id = header.get("id")
+    if not isinstance(run_id, str):
+        raise ProtocolError("job frame without a text 'id'")
+    return run_id
+
+
+def _utf8(text: str, what: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{what} is not valid UTF-8") from None
+    if "\0" in text:
+        raise ProtocolError(f"{what} contains a NUL byte")
+    return text
+
+
 def parse_command(header: dict) -> tuple[list[str], str]:
     """(argv, label) from a SUBMIT/RUN header; ``ProtocolError`` if unusable."""
     argv, shell = header.get("argv"), header.get("shell")
     if isinstance(shell, str) and shell.strip():
-        return ["/bin/sh", "-c", shell], shell
+        return ["/bin/sh", "-c", _utf8(shell, "the command")], shell
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
-        return list(argv), shlex.join(argv)
+        return [_utf8(a, f"argument {i + 1}") for i, a in enumerate(argv)], shlex.join(argv)
     raise ProtocolError("job has neither a non-empty 'argv' list nor a 'shell' command")
 
 
@@ -369,6 +388,7 @@ class JobService:
         job = header.get("job")
         if not isinstance(job, str) or not job:
             raise ProtocolError("SUBMIT without a job id")
+        _utf8(job, "the job id")
         refused = self.server.job_refusal(conn)
         if refused:
             log.warning("%s: refusing job %s from client %d at %s: %s", self.server.name,
@@ -735,10 +755,20 @@ class JobService:
 
     def _on_input(self, conn: Connection | None, msg: Extension) -> None:
         header, body = unpack(msg.payload)
-        run = self.runs.get(header.get("id", ""))
+        run = self.runs.get(_run_id(header))
         if run is None or run.client != msg.source:
             return
         eof = bool(header.get("eof"))
+        stdin = run.process.stdin if run.process is not None else None
+        held = len(stdin.buffer) if stdin is not None else sum(
+            len(data) for data, _ in run.pending_input)
+        if held + len(body) > 2 * STDIN_WINDOW:
+            # The client ignores INPUT_ACK: what it sends would pile up here.
+            log.warning("%s: client %d sent job %s standard input far beyond its window; "
+                        "stopping the job", self.server.name, msg.source, run.id)
+            self._abort(run, f"standard input sent beyond the {STDIN_WINDOW} byte window "
+                             "(the client does not wait for INPUT_ACK)")
+            return
         if run.process is not None:
             run.process.write_stdin(body, eof)
         else:

@@ -52,6 +52,9 @@ class RoutingTable:
             raise RoutingError("0 is not a valid id")
         self.own_id = own_id
         self.hosts: dict[int, Host] = {}
+        #: Server ids by name (names need not be unique): lookups by name
+        #: stay O(1) however many hosts are announced.
+        self.servers_named: dict[str, set[int]] = {}
 
     # -- queries ---------------------------------------------------------
 
@@ -101,6 +104,8 @@ class RoutingTable:
                 raise RoutingError(f"first link {first_link} of {host_id} is not an adjacent host")
         host = Host(host_id, kind, name, info, first_link)
         self.hosts[host_id] = host
+        if kind is Kind.SERVER:
+            self.servers_named.setdefault(name, set()).add(host_id)
         return host
 
     def remove(self, host_id: int) -> list[Host]:
@@ -114,4 +119,9 @@ class RoutingTable:
         gone = self.behind(host_id) if host.adjacent else [host]
         for h in gone:
             del self.hosts[h.id]
+            if h.kind is Kind.SERVER:
+                named = self.servers_named[h.name]
+                named.discard(h.id)
+                if not named:
+                    del self.servers_named[h.name]
         return gone

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -192,6 +193,28 @@ def resolve_candidates(candidates: list[tuple[str, int]]) -> tuple[list[tuple[st
     return usable, addresses, problems
 
 
+def fit_connections(wanted: int, slots: int) -> int:
+    """``--max-connections`` within this process's descriptor limit: the soft
+    limit is raised towards the hard one if need be, and if that is not
+    enough the cap is lowered (said on standard error), keeping room for
+    jobs' pipes and files. Over the limit, ``accept`` fails instead."""
+    need = wanted + 64 + 5 * slots
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < need:
+        fitted = max(16, soft - 64 - 5 * slots)
+        print(f"mesh_server.py: --max-connections {wanted} lowered to {fitted}: this process "
+              f"may open {soft} files (ulimit -n)", file=sys.stderr)
+        return fitted
+    return wanted
+
+
 def configure_logging(level: str, log_file: str | None, name: str) -> None:
     handler: logging.Handler = (logging.FileHandler(log_file) if log_file
                                 else logging.StreamHandler(sys.stderr))
@@ -220,13 +243,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     if unresolved and not candidates:
         return 2
+    max_connections = fit_connections(args.max_connections, args.slots)
     config = ServerConfig(port=args.port, id=args.id, name=args.name, info=args.info,
                           host=args.host, connect=candidates[0] if candidates else None,
                           candidates=tuple(candidates[1:]), rejoin=not args.no_rejoin,
                           join_timeout=args.join_timeout, addresses=addresses,
                           limits=dataclasses.replace(DEFAULT_LIMITS, max_payload=args.max_frame),
                           max_send_buffer=args.max_send_buffer,
-                          max_connections=args.max_connections,
+                          max_connections=max_connections,
                           registration_timeout=args.registration_timeout,
                           keepalive=args.keepalive, dead_after=args.dead_after, tls=tls,
                           secret=secret, plain_clients=args.plain_clients,
@@ -273,8 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                                              signal.Signals(signum).name)
         server.stop()
 
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    # SIGHUP too (a closed terminal, a service manager's hang-up): a clean
+    # stop with a log line, never a silent death that loses running jobs.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
     server.run()
     logging.getLogger("crc.server").info("%s stopped", config.name)
     return 0

@@ -25,6 +25,7 @@ machine (loopback) unless ``insecure_remote_jobs``. See ``job_refusal``,
 from __future__ import annotations
 
 import enum
+import errno
 import ipaddress
 import json
 import logging
@@ -64,6 +65,9 @@ HELLO_SETTLE = 3.0
 #: make the server hold much); more are dropped, and their senders resend.
 HELD_MAX = 256 * 1024
 HELD_TOTAL = 8 << 20
+
+#: Seconds a server stops accepting after ``accept`` failed (out of descriptors).
+ACCEPT_PAUSE = 0.25
 
 #: Bytes a reliable chat's frame carries besides its text (stream, seq, base).
 CHAT_OVERHEAD = 24
@@ -247,6 +251,8 @@ class MeshServer:
         self._join_failures = 0          # joins that failed since we last joined
         self._excluded: set[tuple[str, int]] = set()   # candidates that are ourselves
         self._tick_due = 0.0             # when the keepalive tick should run next
+        self._accept_logged = -math.inf  # when an accept failure was last logged
+        self._accept_paused = False
         #: Handlers for extension frames addressed to us (or to the adjacent
         #: peer, destination 0), by kind; filled by subsystems (jobs, ...).
         self.extension_handlers: dict[int, Callable[[Connection, Extension], None]] = {}
@@ -463,7 +469,7 @@ class MeshServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
-                log.warning("%s: accept failed: %s", self.name, exc)
+                self._accept_failed(exc)
                 return
             if len(self.connections) >= self.config.max_connections:
                 self._refused += 1
@@ -478,6 +484,29 @@ class MeshServer:
                                         tls=self.config.tls.accept if self.config.tls else None)
             conn.peer.deadline = self.loop.call_later(self.config.registration_timeout,
                                                       self._registration_deadline, conn)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """``accept`` failed: out of descriptors (EMFILE, ENFILE) leaves the
+        pending connection ready, and the listener would wake us in a tight
+        loop. Stop listening for a moment (the connections in hand go on),
+        and say so at most once a second."""
+        now = self.loop.time()
+        if now - self._accept_logged >= 1.0:
+            log.warning("%s: accept failed: %s; not accepting for %.1f s (%s)", self.name,
+                        exc.strerror or exc, ACCEPT_PAUSE,
+                        "out of file descriptors: lower --max-connections or raise the "
+                        "limit (ulimit -n)" if exc.errno in (errno.EMFILE, errno.ENFILE)
+                        else "retrying")
+            self._accept_logged = now
+        if self.listener is not None and not self._accept_paused:
+            self._accept_paused = True
+            self.loop.unregister(self.listener)
+            self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
+
+    def _resume_accepting(self) -> None:
+        self._accept_paused = False
+        if self.listener is not None and not self._closing:
+            self.loop.register(self.listener, EVENT_READ, _Acceptor(self))
 
     def _new_connection(self, sock: socket.socket, link: Link, label: str,
                         connecting: bool = False, tls: Any = None) -> Connection:
@@ -853,14 +882,13 @@ class MeshServer:
         between them and logs and tables confuse them: say so as it happens."""
         if host.kind is not Kind.SERVER:
             return
-        twins = [h.id for h in self.routes.of_kind(Kind.SERVER)
-                 if h.name == host.name and h.id != host.id]
-        if host.name == self.name:
-            twins.append(self.id)
-        if twins:
-            log.warning("%s: server %d is named %r like server(s) %s: give each server its own "
+        twins = len(self.routes.servers_named.get(host.name, ())) - 1 + (host.name == self.name)
+        if twins == 1:                     # said when a name first becomes shared
+            other = min(i for i in (*self.routes.servers_named[host.name], self.id)
+                        if i != host.id and (i != self.id or host.name == self.name))
+            log.warning("%s: server %d is named %r like server %d: give each server its own "
                         "--name (--on %r is ambiguous; use ids)", self.name, host.id, host.name,
-                        ", ".join(map(str, sorted(twins))), host.name)
+                        other, host.name)
 
     # -- chat, status, quits ----------------------------------------------------------
 
