@@ -198,7 +198,9 @@ def test_a_script_whose_server_is_gone_ends_after_the_connect_timeout(
         proc = procs.start([CLIENT, "--server", alpha.address, "--name", "alice",
                             "--connect-timeout", "2"], stdin=subprocess.PIPE, stdout=stdout,
                            stderr=subprocess.PIPE)
-    wait_for(lambda: "[status] Welcome" in out.read_text(), DEADLINE, "alice's welcome")
+    proc.stdin.write("/who\n")                # answered once the link is fully up
+    proc.stdin.flush()
+    wait_for(lambda: "(you)" in out.read_text(), DEADLINE, "alice's link to be up")
     alpha.proc.kill()
     alpha.proc.wait(DEADLINE)
     proc.stdin.write("/msg 5 lost with the server\n" + ending)
@@ -293,7 +295,7 @@ def test_servers_sharing_a_name_are_told_apart_by_id(
         procs: Processes, alpha: Server, tmp_path: Path) -> None:
     twin1 = Server(procs, tmp_path, 2, "twin", connect=alpha.port)
     twin2 = Server(procs, tmp_path, 3, "twin", connect=alpha.port)
-    wait_for(lambda: "named 'twin' like server(s) 2" in alpha.log.read_text(), DEADLINE,
+    wait_for(lambda: "named 'twin' like server 2" in alpha.log.read_text(), DEADLINE,
              "alpha to warn about the second 'twin'")
     runall = None
     for _ in range(50):          # until load reports from all three have spread
