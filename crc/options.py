@@ -90,24 +90,24 @@ def listen_host(text: str) -> str:
     return text
 
 
-def server_name(text: str) -> str:
-    problem = field_problem("name", text, MAX_NAME)
-    if problem:
-        raise OptionError(problem)
-    return text
+def _wire_text(what: str, limit: int):
+    def parse(text: str) -> str:
+        problem = field_problem(what, text, limit)
+        if problem:
+            raise OptionError(problem)
+        return text
+    return parse
+
+
+#: A registration's name and info: UTF-8 that fits its length field.
+server_name = _wire_text("name", MAX_NAME)
+info_text = _wire_text("info", MAX_INFO)
 
 
 def user_name(text: str) -> str:
     if not text.strip():
         raise OptionError("the name must not be empty")
     return server_name(text)
-
-
-def info_text(text: str) -> str:
-    problem = field_problem("info", text, MAX_INFO)
-    if problem:
-        raise OptionError(problem)
-    return text
 
 
 def positive_int(text: str) -> int:

@@ -707,3 +707,46 @@ def test_a_server_out_of_descriptors_pauses_accepting_instead_of_spinning(
             sock.close()
     chat = run_client(procs, server, "after", 5, "/msg 777 still there?\n")
     assert "Unknown ID 777" in chat.stdout, chat.stderr
+
+
+def test_batch_against_a_server_nobody_runs_exits_1(procs: Processes, tmp_path: Path) -> None:
+    result = batch(procs, dead_address(), tmp_path, "--connect-timeout", "2", "run", "--",
+                   "true")
+    assert result.returncode == 1, result.stderr
+    assert "cannot connect" in result.stderr or "no server completed" in result.stderr
+
+
+def test_leaving_a_script_with_a_job_running_cancels_it_and_says_so(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    marker = ["sleep", "79.25"]
+    proc = procs.start([CLIENT, "--server", alpha.address, "--name", "leaver"], cwd=tmp_path,
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdin.write(f"/run -i {' '.join(marker)}\n")
+    proc.stdin.flush()
+    wait_for(lambda: processes_running(marker), DEADLINE, "the job to start")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode == 130
+    assert "cancelled 1 running job(s) on leaving" in err
+    assert "lost the connection" not in err
+    wait_for(lambda: not processes_running(marker), DEADLINE, "the job to be cancelled")
+
+
+def test_permanent_join_refusals_are_said_once_and_backed_off(
+        procs: Processes, alpha: Server, tmp_path: Path) -> None:
+    """A server whose id is taken, and one told to join itself: neither
+    writes an ERROR on every attempt; joining itself is given up."""
+    twin = Server(procs, tmp_path, 1, "twin", options=("--connect", alpha.address))
+    wait_for(lambda: twin.log.read_text().count("join refused") >= 3, DEADLINE,
+             "three refusals")
+    log_text = twin.log.read_text()
+    assert log_text.count("WARNING crc.server.server: twin: join refused") == 1
+    assert "ERROR" not in log_text
+    port = int(dead_address().rsplit(":", 1)[1])
+    loner = Server(procs, tmp_path, 3, "loner", options=(
+        "--port", str(port), "--connect", f"127.0.0.1:{port}"))
+    wait_for(lambda: "is this server itself" in loner.log.read_text(), DEADLINE,
+             "the loner to notice")
+    wait_for(lambda: "no candidate left" in loner.log.read_text(), DEADLINE,
+             "the loner to stop trying")
+    assert loner.log.read_text().count("joining the mesh through") == 1

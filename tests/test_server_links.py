@@ -136,11 +136,7 @@ def test_duplicate_of_the_server_own_id_is_refused(hub: Harness) -> None:
 ], ids=["client-over-client", "server-over-client", "client-over-server", "server-over-server"])
 def test_a_duplicate_arriving_through_another_server_is_refused_towards_the_newcomer(
         hub: Harness, newcomer, text: str) -> None:
-    alice = hub.client(10, "alice")
-    alice.read()
-    far = hub.mesh_server(2, "b")
-    far.read()
-    alice.read()
+    alice, far = alice_and_a_mesh_server(hub)
     far.send(newcomer)
     # Back over the link it came on: there, the id leads to the newcomer.
     assert far.read() == [Status(1, newcomer.source, StatusCode.DUPLICATE_ID, text)]
@@ -154,11 +150,7 @@ def test_a_departure_of_a_host_reached_elsewhere_is_answered_with_its_registrati
     """A client that came back through us while the far side still dropped its
     old path: the far side's quit is answered by announcing the client there
     again, and the client stays."""
-    alice = hub.client(10, "alice")
-    alice.read()
-    far = hub.mesh_server(2, "b")
-    far.read()
-    alice.read()
+    alice, far = alice_and_a_mesh_server(hub)
     far.send(ClientQuit(10, "link lost"))
     assert far.read() == [ClientRegistration(10, 1, "alice", "info")]
     assert alice.read() == [] and not alice.eof
@@ -404,6 +396,28 @@ def test_chats_held_for_hellos_are_capped_per_link_and_counted_back(hub: Harness
 
 # -- v1 conformance: our status codes from afar are plain statuses --------------------------
 
+def alice_and_a_mesh_server(hub: Harness) -> tuple[Peer, Peer]:
+    """alice (10) on the hub, and an adjacent mesh server "b" (2); both read."""
+    alice = hub.client(10, "alice")
+    alice.read()
+    far = hub.mesh_server(2, "b")
+    far.read()
+    alice.read()
+    return alice, far
+
+
+def alice_and_a_plain_server_with_bob(hub: Harness) -> tuple[Peer, Peer]:
+    """alice (10) on the hub, and a plain v1 server (2) with bob (20) behind it."""
+    alice = hub.client(10, "alice")
+    alice.read()
+    plain = hub.attach("plain")
+    plain.send(ServerRegistration(2, 0, "plain", ""))
+    plain.read()
+    plain.send(ClientRegistration(20, 2, "bob", ""))
+    assert alice.read() == [ClientRegistration(20, 1, "bob", "")]
+    return alice, plain
+
+
 @pytest.mark.parametrize("code", [StatusCode.MESH_HELLO, StatusCode.MESH_HELLO_REPLY,
                                   StatusCode.AUTH_CHALLENGE, StatusCode.AUTH_PROOF,
                                   StatusCode.AUTH_OK])
@@ -412,13 +426,7 @@ def test_a_status_with_our_codes_not_between_the_link_ends_is_passed_on(
     """A plain v1 server may forward any status; one carrying our codes that
     is not a step of this link (from further away, or to someone else) is a
     v1 status: passed on or logged, never a reason to drop the link."""
-    alice = hub.client(10, "alice")
-    alice.read()
-    plain = hub.attach("plain")
-    plain.send(ServerRegistration(2, 0, "plain", ""))
-    plain.read()
-    plain.send(ClientRegistration(20, 2, "bob", ""))
-    assert alice.read() == [ClientRegistration(20, 1, "bob", "")]
+    alice, plain = alice_and_a_plain_server_with_bob(hub)
     relayed = Status(20, 10, code, "from bob")
     plain.send(relayed)
     assert alice.read() == [relayed]
@@ -438,11 +446,7 @@ def test_a_status_whose_source_is_not_behind_its_link_is_dropped(hub: Harness) -
 
 
 def test_a_flooded_registration_with_id_0_is_ignored_and_the_link_kept(hub: Harness) -> None:
-    alice = hub.client(10, "alice")
-    alice.read()
-    far = hub.mesh_server(2, "b")
-    far.read()
-    alice.read()
+    alice, far = alice_and_a_mesh_server(hub)
     far.send(ClientRegistration(0, 2, "nobody", ""), ServerRegistration(0, 2, "nothing", ""))
     far.send(ClientRegistration(20, 2, "bob", ""))
     assert alice.read() == [ClientRegistration(20, 1, "bob", "")]
@@ -458,13 +462,7 @@ def test_a_newcomer_with_id_0_is_refused_as_invalid(hub: Harness) -> None:
 
 
 def test_a_server_quitting_as_a_client_takes_its_link_and_subtree_along(hub: Harness) -> None:
-    alice = hub.client(10, "alice")
-    alice.read()
-    plain = hub.attach("plain")
-    plain.send(ServerRegistration(2, 0, "plain", ""))
-    plain.read()
-    plain.send(ClientRegistration(20, 2, "bob", ""))
-    alice.read()
+    alice, plain = alice_and_a_plain_server_with_bob(hub)
     plain.send(ClientQuit(2, "leaving"))
     plain.read()
     assert plain.eof

@@ -253,6 +253,8 @@ class MeshServer:
         self._tick_due = 0.0             # when the keepalive tick should run next
         self._accept_logged = -math.inf  # when an accept failure was last logged
         self._accept_paused = False
+        #: Addresses of the last joiners refused for having our own id.
+        self._refused_from: list[Any] = []
         #: Handlers for extension frames addressed to us (or to the adjacent
         #: peer, destination 0), by kind; filled by subsystems (jobs, ...).
         self.extension_handlers: dict[int, Callable[[Connection, Extension], None]] = {}
@@ -408,7 +410,7 @@ class MeshServer:
             self._join_refusal = "auth"
             log.error("%s: join refused by %s: %s (is our mesh secret the same as theirs?)",
                       self.name, conn.label, msg.text)
-        elif msg.code == StatusCode.DUPLICATE_ID and msg.source == self.id:
+        elif msg.code == StatusCode.DUPLICATE_ID and self._joined_ourselves(conn):
             self._join_refusal = "self"
             log.error("%s: %s is this server itself (--connect names our own address); not "
                       "trying it again", self.name, conn.label)
@@ -429,6 +431,16 @@ class MeshServer:
                          self._duplicate_refusals, msg.text)
         else:
             log.error("%s: join refused: %s", self.name, msg.text)
+
+    def _joined_ourselves(self, uplink: Connection) -> bool:
+        """Whether our uplink is a connection to our own listener (``--connect``
+        naming this server): one of our accepted connections comes from it."""
+        try:
+            ours = uplink.sock.getsockname()
+        except OSError:
+            return False
+        return ours in self._refused_from or any(
+            c.peer_address == ours for c in self.connections if c is not uplink)
 
     def _join_deadline(self, conn: Connection) -> None:
         """The server we are joining (a frozen process, a wedged host) has not
@@ -793,6 +805,9 @@ class MeshServer:
             text = duplicate_id_text(msg.source, msg.type)
             log.warning("%s: refusing %s %r: id %d already registered", self.name,
                         kind.value, msg.name, msg.source)
+        if msg.source == self.id and conn.peer_address is not None:
+            self._refused_from.append(conn.peer_address)     # (``_joined_ourselves``)
+            del self._refused_from[:-8]
         conn.send(Status(self.id, msg.source, StatusCode.DUPLICATE_ID, text))
         conn.peer.role = Role.DONE
         conn.close_after_flush("duplicate id")
