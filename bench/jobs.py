@@ -82,8 +82,8 @@ from rich.table import Table  # noqa: E402
 from rich.text import Text  # noqa: E402
 
 from crc.client import ChatClient, ClientConfig  # noqa: E402
-from crc.jobs.build import ActionRun, Build  # noqa: E402
-from crc.jobs.client import Job, JobClient, RunState  # noqa: E402
+from crc.client.jobs.build import ActionRun, Build  # noqa: E402
+from crc.client.jobs.engine import Job, JobClient, RunState  # noqa: E402
 from crc.jobs.process import ChildProcess  # noqa: E402
 from crc.jobs.rakefile import ActionSet, check_files, parse  # noqa: E402
 from crc.jobs.store import hash_file  # noqa: E402

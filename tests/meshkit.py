@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from crc.client import ChatClient, ClientConfig
-from crc.jobs.client import JobClient
-from crc.jobs.service import JobConfig, JobService
+from crc.client.jobs.engine import JobClient
+from crc.server.jobs.service import JobConfig, JobService
 from crc.net import EventLoop
 from crc.server import MeshServer, ServerConfig
 

@@ -27,8 +27,8 @@ import psutil
 import pytest
 
 from crc.client import ChatClient, ClientConfig
-from crc.jobs.client import Job, JobClient, JobError
-from crc.jobs.service import JobConfig, JobService
+from crc.client.jobs.engine import Job, JobClient, JobError
+from crc.server.jobs.service import JobConfig, JobService
 from crc.jobs.wire import Kind, frame
 from crc.protocol import (
     ClientChat, ClientRegistration, Decoder, ServerRegistration, Status, StatusCode,

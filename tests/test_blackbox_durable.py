@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from crc.client import ChatClient, ClientConfig
-from crc.jobs.client import Job, JobClient
+from crc.client.jobs.engine import Job, JobClient
 
 from .meshkit import call, wait_for
 from .test_blackbox import CLIENT, DEADLINE, Processes, Server

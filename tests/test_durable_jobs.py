@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from crc.client import ChatClient, ClientConfig
-from crc.jobs import results
-from crc.jobs.build import ActionRun, Build
-from crc.jobs.client import Job, JobClient
-from crc.jobs.jobdir import Sweeper
+from crc.server.jobs import results
+from crc.client.jobs.build import ActionRun, Build
+from crc.client.jobs.engine import Job, JobClient
+from crc.jobs.files import Sweeper
 from crc.jobs.rakefile import parse
 from crc.jobs.wire import Kind, frame
 from crc.net import EventLoop

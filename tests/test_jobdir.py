@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from crc.jobs.jobdir import FileRef, JobDir, JobDirError, Sweeper, fingerprint
+from crc.jobs.files import FileRef, Sweeper
+from crc.server.jobs.jobdir import JobDir, JobDirError, fingerprint
 from crc.net import EventLoop
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from crc.jobs import transfer
-from crc.jobs.client import Job, JobClient, JobError
+from crc.client.jobs.engine import Job, JobClient, JobError
 from crc.jobs.wire import Kind, frame
 
 from .meshkit import Mesh, call, wait_for

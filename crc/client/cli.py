@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from ..jobs.client import JobClient
+from .jobs.engine import JobClient
 from ..visible import VisibleFormatter
 from ..delivery import JournalError
 from ..options import (OptionError, file_name, host_id, host_ports, info_text, listen_host,
@@ -312,5 +312,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
     sys.exit(main())

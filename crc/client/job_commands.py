@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, Callable
 from rich.table import Table
 from rich.text import Text
 
-from ..jobs.build import Build
-from ..jobs.client import Job, JobClient, JobError, RunState, describe_exit
+from .jobs.build import Build
+from .jobs.engine import Job, JobClient, JobError, RunState, describe_exit
 from ..jobs.rakefile import RakefileError, check_files, parse
 from ..jobs.rakefile import read as read_rakefile
 from . import commands as cmd

@@ -10,9 +10,8 @@ lines are written, standard output to stdout and standard error to stderr.
 from __future__ import annotations
 
 import errno
-import os
 import sys
-from typing import Iterable
+from typing import Any, Iterable
 
 from rich.console import Console
 from rich.live import Live
@@ -20,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from ..jobs.build import ActionRun
-from ..jobs.client import Job, RunState, describe_exit
+from .jobs.build import ActionRun
+from .jobs.engine import Job, RunState, describe_exit
 from ..jobs.rakefile import ActionSet
 from ..visible import visible
 from .tui import ClosedStream, Guarded, SafeConsole
@@ -107,7 +106,7 @@ def run_note(run: RunState) -> str:
 
 
 class BuildView:
-    """``Reporter`` for ``crc.jobs.build.Build``."""
+    """``Reporter`` for ``crc.client.jobs.build.Build``."""
 
     def __init__(self, output: Output) -> None:
         self.output = output

@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno
 import importlib
 import io
-import os
 import sys
 import threading
 import time

@@ -9,6 +9,7 @@ failed, 2 when no file matched.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -76,5 +77,4 @@ def main(argv: Sequence[str] | None = None, root: Path | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
     sys.exit(main())

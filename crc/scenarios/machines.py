@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from ..client import ChatClient, ClientConfig
-from ..jobs.service import JobConfig, JobService
+from ..server.jobs.service import JobConfig, JobService
 from ..net import Connection, EventLoop
 from ..protocol import ClientChat, encode
 from ..routing import Kind

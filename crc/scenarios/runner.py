@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..client import ClientConfig
-from ..jobs.service import JobConfig
+from ..server.jobs.service import JobConfig
 from ..protocol import MAX_ID, random_id
 from ..server import ServerConfig
 from .checks import Problem, check

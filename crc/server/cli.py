@@ -23,7 +23,7 @@ from ..options import (byte_size, directory_problem, file_name, host_id, host_po
 from ..protocol import DEFAULT_LIMITS
 from ..protocol.auth import SecretError, load_secret
 from ..visible import VisibleFormatter, visible
-from ..jobs.service import JobConfig, JobService
+from .jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
 
 if TYPE_CHECKING:
@@ -307,5 +307,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
     sys.exit(main())

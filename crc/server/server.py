@@ -1,227 +1,72 @@
-"""The relay server: CRC v1 behaviour, link-loss cleanup, extension links.
+"""The relay: links, the routing table, the relay hot path, flooding and
+departures — what a CRC v1 server is — with its other concerns in parts of
+their own (the file names say which):
 
-A ``MeshServer`` owns a listening socket, at most one uplink (the server it
-joined through ``connect``), a ``RoutingTable`` and one ``Link`` per adjacent
-connection. It runs inside an ``EventLoop`` and never blocks or starts a
-thread; it touches no process-global state (signals and logging setup belong
-to the CLI), so many servers can share a process, each in its own loop.
+* ``config``      — ``ServerConfig``;
+* ``links``       — ``Role`` and ``Link``, the state of each adjacent connection;
+* ``joining``     — our uplink, its candidates, rejoining after a loss;
+* ``admission``   — authentication as state machines (messages in and out);
+* ``gatekeeper``  — runs them on links, and who may run jobs;
+* ``negotiation`` — the hello exchange and each side's limits;
+* ``reliable``    — reliable chats passing through, held for a pending hello;
+* ``liveness``    — keepalives, and a server that was itself not running;
+* ``state``       — the state query.
+
+A ``MeshServer`` owns a listening socket, at most one uplink, a
+``RoutingTable`` and one ``Link`` per adjacent connection. It runs inside an
+``EventLoop`` and never blocks or starts a thread; it touches no
+process-global state (signals and logging setup belong to the CLI), so many
+servers can share a process, each in its own loop.
 
 Who may hear what: a plain CRC v1 peer only ever receives v1 message types.
 Extension types (0x02 server departure, 0x40 frames) go only over links whose
 peer completed the hello exchange (``crc.protocol.handshake``).
 
 Every departure — a client quit, a server departure, a lost link — goes
-through ``_depart``: remove the hosts, then tell every other link in the form
-it understands.
+through ``_depart`` / ``_announce_departure``: remove the hosts, then tell
+every other link in the form it understands.
 
-With a mesh secret (``ServerConfig.secret``) a joining server is admitted
-only after it has answered our challenge (``_challenge``), and a client counts
-as authenticated once it has proved the secret after its hello; jobs run only
-for authenticated clients. Without a secret, jobs run only for peers on this
-machine (loopback) unless ``insecure_remote_jobs``. See ``job_refusal``,
-``run_refusal`` and docs/security.md.
+Must not: block, sleep, resolve names, or hold anything without a bound
+(docs/security.md).
 """
 
 from __future__ import annotations
 
-import enum
-import errno
-import ipaddress
-import json
 import logging
-import math
-import random
 import socket
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from ..delivery.wire import ChatKind, pack_ack, pack_nack, unpack_chat
+from ..delivery.wire import ChatKind
 from ..net import Connection, EventLoop
 from ..net.connection import tcp_keepalive
 from ..net.loop import EVENT_READ
 from ..protocol import (
-    DEFAULT_LIMITS, FLAG_BULK, ChatFrame, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
-    EncodeError, Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status,
-    StatusCode, encode,
-    LinkKind, encode_parts,
-    MAX_INFO, MAX_NAME, duplicate_id_text, field_problem, random_id, unknown_id_text,
-    welcome_text,
+    FLAG_BULK, ChatFrame, ClientChat, ClientQuit, ClientRegistration, Extension, LinkKind,
+    Message, MsgType, ProtocolError, ServerQuit, ServerRegistration, Status, StatusCode, auth,
+    encode, encode_parts, unknown_id_text,
 )
-from ..protocol import auth
-from ..protocol.handshake import FEATURES, Hello, parse_hello
-from ..routing import Host, Kind, RoutingError, RoutingTable
+from ..routing import Host, Kind, RoutingTable
+from . import state
+from .accepting import Acceptor
+from .config import PLAIN_CLIENT_POLICIES, ServerConfig, is_loopback, is_loopback_host
+from .gatekeeper import Gatekeeper
+from .joining import Joiner
+from .links import Link, Role
+from .liveness import Liveness
+from .negotiation import HELLO_SETTLE, Negotiation
+from .registrations import INVALID_ID_TEXT, Registrations
+from .reliable import CHAT_OVERHEAD, HELD_MAX, HELD_TOTAL, ReliableRelay
 
-if TYPE_CHECKING:
-    from ..net.loop import Timer
-    from ..net.tls import ServerTLS
+__all__ = ["CHAT_OVERHEAD", "HELD_MAX", "HELD_TOTAL", "HELLO_SETTLE", "INVALID_ID_TEXT",
+           "Link", "MeshServer", "PLAIN_CLIENT_POLICIES", "Role", "STATUS_LOG_CHARS",
+           "STATUS_LOG_ENTRIES", "ServerConfig", "is_loopback", "is_loopback_host"]
 
 log = logging.getLogger(__name__)
-
-#: A newly registered peer that has not exchanged hellos within this many
-#: seconds is taken for plain CRC v1 (reliable chats to it go out as v1).
-HELLO_SETTLE = 3.0
-#: At most this many bytes of reliable chats wait per link for its hello,
-#: and in all (plain v1 clients never answer it: a crowd of them must not
-#: make the server hold much); more are dropped, and their senders resend.
-HELD_MAX = 256 * 1024
-HELD_TOTAL = 8 << 20
-
-#: Seconds a server stops accepting after ``accept`` failed (out of descriptors).
-ACCEPT_PAUSE = 0.25
-
-#: Bytes a reliable chat's frame carries besides its text (stream, seq, base).
-CHAT_OVERHEAD = 24
-
-#: What a newcomer registering with id 0 (never a valid id) is told, with the
-#: duplicate-id code: v1 has no other refusal.
-INVALID_ID_TEXT = "ID 0 is not a valid ID: choose one from 1 to 4294967295"
 
 #: Status texts addressed to a server are kept for the state query: the newest
 #: this many, and no more text than ``STATUS_LOG_CHARS`` besides the newest.
 STATUS_LOG_ENTRIES = 256
 STATUS_LOG_CHARS = 1 << 20
-
-
-def is_loopback(address: Any) -> bool:
-    """Whether a socket peer address is this machine's loopback (a Unix
-    socket, as from ``socketpair``, counts as local too)."""
-    if isinstance(address, (str, bytes)):
-        return True                      # AF_UNIX
-    if not isinstance(address, tuple) or not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(str(address[0]).split("%", 1)[0])
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)
-    return bool(ip.is_loopback or (mapped is not None and mapped.is_loopback))
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether a listen address (``--host``) is loopback only."""
-    return host == "localhost" or is_loopback((host, 0))
-
-
-PLAIN_CLIENT_POLICIES = ("allow", "deny")
-
-
-@dataclass
-class ServerConfig:
-    port: int
-    id: int = 0                        # 0: pick a random id
-    name: str = ""
-    info: str = ""
-    host: str = "127.0.0.1"
-    connect: tuple[str, int] | None = None
-    limits: Limits = DEFAULT_LIMITS
-    #: A peer whose unsent backlog passes this is dropped (half of it: we stop
-    #: reading from it until it has caught up).
-    max_send_buffer: int = 64 * 1024 * 1024
-    max_connections: int = 2048
-    #: A new connection must register (or ask for the state) within this.
-    registration_timeout: float = 10.0
-    #: A quiet mesh link is pinged after ``keepalive`` seconds and dropped
-    #: after ``dead_after`` seconds without a byte from it.
-    keepalive: float = 5.0
-    dead_after: float = 15.0
-    #: More servers to join through, tried in turn after ``connect``.
-    candidates: tuple[tuple[str, int], ...] = ()
-    #: On losing (or failing to make) the uplink, try the next candidate,
-    #: waiting ``rejoin_delay`` seconds, doubling up to ``rejoin_max_delay``.
-    rejoin: bool = False
-    rejoin_delay: float = 0.2
-    rejoin_max_delay: float = 10.0
-    #: The server we join must answer our registration within this, else the
-    #: next candidate is tried (a frozen process accepts and never answers).
-    join_timeout: float = 5.0
-    #: Candidate host names resolved to addresses before the loop started
-    #: (the CLI does it): the loop never waits on a name lookup.
-    addresses: dict[str, str] = field(default_factory=dict)
-    #: The mesh secret (``--secret-file``): servers must prove it to link,
-    #: clients to run jobs. None: no authentication, jobs for loopback only.
-    secret: bytes | None = field(default=None, repr=False)
-    #: With a secret: whether clients that do not prove it may chat.
-    plain_clients: str = "allow"
-    #: Without a secret: run jobs for non-loopback clients and servers too.
-    insecure_remote_jobs: bool = False
-    #: Whether a peer address is this machine (replaceable in tests).
-    is_local: Callable[[Any], bool] = field(default=is_loopback, repr=False)
-    #: TLS on every link (``crc.net.tls.server_tls``): accepted connections and
-    #: uplinks alike. None: plain TCP.
-    tls: "ServerTLS | None" = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.id:
-            self.id = random_id()
-        if not self.name:
-            self.name = f"server-{self.id}"
-        for what, text, limit in (("name", self.name, MAX_NAME), ("info", self.info, MAX_INFO)):
-            problem = field_problem(what, text, limit)
-            if problem:
-                raise ValueError(problem)
-        auth.check_secret(self.secret)
-        if self.plain_clients not in PLAIN_CLIENT_POLICIES:
-            raise ValueError(f"plain_clients must be one of {', '.join(PLAIN_CLIENT_POLICIES)}, "
-                             f"not {self.plain_clients!r}")
-
-
-class Role(enum.Enum):
-    PENDING = "pending"          # accepted, nothing received yet
-    JOINING = "joining"          # our uplink: registration sent, no answer yet
-    SERVER = "server"
-    CLIENT = "client"
-    CONTROL = "control"          # a state query connection
-    #: Registered but not admitted until it proves the mesh secret: a joining
-    #: server we challenged, or (``plain_clients="deny"``) a welcomed client.
-    AUTH = "authenticating"
-    DONE = "done"                # refused, quit or closing: ignore what follows
-
-
-@dataclass
-class Link:
-    """Per-connection state of one adjacent peer."""
-
-    role: Role
-    outbound: bool = False
-    peer_id: int = 0
-    ext: bool = False              # hello exchange completed: extensions allowed
-    #: Whether the peer speaks extensions is known for sure (ext, or plain v1
-    #: by its own answer); see ``MeshServer._settled`` for the time limit.
-    settled: bool = False
-    #: Loop time after which a registered peer that sent no hello counts as
-    #: plain CRC v1 (worked out when asked: no timer per link).
-    settle_at: float = math.inf
-    #: The ``--registration-timeout`` timer of an accepted connection,
-    #: cancelled once the peer is admitted (so an idle crowd wakes nobody).
-    deadline: "Timer | None" = None
-    #: Reliable chats for this peer that came before we knew whether it
-    #: speaks them (its hello pending): sent on, or converted, once we know.
-    #: Keyed by (sender, stream, sequence number): a resend replaces nothing.
-    held: dict[tuple[int, int, int], Extension] = field(default_factory=dict)
-    held_bytes: int = 0
-    pings: int = 0                 # keepalive pings sent on this link
-    features: frozenset[str] = field(default_factory=frozenset)
-    #: The largest extension payload the peer accepts, and the longest chat it
-    #: says it can carry on (from its hello; the defaults of every version).
-    max_frame: int = DEFAULT_LIMITS.max_payload
-    max_chat: int = DEFAULT_LIMITS.max_payload - 24
-    authenticated: bool = False    # the peer proved it knows the mesh secret
-    auth: "AuthState | None" = None   # an authentication exchange under way
-    local: bool | None = None      # peer address is loopback (worked out once)
-
-    def __repr__(self) -> str:
-        return f"<Link {self.role.value} id={self.peer_id} {'ext' if self.ext else 'v1'}>"
-
-
-@dataclass
-class AuthState:
-    """One side's half of an authentication exchange on one link."""
-
-    nonce: str = ""                # ours, fresh for this link
-    peer_nonce: str = ""           # theirs
-    peer_id: int = 0               # joiner: the id that challenged us
-    #: The registration that waits for the proof (acceptor side).
-    pending: ServerRegistration | ClientRegistration | None = None
 
 
 class MeshServer:
@@ -240,27 +85,20 @@ class MeshServer:
         self.uplink: Connection | None = None
         self.port = config.port
         self._closing = False
-        self._candidate = 0              # index of the candidate last tried
-        self._rejoin_delay = config.rejoin_delay
-        self.rejoin_attempts = 0
-        self._refused = 0                # connections refused at the limit
-        self._refused_logged = 0.0
-        self._held_total = 0             # bytes of reliable chats waiting for hellos (HELD_TOTAL)
-        self._join_refusal = ""          # why the last join was refused: duplicate, self, auth
-        self._duplicate_refusals = 0     # refused as a duplicate since we last joined
-        self._join_failures = 0          # joins that failed since we last joined
-        self._excluded: set[tuple[str, int]] = set()   # candidates that are ourselves
-        self._tick_due = 0.0             # when the keepalive tick should run next
-        self._accept_logged = -math.inf  # when an accept failure was last logged
-        self._accept_paused = False
-        #: Addresses of the last joiners refused for having our own id.
-        self._refused_from: list[Any] = []
+        self.acceptor = Acceptor(self)
+        # The parts (module docstring): each holds its own state.
+        self.joiner = Joiner(self)
+        self.registrations = Registrations(self)
+        self.gate = Gatekeeper(self)
+        self.negotiation = Negotiation(self)
+        self.reliable = ReliableRelay(self)
+        self.liveness = Liveness(self)
         #: Handlers for extension frames addressed to us (or to the adjacent
         #: peer, destination 0), by kind; filled by subsystems (jobs, ...).
         self.extension_handlers: dict[int, Callable[[Connection, Extension], None]] = {}
         #: Looks at frames passing through to someone else; True = consumed.
         self.extension_taps: dict[int, Callable[[Connection, Extension], bool]] = {
-            ChatKind.CHAT: self._relay_reliable_chat}
+            ChatKind.CHAT: self.reliable.relay}
         #: More fields for the hello reply to a client (``max_jobs``, ...),
         #: filled by subsystems: what the client should know of our limits.
         self.hello_fields: dict[str, str] = {}
@@ -274,8 +112,8 @@ class MeshServer:
         #: Called once when the server closes (subsystems release what they hold).
         self.close_listeners: list[Callable[[], None]] = []
         self._handlers = {
-            MsgType.SERVER_REGISTRATION: self._on_server_registration,
-            MsgType.CLIENT_REGISTRATION: self._on_client_registration,
+            MsgType.SERVER_REGISTRATION: self.registrations.on_server,
+            MsgType.CLIENT_REGISTRATION: self.registrations.on_client,
             MsgType.STATUS: self._on_status,
             MsgType.CLIENT_CHAT: self._on_chat,
             MsgType.CLIENT_QUIT: self._on_client_quit,
@@ -290,7 +128,7 @@ class MeshServer:
 
     def start(self) -> None:
         """Listen, and join the mesh if configured. Non-blocking."""
-        self._log_security()
+        self.gate.log_security()
         self.listen()
         if self.config.connect:
             try:
@@ -300,72 +138,17 @@ class MeshServer:
                 log.log(logging.WARNING if self.config.rejoin else logging.ERROR,
                         "%s: cannot connect to %s:%d: %s", self.name, host, port,
                         exc.strerror or exc)
-                self._uplink_lost()
-        self._tick_due = self.loop.time() + self._keepalive_period()
-        self.loop.call_later(self._keepalive_period(), self._keepalive_tick)
+                self.joiner.lost()
+        self.liveness.start()
 
-    def _log_security(self) -> None:
-        """Say once, at startup, what this server trusts (loudly when unsafe)."""
-        cfg = self.config
-        if cfg.secret is not None:
-            log.info("%s: mesh secret set: servers must authenticate to link; clients must "
-                     "authenticate to run jobs (plain clients: %s)", self.name, cfg.plain_clients)
-            if cfg.insecure_remote_jobs:
-                log.warning("%s: --insecure-remote-jobs has no effect with a mesh secret: "
-                            "jobs run only for authenticated clients", self.name)
-        elif cfg.insecure_remote_jobs:
-            log.warning("%s: INSECURE: --insecure-remote-jobs without a mesh secret: anyone who "
-                        "can reach this mesh can run commands as this user on its servers",
-                        self.name)
-        if cfg.secret is None and cfg.plain_clients != "allow":
-            log.warning("%s: plain_clients=%s (--plain-clients) has no effect without a mesh "
-                        "secret", self.name, cfg.plain_clients)
-        if cfg.secret is None and not cfg.insecure_remote_jobs and not is_loopback_host(cfg.host):
-            log.warning("%s: listening on %s without a mesh secret: jobs from clients and servers "
-                        "that are not on this machine (loopback) are refused; give the mesh a "
-                        "secret (--secret-file), or accept the risk with --insecure-remote-jobs",
-                        self.name, cfg.host)
-
-    # -- joining again ------------------------------------------------------------
+    # -- the uplink (``crc.server.joining``) ------------------------------------------
 
     def _uplink_lost(self) -> None:
-        """Our uplink closed (or never opened): rejoin through the next candidate
-        after a backoff. Our own subtree stays with us and rejoins with us; a
-        candidate inside it refuses us as a duplicate (it knows our id), and we
-        refuse it if its id is one we already know, so the tree never loops."""
-        candidates = [c for c in (self.config.connect, *self.config.candidates) if c]
-        refusal, self._join_refusal = self._join_refusal, ""
-        if not self.config.rejoin or not candidates or self._closing:
-            return
-        if refusal == "self":
-            self._excluded.add(candidates[self._candidate % len(candidates)])
-        usable = [c for c in candidates if c not in self._excluded]
-        if not usable:
-            log.error("%s: no candidate left to join through (every one is this server "
-                      "itself); staying apart", self.name)
-            return
-        if refusal != "duplicate":
-            # A candidate that refused us as a duplicate is alive and will take
-            # us once our old path has left the mesh: it is tried again.
-            # Anything else (unreachable, no answer, closed) moves on.
-            self._candidate = (self._candidate + 1) % len(candidates)
-        while candidates[self._candidate] in self._excluded:
-            self._candidate = (self._candidate + 1) % len(candidates)
-        delay = self._rejoin_delay * random.uniform(0.8, 1.2)
-        self._rejoin_delay = min(self._rejoin_delay * 2, self.config.rejoin_max_delay)
-        host, port = candidates[self._candidate]
-        log.info("%s: rejoining through %s:%d in %.2f s", self.name, host, port, delay)
-        self.loop.call_later(delay, self._rejoin, host, port)
+        self.joiner.lost()
 
-    def _rejoin(self, host: str, port: int) -> None:
-        if self._closing or self.uplink is not None:
-            return
-        self.rejoin_attempts += 1
-        try:
-            self.connect_uplink(host, port)
-        except OSError as exc:
-            log.warning("%s: cannot connect to %s:%d: %s", self.name, host, port, exc)
-            self._uplink_lost()
+    @property
+    def rejoin_attempts(self) -> int:
+        return self.joiner.attempts
 
     def listen(self) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.config.host else socket.AF_INET,
@@ -376,77 +159,13 @@ class MeshServer:
         sock.setblocking(False)
         self.listener = sock
         self.port = sock.getsockname()[1]
-        self.loop.register(sock, EVENT_READ, _Acceptor(self))
+        self.loop.register(sock, EVENT_READ, self.acceptor)
         log.info("%s (id %d) listening on %s:%d", self.name, self.id, self.config.host, self.port)
 
     def connect_uplink(self, host: str, port: int) -> None:
-        """Open the uplink to ``host:port`` (its address as resolved before the
-        loop started, ``ServerConfig.addresses``, so nothing here waits on DNS)
-        and register; ``OSError`` if the connection cannot even be started.
-        An uplink that has not answered within ``join_timeout`` is given up."""
-        address = self.config.addresses.get(host, host)
-        sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
-                             socket.SOCK_STREAM)
-        sock.setblocking(False)
-        try:
-            err = sock.connect_ex((address, port))
-        except OSError:
-            sock.close()
-            raise
-        conn = self._new_connection(sock, Link(Role.JOINING, outbound=True), f"uplink {host}:{port}",
-                                    connecting=err != 0,
-                                    tls=self.config.tls.connect.towards(host) if self.config.tls
-                                    else None)
-        self.uplink = conn
-        conn.peer.deadline = self.loop.call_later(self.config.join_timeout, self._join_deadline,
-                                                  conn)
-        # Our first bytes on the link are exactly our v1 registration.
-        conn.send(ServerRegistration(self.id, 0, self.name, self.info))
-        log.info("%s joining the mesh through %s:%d", self.name, host, port)
-
-    def _join_refused(self, conn: Connection, msg: Status) -> None:
-        """Say why a join was refused, once per streak of the same refusal."""
-        if msg.code == StatusCode.AUTH_REFUSED:
-            self._join_refusal = "auth"
-            log.error("%s: join refused by %s: %s (is our mesh secret the same as theirs?)",
-                      self.name, conn.label, msg.text)
-        elif msg.code == StatusCode.DUPLICATE_ID and self._joined_ourselves(conn):
-            self._join_refusal = "self"
-            log.error("%s: %s is this server itself (--connect names our own address); not "
-                      "trying it again", self.name, conn.label)
-        elif msg.code == StatusCode.DUPLICATE_ID:
-            self._join_refusal = "duplicate"
-            self._duplicate_refusals += 1
-            if not self.config.rejoin:
-                log.error("%s: join refused: %s", self.name, msg.text)
-            elif self._duplicate_refusals == 1:
-                # Expected while the mesh still holds our old path (a rejoin
-                # after a silent cut); if another server really has our id,
-                # this repeats every --rejoin backoff, up to 10 s apart.
-                log.warning("%s: join refused by %s: %s; trying again (the mesh may still "
-                            "hold our old path, or another server has our id)", self.name,
-                            conn.label, msg.text)
-            else:
-                log.info("%s: join refused again by %s (%d times): %s", self.name, conn.label,
-                         self._duplicate_refusals, msg.text)
-        else:
-            log.error("%s: join refused: %s", self.name, msg.text)
-
-    def _joined_ourselves(self, uplink: Connection) -> bool:
-        """Whether our uplink is a connection to our own listener (``--connect``
-        naming this server): one of our accepted connections comes from it."""
-        try:
-            ours = uplink.sock.getsockname()
-        except OSError:
-            return False
-        return ours in self._refused_from or any(
-            c.peer_address == ours for c in self.connections if c is not uplink)
-
-    def _join_deadline(self, conn: Connection) -> None:
-        """The server we are joining (a frozen process, a wedged host) has not
-        answered: try the next candidate instead of waiting for ever."""
-        if not conn.closed and conn is self.uplink and conn.peer.role is Role.JOINING:
-            conn.close(f"no answer within {self.config.join_timeout:g} s (--join-timeout)")
+        """Open our uplink to ``host:port`` (``Joiner.open``; an override point
+        of the CRC v1 runner's raw-bytes test)."""
+        self.joiner.open(host, port)
 
     def run(self) -> None:
         """Run the event loop until ``stop``; then close every socket."""
@@ -474,51 +193,9 @@ class MeshServer:
     # -- connections --------------------------------------------------------------
 
     def accept(self, listener: socket.socket) -> None:
-        """Accept every pending connection on ``listener``."""
-        while True:
-            try:
-                sock, addr = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self._accept_failed(exc)
-                return
-            if len(self.connections) >= self.config.max_connections:
-                self._refused += 1
-                if self._refused == 1 or self.loop.time() - self._refused_logged >= 1.0:
-                    log.warning("%s: connection limit (%d, --max-connections) reached; refused "
-                                "%s:%d (%d refused so far)", self.name, self.config.max_connections,
-                                addr[0], addr[1], self._refused)
-                    self._refused_logged = self.loop.time()
-                sock.close()
-                continue
-            conn = self._new_connection(sock, Link(Role.PENDING), f"{addr[0]}:{addr[1]}",
-                                        tls=self.config.tls.accept if self.config.tls else None)
-            conn.peer.deadline = self.loop.call_later(self.config.registration_timeout,
-                                                      self._registration_deadline, conn)
-
-    def _accept_failed(self, exc: OSError) -> None:
-        """``accept`` failed: out of descriptors (EMFILE, ENFILE) leaves the
-        pending connection ready, and the listener would wake us in a tight
-        loop. Stop listening for a moment (the connections in hand go on),
-        and say so at most once a second."""
-        now = self.loop.time()
-        if now - self._accept_logged >= 1.0:
-            log.warning("%s: accept failed: %s; not accepting for %.1f s (%s)", self.name,
-                        exc.strerror or exc, ACCEPT_PAUSE,
-                        "out of file descriptors: lower --max-connections or raise the "
-                        "limit (ulimit -n)" if exc.errno in (errno.EMFILE, errno.ENFILE)
-                        else "retrying")
-            self._accept_logged = now
-        if self.listener is not None and not self._accept_paused:
-            self._accept_paused = True
-            self.loop.unregister(self.listener)
-            self.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
-
-    def _resume_accepting(self) -> None:
-        self._accept_paused = False
-        if self.listener is not None and not self._closing:
-            self.loop.register(self.listener, EVENT_READ, _Acceptor(self))
+        """Accept every pending connection (``Acceptor.accept``; an override
+        point of the CRC v1 runner's raw-bytes test)."""
+        self.acceptor.accept(listener)
 
     def _new_connection(self, sock: socket.socket, link: Link, label: str,
                         connecting: bool = False, tls: Any = None) -> Connection:
@@ -527,7 +204,7 @@ class MeshServer:
                           tls=tls)
         conn.peer = link
         # No extension frames before the hello exchange: until then a header
-        # claiming a large payload reserves nothing (``_extensions_up``).
+        # claiming a large payload reserves nothing (``Negotiation.extensions_up``).
         conn.decoder.allow_in_place = False
         self.connections.add(conn)
         tcp_keepalive(sock, self.config.keepalive, self.config.dead_after)
@@ -540,47 +217,21 @@ class MeshServer:
             self.drop(conn, f"no registration within {self.config.registration_timeout:g} s "
                             "(--registration-timeout)")
         elif conn.peer.role is Role.AUTH:
-            self._refuse(conn, auth.REQUIRED_TEXT, f"did not authenticate within "
-                         f"{self.config.registration_timeout:g} s (--registration-timeout)")
+            self.gate.refuse(conn, auth.REQUIRED_TEXT, f"did not authenticate within "
+                             f"{self.config.registration_timeout:g} s (--registration-timeout)")
 
-    # -- keepalives -----------------------------------------------------------------
-
-    def _keepalive_period(self) -> float:
-        return max(0.05, min(self.config.keepalive, self.config.dead_after / 3))
+    # -- keepalives (``crc.server.liveness``) ------------------------------------------
 
     def _keepalive_tick(self) -> None:
-        """Ping quiet extension links; drop those silent for ``dead_after``.
+        self.liveness.tick()
 
-        TCP can stay silent for minutes about a peer that is gone (a pulled
-        cable, a frozen host); a mesh link is not trusted longer than
-        ``dead_after`` without a byte from the other end. Plain v1 peers
-        cannot answer pings: their sockets get TCP keepalives instead."""
-        now = self.loop.time()
-        period = self._keepalive_period()
-        stalled = now - self._tick_due
-        if stalled > max(1.0, period):
-            # We ourselves did not run (stopped, or starved of CPU): what our
-            # peers sent meanwhile is still unread in the socket buffers. Our
-            # silence is not theirs: each link is pinged now and judged only
-            # if it stays silent for the rest of --dead-after.
-            log.warning("%s: this server did not run for %.1f s; every link gets %.0f s to be "
-                        "heard before it is judged", self.name, stalled + period,
-                        self.config.dead_after - self.config.keepalive)
-            for conn in self.connections:
-                conn.last_received = max(conn.last_received, now - self.config.keepalive)
-        self._tick_due = now + period
-        for conn in list(self.connections):
-            link: Link = conn.peer
-            if conn.closed or not link.ext or link.role not in (Role.SERVER, Role.CLIENT):
-                continue
-            quiet = now - conn.last_received
-            if quiet >= self.config.dead_after:
-                self.drop(conn, f"nothing received for {quiet:.1f} s (keepalive timeout, "
-                                "--dead-after)")
-            elif quiet >= self.config.keepalive:
-                link.pings += 1
-                conn.send(Extension(LinkKind.PING, self.id, 0, 0, b""))
-        self.loop.call_later(period, self._keepalive_tick)
+    @property
+    def _tick_due(self) -> float:
+        return self.liveness.tick_due
+
+    @_tick_due.setter
+    def _tick_due(self, value: float) -> None:
+        self.liveness.tick_due = value
 
     def on_data(self, conn: Connection, data: bytes) -> None:
         role = conn.peer.role
@@ -598,8 +249,8 @@ class MeshServer:
             if link.role is Role.AUTH and not (
                     msg.type is MsgType.STATUS
                     and msg.code in (StatusCode.MESH_HELLO, StatusCode.AUTH_PROOF)):
-                self._refuse(conn, auth.REQUIRED_TEXT,
-                             f"sent a {msg.type.name.lower()} before authenticating")
+                self.gate.refuse(conn, auth.REQUIRED_TEXT,
+                                 f"sent a {msg.type.name.lower()} before authenticating")
                 return
             try:
                 self._handlers[msg.type](conn, msg)
@@ -624,20 +275,14 @@ class MeshServer:
                         self.name, link.role.value, peer_id, reason, len(gone))
                 self._announce_departure(gone, "link lost", exclude=None)
         elif link.role is Role.JOINING:
-            self._join_failures += 1
-            if not self.config.rejoin:
-                log.error("%s: could not join the mesh: %s", self.name, reason)
-            else:                         # said once; the retries that follow quietly
-                log.log(logging.WARNING if self._join_failures == 1 else logging.INFO,
-                        "%s: could not join the mesh through %s: %s", self.name, conn.label,
-                        reason)
+            self.joiner.failed(conn, reason)
         elif link.role is Role.AUTH:
             log.info("%s: %s closed before authenticating: %s", self.name,
-                     self._who(conn), reason)
+                     self.gate.who(conn), reason)
         else:
             log.debug("%s: %r closed: %s", self.name, conn, reason)
         if was_uplink:
-            self._uplink_lost()
+            self.joiner.lost()
 
     def drop(self, conn: Connection, reason: str) -> None:
         """Disconnect a misbehaving peer; cleanup follows in ``on_closed``."""
@@ -724,187 +369,6 @@ class MeshServer:
                     else:
                         conn.send(ClientQuit(host.id, text))
 
-    # -- registrations ------------------------------------------------------------
-
-    def _on_server_registration(self, conn: Connection, msg: ServerRegistration) -> None:
-        link: Link = conn.peer
-        if link.role is Role.PENDING:
-            if msg.last_hop != 0:
-                raise ProtocolError(f"first registration has last hop {msg.last_hop}, expected 0")
-            if self.config.tls is not None and conn.peer_cert is None:
-                # Servers link by mutual TLS: a certificate-less peer may be a
-                # client, never a server.
-                raise ProtocolError("a server must present a certificate signed by --tls-ca "
-                                    "to link over TLS")
-            if self.config.secret is not None:
-                self._challenge(conn, msg)
-            else:
-                self._admit(conn, msg, Kind.SERVER)
-        elif link.role is Role.JOINING:
-            if msg.source != msg.last_hop:
-                raise ProtocolError("uplink did not start with its own registration")
-            self._accepted_by(conn, msg)
-        elif link.role is Role.SERVER:
-            self._learn(conn, msg, Kind.SERVER)
-        else:
-            raise ProtocolError(f"server registration from a {link.role.value} link")
-
-    def _on_client_registration(self, conn: Connection, msg: ClientRegistration) -> None:
-        link: Link = conn.peer
-        if link.role is Role.PENDING:
-            if msg.last_hop != 0:
-                raise ProtocolError(f"first registration has last hop {msg.last_hop}, expected 0")
-            if self.config.secret is not None and self.config.plain_clients == "deny":
-                self._welcome_unverified(conn, msg)
-            else:
-                self._admit(conn, msg, Kind.CLIENT)
-        elif link.role is Role.SERVER:
-            self._learn(conn, msg, Kind.CLIENT)
-        else:
-            raise ProtocolError(f"client registration from a {link.role.value} link")
-
-    def _admit(self, conn: Connection, msg: ServerRegistration | ClientRegistration,
-               kind: Kind, welcomed: bool = False) -> None:
-        """A newcomer registered on an accepted connection (and, with a mesh
-        secret, a server proved it; ``welcomed``: a client already was)."""
-        link: Link = conn.peer
-        if self._refuse_duplicate(conn, msg, kind):
-            return
-        host = self.routes.add(msg.source, kind, msg.name, msg.info, first_link=msg.source)
-        self._warn_namesake(host)
-        link.role = Role.SERVER if kind is Kind.SERVER else Role.CLIENT
-        link.peer_id = msg.source
-        self.links[msg.source] = conn
-        self._registered(link)
-        conn.label = f"{kind.value} {msg.name}({msg.source})"
-        log.info("%s: %s %s (id %d) joined", self.name, kind.value, msg.name, msg.source)
-        if kind is Kind.SERVER:
-            conn.send(ServerRegistration(self.id, self.id, self.name, self.info))
-            for other in list(self.routes.hosts.values()):
-                if other.id != host.id:
-                    conn.send(self._registration(other))
-        else:
-            if not welcomed:
-                conn.send(Status(self.id, host.id, StatusCode.WELCOME, welcome_text(host.name)))
-            for other in self.routes.of_kind(Kind.CLIENT):
-                if other.id != host.id:
-                    conn.send(self._registration(other))
-        self._flood(self._registration(host), exclude=host.id, servers=True,
-                    clients=kind is Kind.CLIENT)
-
-    def _refuse_duplicate(self, conn: Connection, msg: ServerRegistration | ClientRegistration,
-                          kind: Kind) -> bool:
-        """Refuse (and close) a newcomer whose id is taken; True if refused."""
-        if msg.source != 0 and not self.routes.known(msg.source):
-            return False
-        if msg.source == 0:
-            text = INVALID_ID_TEXT
-            log.warning("%s: refusing %s %r: id 0 is never valid", self.name, kind.value,
-                        msg.name)
-        else:
-            text = duplicate_id_text(msg.source, msg.type)
-            log.warning("%s: refusing %s %r: id %d already registered", self.name,
-                        kind.value, msg.name, msg.source)
-        if msg.source == self.id and conn.peer_address is not None:
-            self._refused_from.append(conn.peer_address)     # (``_joined_ourselves``)
-            del self._refused_from[:-8]
-        conn.send(Status(self.id, msg.source, StatusCode.DUPLICATE_ID, text))
-        conn.peer.role = Role.DONE
-        conn.close_after_flush("duplicate id")
-        return True
-
-    def _accepted_by(self, conn: Connection, msg: ServerRegistration) -> None:
-        """Our uplink answered with its own registration: we are in."""
-        link: Link = conn.peer
-        if self.config.secret is not None and not link.authenticated:
-            log.error("%s: %s did not authenticate (it has no mesh secret, or is not a "
-                      "CRC Mesh server); leaving it", self.name, conn.label)
-            link.role = Role.DONE
-            conn.close("uplink did not authenticate")
-            return
-        if link.auth is not None and msg.source != link.auth.peer_id:
-            raise ProtocolError(f"uplink registered as {msg.source} after authenticating as "
-                                f"{link.auth.peer_id}")
-        link.auth = None
-        try:
-            uplink = self.routes.add(msg.source, Kind.SERVER, msg.name, msg.info,
-                                     first_link=msg.source)
-        except RoutingError as exc:
-            raise ProtocolError(f"uplink registration refused: {exc}") from None
-        self._warn_namesake(uplink)
-        link.role = Role.SERVER
-        link.peer_id = msg.source
-        self.links[msg.source] = conn
-        conn.label = f"server {msg.name}({msg.source})"
-        log.info("%s: joined the mesh through %s (id %d)", self.name, msg.name, msg.source)
-        self._rejoin_delay = self.config.rejoin_delay
-        self._duplicate_refusals = self._join_failures = 0
-        # Tell the uplink what we already know (nothing, on a fresh start),
-        # and tell what we already have (servers that joined us meanwhile)
-        # about the uplink; what lies beyond it follows as it arrives.
-        uplink = self.routes.get(msg.source)
-        for other in list(self.routes.hosts.values()):
-            if other.id != msg.source:
-                conn.send(self._registration(other))
-        self._flood(self._registration(uplink), exclude=msg.source, servers=True)
-        self._offer_extensions(conn)
-        self._registered(link)
-
-    def _registered(self, link: Link) -> None:
-        """``link``'s peer is admitted: its deadline is met, and if no hello
-        comes within ``HELLO_SETTLE`` s it is taken for plain CRC v1."""
-        if link.deadline is not None:
-            link.deadline.cancel()
-            link.deadline = None
-        link.settle_at = self.loop.time() + HELLO_SETTLE
-
-    def _settled(self, link: Link) -> bool:
-        """Whether ``link``'s peer is known to speak extensions or not."""
-        return link.settled or self.loop.time() >= link.settle_at
-
-    def _learn(self, conn: Connection, msg: ServerRegistration | ClientRegistration,
-               kind: Kind) -> None:
-        """A registration flooded from an adjacent server."""
-        link: Link = conn.peer
-        host_id, name, info = msg.source, msg.name, msg.info
-        if host_id == 0:
-            log.warning("%s: ignoring a %s registration with id 0 (never a valid id) from %r",
-                        self.name, kind.value, conn)
-            return
-        if self.routes.known(host_id):
-            # A newcomer elsewhere took an id we know (or two halves of a
-            # healing tree met while one still holds a departed host): it is
-            # refused as at its own server, and nothing of it goes further.
-            # The status goes back over the link it came on, where its id
-            # leads to the newcomer, not to the machine we know by that id.
-            log.warning("%s: refusing %s %r (id %d) announced by %r: id already registered",
-                        self.name, kind.value, name, host_id, conn)
-            conn.send(Status(self.id, host_id, StatusCode.DUPLICATE_ID,
-                             duplicate_id_text(host_id, msg.type)))
-            return
-        try:
-            host = self.routes.add(host_id, kind, name, info, first_link=link.peer_id)
-        except RoutingError as exc:          # not a tree any more: refuse, keep the link
-            log.warning("%s: ignoring registration of %s %d from %r: %s", self.name,
-                        kind.value, host_id, conn, exc)
-            return
-        self._warn_namesake(host)
-        self._flood(self._registration(host), exclude=link.peer_id, servers=True,
-                    clients=kind is Kind.CLIENT)
-
-    def _warn_namesake(self, host: Host) -> None:
-        """Two servers of one name work, but ``--on NAME`` cannot choose
-        between them and logs and tables confuse them: say so as it happens."""
-        if host.kind is not Kind.SERVER:
-            return
-        twins = len(self.routes.servers_named.get(host.name, ())) - 1 + (host.name == self.name)
-        if twins == 1:                     # said when a name first becomes shared
-            other = min(i for i in (*self.routes.servers_named[host.name], self.id)
-                        if i != host.id and (i != self.id or host.name == self.name))
-            log.warning("%s: server %d is named %r like server %d: give each server its own "
-                        "--name (--on %r is ambiguous; use ids)", self.name, host.id, host.name,
-                        other, host.name)
-
     # -- chat, status, quits ----------------------------------------------------------
 
     def _check_source(self, conn: Connection, source: int, what: str) -> bool:
@@ -960,7 +424,7 @@ class MeshServer:
     def _on_status(self, conn: Connection, msg: Status) -> None:
         link: Link = conn.peer
         if link.role is Role.PENDING and msg.code == StatusCode.STATE_QUERY:
-            self._answer_state_query(conn)
+            state.answer(self, conn)
             return
         if msg.code in LINK_STEPS and self._is_link_step(link, msg):
             LINK_STEPS[msg.code](self, conn, msg)
@@ -969,7 +433,7 @@ class MeshServer:
             # The server we tried to join refused us (duplicate id, or
             # authentication).
             self._log_status(msg.text)
-            self._join_refused(conn, msg)
+            self.joiner.refused(conn, msg)
             link.role = Role.DONE
             return
         if link.role not in (Role.SERVER, Role.CLIENT):
@@ -1062,88 +526,10 @@ class MeshServer:
         gone = self.routes.remove(host_id)
         self._announce_departure(gone, text, exclude=exclude)
 
-    # -- extension handshake -------------------------------------------------------
-
-    def _offer_extensions(self, conn: Connection) -> None:
-        """Send our hello addressed to ourselves (echoed back by v1 peers)."""
-        conn.send(Status(self.id, self.id, StatusCode.MESH_HELLO,
-                         Hello(role="server", fields=self._limit_fields()).text()))
+    # -- extension frames ---------------------------------------------------------
 
     def max_chat(self) -> int:
-        """The longest chat text (bytes) we take and our mesh neighbours said
-        they can carry on: what a client is told it may send."""
-        limits = self.config.limits
-        own = min(limits.max_text, limits.max_payload - CHAT_OVERHEAD)
-        return min([own, *(c.peer.max_chat for c in self.links.values()
-                           if c.peer.ext and c.peer.role is Role.SERVER)])
-
-    def _limit_fields(self) -> dict[str, str]:
-        return {"max_frame": str(self.config.limits.max_payload),
-                "max_chat": str(self.max_chat())}
-
-    @staticmethod
-    def _learn_limits(link: Link, hello: Hello) -> None:
-        """What the peer said it accepts (absent: the defaults every version has)."""
-        for name in ("max_frame", "max_chat"):
-            value = hello.fields.get(name, "")
-            if value.isascii() and value.isdigit():
-                setattr(link, name, int(value))
-
-    def _on_hello(self, conn: Connection, msg: Status) -> None:
-        link: Link = conn.peer
-        if msg.source == self.id and msg.dest == self.id:
-            log.info("%s: %r is a plain CRC v1 peer; no extensions on this link", self.name, conn)
-            link.settled = True
-            self._flush_held(conn)
-            return
-        unverified = link.role is Role.AUTH and isinstance(
-            link.auth and link.auth.pending, ClientRegistration)
-        if (link.role not in (Role.SERVER, Role.CLIENT) and not unverified) \
-                or msg.source != link.peer_id or msg.dest != link.peer_id:
-            raise ProtocolError("mesh hello from someone other than the adjacent peer")
-        hello = parse_hello(msg.text)
-        fields: dict[str, str] = {}
-        if self.config.secret is not None and link.role is not Role.SERVER \
-                and not link.authenticated:
-            their = hello.fields.get("nonce", "")
-            if auth.valid_nonce(their):
-                # Prove ourselves to the client; it answers with its proof.
-                state = link.auth or AuthState()
-                state.nonce, state.peer_nonce = auth.new_nonce(), their
-                link.auth = state
-                fields = {"nonce": state.nonce,
-                          "proof": auth.proof(self.config.secret, auth.TO_CLIENT, link.peer_id,
-                                              self.id, their, state.nonce)}
-            elif unverified:
-                self._refuse(conn, auth.REQUIRED_TEXT, "offered no authentication in its hello")
-                return
-        link.features = hello.features & FEATURES
-        self._learn_limits(link, hello)
-        fields.update(self._limit_fields())
-        if link.role is not Role.SERVER:
-            fields.update(self.hello_fields)
-        conn.send(Status(self.id, link.peer_id, StatusCode.MESH_HELLO_REPLY,
-                         Hello(role="server", features=link.features, fields=fields).text()))
-        if not unverified:
-            self._extensions_up(conn)       # else once it is admitted
-
-    def _extensions_up(self, conn: Connection) -> None:
-        link: Link = conn.peer
-        link.ext = link.settled = True
-        conn.decoder.allow_in_place = True
-        log.info("%s: extensions on %r: %s", self.name, conn, ",".join(sorted(link.features)))
-        for listener in self.extension_link_listeners:
-            listener(conn)
-        self._flush_held(conn)
-
-    def _on_hello_reply(self, conn: Connection, msg: Status) -> None:
-        link: Link = conn.peer
-        if link.role is not Role.SERVER or msg.source != link.peer_id:
-            raise ProtocolError("mesh hello reply from someone other than the adjacent peer")
-        hello = parse_hello(msg.text)
-        link.features = hello.features & FEATURES
-        self._learn_limits(link, hello)
-        self._extensions_up(conn)
+        return self.negotiation.max_chat()
 
     def _on_extension(self, conn: Connection, msg: Extension) -> None:
         link: Link = conn.peer
@@ -1178,364 +564,40 @@ class MeshServer:
             return
         handler(conn, msg)
 
-    def _relay_reliable_chat(self, conn: Connection, msg: Extension) -> bool:
-        """A reliable chat (crc/delivery) on its way to ``msg.dest``.
-
-        Passed on as it came while the next link speaks reliable chat. Where
-        it does not (a plain v1 client or server, or a mesh client without
-        it), it is handed over as a v1 chat and acknowledged on the
-        receiver's behalf: from there on it is plain CRC v1. An unknown
-        destination is refused with a NACK, and the sender tries again later.
-        A tap on CHAT frames passing through: each one is consumed here.
-        """
-        if not self._check_source(conn, msg.source, "chat"):
-            return True
-        target = self._link_towards(msg.dest)
-        if target is not None and target.peer.held:
-            self._flush_held(target)      # those held before go first, if it is time
-        if target is not None and len(msg.payload) > target.peer.max_frame:
-            self._refuse_chat(msg, f"too large for the link from {self.name} to "
-                                   f"{target.label} ({len(msg.payload) - CHAT_OVERHEAD} bytes of "
-                                   f"text; it takes at most "
-                                   f"{target.peer.max_frame - CHAT_OVERHEAD})")
-            return True
-        if target is not None and "rchat" in target.peer.features:
-            target.send(msg)
-            return True
-        if target is not None and not self._settled(target.peer):
-            # Its hello may yet come: handing the chat over as v1 now could
-            # show it twice (a resend would arrive as a reliable chat later).
-            # It waits (a link that just joined answers within milliseconds);
-            # past the cap it is dropped and resent after the sender's interval.
-            self._hold(target, msg)
-            return True
-        self._hand_over(target, msg)
-        return True
-
-    def _refuse_chat(self, msg: Extension, reason: str) -> None:
-        """A reliable chat that can never be carried: its sender is told so
-        (REFUSED), drops it and goes on with the ones behind it."""
-        try:
-            stream, seq, _, _ = unpack_chat(msg.payload)
-        except ProtocolError:
-            return
-        log.warning("%s: refusing a reliable chat from %d to %d: %s", self.name, msg.source,
-                    msg.dest, reason)
-        self.send_extension(Extension(ChatKind.REFUSED, self.id, msg.source, 0,
-                                      pack_nack(stream, seq, reason)))
-
-    def _hand_over(self, target: Connection | None, msg: Extension) -> None:
-        """A reliable chat where the next link does not speak them: as v1 with an
-        acknowledgement on the receiver's behalf, or refused if nobody is there."""
-        try:
-            stream, seq, _, text = unpack_chat(msg.payload)
-        except ProtocolError as exc:        # the sender's fault, not the adjacent link's
-            log.warning("%s: dropping a reliable chat from %d: %s", self.name, msg.source, exc)
-            return
-        if target is None:
-            reply = Extension(ChatKind.NACK, self.id, msg.source, 0,
-                              pack_nack(stream, seq, unknown_id_text(msg.dest)))
-        else:
-            try:
-                target.send(ClientChat(msg.source, msg.dest, text))
-            except EncodeError as exc:
-                log.warning("%s: reliable chat from %d to %d cannot go out as CRC v1: %s",
-                            self.name, msg.source, msg.dest, exc)
-                return
-            reply = Extension(ChatKind.ACK, msg.dest, msg.source, 0, pack_ack(stream, seq))
-        self.send_extension(reply)
-
-    def _hold(self, target: Connection, msg: Extension) -> None:
-        """Keep ``msg`` until ``target``'s peer has answered the hello (within
-        the caps; a resend of a chat already kept adds nothing)."""
-        link: Link = target.peer
-        try:
-            stream, seq, _, _ = unpack_chat(msg.payload)
-        except ProtocolError:
-            return                     # refused with a warning when handed over, if resent
-        key = (msg.source, stream, seq)
-        size = len(msg.payload)
-        if key in link.held or link.held_bytes + size > HELD_MAX \
-                or self._held_total + size > HELD_TOTAL:
-            return
-        if not link.held and math.isfinite(link.settle_at):
-            self.loop.call_later(max(0.0, link.settle_at - self.loop.time()),
-                                 self._flush_held, target)
-        link.held[key] = msg
-        link.held_bytes += size
-        self._held_total += size
+    # -- reliable chats held for hellos (``crc.server.reliable``) ---------------------
 
     def _flush_held(self, conn: Connection) -> None:
-        """The reliable chats held for ``conn``'s peer, once its hello is answered:
-        sent on if it speaks them, handed over as v1 if not. If the time limit
-        passed in silence they are dropped instead: their senders resend them
-        and each is handed over then, as before (converting the held copies
-        now could race a resend already on its way and show a chat twice)."""
-        link: Link = conn.peer
-        if not link.held or not self._settled(link):
-            return
-        self._held_total -= link.held_bytes
-        held, link.held, link.held_bytes = link.held, {}, 0
-        if not link.settled or conn.closed or link.role not in (Role.SERVER, Role.CLIENT):
-            return
-        for msg in held.values():
-            if "rchat" in link.features:
-                conn.send(msg)
-            else:
-                self._hand_over(conn, msg)
+        self.reliable.flush(conn)
 
-    # -- authentication (docs/protocol.md, "Authentication") ----------------------------
+    @property
+    def _held_total(self) -> int:
+        return self.reliable.held_total
 
-    def _who(self, conn: Connection) -> str:
-        """A peer as a log line should name it: what it claims, and its address."""
-        link: Link = conn.peer
-        pending = link.auth.pending if link.auth is not None else None
-        if pending is not None:
-            kind = "server" if isinstance(pending, ServerRegistration) else "client"
-            claim = f"{kind} {pending.name!r} (id {pending.source})"
-        elif link.peer_id:
-            claim = f"{link.role.value} {link.peer_id}"
-        else:
-            claim = "a peer"
-        address = conn.peer_address
-        if isinstance(address, tuple) and len(address) >= 2:
-            return f"{claim} from {address[0]}:{address[1]}"
-        return f"{claim} ({conn.label})"
-
-    def _refuse(self, conn: Connection, text: str, why: str) -> None:
-        """Close ``conn`` after a status saying ``text`` (what the peer is told);
-        ``why`` goes into our warning."""
-        link: Link = conn.peer
-        pending = link.auth.pending if link.auth is not None else None
-        dest = pending.source if pending is not None else link.peer_id
-        log.warning("%s: %s %s: %s; closing", self.name, self._who(conn), why, text)
-        conn.send(Status(self.id, dest, StatusCode.AUTH_REFUSED, text))
-        link.role = Role.DONE
-        link.auth = None
-        conn.close_after_flush(text)
-
-    def _challenge(self, conn: Connection, msg: ServerRegistration) -> None:
-        """A server registered on a mesh with a secret: nothing of it is recorded
-        until it answers our nonce with a proof (``_check_server_proof``)."""
-        link: Link = conn.peer
-        link.role = Role.AUTH
-        link.auth = AuthState(nonce=auth.new_nonce(), pending=msg)
-        log.info("%s: challenging %s", self.name, self._who(conn))
-        conn.send(Status(self.id, msg.source, StatusCode.AUTH_CHALLENGE,
-                         auth.auth_text(auth=auth.SCHEME, nonce=link.auth.nonce)))
-
-    def _welcome_unverified(self, conn: Connection, msg: ClientRegistration) -> None:
-        """``plain_clients="deny"``: welcome a client (it sends its hello only
-        then) but record and announce it only once it has proved the secret."""
-        link: Link = conn.peer
-        if self._refuse_duplicate(conn, msg, Kind.CLIENT):
-            return
-        link.role = Role.AUTH
-        link.peer_id = msg.source
-        link.auth = AuthState(pending=msg)
-        conn.label = f"client {msg.name}({msg.source})"
-        conn.send(Status(self.id, msg.source, StatusCode.WELCOME, welcome_text(msg.name)))
-
-    def _on_auth(self, conn: Connection, msg: Status) -> None:
-        link: Link = conn.peer
-        code = msg.code
-        if link.role is Role.JOINING and code == StatusCode.AUTH_CHALLENGE:
-            self._answer_challenge(conn, msg)
-        elif link.role is Role.JOINING and code == StatusCode.AUTH_OK:
-            self._uplink_proved(conn, msg)
-        elif code == StatusCode.AUTH_PROOF and link.role is Role.AUTH \
-                and isinstance(link.auth.pending, ServerRegistration):
-            self._check_server_proof(conn, msg)
-        elif code == StatusCode.AUTH_PROOF and link.role in (Role.AUTH, Role.CLIENT) \
-                and link.auth is not None and link.auth.peer_nonce:
-            self._check_client_proof(conn, msg)
-        else:
-            raise ProtocolError(f"unexpected authentication status {code:#06x} on a "
-                                f"{link.role.value} link")
-
-    def _answer_challenge(self, conn: Connection, msg: Status) -> None:
-        """Joiner: our uplink wants proof that we know the mesh secret."""
-        link: Link = conn.peer
-        if msg.dest != self.id or link.auth is not None:
-            raise ProtocolError("authentication challenge for another id, or a second one")
-        fields = auth.parse_auth(msg.text)
-        if self.config.secret is None:
-            log.error("%s: %s requires a mesh secret (--secret-file); leaving it",
-                      self.name, conn.label)
-            link.role = Role.DONE
-            conn.close("uplink requires a mesh secret")
-            return
-        if fields.get("auth") != auth.SCHEME or not auth.valid_nonce(fields.get("nonce")):
-            log.error("%s: %s asks for authentication we do not speak (%r); leaving it",
-                      self.name, conn.label, msg.text[:120])
-            link.role = Role.DONE
-            conn.close("unsupported authentication")
-            return
-        state = AuthState(nonce=auth.new_nonce(), peer_nonce=fields["nonce"], peer_id=msg.source)
-        link.auth = state
-        conn.send(Status(self.id, msg.source, StatusCode.AUTH_PROOF, auth.auth_text(
-            nonce=state.nonce,
-            proof=auth.proof(self.config.secret, auth.JOIN, self.id, msg.source, state.nonce,
-                             state.peer_nonce))))
-
-    def _uplink_proved(self, conn: Connection, msg: Status) -> None:
-        """Joiner: the uplink accepted our proof and sent its own."""
-        link: Link = conn.peer
-        state = link.auth
-        if state is None or not state.nonce or msg.source != state.peer_id \
-                or msg.dest != self.id:
-            raise ProtocolError("authentication accepted without a challenge")
-        expected = auth.proof(self.config.secret, auth.ACCEPT, self.id, state.peer_id,
-                              state.nonce, state.peer_nonce)
-        if not auth.proof_matches(expected, auth.parse_auth(msg.text).get("proof")):
-            log.error("%s: %s failed to prove it knows the mesh secret; leaving it",
-                      self.name, conn.label)
-            link.role = Role.DONE
-            conn.close("uplink failed authentication")
-            return
-        link.authenticated = True
-        log.info("%s: %s authenticated", self.name, conn.label)
-
-    def _check_server_proof(self, conn: Connection, msg: Status) -> None:
-        """Acceptor: a challenged joiner answered; admit it if the proof holds."""
-        link: Link = conn.peer
-        state = link.auth
-        joiner = state.pending
-        if msg.source != joiner.source or msg.dest != self.id:
-            raise ProtocolError("authentication proof from someone other than the joiner")
-        fields = auth.parse_auth(msg.text)
-        their = fields.get("nonce", "")
-        if not auth.valid_nonce(their) or not auth.proof_matches(
-                auth.proof(self.config.secret, auth.JOIN, joiner.source, self.id, their,
-                           state.nonce), fields.get("proof")):
-            self._refuse(conn, auth.FAILED_TEXT, "gave a wrong proof (wrong mesh secret?)")
-            return
-        link.auth = None
-        link.authenticated = True
-        log.info("%s: server %r (id %d) authenticated", self.name, joiner.name, joiner.source)
-        conn.send(Status(self.id, joiner.source, StatusCode.AUTH_OK, auth.auth_text(
-            proof=auth.proof(self.config.secret, auth.ACCEPT, joiner.source, self.id, their,
-                             state.nonce))))
-        self._admit(conn, joiner, Kind.SERVER)
-
-    def _check_client_proof(self, conn: Connection, msg: Status) -> None:
-        """A client answered our hello reply's proof with its own."""
-        link: Link = conn.peer
-        state = link.auth
-        if msg.source != link.peer_id or msg.dest != self.id:
-            raise ProtocolError("authentication proof from someone other than the client")
-        expected = auth.proof(self.config.secret, auth.CLIENT, link.peer_id, self.id,
-                              state.peer_nonce, state.nonce)
-        if not auth.proof_matches(expected, auth.parse_auth(msg.text).get("proof")):
-            self._refuse(conn, auth.FAILED_TEXT, "gave a wrong proof (wrong mesh secret?)")
-            return
-        pending, link.auth = state.pending, None
-        link.authenticated = True
-        log.info("%s: client %d authenticated", self.name, link.peer_id)
-        conn.send(Status(self.id, link.peer_id, StatusCode.AUTH_OK, auth.auth_text(auth="ok")))
-        if link.role is Role.AUTH and pending is not None:
-            self._admit(conn, pending, Kind.CLIENT, welcomed=True)
-            if link.role is Role.CLIENT:
-                self._extensions_up(conn)
-
-    # -- who may run jobs ------------------------------------------------------------------
+    # -- who may run jobs (``crc.server.gatekeeper``) -------------------------------------
 
     def is_local(self, conn: Connection) -> bool:
-        """Whether ``conn``'s peer is on this machine (loopback)."""
-        link: Link = conn.peer
-        if link.local is None:
-            if conn.peer_address is None:
-                return False             # not connected (yet): not known to be local
-            link.local = bool(self.config.is_local(conn.peer_address))
-        return link.local
+        return self.gate.is_local(conn)
 
     def job_refusal(self, conn: Connection) -> str | None:
-        """Why jobs submitted by the client on ``conn`` must not run; None if they may.
-
-        With a mesh secret: only authenticated clients. Without: only clients
-        on this machine, unless ``insecure_remote_jobs``."""
-        link: Link = conn.peer
-        if self.config.secret is not None:
-            return None if link.authenticated else auth.JOBS_TEXT
-        if self.config.insecure_remote_jobs or self.is_local(conn):
-            return None
-        return (f"server {self.name} runs jobs only for clients on its own machine (loopback) "
-                "when the mesh has no secret; use --secret-file (or, accepting that anyone "
-                "who can connect may run commands, --insecure-remote-jobs)")
+        return self.gate.job_refusal(conn)
 
     def run_refusal(self, conn: Connection | None) -> str | None:
-        """Why a job (RUN frame) that arrived over ``conn`` must be neither run
-        nor passed on; None if it may be (``conn`` None: our own job service).
+        return self.gate.run_refusal(conn)
 
-        Only servers send RUN frames (``ProtocolError`` otherwise). With a
-        secret, every server link is authenticated; without one, each server
-        on the way accepts the job only from a loopback link unless
-        ``insecure_remote_jobs``, so a job never crosses a link between
-        machines without a secret."""
-        if conn is None:
-            return None
-        link: Link = conn.peer
-        if link.role is not Role.SERVER:
-            raise ProtocolError("a job (RUN) frame from a client")
-        if self.config.secret is not None:
-            return None if link.authenticated else auth.JOBS_TEXT
-        if self.config.insecure_remote_jobs or self.is_local(conn):
-            return None
-        return (f"server {self.name} refuses jobs arriving over a link from another machine "
-                f"({self._who(conn)}) when the mesh has no secret; use --secret-file (or "
-                "--insecure-remote-jobs)")
-
-    # -- state query -------------------------------------------------------------------
+    # -- state query (``crc.server.state``) ----------------------------------------------
 
     def snapshot(self) -> dict:
         """The server's view of the network, as plain data (the state query answer)."""
-        return {
-            "id": self.id,
-            "name": self.name,
-            "port": self.port,
-            "hosts_db": sorted(self.routes.hosts),
-            "hosts": {str(h.id): {"kind": h.kind.value, "name": h.name, "info": h.info,
-                                  "first_link": h.first_link}
-                      for h in self.routes.hosts.values()},
-            "adjacent_server_ids": sorted(self.routes.adjacent(Kind.SERVER)),
-            "adjacent_user_ids": sorted(self.routes.adjacent(Kind.CLIENT)),
-            "status_updates_log": list(self.status_log),
-            "extension_links": sorted(pid for pid, c in self.links.items() if c.peer.ext),
-            # Traffic on the links to adjacent servers and clients open now.
-            "bytes_in": sum(c.bytes_in for c in self.links.values()),
-            "bytes_out": sum(c.bytes_out for c in self.links.values()),
-        }
-
-    def _answer_state_query(self, conn: Connection) -> None:
-        link: Link = conn.peer
-        if self.config.secret is not None and not self.is_local(conn):
-            self._refuse(conn, "state queries are answered only on this machine (loopback) "
-                         "when the mesh has a secret", "asked for the state")
-            return
-        link.role = Role.CONTROL
-        conn.send(Status(self.id, 0, StatusCode.STATE_REPLY, json.dumps(self.snapshot())))
-        conn.close_after_flush("state query answered")
-
-
-class _Acceptor:
-    """Selector handler of the listening socket."""
-
-    def __init__(self, server: MeshServer) -> None:
-        self.server = server
-
-    def handle_event(self, mask: int) -> None:
-        self.server.accept(self.server.listener)
-
-    def __repr__(self) -> str:
-        return f"<Acceptor {self.server.name}:{self.server.port}>"
+        return state.snapshot(self)
 
 
 #: Our status codes that are steps of a link's own set-up, and their handlers
 #: (``MeshServer._is_link_step`` decides whether a status is one).
 LINK_STEPS: dict[int, Callable[[MeshServer, Connection, Status], None]] = {
-    StatusCode.MESH_HELLO: MeshServer._on_hello,
-    StatusCode.MESH_HELLO_REPLY: MeshServer._on_hello_reply,
-    StatusCode.AUTH_CHALLENGE: MeshServer._on_auth,
-    StatusCode.AUTH_PROOF: MeshServer._on_auth,
-    StatusCode.AUTH_OK: MeshServer._on_auth,
+    StatusCode.MESH_HELLO: lambda server, conn, msg: server.negotiation.on_hello(conn, msg),
+    StatusCode.MESH_HELLO_REPLY:
+        lambda server, conn, msg: server.negotiation.on_hello_reply(conn, msg),
+    StatusCode.AUTH_CHALLENGE: lambda server, conn, msg: server.gate.on_auth(conn, msg),
+    StatusCode.AUTH_PROOF: lambda server, conn, msg: server.gate.on_auth(conn, msg),
+    StatusCode.AUTH_OK: lambda server, conn, msg: server.gate.on_auth(conn, msg),
 }

@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .jobdir import Sweeper
+from ...jobs.files import Sweeper
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crc.jobs.results")     # the name its log lines have always had
 
 STREAMS = (1, 2)
 #: Output up to this many bytes (both streams) stays in memory while the run

@@ -33,16 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..client.core import ChatClient
-from ..protocol import Extension, ProtocolError
-from .jobdir import FileRef, Sweeper
-from .leftovers import mark_owner, sweep_stale
-from .rakefile import bad_relative_path
-from .store import BlobStore, hash_file
-from .transfer import Transfers
-from .wire import DEFAULT_MAX_JOBS, STDIN_WINDOW, Kind, frame, unpack, unpack_view
+from ...jobs.files import FileRef, Sweeper
+from ...jobs.leftovers import mark_owner, sweep_stale
+from ...jobs.rakefile import bad_relative_path
+from ...jobs.store import BlobStore, hash_file
+from ...jobs.transfer import Transfers
+from ...jobs.wire import DEFAULT_MAX_JOBS, STDIN_WINDOW, Kind, frame, unpack, unpack_view
+from ..core import ChatClient
+from ...protocol import Extension, ProtocolError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crc.jobs.client")     # the name its log lines have always had
 
 TERMINAL = ("done", "failed")
 #: Our temporary directory's name starts so (``leftovers`` finds them).

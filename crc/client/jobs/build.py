@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from ..net import EventLoop, Timer
-from .client import Job, JobClient, JobError, RunState
-from .process import ChildProcess
-from .rakefile import Action, ActionSet, Rakefile
+from ...jobs.process import ChildProcess
+from ...jobs.rakefile import Action, ActionSet, Rakefile
+from ...net import EventLoop, Timer
+from .engine import Job, JobClient, JobError, RunState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crc.jobs.build")     # the name its log lines have always had
 
 #: After ``Build.abort``, seconds local actions get to end before SIGKILL.
 ABORT_GRACE = 2.0

@@ -40,23 +40,25 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..net import Connection, Timer
-from ..protocol import Extension, ProtocolError
-from ..routing import Host
-from ..server.server import MeshServer, Role
-from .jobdir import FileRef, Fingerprint, JobDir, JobDirError, Sweeper
-from .leftovers import mark_owner, sweep_stale
-from .load import LoadReport, LoadSampler, LoadTable, should_send
-from .process import STDERR, ChildProcess, GroupReaper
-from .rakefile import bad_relative_path
+from ...net import Connection, Timer
+from ...protocol import Extension, ProtocolError
+from ...routing import Host
+from ..links import Role
+from ..server import MeshServer
+from ...jobs.files import FileRef, Sweeper
+from .jobdir import Fingerprint, JobDir, JobDirError
+from ...jobs.leftovers import mark_owner, sweep_stale
+from ...jobs.load import LoadReport, LoadSampler, LoadTable, should_send
+from ...jobs.process import STDERR, ChildProcess, GroupReaper
+from ...jobs.rakefile import bad_relative_path
 from .results import STREAMS, Record, ResultStore
-from .scheduler import Ledger, by_name, pick
-from .store import BlobStore, valid_sha
-from .transfer import Transfers, cached_by_relays
-from .wire import (DEFAULT_MAX_JOBS, STDIN_ACK_EVERY, STDIN_WINDOW, Kind, frame, unpack,
+from ...jobs.scheduler import Ledger, by_name, pick
+from ...jobs.store import BlobStore, valid_sha
+from ...jobs.transfer import Transfers, cached_by_relays
+from ...jobs.wire import (DEFAULT_MAX_JOBS, STDIN_ACK_EVERY, STDIN_WINDOW, Kind, frame, unpack,
                    unpack_view)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("crc.jobs.service")     # the name its log lines have always had
 
 #: Output is sent again (FETCH) in frames of this size, at most
 #: ``REPLAY_BUDGET`` bytes per turn of the loop, pausing while the link
