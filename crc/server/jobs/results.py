@@ -89,7 +89,7 @@ class Record:
     at: int = -1
     entry_size: int = 0                        # bytes of its journal entry
     broken: bool = False                       # output could not be written
-    #: A FETCH being answered (see ``JobService``); live output waits for it.
+    #: A FETCH being answered (``replay.Replay``); live output waits for it.
     replay: Any = None
 
     @property
