@@ -253,7 +253,8 @@ def test_bulk_output_survives_write_and_read_interruptions(pki: PKI) -> None:
     """Small socket buffers make SSL writes stop half way again and again;
     every frame still arrives whole and in order (control bytes never land
     inside a bulk frame)."""
-    from crc.net import Connection, EventLoop
+    from crc.net import EventLoop
+    from crc.net.tls import TLSConnection as Connection
     from crc.protocol import ClientChat, Extension, Limits, encode_parts
 
     class Collector:

@@ -27,7 +27,7 @@ from ..visible import VisibleFormatter
 from ..delivery import JournalError
 from ..options import (OptionError, file_name, host_id, host_ports, info_text, listen_host,
                        seconds, seconds_or_zero, user_name)
-from ..server.cli import StartupError, credentials
+from ..credentials import StartupError, credentials
 from .core import ChatClient, ClientConfig
 from .inputs import Keyboard, PipeReader, feed_text
 from .job_commands import JobCommands

@@ -11,7 +11,7 @@ With ``reconnect``, a lost connection is not the end: the client tries its
 servers in turn (backing off) and comes back under the same id. With
 ``reliable``, chats to other mesh clients are numbered, acknowledged end to
 end, resent until acknowledged (across reconnects and, with ``state_dir``,
-restarts) and delivered once, in order (``crc.delivery``).
+restarts) and delivered once, in order (``reliable``, over ``crc.delivery``).
 """
 
 from __future__ import annotations
@@ -24,20 +24,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..delivery import (ChatKind, Inbox, Journal, Outbox, Pending, pack_ack, pack_chat,
-                        unpack_ack, unpack_chat, unpack_nack)
-from ..delivery.outbox import OutboxFull
+from ..delivery import Journal
 from ..net import Connection, EventLoop
 from ..net.connection import tcp_keepalive
+from ..net.tls import new_connection
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
-    LinkKind, MAX_ID, Message, MsgType, encode, encode_parts,
+    LinkKind, MAX_ID, Message, MsgType, encode_parts,
     MAX_INFO, MAX_NAME, ProtocolError, Status, StatusCode, duplicate_id_of, field_problem,
     random_id,
 )
 from ..protocol import auth
 from ..visible import visible
 from ..protocol.handshake import FEATURES, Hello, parse_hello
+from .reliable import OutboxRefused, ReliableChats
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +177,8 @@ class ChatClient:
         self.server_address = config.server
         # Reliable chat.
         self.rchat = False         # this link carries reliable chat
-        self.outbox = Outbox(config.resend_after, give_up=config.give_up)
-        self.inbox = Inbox()
-        self._acks: dict[tuple[int, int], int] = {}
-        self._retry_timer = None
-        self._retry_at = 0.0
+        self.reliable = ReliableChats(self, config.resend_after, config.give_up)
+        self.outbox, self.inbox = self.reliable.outbox, self.reliable.inbox
         if self.journal is not None:
             self.journal.load(self.outbox, self.inbox, time.monotonic())
         self._handlers = {
@@ -202,7 +199,7 @@ class ChatClient:
         at once and we are not to reconnect)."""
         self._connect()
         if self.outbox:
-            self._arm_retry()
+            self.reliable.arm_retry()
 
     def _connect(self) -> None:
         candidates = self.config.candidates
@@ -225,9 +222,9 @@ class ChatClient:
                 raise
             self._retry_connection(f"cannot connect to {host}:{port}: {exc.strerror or exc}")
             return
-        self.conn = Connection(self.loop, sock, self, limits=self.config.limits,
-                               label=f"server {host}:{port}", connecting=err != 0,
-                               tls=self.config.tls.towards(host) if self.config.tls else None)
+        self.conn = new_connection(
+            self.loop, sock, self, limits=self.config.limits, label=f"server {host}:{port}",
+            connecting=err != 0, tls=self.config.tls.towards(host) if self.config.tls else None)
         tcp_keepalive(sock, self.config.keepalive, self.config.dead_after)
         self.conn.send(ClientRegistration(self.id, 0, self.name, self.config.info))
         # A server that accepts and never answers (a frozen process, a wedged
@@ -273,16 +270,10 @@ class ChatClient:
             raise Undeliverable(f"the chat is {size} bytes; {where} carries at most "
                                 f"{self.max_chat} bytes of chat text")
         if self.config.reliable and not self.plain:
-            encode(ClientChat(self.id, dest, text))   # EncodeError now, not at a far server
             try:
-                msg = self.outbox.add(dest, text, time.monotonic())
-            except OutboxFull as exc:
+                self.reliable.queue(dest, text)
+            except OutboxRefused as exc:
                 raise Undeliverable(str(exc)) from None
-            if self.journal is not None:
-                self.journal.sent(msg)
-            if self.rchat and self.connected:
-                self._send_reliable(msg)
-            self._arm_retry()
         elif self.connected:
             self.conn.send(ClientChat(self.id, dest, text))
 
@@ -364,8 +355,8 @@ class ChatClient:
                 handler(msg)
             except ProtocolError as exc:
                 log.warning("%s: bad message from server: %s", self.name, exc)
-        if self._acks:
-            self._flush_acks()
+        if self.reliable.acks:
+            self.reliable.flush_acks()
 
     def on_closed(self, conn: Connection, reason: str) -> None:
         if conn is not self.conn:
@@ -381,7 +372,7 @@ class ChatClient:
                        if self.config.tls is None else " (does the server speak TLS?)")
         self.closed_reason = reason
         self.rchat = False
-        self._acks.clear()
+        self.reliable.acks.clear()
         # Our id is taken, and not by an earlier connection of ours.
         refused = (self.status_log and duplicate_id_of(self.status_log[-1]) == self.id
                    and not self.connections and not self.restored)
@@ -401,7 +392,7 @@ class ChatClient:
         self.reconnecting = retry
         for listener in self.disconnect_listeners:
             listener(reason)
-        self._emit("disconnected", reason=reason, reconnecting=retry)
+        self.emit("disconnected", reason=reason, reconnecting=retry)
         if retry:
             self._retry_connection(reason)
         elif self._stop_when_closed:
@@ -436,18 +427,12 @@ class ChatClient:
         self._lost_at = None
         self._delay = self.config.reconnect_delay
         if self.config.reliable:
-            self._refuse_oversized()
-            if self.rchat:
-                for msg in self.outbox.everything(time.monotonic()):
-                    self._send_reliable(msg)
-                self._arm_retry()
-            else:
-                self._flush_outbox_plain()
+            self.reliable.link_ready()
         if again:
             for user in self._previous_users.values():   # left while we were away
-                self._emit("quit", id=user.id, name=user.name, text="")
+                self.emit("quit", id=user.id, name=user.name, text="")
             self._previous_users = {}
-            self._emit("reconnected", server="%s:%d" % self.server_address)
+            self.emit("reconnected", server="%s:%d" % self.server_address)
             for listener in self.reconnect_listeners:
                 listener()
 
@@ -482,7 +467,7 @@ class ChatClient:
             conn.send(Extension(LinkKind.PING, self.id, 0, 0, b""))
         self._keepalive_timer = self.loop.call_later(period, self._keepalive_tick)
 
-    def _emit(self, kind: str, **data: Any) -> None:
+    def emit(self, kind: str, **data: Any) -> None:
         if self.listener is not None:
             self.listener(kind, data)
 
@@ -521,12 +506,12 @@ class ChatClient:
             # Ready first (no longer reconnecting), then told: a listener may
             # submit jobs at once, and they must go out on this connection.
             self._link_ready()
-            self._emit("extensions", features=sorted(hello.features))
+            self.emit("extensions", features=sorted(hello.features))
             return
         if msg.code == StatusCode.AUTH_OK and self._from_our_server(msg):
             if self.server_verified:
                 self.authenticated = True
-                self._emit("authenticated")
+                self.emit("authenticated")
             return
         self.status_log.append(msg.text)
         if msg.code == StatusCode.AUTH_REFUSED:
@@ -553,7 +538,7 @@ class ChatClient:
                     f"no answer to the mesh hello within {HELLO_TIMEOUT:g} s")
             else:
                 self.plain = True
-        self._emit("status", code=msg.code, text=msg.text, source=msg.source)
+        self.emit("status", code=msg.code, text=msg.text, source=msg.source)
         if msg.code == StatusCode.WELCOME and self.plain and not self.config.extensions:
             self._link_ready()
 
@@ -586,19 +571,18 @@ class ChatClient:
         log.info("%s: no extensions: %s", self.name, why)
         self.plain = True
         self._link_ready()
-        self._emit("plain")
+        self.emit("plain")
 
     def _on_registration(self, msg: ClientRegistration) -> None:
         self.users[msg.source] = User(msg.source, msg.name, msg.info)
-        if self.outbox.wake(msg.source, time.monotonic()):
-            self._arm_retry(now=True)
+        self.reliable.wake(msg.source)
         known = self._previous_users.pop(msg.source, None)
         if known is None or known.name != msg.name:     # not just a reconnect's resync
-            self._emit("join", id=msg.source, name=msg.name, info=msg.info)
+            self.emit("join", id=msg.source, name=msg.name, info=msg.info)
 
     def _on_chat(self, msg: ClientChat) -> None:
         self.chat_log.append((msg.source, msg.text))
-        self._emit("chat", source=msg.source, name=self.display_name(msg.source), text=msg.text)
+        self.emit("chat", source=msg.source, name=self.display_name(msg.source), text=msg.text)
 
     def _on_extension(self, msg: Extension) -> None:
         if not self.ext:
@@ -606,134 +590,11 @@ class ChatClient:
         if msg.kind == LinkKind.PING and msg.dest == 0:
             self.conn.send(Extension(LinkKind.PONG, self.id, 0, 0, b""))
             return
-        if msg.kind in _CHAT_KINDS:
-            _CHAT_KINDS[msg.kind](self, msg)
-            return
-        handler = self.extension_handlers.get(msg.kind)
+        handler = self.reliable.handlers.get(msg.kind) or self.extension_handlers.get(msg.kind)
         if handler is not None:
             handler(msg)
 
     def _on_quit(self, msg: ClientQuit) -> None:
         user = self.users.pop(msg.source, None)
         if user is not None:
-            self._emit("quit", id=msg.source, name=user.name, text=msg.text)
-
-    # -- reliable chat ---------------------------------------------------------------------
-
-    def _send_reliable(self, msg: Pending) -> None:
-        msg.sends += 1
-        base = self.outbox.by_id[msg.stream].base
-        self.conn.send(Extension(ChatKind.CHAT, self.id, msg.dest, 0,
-                                 pack_chat(msg.stream, msg.seq, base, msg.text)))
-
-    def _flush_outbox_plain(self) -> None:
-        """The server cannot carry reliable chat: what waited goes out as v1 chats."""
-        for msg in self.outbox.everything(time.monotonic()):
-            self.conn.send(ClientChat(self.id, msg.dest, msg.text))
-            self._acked_locally(msg.stream, msg.seq)
-
-    def _acked_locally(self, stream: int, seq: int) -> None:
-        if self.outbox.acked(stream, seq, time.monotonic()) and self.journal is not None:
-            self.journal.acked(stream, seq)
-
-    def _arm_retry(self, now: bool = False) -> None:
-        due = self.outbox.next_deadline()
-        if due is None:
-            return
-        if now:                          # after the messages in hand
-            due = time.monotonic()
-        if self._retry_timer is not None:
-            if self._retry_at <= due:
-                return
-            self._retry_timer.cancel()
-        self._retry_at = due
-        self._retry_timer = self.loop.call_later(max(0.0, due - time.monotonic()), self._retry)
-
-    def _retry(self) -> None:
-        self._retry_timer = None
-        resend, abandoned = self.outbox.due(time.monotonic())
-        if resend and self.rchat and self.connected:
-            log.debug("%s: resending %d unacknowledged chat(s)", self.name, len(resend))
-            for msg in resend:
-                self._send_reliable(msg)
-        if abandoned:
-            for stream in {m.stream for m in abandoned}:
-                if self.journal is not None:
-                    self.journal.dropped(stream)
-            for msg in abandoned:
-                self._emit("undelivered", dest=msg.dest, name=self.display_name(msg.dest),
-                           text=msg.text, reason=f"not acknowledged within "
-                                                 f"{self.config.give_up:g} s")
-        if self.journal is not None and self.journal.due_for_compaction():
-            self.journal.compact(self.outbox, self.inbox)
-        self._arm_retry()
-
-    def _on_reliable_chat(self, msg: Extension) -> None:
-        stream, seq, base, text = unpack_chat(msg.payload)
-        deliver, ack = self.inbox.accept(msg.source, stream, seq, base, text)
-        for number, body in deliver:
-            # Shown first, then recorded, then (after the batch) acknowledged:
-            # a kill in between can show a chat again after a restart, never
-            # lose it (docs/protocol.md, "Reliable chat").
-            self.chat_log.append((msg.source, body))
-            self._emit("chat", source=msg.source, name=self.display_name(msg.source), text=body)
-            if self.journal is not None:
-                self.journal.delivered(msg.source, stream, number)
-        if ack:
-            self._acks[(msg.source, stream)] = ack
-
-    def _flush_acks(self) -> None:
-        if self.connected and self.rchat:
-            for (source, stream), seq in self._acks.items():
-                self.conn.send(Extension(ChatKind.ACK, self.id, source, 0, pack_ack(stream, seq)))
-        self._acks.clear()
-
-    def _on_chat_ack(self, msg: Extension) -> None:
-        stream, seq = unpack_ack(msg.payload)
-        done = self.outbox.acked(stream, seq, time.monotonic())
-        if done:
-            if self.journal is not None:
-                self.journal.acked(stream, seq)
-            self._emit("delivered", dest=msg.source, count=len(done), seq=seq)
-        self._arm_retry()
-
-    def _refuse_oversized(self) -> None:
-        """Chats kept from before (a restart, a reconnect) that this server
-        cannot carry are reported undeliverable, not sent to be refused."""
-        for stream in list(self.outbox.by_dest.values()):
-            for pending in list(stream.unacked):
-                size = len(pending.text.encode("utf-8", "surrogatepass"))
-                if size > self.max_chat:
-                    self._refused(stream.id, pending.seq, f"{size} bytes; this server carries "
-                                                          f"at most {self.max_chat}")
-
-    def _refused(self, stream: int, seq: int, reason: str) -> None:
-        refused = self.outbox.refused(stream, seq)
-        if refused is None:
-            return
-        if self.journal is not None:
-            self.journal.refused(stream, seq)
-        self._emit("undelivered", dest=refused.dest, name=self.display_name(refused.dest),
-                   text=refused.text, reason=reason)
-
-    def _on_chat_refused(self, msg: Extension) -> None:
-        stream, seq, reason = unpack_nack(msg.payload)
-        self._refused(stream, seq, reason)
-        self._arm_retry()
-
-    def _on_chat_nack(self, msg: Extension) -> None:
-        stream, seq, reason = unpack_nack(msg.payload)
-        stream_state = self.outbox.by_id.get(stream)
-        if self.outbox.nacked(stream, seq, reason, time.monotonic()) and stream_state:
-            self._emit("unreachable", dest=stream_state.dest, reason=reason,
-                       name=self.display_name(stream_state.dest),
-                       waiting=len(stream_state.unacked))
-        self._arm_retry()
-
-
-_CHAT_KINDS: dict[int, Callable[[ChatClient, Extension], None]] = {
-    ChatKind.CHAT: ChatClient._on_reliable_chat,
-    ChatKind.ACK: ChatClient._on_chat_ack,
-    ChatKind.NACK: ChatClient._on_chat_nack,
-    ChatKind.REFUSED: ChatClient._on_chat_refused,
-}
+            self.emit("quit", id=msg.source, name=user.name, text=msg.text)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from rich.table import Table
 from rich.text import Text
 
 from .jobs.build import Build
-from .jobs.engine import Job, JobClient, JobError, RunState, describe_exit
+from .jobs.engine import JobClient
+from .jobs.state import Job, JobError, RunState, describe_exit
 from ..jobs.rakefile import RakefileError, check_files, parse
 from ..jobs.rakefile import read as read_rakefile
 from . import commands as cmd
@@ -30,17 +31,30 @@ from .batch import LineSplitter
 from ..visible import visible
 from .jobs_ui import BuildView, Output, exit_table, load_table, run_note
 
-if TYPE_CHECKING:
-    from .session import Session
-
 #: The longest a script waits for one job command to finish.
 SCRIPT_JOB_LIMIT = 24 * 3600.0
+
+
+class Session(Protocol):
+    """What job commands use of the chat session they serve (``session.Session``)."""
+
+    view: Any
+    client: Any
+    loop: Any
+    script: bool
+
+    @property
+    def leaving(self) -> bool: ...
+    def fail(self, message: str) -> None: ...
+    def wait_until(self, check: Callable[[], bool], seconds: float, timeout_error: str,
+                   doing: str) -> None: ...
+    def job_settled(self) -> None: ...
 
 
 class _ViewOutput(Output):
     """``Output`` that prints through a session view (keeps the prompt intact)."""
 
-    def __init__(self, session: "Session") -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
 
     def line(self, prefix: str, stream: int, text: str) -> None:
@@ -72,7 +86,7 @@ class _ViewConsole:
 
     is_terminal = False
 
-    def __init__(self, session: "Session") -> None:
+    def __init__(self, session: Session) -> None:
         self.session = session
 
     def print(self, renderable: Any) -> None:
@@ -80,7 +94,7 @@ class _ViewConsole:
 
 
 class JobCommands:
-    def __init__(self, session: "Session", jobs: JobClient) -> None:
+    def __init__(self, session: Session, jobs: JobClient) -> None:
         self.session = session
         self.jobs = jobs
         self.output = _ViewOutput(session)
@@ -93,6 +107,13 @@ class JobCommands:
         self.cancelled: set[str] = set()      # jobs the user cancelled (/cancel)
 
     def execute(self, command: cmd.Command) -> None:
+        """Run a job command; what it cannot do is the session's error."""
+        try:
+            self._execute(command)
+        except (JobError, RakefileError) as exc:
+            self.session.fail(str(exc))
+
+    def _execute(self, command: cmd.Command) -> None:
         match command:
             case cmd.Run(line, on, stdin):
                 # A job reading our lines must not hold the lines back.
@@ -117,7 +138,7 @@ class JobCommands:
                 self._rake(path)
             case cmd.Eof():
                 if self.stdin_job is None:
-                    self.session._fail("no job is reading your input (start one with /run -i)")
+                    self.session.fail("no job is reading your input (start one with /run -i)")
                 else:
                     self._input(b"", eof=True)
                     self.stdin_job = None
@@ -133,10 +154,10 @@ class JobCommands:
             matches = [job_id for job_id, job in self.jobs.jobs.items()
                        if job_id.rsplit(".", 1)[-1] == wanted and not job.finished]
         if not matches:
-            self.session._fail(f"no unfinished job {wanted!r} (see /jobs)")
+            self.session.fail(f"no unfinished job {wanted!r} (see /jobs)")
             return
         if len(matches) > 1:
-            self.session._fail(f"/cancel {wanted}: more than one job has that number: "
+            self.session.fail(f"/cancel {wanted}: more than one job has that number: "
                                f"{', '.join(matches)}; give the id")
             return
         self.cancelled.add(matches[0].split("@", 1)[0])
@@ -228,7 +249,7 @@ class JobCommands:
 
     def _hold_script_until(self, finished: Callable[[], bool]) -> None:
         if self.session.script:
-            self.session._wait_until(finished, SCRIPT_JOB_LIMIT, "job did not finish", "")
+            self.session.wait_until(finished, SCRIPT_JOB_LIMIT, "job did not finish", "")
 
     def _jobs_table(self) -> Table:
         table = Table(title="Jobs")
@@ -247,10 +268,3 @@ class JobCommands:
                               "" if run.exit is None else describe_exit(run.exit))
         return table
 
-
-def execute_safely(controller: JobCommands, command: cmd.Command,
-                   fail: Callable[[str], None]) -> None:
-    try:
-        controller.execute(command)
-    except (JobError, RakefileError) as exc:
-        fail(str(exc))

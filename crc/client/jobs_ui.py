@@ -20,7 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .jobs.build import ActionRun
-from .jobs.engine import Job, RunState, describe_exit
+from .jobs.state import Job, RunState, describe_exit
 from ..jobs.rakefile import ActionSet
 from ..visible import visible
 from .tui import ClosedStream, Guarded, SafeConsole

@@ -25,16 +25,13 @@ import errno
 import signal
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from ..net import Timer
 from ..protocol import EncodeError, StatusCode
 from . import commands as cmd
 from .core import ChatClient, LookupFailed, Undeliverable, User
 from .tui import View, help_table, sent_text, who_table
-
-if TYPE_CHECKING:
-    from .job_commands import JobCommands
 
 EXIT_OK = 0
 EXIT_CONNECTION = 1      # could not connect, refused, or connection lost
@@ -87,6 +84,15 @@ def names_user(target: str, user_id: int, name: str) -> bool:
     return target.isascii() and target.isdigit() and int(target) == user_id
 
 
+
+class JobCommandsLike(Protocol):
+    """What a session asks of its job commands (``job_commands.JobCommands``)."""
+
+    def execute(self, command: cmd.Command) -> None: ...
+    def cancel_all(self) -> int: ...
+    def busy(self) -> bool: ...
+    def forward(self, line: str) -> bool: ...
+
 class Session:
     def __init__(self, client: ChatClient, view: View, *, script: bool,
                  connect_timeout: float = 10.0) -> None:
@@ -127,7 +133,7 @@ class Session:
         self._server_timer: Timer | None = None
         client.listener = self.on_event
         #: Job commands (/run, /rake, ...), when the client was built with them.
-        self.jobs: "JobCommands | None" = None
+        self.jobs: JobCommandsLike | None = None
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -319,14 +325,14 @@ class Session:
         try:
             command = cmd.parse(line, script=self.script)
         except cmd.CommandError as exc:
-            self._fail(str(exc))
+            self.fail(str(exc))
             return
         try:
             self._execute(command)
         except LookupFailed as exc:
-            self._fail(str(exc))
+            self.fail(str(exc))
 
-    def _fail(self, message: str) -> None:
+    def fail(self, message: str) -> None:
         if self.script:
             self.view.error(f"line {self._line_no}: {message}")
             self.leave("", EXIT_SCRIPT)
@@ -334,8 +340,6 @@ class Session:
             self.view.error(message)
 
     def _execute(self, command: cmd.Command) -> None:
-        from .job_commands import execute_safely
-
         match command:
             case cmd.Nothing():
                 pass
@@ -351,11 +355,11 @@ class Session:
                 self._quit_text, self._quit_requested = text, True
                 self.feed_eof()
             case cmd.Wait(target, seconds):
-                self._wait_until(lambda: self._knows(target), seconds,
+                self.wait_until(lambda: self._knows(target), seconds,
                                  f"/wait {target}: no such user joined within {seconds:g} s",
                                  f"waiting for {target} to join")
             case cmd.WaitMsg(target, seconds):
-                self._wait_until(lambda: self._take_chat_from(target), seconds,
+                self.wait_until(lambda: self._take_chat_from(target), seconds,
                                  f"/waitmsg {target}: no chat from them within {seconds:g} s",
                                  f"waiting for a chat from {target}")
             case cmd.Sleep(seconds):
@@ -363,9 +367,9 @@ class Session:
             case cmd.Run() | cmd.RunAll() | cmd.Jobs() | cmd.Cancel() | cmd.Load() | cmd.Rake() \
                     | cmd.Eof():
                 if self.jobs is None:
-                    self._fail("job commands are not available in this client")
+                    self.fail("job commands are not available in this client")
                 else:
-                    execute_safely(self.jobs, command, self._fail)
+                    self.jobs.execute(command)
 
     def _me(self) -> User:
         return User(self.client.id, self.client.name, self.client.config.info)
@@ -374,7 +378,7 @@ class Session:
 
     def _say(self, text: str) -> None:
         if self.target is None:
-            self._fail("no one to send to yet: start with /msg NAME|ID TEXT")
+            self.fail("no one to send to yet: start with /msg NAME|ID TEXT")
             return
         self._send(self.target, text)
 
@@ -400,13 +404,13 @@ class Session:
         try:
             self.client.send_chat(dest, text)
         except (EncodeError, Undeliverable) as exc:
-            self._fail(f"cannot send that: {exc}")
+            self.fail(f"cannot send that: {exc}")
             return
         self.view.show(sent_text(self.client.display_name(dest), text))
 
     # -- pauses -----------------------------------------------------------------------
 
-    def _wait_until(self, check: Callable[[], bool], seconds: float, timeout_error: str,
+    def wait_until(self, check: Callable[[], bool], seconds: float, timeout_error: str,
                     doing: str) -> None:
         if check():
             return
@@ -424,7 +428,7 @@ class Session:
     def _pause_over(self) -> None:
         pause, self._pause = self._pause, None
         if pause is not None and pause.timeout_error is not None:
-            self._fail(pause.timeout_error)
+            self.fail(pause.timeout_error)
         self._schedule_pump()
 
     def _end_pause(self) -> None:

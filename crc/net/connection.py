@@ -15,9 +15,10 @@ once and tells the owner via ``on_closed`` after the current pass.
 
 The owner (server or client) implements ``ConnectionOwner``.
 
-``Connection(..., tls=TLS(...))`` makes a ``crc.net.tls.TLSConnection``
-instead: the same interface over TLS, handshaken inside the same loop. A
-plain connection never runs a line of the TLS code.
+``crc.net.tls.TLSConnection`` is the same interface over TLS, handshaken
+inside the same loop; ``crc.net.tls.new_connection`` builds whichever of the
+two a link asks for. A plain connection never runs a line of the TLS code,
+and this module never imports it.
 """
 
 from __future__ import annotations
@@ -67,15 +68,9 @@ class Connection:
     #: The peer's verified TLS certificate (``TLSConnection``); None: none.
     peer_cert: dict | None = None
 
-    def __new__(cls, *args: Any, tls: Any = None, **kwargs: Any) -> "Connection":
-        if tls is not None and cls is Connection:
-            from .tls import TLSConnection   # here: tls.py builds on this module
-            cls = TLSConnection
-        return super().__new__(cls)
-
     def __init__(self, loop: EventLoop, sock: socket.socket, owner: ConnectionOwner, *,
                  limits: Limits, label: str = "", max_send_buffer: int = 256 * 1024 * 1024,
-                 connecting: bool = False, tls: Any = None) -> None:
+                 connecting: bool = False) -> None:
         sock.setblocking(False)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

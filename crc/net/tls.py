@@ -8,7 +8,7 @@ Two halves:
   (``TLSConfigError``), never as a failed handshake later. A ``TLS`` value is
   what a ``Connection`` takes: a context, which end of the handshake we are,
   and the name the peer's certificate must carry.
-* **``TLSConnection``.** What ``Connection(..., tls=...)`` builds. The socket
+* **``TLSConnection``.** What ``new_connection(..., tls=...)`` builds. The socket
   is wrapped once TCP is connected, and the handshake is driven by selector
   events (``do_handshake`` until it stops asking to read or write); until it
   is done the connection counts as still connecting, so what the owner sends
@@ -228,7 +228,7 @@ def describe(exc: BaseException) -> str:
 
 
 class TLSConnection(Connection):
-    """A ``Connection`` over TLS (build it as ``Connection(..., tls=TLS(...))``)."""
+    """A ``Connection`` over TLS."""
 
     def __init__(self, loop: Any, sock: socket.socket, owner: Any, *, tls: TLS,
                  connecting: bool = False, **kwargs: Any) -> None:
@@ -518,3 +518,12 @@ class TLSConnection(Connection):
             self._handshake_timer = None
         self._chunk = None
         super().close(reason)
+
+
+def new_connection(loop: Any, sock: socket.socket, owner: Any, *, tls: TLS | None = None,
+                   **kwargs: Any) -> Connection:
+    """A ``Connection`` for ``sock``: over TLS (a ``TLSConnection``) when
+    ``tls`` is given, plain TCP when it is None."""
+    if tls is None:
+        return Connection(loop, sock, owner, **kwargs)
+    return TLSConnection(loop, sock, owner, tls=tls, **kwargs)

@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 from ..client import ChatClient
 from ..client.jobs.build import ActionRun, Build
-from ..client.jobs.engine import Job, JobClient, JobError, RunState
+from ..client.jobs.engine import JobClient
+from ..client.jobs.state import Job, JobError, RunState
 from ..jobs.rakefile import ActionSet, RakefileError, bad_relative_path, check_files, parse
 
 #: ``output_before_exit``: a run's first output came this many seconds before its end

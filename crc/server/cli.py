@@ -15,13 +15,13 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 from ..options import (byte_size, directory_problem, file_name, host_id, host_ports, info_text,
                        listen_host, port_number, positive_int, seconds, server_name,
                        size_at_least)
 from ..protocol import DEFAULT_LIMITS
-from ..protocol.auth import SecretError, load_secret
+from ..credentials import StartupError, credentials
 from ..visible import VisibleFormatter, visible
 from .jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
@@ -127,28 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", type=file_name("--log-file"),
                    help="write the log here instead of standard error")
     return p
-
-
-class StartupError(Exception):
-    """A flag's file cannot be used; the message names the flag and the file."""
-
-
-def credentials(args: argparse.Namespace, tls_flags: tuple[str, ...],
-                tls_from_args: Callable[[argparse.Namespace], Any]) -> tuple[Any, bytes | None]:
-    """The TLS settings and the mesh secret the flags ask for, read before
-    anything starts (``ssl`` is loaded only when a TLS flag is given)."""
-    tls = None
-    if any(getattr(args, flag) for flag in tls_flags):
-        from ..net.tls import TLSConfigError
-        try:
-            tls = tls_from_args(args)
-        except TLSConfigError as exc:
-            raise StartupError(str(exc)) from None
-    try:
-        secret = load_secret(args.secret_file) if args.secret_file else None
-    except SecretError as exc:
-        raise StartupError(str(exc)) from None
-    return tls, secret
 
 
 TLS_FLAGS = ("tls_cert", "tls_key", "tls_ca", "tls_require_client_cert", "tls_server_name")

@@ -39,6 +39,7 @@ from typing import Any, Callable
 from ..delivery.wire import ChatKind
 from ..net import Connection, EventLoop
 from ..net.connection import tcp_keepalive
+from ..net.tls import new_connection
 from ..net.loop import EVENT_READ
 from ..protocol import (
     FLAG_BULK, ChatFrame, ClientChat, ClientQuit, ClientRegistration, Extension, LinkKind,
@@ -199,9 +200,9 @@ class MeshServer:
 
     def _new_connection(self, sock: socket.socket, link: Link, label: str,
                         connecting: bool = False, tls: Any = None) -> Connection:
-        conn = Connection(self.loop, sock, self, limits=self.config.limits, label=label,
-                          max_send_buffer=self.config.max_send_buffer, connecting=connecting,
-                          tls=tls)
+        conn = new_connection(self.loop, sock, self, limits=self.config.limits, label=label,
+                              max_send_buffer=self.config.max_send_buffer,
+                              connecting=connecting, tls=tls)
         conn.peer = link
         # No extension frames before the hello exchange: until then a header
         # claiming a large payload reserves nothing (``Negotiation.extensions_up``).

@@ -25,7 +25,8 @@ from typing import Any, Callable, Protocol
 from ...jobs.process import ChildProcess
 from ...jobs.rakefile import Action, ActionSet, Rakefile
 from ...net import EventLoop, Timer
-from .engine import Job, JobClient, JobError, RunState
+from .engine import JobClient
+from .state import Job, JobError, RunState
 
 log = logging.getLogger("crc.jobs.build")     # the name its log lines have always had
 

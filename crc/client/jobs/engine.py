@@ -27,9 +27,7 @@ import itertools
 import logging
 import os
 import secrets
-import signal
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -41,118 +39,12 @@ from ...jobs.transfer import Transfers
 from ...jobs.wire import DEFAULT_MAX_JOBS, STDIN_WINDOW, Kind, frame, unpack, unpack_view
 from ..core import ChatClient
 from ...protocol import Extension, ProtocolError
+from .state import Job, JobError, JobListener, RunState, text_problem
 
 log = logging.getLogger("crc.jobs.client")     # the name its log lines have always had
 
-TERMINAL = ("done", "failed")
 #: Our temporary directory's name starts so (``leftovers`` finds them).
 TEMP_PREFIX = "crc-client-"
-
-
-class JobError(Exception):
-    """A job that cannot be submitted (a missing file, no extension link...)."""
-
-
-@dataclass
-class RunState:
-    id: str
-    server: int = 0
-    name: str = "?"
-    state: str = "submitted"       # submitted -> running -> collecting -> done | failed
-    exit: int | None = None
-    error: str = ""
-    lost: bool = False
-    seconds: float = 0.0
-    files: list[FileRef] = field(default_factory=list)
-    pending_files: int = 0
-    #: Output bytes received per stream (index 1 stdout, 2 stderr): what a
-    #: FETCH asks to skip, and what repeated output is recognised by.
-    received: list[int] = field(default_factory=lambda: [0, 0, 0])
-    waiting: bool = False          # the connection is down; it resumes on reconnect
-    collection: int = 0            # which attempt at collecting files is current
-    stdin_sent: int = 0            # bytes of standard input sent to the job
-    stdin_taken: int = 0           # ... of which its server has taken (INPUT_ACK)
-
-    @property
-    def finished(self) -> bool:
-        return self.state in TERMINAL
-
-    @property
-    def ok(self) -> bool:
-        return self.state == "done" and self.exit == 0 and not self.error
-
-
-#: listener(job, run, event, data): event is one of accepted, started,
-#: output (data: (stream, bytes)), done, failed, file (data: name), waiting
-#: (data: why; the connection is down and the run resumes after a reconnect),
-#: input_room (data: bytes of standard input that may be sent now).
-JobListener = Callable[["Job", RunState, str, Any], None]
-
-
-@dataclass
-class Job:
-    id: str
-    label: str
-    listener: JobListener | None = None
-    runs: dict[str, RunState] = field(default_factory=dict)
-    accepted: bool = False
-    error: str = ""
-    stdin: bool = False
-    request: dict | None = None    # the SUBMIT header, kept until ACCEPTED
-    resent: bool = False           # SUBMIT sent again after a reconnect
-    sent: bool = False             # SUBMIT sent (else held back: ``JobClient._held``)
-
-    @property
-    def finished(self) -> bool:
-        if self.error:
-            return True
-        return self.accepted and all(r.finished for r in self.runs.values())
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every run exited 0; else the first failing run's status as a
-        shell gives it (128 + N for signal N), 1 if it has none."""
-        if self.error:
-            return 1
-        for run in self.runs.values():
-            if not run.ok:
-                return shell_status(run.exit) if run.exit not in (None, 0) else 1
-        return 0
-
-    def _emit(self, run: RunState, event: str, data: Any = None) -> None:
-        if self.listener is not None:
-            self.listener(self, run, event, data)
-
-
-def text_problem(what: str, text: str) -> str | None:
-    """Why ``text`` cannot go into a job (not UTF-8, or a NUL byte, which no
-    command line can carry), or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return f"{what} {text.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8"
-    if "\0" in text:
-        return f"{what} {text!r} contains a NUL byte"
-    return None
-
-
-def shell_status(exit: int) -> int:
-    """A process's exit as a shell reports it: its code, or 128 + N when
-    killed by signal N (``subprocess`` says -N)."""
-    return 128 - exit if exit < 0 else exit
-
-
-def describe_exit(exit: int | None) -> str:
-    """``0``, ``3``, ``137 (SIGKILL)``, or ``-`` when there is none."""
-    if exit is None:
-        return "-"
-    if exit < 0:
-        try:
-            name = signal.Signals(-exit).name
-        except ValueError:
-            name = f"signal {-exit}"
-        return f"{128 - exit} ({name})"
-    return str(exit)
 
 
 class JobClient:
@@ -337,7 +229,7 @@ class JobClient:
         if held is not None and not held.sent and not held.finished:
             self._held.remove(held)              # never sent: it ends here
             held.error = "cancelled before it was sent"
-            held._emit(RunState(held.id, state="failed", error=held.error), "failed")
+            held.emit(RunState(held.id, state="failed", error=held.error), "failed")
             return True
         known = job_or_run in self.jobs or job_or_run in self.runs
         if known:
@@ -396,7 +288,7 @@ class JobClient:
         job.accepted = True
         job.request = None
         for run in job.runs.values():
-            job._emit(run, "accepted")
+            job.emit(run, "accepted")
         if job.resent:
             # It may have run (and ended) while we were away: ask for all of it.
             for run in job.runs.values():
@@ -411,7 +303,7 @@ class JobClient:
         job, run = found
         if taken > run.stdin_taken:
             run.stdin_taken = min(taken, run.stdin_sent)
-            job._emit(run, "input_room", self.stdin_room(run.id))
+            job.emit(run, "input_room", self.stdin_room(run.id))
 
     def _on_started(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)
@@ -423,7 +315,7 @@ class JobClient:
             run.waiting = False
             if run.state != "running":
                 run.state = "running"
-                job._emit(run, "started")
+                job.emit(run, "started")
 
     def _on_output(self, msg: Extension) -> None:
         header, body = unpack(msg.payload)
@@ -443,7 +335,7 @@ class JobClient:
                 return          # seen already (sent again by a FETCH)
             body = body[have - offset:]
         run.received[stream] += len(body)
-        job._emit(run, "output", (stream, body))
+        job.emit(run, "output", (stream, body))
 
     def _on_done(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)
@@ -479,7 +371,7 @@ class JobClient:
         if error is None:
             try:
                 self._write_back(ref)
-                job._emit(run, "file", ref.name)
+                job.emit(run, "file", ref.name)
             except (OSError, ValueError) as exc:
                 error = str(exc)
         if error is not None:
@@ -510,7 +402,7 @@ class JobClient:
         # Acknowledged before anyone hears of it: a listener may leave at
         # once, and a RESULT_ACK queued after our goodbye is never read.
         self._acknowledge(run)
-        job._emit(run, "done")
+        job.emit(run, "done")
         self._release_held()
 
     def _acknowledge(self, run: RunState) -> None:
@@ -537,7 +429,7 @@ class JobClient:
                 run.waiting = False
                 if msg.source == run.server:       # the executor kept it: it may go
                     self._acknowledge(run)
-                job._emit(run, "failed")
+                job.emit(run, "failed")
                 self._release_held()
             return
         job = self.jobs.get(header.get("id", ""))
@@ -552,7 +444,7 @@ class JobClient:
             return
         if job is not None and not job.accepted:
             job.error = error
-            job._emit(RunState(job.id, state="failed", error=error), "failed")
+            job.emit(RunState(job.id, state="failed", error=error), "failed")
             self._release_held()
 
     def _on_disconnect(self, reason: str) -> None:
@@ -576,7 +468,7 @@ class JobClient:
                     run.collection += 1
                 if not run.waiting:
                     run.waiting = True
-                    job._emit(run, "waiting", reason)
+                    job.emit(run, "waiting", reason)
         self.transfers.reset("the connection to the server was lost")
 
     def _on_reconnect(self) -> None:
@@ -610,11 +502,11 @@ class JobClient:
         for job in self.jobs.values():
             if not job.accepted and not job.error:
                 job.error = error
-                job._emit(RunState(job.id, state="failed", error=job.error), "failed")
+                job.emit(RunState(job.id, state="failed", error=job.error), "failed")
             for run in job.runs.values():
                 if not run.finished:
                     run.state, run.error, run.lost = "failed", error, True
-                    job._emit(run, "failed")
+                    job.emit(run, "failed")
 
     # -- files --------------------------------------------------------------------------
 
