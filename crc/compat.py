@@ -18,6 +18,9 @@ never meant to be checked. Here a closed link's routes are purged after
 And as with the original reference client, which had no socket until its
 ``run()`` had connected, ``message_other_client`` and ``quit`` called before
 the client is on the network (welcomed) are lost (logged), not queued.
+
+Nothing in ``crc`` imports this module: it sits above the server and the
+client, for the runner alone.
 """
 
 from __future__ import annotations

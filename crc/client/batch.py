@@ -12,6 +12,10 @@ A lost connection is not the end (unless ``--no-reconnect``): the client
 tries its ``--server`` addresses in turn for ``--reconnect-for`` seconds
 (``BATCH_RECONNECT_FOR`` when not given) and picks up its jobs where they
 were (docs/jobs.md, "Durable results").
+
+Batch mode has no chat session and no command language (``session``,
+``commands``): one request, then exit. It sets its signal handlers only while
+its loop runs, and puts the previous ones back after.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Command line of ``chat_client.py``: flags, wiring, signals, the run loop.
 
 The only place in the client that touches process-wide state: standard
-streams, signal handlers, the root logger and the terminal's settings. It
+streams, signal handlers, the root logger and the terminal's settings (but
+for the signal handlers batch mode sets while its loop runs). It
 builds a ``ChatClient``, a view and a ``Session``, attaches one input source
 (the keyboard thread, standard input read in the loop, or a script file),
 and runs the client's event loop in the main thread until the session ends.

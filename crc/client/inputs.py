@@ -12,6 +12,9 @@ Three sources, each handing lines to ``on_line(text)`` and the end of input to
   is served while a script is still arriving.
 * ``feed_text``: a whole script read up front (``--script FILE``, or a
   standard input the selector cannot watch, such as a regular file).
+
+A source only reads lines and hands them on: what a line means is for
+``commands`` and ``session``, and no source touches the ``ChatClient``.
 """
 
 from __future__ import annotations

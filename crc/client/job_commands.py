@@ -10,6 +10,9 @@ standard input and ``/eof`` closes it.
 In a script, a job command holds the script until the job (or build)
 finishes, so a script's later lines see its results; interactively the prompt
 returns at once and output appears as it arrives.
+
+It builds no frames and writes to no connection: jobs go through the
+``JobClient``, and whatever is shown goes through the session's view.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ Output lines are printed whole, prefixed with who produced them: the action
 readable. On a terminal a live table shows the current actionset (each
 action's state and the server running it); elsewhere (pipes, CI) only plain
 lines are written, standard output to stdout and standard error to stderr.
+
+Presentation only: it is told about jobs and builds, and starts, cancels or
+changes none of them.
 """
 
 from __future__ import annotations

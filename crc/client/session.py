@@ -16,6 +16,9 @@ stops the loop once the goodbye has been flushed.
 In a script, a bad line or an expired wait is an error: it is reported with
 its line number, the client leaves, and the exit status is non-zero.
 Interactively the error is shown and the session carries on.
+
+The session writes nothing to the terminal itself (everything shown goes to
+the view) and leaves the syntax of a line to ``commands``.
 """
 
 from __future__ import annotations

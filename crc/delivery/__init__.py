@@ -3,12 +3,16 @@
 Sender and receiver state, kept apart from any socket or loop so each piece is
 a plain object that tests can drive directly:
 
-* ``wire``    - the three extension kinds (CHAT, ACK, NACK) and their payloads;
+* ``wire``    - the four extension kinds (CHAT, ACK, NACK, REFUSED) and their
+  payloads;
 * ``outbox``  - the sender's streams: sequence numbers, unacknowledged
   messages, when to resend;
 * ``inbox``   - the receiver's streams: in-order delivery, de-duplication;
 * ``journal`` - both of them on disk, so a client restarted with
   ``--state-dir`` loses and repeats nothing.
+
+Imports only ``crc.protocol``: nothing here opens a socket or knows the event
+loop, and only ``journal`` touches files.
 """
 
 from .inbox import Inbox

@@ -13,6 +13,9 @@ lost our state (a restart without ``--state-dir``).
 
 Memory is bounded: at most ``max_streams`` streams are remembered, the least
 recently used forgotten first.
+
+Pure bookkeeping, like the outbox: nothing is sent from here; the caller
+sends the acknowledgement ``accept`` returns.
 """
 
 from __future__ import annotations

@@ -19,6 +19,9 @@ restart, shows nothing twice. Lines are not fsync'ed: a power cut can lose
 the last moments (documented in docs/security.md). On open, the journal is
 replayed and rewritten compactly; a torn last line (a kill mid-write) is
 ignored, anything else malformed is a ``JournalError`` naming file and line.
+
+The journal records what it is told and decides nothing: no sockets, no
+loop, no clock (times are passed in).
 """
 
 from __future__ import annotations

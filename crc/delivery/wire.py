@@ -13,6 +13,9 @@ lowest unacknowledged sequence number when the frame was sent: everything
 below it was acknowledged, so a receiver that has no record of the stream
 (it lost its state) starts there instead of waiting for messages that will
 never be sent again.
+
+Packing and unpacking only: no sockets, and no stream state (that is
+``outbox``'s and ``inbox``'s).
 """
 
 from __future__ import annotations

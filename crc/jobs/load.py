@@ -8,6 +8,9 @@ so a stale entry can be told apart and not trusted.
 
 ``should_send`` decides when a new report is worth flooding: on a meaningful
 change, and at least every ``interval`` seconds regardless.
+
+Measures and compares only: no sockets, no timers. Flooding the reports is
+``crc.server.jobs.reports``'s, choosing a server ``scheduler``'s.
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ unclaimed result needs are evicted (``trim``). Blobs arrive in
 order, chunk by chunk, into a ``Partial`` that hashes as it writes; only a
 complete blob whose hash matches its name is committed (renamed into place),
 so a half-received or corrupted file is never served.
+
+Files only: no sockets, no frames, no loop. What to fetch and from whom is
+``transfer``'s; deleting an evicted blob is the caller's ``discard``.
 """
 
 from __future__ import annotations

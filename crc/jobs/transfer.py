@@ -22,6 +22,10 @@ like any extension frame, received in place and sent on without a copy
 large file two socket copies instead of a write, a hash and a read. Only the
 requester stores and verifies it. Two servers wanting the same large file at
 once each pull their own copy.
+
+Frames come in through its methods and go out through the ``send`` it is
+given: no sockets, no routing table, no timers. Shared by the server's job
+service and the client's job engine; imports neither.
 """
 
 from __future__ import annotations

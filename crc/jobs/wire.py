@@ -6,6 +6,9 @@ carries the small structured part (job id, exit status, file list); the body
 carries bytes that must not be re-encoded (output, stdin, file contents).
 Frames whose ``flags`` has ``BULK`` set travel in every link's low-priority
 queue, behind chat and control traffic.
+
+Packing and unpacking only, as in ``crc.protocol``: no sockets and no job
+state.
 """
 
 from __future__ import annotations

@@ -1,4 +1,12 @@
-"""The event loop and the connections it drives."""
+"""The event loop and the connections it drives.
+
+``loop`` (``EventLoop``: the selector, timers, callbacks), ``connection`` (one
+TCP connection: buffers, framing, teardown) and ``tls`` (the same over TLS,
+and its settings).
+
+Imports only ``crc.protocol`` (a connection frames messages with its codec):
+nothing here knows servers, clients, routes or jobs.
+"""
 
 from .connection import Connection, ConnectionOwner
 from .loop import EventLoop, Timer

@@ -24,6 +24,10 @@ Two halves:
 A failed handshake — an untrusted certificate, a name that does not match, a
 peer that does not speak TLS — closes that connection with a warning naming
 the peer and the reason; nothing else is affected.
+
+Nothing in ``TLSConnection`` blocks or reads a file: certificates and keys
+are read only while the settings are built, at startup. What the bytes
+mean (framing, messages) stays ``Connection``'s.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ docs/protocol.md for the whole exchange.
 
 Text form: ``CRC-MESH/<version> key=value key=value ...``; unknown keys are
 ignored, so later versions can add fields without breaking older peers.
+
+Texts only: this module sends nothing and decides nothing about a link (the
+server's ``negotiation`` and the client's core do).
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Routing state: which adjacent link reaches each known machine."""
+"""Routing state: which adjacent link reaches each known machine.
+
+``table`` holds it (``RoutingTable``). Imports nothing else of ``crc``: no
+sockets and no loop here; the server maps first links to connections.
+"""
 
 from .table import Host, Kind, RoutingError, RoutingTable
 

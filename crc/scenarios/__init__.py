@@ -9,6 +9,10 @@ scenario), ``ui`` and ``cli`` (the ``TestManager.py`` front end). Jobs:
 ``jobrequests`` (job lines as typed requests), ``jobsteps`` (carrying them
 out), ``jobs`` (a client's working directory, jobs and builds) and
 ``jobcheck`` (expected jobs and files). See docs/scenarios.md.
+
+The top layer: it drives servers and clients (in threads of this process or
+as processes) and nothing else in ``crc`` imports it; ``crc.entry`` loads its
+command line by name.
 """
 
 from .checks import Problem, check

@@ -4,6 +4,9 @@
 the files of ``TestCases/`` whose name starts with it (all files without
 one); they run one after another. The exit status is 1 when any scenario
 failed, 2 when no file matched.
+
+It picks the files and hands them to ``ui``; it plays and judges nothing
+itself.
 """
 
 from __future__ import annotations

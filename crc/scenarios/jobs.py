@@ -12,6 +12,8 @@ take their required files from there, and produced files come back there.
 working directory with its size, SHA-256, mode and, when short UTF-8, text).
 
 Every method runs in the client's loop thread; the machine calls it there.
+It drives the client's job engine as a user would and never looks inside a
+server; waiting on a job is ``jobsteps``'s.
 """
 
 from __future__ import annotations

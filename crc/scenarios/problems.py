@@ -2,6 +2,8 @@
 
 Shared by the general comparisons (``checks``) and the job comparisons
 (``jobcheck``); ``ui`` shows a list of them as a table.
+
+Plain data: it compares nothing itself.
 """
 
 from __future__ import annotations

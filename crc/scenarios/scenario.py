@@ -10,6 +10,9 @@ the shape of job expectations (``jobcheck``).
 A scenario that uses a job command, or gives a server ``--slots`` or
 ``--load-interval``, is a *job scenario* (``uses_jobs``): its in-process
 servers get a job service too.
+
+Reading and checking only: nothing here launches a machine or plays a line
+(``runner`` does).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ SHA-256 (``digest_key``); a scenario file may expect it either literally or as
 ``sized_bytes(n, seed)`` is the content ``WRITEFILE --size N --seed S`` writes:
 the first ``n`` bytes of SHAKE-256 of the text ``"crc-scenario:S"``, so any
 tool can compute the SHA-256 a scenario expects of it.
+
+Pure functions: no files, no machines.
 """
 
 from __future__ import annotations

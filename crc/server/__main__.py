@@ -1,4 +1,7 @@
-"""``python -m crc.server``: the same program as its top-level script."""
+"""``python -m crc.server``: the same program as its top-level script.
+
+Only a call to ``crc.entry.server``: no flags or wiring of its own.
+"""
 
 import sys
 

@@ -12,6 +12,9 @@ see every link silent: what its peers sent meanwhile is still unread in the
 socket buffers, and a poll after a stop may report no events at all. The
 tick notices the gap in its own schedule and pings everyone first; a link is
 judged only if it stays silent for the rest of ``dead_after``.
+
+This part only pings and judges: a dead link is closed through
+``MeshServer.drop``, and its routes and departures are the server's.
 """
 
 from __future__ import annotations

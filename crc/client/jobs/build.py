@@ -11,6 +11,9 @@ running actions have finished; the result names every failed action.
 A remote action lost with its server (the server died or left the mesh) is
 retried once on another server: an action depends only on its required
 files, so running it again elsewhere is safe.
+
+It builds no frames and prints nothing: remote actions are ``JobClient``
+jobs, and everything to show goes to the ``reporter``.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ the bytes of output it already has, so nothing arrives twice). When a run's
 outcome and files are all in, the client says so (RESULT_ACK) and the
 server forgets them. Only when the client gives up reconnecting do its
 unfinished jobs fail.
+
+It opens and closes no connection (frames go out through
+``ChatClient.send_extension``) and prints nothing: every change is an event
+for the ``Job``'s listener.
 """
 
 from __future__ import annotations

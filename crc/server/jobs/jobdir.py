@@ -19,6 +19,8 @@ blob another job has linked meanwhile; ``remove()`` deletes it all (a
 finished job's directory goes to a ``crc.jobs.files.Sweeper`` instead).
 
 Server side only: the client never runs a job in a directory of its own.
+It runs nothing and knows no loop or frame: the executor starts the job in
+it.
 """
 
 from __future__ import annotations
