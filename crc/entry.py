@@ -34,6 +34,11 @@ def server() -> int:
     return _main_of("crc.server.cli", "mesh_server.py")()
 
 
+def meshcc() -> int:
+    """``meshcc.py`` / ``meshcc`` / ``python -m crc.cc``: a compiler wrapper."""
+    return _main_of("crc.cc.wrapper", "meshcc")()
+
+
 def chat() -> int:
     """``chat_client.py`` / ``crc-chat`` / ``python -m crc.client``."""
     return _main_of("crc.client.cli", "chat_client.py")()

@@ -23,6 +23,7 @@ LAYERS = [
     {"crc.net", "crc.credentials"},
     {"crc.jobs"},
     {"crc.server", "crc.client"},
+    {"crc.cc"},
     {"crc.scenarios"},
     {"crc.compat", "crc.entry", "crc"},
 ]

@@ -38,17 +38,23 @@ class LoadReport:
     #: dispatcher can tell which of its own jobs this report already shows.
     origins: dict[int, int] = field(default_factory=dict)
     seq: int = 0
+    #: Ids of the compilers this server runs (``crc.jobs.compilers``). They
+    #: travel in the LOAD frame's header, not in this body, which servers
+    #: of earlier versions read field by field.
+    compilers: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
         data = asdict(self)
+        del data["compilers"]
         data["origins"] = {str(k): v for k, v in self.origins.items()}
         return json.dumps(data, separators=(",", ":")).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> "LoadReport":
+    def from_bytes(cls, raw: bytes, compilers: tuple[str, ...] = ()) -> "LoadReport":
         data = json.loads(raw)
         data["origins"] = {int(k): int(v) for k, v in data.get("origins", {}).items()}
-        return cls(**data)
+        known = {f for f in cls.__dataclass_fields__ if f != "compilers"}
+        return cls(**{k: v for k, v in data.items() if k in known}, compilers=compilers)
 
 
 class LoadSampler:

@@ -23,6 +23,7 @@ from ..options import (byte_size, directory_problem, file_name, host_id, host_po
 from ..protocol import DEFAULT_LIMITS
 from ..credentials import StartupError, credentials
 from ..visible import VisibleFormatter, visible
+from ..jobs.compilers import installed
 from .jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
 
@@ -87,6 +88,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bytes the file store may hold (received, produced and relayed "
                       "files, kept so a file crosses a link once); past it the least recently "
                       "used files no job needs are removed (default: 4G)")
+    jobs.add_argument("--compilers", type=compiler_names, default=None, metavar="NAMES",
+                      help="comma-separated compilers on PATH this server offers to meshcc "
+                      "(each is named by its content: triple, version, digest); 'none' for "
+                      "none (default: cc, gcc, c++, g++, clang, clang++ where found)")
     jobs.add_argument("--max-jobs-per-client", type=positive_int, default=256,
                       help="unfinished jobs one client may have through this server "
                       "(default: 256)")
@@ -171,6 +176,19 @@ def resolve_candidates(candidates: list[tuple[str, int]]) -> tuple[list[tuple[st
     return usable, addresses, problems
 
 
+def compiler_names(text: str) -> tuple[str, ...]:
+    """``--compilers``: names (no paths, no blanks), or ``none``."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if names == ("none",):
+        return ()
+    for name in names:
+        if "/" in name or any(c.isspace() for c in name):
+            raise argparse.ArgumentTypeError(f"{name!r} is not a program name")
+    if not names:
+        raise argparse.ArgumentTypeError("no compiler named (say 'none' for none)")
+    return names
+
+
 def fit_connections(wanted: int, slots: int) -> int:
     """``--max-connections`` within this process's descriptor limit: the soft
     limit is raised towards the hard one if need be, and if that is not
@@ -252,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             max_output=args.max_output, max_file=args.max_file,
             max_jobs_per_client=args.max_jobs_per_client,
             state_dir=Path(args.state_dir) if args.state_dir else None,
-            result_ttl=args.result_ttl, store_max=args.store_max))
+            result_ttl=args.result_ttl, store_max=args.store_max,
+            compilers=installed(args.compilers) if args.compilers is not None else None))
     except OSError as exc:
         where = args.state_dir or args.work_dir or "the temporary directory"
         print(f"mesh_server.py: cannot use {where} for job results and files: "

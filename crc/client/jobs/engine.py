@@ -124,22 +124,29 @@ class JobClient:
     def submit(self, *, argv: Sequence[str] | None = None, shell: str | None = None,
                files: Sequence[str] = (), stdin: bool = False, on: str | None = None,
                everywhere: bool = False, timeout: float | None = None,
-               listener: JobListener | None = None) -> Job:
+               listener: JobListener | None = None, compiler: str | None = None,
+               debug_dir: str | None = None) -> Job:
+        """Send a job; ``compiler`` (an id, ``crc.jobs.compilers``) sends it
+        only to a server with that compiler, which runs it in ``argv[0]``'s
+        place; ``debug_dir`` is the directory debug information should name."""
+        extra = {k: v for k, v in (("compiler", compiler), ("debug_dir", debug_dir)) if v}
         if self._reconnecting():
             # Sent once the connection is back (``_on_reconnect``), checked then.
             return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
-                                 send=False)
+                                 send=False, extra=extra)
         if not self.client.ext:
             raise JobError("the server does not speak mesh extensions (plain CRC v1): "
                            "it cannot run jobs")
         if self.client.config.secret is not None and not self.client.server_verified:
             raise JobError("the server did not prove it knows the mesh secret: jobs (and "
                            "their files) are not sent to it")
-        return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener)
+        return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
+                             extra=extra)
 
     def _new_job(self, argv: Sequence[str] | None, shell: str | None, files: Sequence[str],
                  stdin: bool, on: str | None, everywhere: bool, timeout: float | None,
-                 listener: JobListener | None, send: bool = True) -> Job:
+                 listener: JobListener | None, send: bool = True,
+                 extra: dict[str, str] | None = None) -> Job:
         for i, word in enumerate(argv or ()):
             problem = text_problem(f"argument {i + 1}", word)
             if problem:
@@ -165,6 +172,7 @@ class JobClient:
             header["all"] = True
         if timeout:
             header["timeout"] = timeout
+        header.update(extra or {})
         job.request = header
         self._held.append(job)
         if send:

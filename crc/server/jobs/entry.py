@@ -120,6 +120,16 @@ class Entry:
         """Where a job goes: every server, the one named, or the least
         loaded; None once the client has been told why nowhere."""
         candidates = self.jobs.reports.eligible()
+        compiler = header.get("compiler")
+        if compiler is not None:
+            if not isinstance(compiler, str):
+                raise ProtocolError("job frame field 'compiler' is not a compiler id")
+            candidates = [r for r in candidates if compiler in r.compilers]
+            if not candidates:
+                self.jobs.to_client(client, Kind.FAILED, {
+                    "id": job, "compiler": True,
+                    "error": f"no server has this compiler (id {compiler[:20]})"})
+                return None
         if header.get("all"):
             return sorted(candidates, key=lambda r: r.name)
         if isinstance(header.get("on"), str) and header["on"]:

@@ -51,6 +51,9 @@ class Run:
     stdin_taken: int = 0                  # bytes of stdin the process took (or dropped)
     stdin_acked: int = 0                  # ... of which the client has been told
     record: Record | None = None          # its output and outcome, kept (``results``)
+    #: A compile's directory as its client sees it: debug information names
+    #: it instead of this run's job directory (meshcc, ``-g``).
+    debug_dir: str | None = None
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.state} client={self.client} {self.label[:30]!r}>"
@@ -114,11 +117,15 @@ class Executor:
             argv, label = parse_command(header)
             files = parse_files(header, self.config.max_file)
             timeout = parse_timeout(header, self.config.max_runtime)
+            argv = self.jobs.with_compiler(header, argv)
         except ProtocolError as exc:
             self.jobs.to_client(client, Kind.FAILED, {"id": run_id, "error": str(exc)})
             return
         run = Run(run_id, client, entry, argv, files, bool(header.get("stdin")),
                   min(float(timeout), self.config.max_runtime), label)
+        debug_dir = header.get("debug_dir")
+        if isinstance(debug_dir, str) and debug_dir and "compiler" in header:
+            run.debug_dir = debug_dir
         results = self.jobs.results
         live = self.runs.get(run_id)
         kept = live.record if live is not None else results.finished.get(run_id)
@@ -182,8 +189,11 @@ class Executor:
                 if shared is None and ref.name in run.jobdir.linked:
                     self.linked[ref.sha] = placed
             self.reaper.ensure()
+            argv = run.argv
+            if run.debug_dir is not None:
+                argv = [*argv, f"-fdebug-prefix-map={run.jobdir.path}={run.debug_dir}"]
             run.process = ChildProcess(
-                self.loop, run.argv, str(run.jobdir.path), stdin=run.stdin,
+                self.loop, argv, str(run.jobdir.path), stdin=run.stdin,
                 on_output=lambda stream, data, run=run: self._output(run, stream, data),
                 on_exit=lambda code, run=run: self._exited(run, code), reaper=self.reaper,
                 on_stdin_taken=lambda n, run=run: self._stdin_taken(run, n))

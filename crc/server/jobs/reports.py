@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("crc.jobs.service")     # the job service's log: one name for its parts
 
 
+def load_frame(report: LoadReport) -> Extension:
+    """A server's report as a LOAD frame: the compilers it runs in the header."""
+    header = {"compilers": list(report.compilers)} if report.compilers else {}
+    return frame(Kind.LOAD, report.server, 0, header, report.to_bytes())
+
+
 class LoadReports:
     def __init__(self, jobs: JobService) -> None:
         self.jobs = jobs
@@ -42,7 +48,7 @@ class LoadReports:
         executor = self.jobs.executor
         return LoadReport(self.me, self.server.name, cpu, mem, load1, ncpu,
                           self.jobs.config.slots, executor.running, len(executor.queue),
-                          dict(executor.origins), self._seq)
+                          dict(executor.origins), self._seq, self.jobs.compiler_ids)
 
     def eligible(self) -> list[LoadReport]:
         """The servers whose report is fresh: those a job may go to."""
@@ -74,7 +80,7 @@ class LoadReports:
         if should_send(self._last_sent, new, now - self._last_sent_at,
                        self.jobs.config.load_interval):
             self._last_sent, self._last_sent_at = new, now
-            self.server.flood_extension(frame(Kind.LOAD, self.me, 0, {}, new.to_bytes()))
+            self.server.flood_extension(load_frame(new))
 
     def on_link_up(self, conn: Connection) -> None:
         """A new mesh server link: tell it every fresh report we hold, ours first."""
@@ -84,12 +90,15 @@ class LoadReports:
         self.maybe_report()
         for entry in sorted(self.table.fresh(), key=lambda e: e.report.server != self.me):
             report = entry.report
-            conn.send(frame(Kind.LOAD, report.server, 0, {}, report.to_bytes()))
+            conn.send(load_frame(report))
 
     def on_load(self, conn: Connection | None, msg: Extension) -> None:
-        _, body = unpack(msg.payload)
+        header, body = unpack(msg.payload)
+        compilers = header.get("compilers", [])
+        if not isinstance(compilers, list) or not all(isinstance(c, str) for c in compilers):
+            raise ProtocolError("load report's 'compilers' is not a list of ids")
         try:
-            report = LoadReport.from_bytes(body)
+            report = LoadReport.from_bytes(body, tuple(compilers))
         except (ValueError, TypeError) as exc:
             raise ProtocolError(f"bad load report: {exc}") from None
         if report.server != msg.source or report.server == self.me:
@@ -103,6 +112,7 @@ class LoadReports:
         rows = []
         for entry in sorted(self.table.entries.values(), key=lambda e: e.report.name):
             data = {k: v for k, v in vars(entry.report).items() if k != "origins"}
+            data["compilers"] = list(entry.report.compilers)
             data["age"] = round(entry.age(now), 2)
             data["stale"] = entry.age(now) > self.table.stale_after
             rows.append(data)

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...jobs.compilers import installed
 from ...jobs.files import Sweeper
 from ...jobs.leftovers import mark_owner, sweep_stale
 from ...jobs.load import LoadReport, LoadTable
@@ -72,6 +73,9 @@ class JobConfig:
     result_ttl: float = 24 * 3600.0         # seconds an unclaimed result is kept
     #: Bytes the file store may hold; past it, files no job needs are evicted.
     store_max: int | None = 4 << 30
+    #: ``{id: path}`` of the compilers jobs may ask for by id (meshcc);
+    #: None: those found on PATH at start (``crc.jobs.compilers.installed``).
+    compilers: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.stale_after is None:
@@ -86,6 +90,9 @@ class JobService:
         server.hello_fields["max_jobs"] = str(self.config.max_jobs_per_client)
         self.loop = server.loop
         self.me = server.id
+        self.compilers = (dict(self.config.compilers) if self.config.compilers is not None
+                          else installed())
+        self.compiler_ids = tuple(sorted(self.compilers))
         self._own_root = self.config.work_dir is None
         root = self.config.work_dir or Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{server.id}-"))
         self.root = Path(root)
@@ -187,6 +194,18 @@ class JobService:
 
     def report(self) -> LoadReport:
         return self.reports.report()
+
+    def with_compiler(self, header: dict, argv: list[str]) -> list[str]:
+        """``argv`` with its program replaced by our path of the compiler the
+        job names by id (meshcc's compiles); ``ProtocolError`` if we have none."""
+        wanted = header.get("compiler")
+        if wanted is None:
+            return argv
+        path = self.compilers.get(wanted) if isinstance(wanted, str) else None
+        if path is None:
+            raise ProtocolError(f"this server does not have the compiler asked for "
+                                f"(id {str(wanted)[:20]})")
+        return [path, *argv[1:]]
 
     def eligible(self) -> list[LoadReport]:
         return self.reports.eligible()

@@ -1,0 +1,201 @@
+"""meshcc end to end: an unchanged Makefile built through a 3-server mesh
+(where each compile ran, byte-identical objects and dependency files, the
+program runs), diagnostics exactly as the local compiler's, fallback and
+MESHCC_FALLBACK=0, a server with another compiler never chosen, masquerade."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crc.jobs.compilers import identity
+
+from .meshkit import Mesh
+
+ROOT = Path(__file__).resolve().parent.parent
+MESHCC = [sys.executable, str(ROOT / "meshcc.py")]
+EXAMPLE = ROOT / "examples" / "make"
+GCC = shutil.which("gcc")
+
+pytestmark = pytest.mark.skipif(GCC is None or shutil.which("make") is None,
+                                reason="needs gcc and make (.ci/run installs them)")
+
+
+def env_for(mesh: Mesh | None, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CRC_MESH", None)
+    if mesh is not None:
+        env["CRC_MESH"] = ",".join(f"127.0.0.1:{n.server.port}" for n in mesh.nodes[:1])
+    env.update(extra)
+    return env
+
+
+def where_compiled(stderr: str) -> dict[str, str]:
+    """``{source: server}`` from MESHCC_VERBOSE lines."""
+    return dict(re.findall(r"meshcc: (\S+) compiled on (\S+)", stderr))
+
+
+def make(project: Path, cc: str, env: dict[str, str], *targets: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "-j4", f"CC={cc}", *targets], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def copy_example(tmp_path: Path) -> Path:
+    project = tmp_path / "project"
+    shutil.copytree(EXAMPLE, project)
+    return project
+
+
+def three(mesh: Mesh, **options) -> None:
+    a = mesh.add("s1", **options)
+    b = mesh.add("s2", a, **options)
+    mesh.add("s3", b, **options)
+    mesh.wait_converged()
+
+
+def test_a_makefile_builds_through_the_mesh_with_objects_as_a_local_build_makes_them(
+        mesh: Mesh, tmp_path: Path) -> None:
+    three(mesh)
+    project = copy_example(tmp_path)
+    cc = " ".join(MESHCC) + " gcc"
+    built = make(project, cc, env_for(mesh, MESHCC_VERBOSE="1"))
+    assert built.returncode == 0, built.stderr
+    where = where_compiled(built.stderr)
+    sources = sorted(f"src/{p.name}" for p in (project / "src").glob("*.c"))
+    assert sorted(where) == sources                     # every compile ran on the mesh
+    assert set(where.values()) <= {"s1", "s2", "s3"}
+    assert "compiling here" in built.stderr             # ... and the link here
+    run = subprocess.run([str(project / "program"), "12"], capture_output=True, text=True,
+                         timeout=30)
+    assert run.stdout.split() == ["square", "144", "cube", "1728", "sum_to", "78"]
+    mesh_objects = {p.name: p.read_bytes() for p in (project / "build").iterdir()}
+    subprocess.run(["make", "clean"], cwd=project, check=True, capture_output=True)
+    local = make(project, "gcc", env_for(None))
+    assert local.returncode == 0, local.stderr
+    local_objects = {p.name: p.read_bytes() for p in (project / "build").iterdir()}
+    assert mesh_objects.keys() == local_objects.keys()
+    for name in local_objects:             # objects (with -g) and dependency files alike
+        assert mesh_objects[name] == local_objects[name], name
+
+
+WARNS = """#include <stdio.h>
+#define TWICE(x) ((x) + (x))
+int f(int a) { int unused; return TWICE(a); }
+int main(void) { printf("%d\\n", f(2), 3); return 0; }
+"""
+FAILS = """#include "missing_nothing.h"
+int main(void) { return undefined_name; }
+"""
+FAILS_HERE = """int main(void) { return undefined_name; }
+"""
+
+
+@pytest.mark.parametrize("text,status", [(WARNS, 0), (FAILS_HERE, 1), (FAILS, 1)],
+                         ids=["warnings", "error", "missing header"])
+def test_diagnostics_and_status_are_the_local_compilers(mesh: Mesh, tmp_path: Path,
+                                                        text: str, status: int) -> None:
+    three(mesh)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "w.c").write_text(text)
+    words = ["-Wall", "-O2", "-c", "src/w.c", "-o", "w.o"]
+    here = subprocess.run([GCC, *words], cwd=tmp_path, capture_output=True, text=True)
+    local_object = (tmp_path / "w.o").read_bytes() if here.returncode == 0 else None
+    (tmp_path / "w.o").unlink(missing_ok=True)
+    there = subprocess.run([*MESHCC, "gcc", *words], cwd=tmp_path, env=env_for(mesh),
+                           capture_output=True, text=True, timeout=120)
+    assert here.returncode == status
+    assert (there.returncode, there.stdout, there.stderr) == (here.returncode, here.stdout,
+                                                              here.stderr)
+    if local_object is not None:
+        assert (tmp_path / "w.o").read_bytes() == local_object
+
+
+def test_with_the_mesh_down_it_compiles_here_and_says_why_once(tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    env = env_for(None, CRC_MESH="127.0.0.1:9", MESHCC_CONNECT_TIMEOUT="3")
+    done = subprocess.run([*MESHCC, "gcc", "-c", "a.c"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("meshcc: a.c: compiling here:")
+    assert "refused" in lines[0].lower()
+    assert (tmp_path / "a.o").is_file()
+
+
+def test_meshcc_fallback_0_fails_instead_and_leaves_no_object(tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    env = env_for(None, CRC_MESH="127.0.0.1:9", MESHCC_FALLBACK="0",
+                  MESHCC_CONNECT_TIMEOUT="3")
+    done = subprocess.run([*MESHCC, "gcc", "-c", "a.c"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "MESHCC_FALLBACK=0" in done.stderr and "a.c" in done.stderr
+    assert not (tmp_path / "a.o").exists()
+
+
+def fake_gcc(folder: Path) -> Path:
+    """A ``gcc`` that answers like gcc but is another program (another digest)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "gcc"
+    path.write_text(f"#!/bin/sh\n# not the same compiler\nexec {GCC} \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_only_a_server_with_the_same_compiler_is_chosen(mesh: Mesh, tmp_path: Path) -> None:
+    other = fake_gcc(tmp_path / "other-bin")
+    other_id = identity(str(other))["id"]
+    real = identity(GCC)
+    assert other_id != real["id"]
+    a = mesh.add("s1", compilers={other_id: str(other)})
+    b = mesh.add("s2", a, compilers={})
+    mesh.add("s3", b, compilers={real["id"]: os.path.realpath(GCC)})
+    mesh.wait_converged()
+    project = tmp_path / "p"
+    project.mkdir()
+    for i in range(6):
+        (project / f"f{i}.c").write_text(f"int f{i}(void) {{ return {i}; }}\n")
+    for i in range(6):
+        done = subprocess.run([*MESHCC, "gcc", "-O2", "-c", f"f{i}.c"], cwd=project,
+                              env=env_for(mesh, MESHCC_VERBOSE="1"), capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert where_compiled(done.stderr) == {f"f{i}.c": "s3"}
+
+
+def test_no_server_with_the_compiler_means_here_with_a_note(mesh: Mesh, tmp_path: Path) -> None:
+    mesh.add("s1", compilers={})
+    mesh.wait_converged()
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    done = subprocess.run([*MESHCC, "gcc", "-c", "a.c"], cwd=tmp_path, env=env_for(mesh),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "no server has this compiler" in done.stderr
+    assert (tmp_path / "a.o").is_file()
+
+
+def test_masquerading_as_gcc_finds_the_real_one_further_on_path(mesh: Mesh,
+                                                                tmp_path: Path) -> None:
+    three(mesh)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    launcher = bin_dir / "meshcc"             # what pip's console script would be
+    launcher.write_text(f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+                        "from crc.cc.wrapper import main\nsys.exit(main())\n")
+    launcher.chmod(0o755)
+    (bin_dir / "gcc").symlink_to("meshcc")
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    env = env_for(mesh, MESHCC_VERBOSE="1", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(["gcc", "-O2", "-c", "a.c"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert where_compiled(done.stderr).get("a.c") in {"s1", "s2", "s3"}
+    linked = subprocess.run(["gcc", "a.o", "-shared", "-o", "liba.so"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert linked.returncode == 0 and (tmp_path / "liba.so").is_file()

@@ -1,0 +1,128 @@
+"""meshcc's reading of compiler command lines, and the text that travels:
+table-driven, no compiler run, no socket."""
+
+from __future__ import annotations
+
+import pytest
+
+from crc.cc.args import Local, Remote, plan
+from crc.cc.source import remote_name, strip_builtins
+
+LOCAL = [
+    ("gcc -o prog main.o util.o", "not a compile"),
+    ("gcc main.c -o prog", "not a compile"),
+    ("gcc -E main.c", "-E"),
+    ("gcc -S -c main.c", "-S"),
+    ("gcc -M main.c", "-M"),
+    ("gcc -MM -c main.c", "-MM"),
+    ("gcc -fsyntax-only -c main.c", "-fsyntax-only"),
+    ("gcc -c -", "standard input"),
+    ("gcc -x c -c -", "standard input"),
+    ("gcc -c a.c b.c", "more than one source"),
+    ("gcc -c", "no source"),
+    ("gcc -c a.s", "not a C or C++ source"),
+    ("gcc -c lib.o", "not a C or C++ source"),
+    ("gcc -x assembler -c a.s", "language assembler"),
+    ("gcc -c @args.rsp", "response file"),
+    ("gcc -c conftest.c", "probe"),
+    ("gcc -c CMakeFiles/CMakeScratch/TryCompile-x/src.c", "probe"),
+    ("gcc -c CMakeFiles/3.25.1/CompilerIdC/CMakeCCompilerId.c", "probe"),
+    ("gcc -march=native -c a.c", "-march=native"),
+    ("gcc -fprofile-use -c a.c", "-fprofile-use"),
+    ("gcc -fprofile-generate -c a.c", "-fprofile-generate"),
+    ("gcc --coverage -c a.c", "--coverage"),
+    ("gcc -save-temps -c a.c", "-save-temps"),
+    ("gcc -fplugin=x.so -c a.c", "-fplugin"),
+    ("gcc -B/opt/x -c a.c", "-B"),
+    ("gcc -specs=x.specs -c a.c", "-specs"),
+    ("gcc -gsplit-dwarf -c a.c", "-gsplit-dwarf"),
+    ("gcc -Wp,-MD,x.d -c a.c", "-Wp,"),
+    ("gcc -Xpreprocessor -x -c a.c", "-Xpreprocessor"),
+    ("gcc -c a.c -o", "-o without a file"),
+    ("gcc -c a.c -o x.o -o y.o", "more than one -o"),
+    ("gcc -c a.c -I", "-I without a value"),
+    ("gcc --frobnicate -c a.c", "not one the mesh knows"),
+    ("gcc -c a.c -o -", "not an object file"),
+    ("gcc -v -c a.c", "-v"),
+    ("gcc -u sym -c a.c", "-u"),
+    ("", "no compiler"),
+]
+
+
+@pytest.mark.parametrize("line,why", LOCAL, ids=[c[0] or "empty" for c in LOCAL])
+def test_what_stays_local_says_why(line: str, why: str) -> None:
+    got = plan(line.split())
+    assert isinstance(got, Local), got
+    assert why in got.reason
+
+
+def test_a_plain_compile_goes_remote_with_the_object_named_as_gcc_would() -> None:
+    got = plan("gcc -O2 -c src/util.c".split())
+    assert isinstance(got, Remote)
+    assert (got.source, got.language, got.output, got.depfile) == ("src/util.c", "c", "util.o",
+                                                                   None)
+    assert got.preprocess == ["-O2", "-E", "-fdirectives-only", "src/util.c"]
+    assert got.compile == ["-O2", "-c"]
+
+
+def test_preprocessor_options_stay_here_and_compile_options_go_to_both() -> None:
+    got = plan(["g++", "-Iinclude", "-I", "other", "-DX=1", "-D", "Y", "-UZ", "-isystem", "sys",
+                "-include", "pre.h", "-std=c++17", "-O2", "-fPIC", "-Wall", "-c", "a.cpp",
+                "-o", "build/a.o"])
+    assert isinstance(got, Remote)
+    assert got.language == "c++" and got.output == "build/a.o"
+    assert got.compile == ["-std=c++17", "-O2", "-fPIC", "-Wall", "-c"]
+    for word in ("-Iinclude", "other", "-DX=1", "Y", "-UZ", "sys", "pre.h"):
+        assert word in got.preprocess and word not in got.compile
+
+
+@pytest.mark.parametrize("line,depfile,added", [
+    ("gcc -MD -c src/a.c -o build/a.o", "build/a.d", ["-MF", "build/a.d", "-MQ", "build/a.o"]),
+    ("gcc -MMD -c a.c", "a.d", ["-MF", "a.d", "-MQ", "a.o"]),
+    ("gcc -MMD -MF deps/a.dep -c a.c -o a.o", "deps/a.dep", ["-MQ", "a.o"]),
+    ("gcc -MD -MT custom -c a.c -o a.o", "a.d", ["-MF", "a.d"]),
+    ("gcc -MD -MFx.d -MQy -c a.c", "x.d", []),
+])
+def test_dependency_files_are_named_as_the_compile_would_name_them(
+        line: str, depfile: str, added: list[str]) -> None:
+    got = plan(line.split())
+    assert isinstance(got, Remote)
+    assert got.depfile == depfile
+    tail = got.preprocess[:got.preprocess.index("-E")]
+    if added:
+        assert tail[-len(added):] == added
+    else:
+        assert tail == ["-MD", "-MFx.d", "-MQy"]        # nothing added to what was given
+    assert not any(w.startswith("-M") for w in got.compile)
+
+
+@pytest.mark.parametrize("line,debug", [
+    ("gcc -g -c a.c", True), ("gcc -ggdb -c a.c", True), ("gcc -g3 -c a.c", True),
+    ("gcc -g -g0 -c a.c", False), ("gcc -O2 -c a.c", False), ("gcc -gdwarf-4 -c a.c", True),
+])
+def test_debug_information_is_noticed(line: str, debug: bool) -> None:
+    got = plan(line.split())
+    assert isinstance(got, Remote) and got.debug is debug
+
+
+def test_x_c_applies_to_a_source_with_another_suffix() -> None:
+    got = plan("gcc -x c -c prog.txt".split())
+    assert isinstance(got, Remote) and got.language == "c"
+    assert got.compile[-2:] == ["-x", "c"]
+
+
+def test_the_builtin_block_goes_and_everything_else_stays() -> None:
+    text = (b'# 0 "a.c"\n# 0 "<built-in>"\n#define __STDC__ 1\n#define __GNUC__ 12\n'
+            b'# 0 "<command-line>"\n#define X 1\n#undef Y\n# 1 "a.c"\n#define LOCAL 2\n'
+            b'int x = X + LOCAL;\n')
+    assert strip_builtins(text) == (b'# 0 "a.c"\n# 0 "<built-in>"\n# 0 "<command-line>"\n'
+                                    b'#define X 1\n#undef Y\n# 1 "a.c"\n#define LOCAL 2\n'
+                                    b'int x = X + LOCAL;\n')
+
+
+@pytest.mark.parametrize("source,name", [
+    ("a.c", "a.c"), ("src/a.c", "src/a.c"), ("/abs/src/a.c", "a.c"), ("../a.c", "a.c"),
+    ("./a.c", "a.c"), ("src//a.c", "a.c"),
+])
+def test_the_remote_name_keeps_the_path_when_it_can(source: str, name: str) -> None:
+    assert remote_name(source) == name
