@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -17,6 +21,27 @@ def mesh(tmp_path: Path) -> Iterator[Mesh]:
     m = Mesh(tmp_path / "servers")
     yield m
     m.close()
+
+
+@pytest.fixture(autouse=True)
+def meshcc_agents(request: pytest.FixtureRequest,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[Path | None]:
+    """meshcc tests: agents live in a directory of the test's own (meshcc and
+    its agents find it through ``XDG_RUNTIME_DIR``) and are stopped after it."""
+    if not request.module.__name__.rsplit(".", 1)[-1].startswith("test_meshcc"):
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="mcc-", dir="/tmp"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    try:
+        yield folder
+    finally:
+        for pid_file in folder.rglob("*.pid"):
+            try:
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

@@ -14,14 +14,14 @@ language other than C or C++, ``@response`` files, configure and CMake probe
 compiles, ``-march=native``, profile feedback, ``-save-temps``, plugins,
 ``-B``/``-specs``, and output that is not one object file.
 
-Pure: reads no file, runs nothing, knows no socket.
+Pure: reads no file, runs nothing, knows no socket. On the path of every
+compile a build starts, so it imports nothing but ``os`` (no ``re``, no
+``dataclasses``: each costs milliseconds per invocation).
 """
 
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field
 
 #: Source suffixes and the language the compiler takes them for.
 SOURCE_LANGUAGES = {".c": "c", ".cc": "c++", ".cp": "c++", ".cxx": "c++", ".cpp": "c++",
@@ -52,35 +52,77 @@ _LOCAL_PREFIXES = ("-fprofile-use", "-fprofile-generate", "-fauto-profile", "-fp
                    "-fcallgraph-info", "-fopt-info", "-dump", "-aux-info", "-Xpreprocessor",
                    "-Wp,", "--param=", "-fdiagnostics-format", "-fdiagnostics-plain-output")
 #: Options whose value would mean something else on another machine.
-_HOST_DEPENDENT = re.compile(r"-m(arch|tune|cpu)=native$")
-#: Options we pass as they are to both steps (the common ones of every build).
-_KNOWN = re.compile(
-    r"-(O[0-9sgz]?|Ofast|W[a-zA-Z0-9=_+,-]*|w|g[a-z0-9=-]*|f[a-zA-Z0-9=_+.,:/-]*|"
-    r"m[a-zA-Z0-9=_+.,-]*|std=[a-z0-9+]+|ansi|pedantic(-errors)?|pipe|pthread|p|pg|undef|"
-    r"-std=[a-z0-9+]+|-pedantic(-errors)?|-ansi)$")
-_CONFIGURE_PROBE = re.compile(r"(^|/)(conftest\.[A-Za-z+]+|CMakeC(XX)?CompilerId\.[A-Za-z+]+)$|"
-                              r"(^|/)CMakeFiles/(CMakeTmp|CMakeScratch)/|"
-                              r"(^|/)CMakeFiles/[0-9.]+/CompilerId")
+_HOST_DEPENDENT = {"-march=native", "-mtune=native", "-mcpu=native"}
+#: Options we pass as they are to both steps (the common ones of every build):
+#: exact words, and prefixes whose rest must be made of ``_OPTION_CHARS``.
+_KNOWN_WORDS = {"-O", "-g", "-Ofast", "-Os", "-Og", "-Oz", "-w", "-ansi", "--ansi", "-pedantic",
+                "-pedantic-errors", "--pedantic", "--pedantic-errors", "-pipe", "-pthread",
+                "-p", "-pg", "-undef"}
+_KNOWN_PREFIXES = ("-O", "-W", "-g", "-f", "-m", "-std=", "--std=")
+_OPTION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789=_+.,:/-")
+_PROBE_NAMES = ("conftest.", "CMakeCCompilerId.", "CMakeCXXCompilerId.")
+_PROBE_DIRS = ("CMakeFiles/CMakeTmp/", "CMakeFiles/CMakeScratch/", "/CompilerIdC/",
+               "/CompilerIdCXX/")
 
 
-@dataclass(frozen=True)
+def known(word: str) -> bool:
+    """An option this module may pass on as it is."""
+    if word in _KNOWN_WORDS:
+        return True
+    if word.startswith("-O"):
+        return len(word) == 3 and word[2] in "0123456789sgz"
+    for prefix in _KNOWN_PREFIXES:
+        if word.startswith(prefix) and len(word) > len(prefix):
+            return set(word[len(prefix):]) <= _OPTION_CHARS
+    return False
+
+
+def probe(source: str) -> bool:
+    """A configure script's or CMake's own test compile."""
+    return os.path.basename(source).startswith(_PROBE_NAMES) or \
+        any(d in "/" + source for d in _PROBE_DIRS)
+
+
+def debug_option(word: str) -> bool | None:
+    """Whether ``word`` asks for debug information (None: it says nothing)."""
+    if word in ("-g0", "-ggdb0", "-gstabs0", "-gxcoff0"):
+        return False
+    if word == "-g" or word.startswith(("-ggdb", "-gdwarf")) or \
+            (word[:2] == "-g" and word[2:].isdigit()):
+        return True
+    return None
+
+
 class Local:
     """Run the command line as it is, here; ``reason`` says why."""
-    reason: str
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"Local({self.reason!r})"
 
 
-@dataclass(frozen=True)
 class Remote:
     """One source compiled into one object; the steps' command lines."""
-    compiler: str                    # argv[0] as given
-    source: str                      # the source as named on the command line
-    language: str                    # "c" or "c++"
-    output: str                      # the object file, as the compiler would name it
-    preprocess: list[str]            # arguments after the compiler for the local ``-E``
-    compile: list[str]               # arguments after the compiler for the remote compile
-    depfile: str | None = None       # where -MD/-MMD write, when asked
-    debug: bool = False              # -g: the object records the working directory
-    cache_args: list[str] = field(default_factory=list)   # what of the line affects the object
+    __slots__ = ("compiler", "source", "language", "output", "preprocess", "compile",
+                 "depfile", "debug")
+
+    def __init__(self, compiler: str, source: str, language: str, output: str,
+                 preprocess: list[str], compile: list[str], depfile: str | None = None,
+                 debug: bool = False) -> None:
+        self.compiler = compiler          # argv[0] as given
+        self.source = source              # the source as named on the command line
+        self.language = language          # "c" or "c++"
+        self.output = output              # the object file, as the compiler would name it
+        self.preprocess = preprocess      # arguments after the compiler for the local -E
+        self.compile = compile            # arguments after the compiler for the remote compile
+        self.depfile = depfile            # where -MD/-MMD write, when asked
+        self.debug = debug                # -g: the object records the working directory
+
+    def __repr__(self) -> str:
+        return f"Remote({self.source!r} -> {self.output!r}, {self.compile!r})"
 
 
 def plan(argv: list[str]) -> Remote | Local:
@@ -129,7 +171,7 @@ def plan(argv: list[str]) -> Remote | Local:
         elif word == "-":
             return Local("source on standard input")
         elif word in _LOCAL_FLAGS or word.startswith(_LOCAL_PREFIXES) \
-                or _HOST_DEPENDENT.match(word):
+                or word in _HOST_DEPENDENT:
             return Local(f"option {word}")
         elif word in _PRE_WITH_VALUE or word in _BOTH_WITH_VALUE:
             if value is None:
@@ -152,10 +194,11 @@ def plan(argv: list[str]) -> Remote | Local:
                 deps["MD"] = True
             pre.append(word)
         elif word.startswith("-") and len(word) > 1:
-            if not _KNOWN.match(word):
+            if not known(word):
                 return Local(f"option {word} is not one the mesh knows")
-            if re.match(r"-g(gdb|dwarf)?[0-9]*$|-g(gdb|dwarf-?[0-9]*)$", word):
-                debug = not word.endswith("0") or word.startswith("-gdwarf")
+            asks = debug_option(word)
+            if asks is not None:
+                debug = asks
             both.append(word)
         else:
             suffix = os.path.splitext(word)[1]
@@ -168,7 +211,7 @@ def plan(argv: list[str]) -> Remote | Local:
     source, lang = sources[0]
     if lang is None:
         return Local(f"input {source} is not a C or C++ source")
-    if _CONFIGURE_PROBE.search(source):
+    if probe(source):
         return Local("a configure or CMake probe")
     if output is None:
         output = os.path.splitext(os.path.basename(source))[0] + ".o"
@@ -187,5 +230,4 @@ def plan(argv: list[str]) -> Remote | Local:
     preprocess = both + pre + language_flag + ["-E", "-fdirectives-only", source]
     compile_ = both + ["-c"] + language_flag
     return Remote(compiler=argv[0], source=source, language=lang, output=output,
-                  preprocess=preprocess, compile=compile_, depfile=depfile, debug=debug,
-                  cache_args=list(both))
+                  preprocess=preprocess, compile=compile_, depfile=depfile, debug=debug)

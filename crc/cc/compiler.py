@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import random
-import tempfile
 
 #: Names meshcc answers to itself (anything else is a masquerade link).
 OWN_NAMES = {"meshcc", "meshcc.py", "__main__.py"}
@@ -69,13 +67,13 @@ def local_slot() -> int | None:
     descriptor (inherited across ``exec``, released when the process ends);
     None when slots cannot be had (no writable temporary directory)."""
     slots = os.cpu_count() or 1
-    folder = os.path.join(tempfile.gettempdir(), f"crc-meshcc-{os.getuid()}")
+    tmp = os.environ.get("TMPDIR") or "/tmp"
+    folder = os.path.join(tmp, f"crc-meshcc-{os.getuid()}")
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
         fds = []
-        order = list(range(slots))
-        random.shuffle(order)
-        for i in order:
+        first = os.getpid() % slots          # spread the first tries
+        for i in [*range(first, slots), *range(first)]:
             fd = os.open(os.path.join(folder, f"slot-{i}"), os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -14,10 +14,18 @@ Pure text in, text out; no processes, no sockets.
 
 from __future__ import annotations
 
-import re
-
-_MARKER = re.compile(rb'# \d+ "(.*)"')
 _BUILT_IN = b"<built-in>"
+
+
+def marker_file(line: bytes) -> bytes | None:
+    """The file a line marker (``# 12 "name" flags``) names, or None."""
+    if not line.startswith(b"# "):
+        return None
+    number, _, rest = line[2:].partition(b" ")
+    if not number.isdigit() or not rest.startswith(b'"'):
+        return None
+    end = rest.rfind(b'"')
+    return rest[1:end] if end > 0 else None
 
 
 def strip_builtins(text: bytes) -> bytes:
@@ -27,9 +35,9 @@ def strip_builtins(text: bytes) -> bytes:
     current = b""
     for line in text.splitlines(keepends=True):
         if line.startswith(b"# "):
-            m = _MARKER.match(line)
-            if m:
-                current = m.group(1)
+            name = marker_file(line)
+            if name is not None:
+                current = name
         elif current == _BUILT_IN and line.startswith((b"#define ", b"#undef ")):
             continue
         out.append(line)

@@ -28,21 +28,24 @@ compiler's output and its own one-line notes on standard error.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
 
 from .args import Local, Remote, plan
 from .compiler import MeshFailure, UsageError, invocation, local_slot
 from .source import remote_name, strip_builtins
 
+# Everything here runs once per compile of a build: it imports nothing the
+# path does not use (no re, json, subprocess, pathlib, tempfile: each costs
+# milliseconds); the agent, which lives for the whole build, does the rest.
+
 PROG = "meshcc"
 #: What the remote compile writes its object to, in the job's directory.
 REMOTE_OUTPUT = "meshcc-out.o"
+
+
+class CompileHere(Exception):
+    """Compile this one here after all (the reason is said with MESHCC_VERBOSE)."""
 
 
 class Verbose:
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         return run_locally(real, args, verbose, "CRC_MESH is not set")
     fallback = flag("MESHCC_FALLBACK", True)
     try:
-        return compile_on_mesh(what, real, args, mesh, verbose, connect_timeout, timeout)
+        return compile_on_mesh(what, real, verbose, connect_timeout, timeout)
+    except CompileHere as exc:
+        return run_locally(real, args, verbose, str(exc))
     except MeshFailure as exc:
         if not fallback:
             note(f"{what.source}: the mesh could not compile it: {exc} "
@@ -129,52 +134,132 @@ def main(argv: list[str] | None = None) -> int:
         return run_locally(real, args, verbose, str(exc))
 
 
-def compile_on_mesh(what: Remote, real: str, args: list[str], mesh: str, verbose: Verbose,
-                    connect_timeout: float, timeout: float) -> int:
+def compile_on_mesh(what: Remote, real: str, verbose: Verbose, connect_timeout: float,
+                    timeout: float) -> int:
+    """0 once the object is in place; ``CompileHere`` or ``MeshFailure`` if not."""
     from ..jobs.compilers import CompilerError, identity
     try:
         compiler = identity(real)["id"]
     except CompilerError as exc:
         raise MeshFailure(f"cannot identify the compiler: {exc}") from None
     verbose.step("identified")
-    out_dir = os.path.dirname(what.output) or "."
-    work = Path(tempfile.mkdtemp(prefix=".meshcc-", dir=out_dir if os.path.isdir(out_dir)
-                                 else None))
+    work = make_work_dir(what.output)
     try:
+        name = remote_name(what.source)
+        target = os.path.join(work, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        errors = os.path.join(work, ".stderr")
         slot = local_slot()
-        pre = subprocess.run([real, *what.preprocess], capture_output=True)
-        if slot is not None:
-            os.close(slot)
+        try:
+            status = spawn_wait([real, *what.preprocess], stdout=target, stderr=errors)
+        finally:
+            if slot is not None:
+                os.close(slot)
         verbose.step("preprocessed")
-        if pre.returncode != 0 or pre.stderr:
+        if status != 0 or os.path.getsize(errors):
             # An error or a warning while preprocessing: the local compile
             # says it exactly as it would have (and fails if it must).
-            return run_locally(real, args, verbose, "the preprocessor had something to say")
-        name = remote_name(what.source)
-        target = work / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(strip_builtins(pre.stdout))
+            raise CompileHere("the preprocessor had something to say")
+        with open(target, "rb") as f:
+            text = strip_builtins(f.read())
+        with open(target, "wb") as f:
+            f.write(text)
         argv = [what.compiler, *what.compile, name, "-o", REMOTE_OUTPUT]
-        result = submit(mesh, argv, name, work, compiler,
-                        os.getcwd() if what.debug else None, connect_timeout, timeout)
+        result = submit(argv, name, work, compiler, os.getcwd() if what.debug else None,
+                        connect_timeout, timeout)
         verbose.step("compiled")
-        if result["exit"] != 0 or result["stderr"] or result["stdout"]:
-            return run_locally(real, args, verbose,
-                               f"the compile on {result['server']} printed diagnostics")
-        produced = work / REMOTE_OUTPUT
-        if not produced.is_file():
-            raise MeshFailure(f"{result['server']} returned no object file")
+        if result.get("exit") != 0 or result.get("printed"):
+            raise CompileHere(f"the compile on {result.get('server')} printed diagnostics")
+        produced = os.path.join(work, REMOTE_OUTPUT)
+        if not os.path.isfile(produced):
+            raise MeshFailure(f"{result.get('server')} returned no object file")
         os.replace(produced, what.output)
-        verbose.say(f"{what.source} compiled on {result['server']}")
+        verbose.say(f"{what.source} compiled on {result.get('server')}")
         return 0
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
 
 
-def submit(mesh: str, argv: list[str], source: str, work: Path, compiler: str,
-           debug_dir: str | None, connect_timeout: float, timeout: float) -> dict[str, Any]:
-    """Run ``argv`` on the mesh with ``source`` from ``work``; its exit,
-    output and server, produced files written into ``work``."""
-    from .session import MeshSession
-    return MeshSession(mesh, connect_timeout).compile(argv, source, work, compiler,
-                                                      debug_dir, timeout)
+def make_work_dir(output: str) -> str:
+    """A fresh directory beside ``output`` (so the object moves into place by
+    renaming), or in the temporary directory if that one is not there."""
+    folder = os.path.dirname(output) or "."
+    if not os.path.isdir(folder):
+        folder = os.environ.get("TMPDIR") or "/tmp"
+    for _ in range(100):
+        path = os.path.abspath(os.path.join(folder, f".meshcc-{os.urandom(6).hex()}"))
+        try:
+            os.mkdir(path, 0o700)
+            return path
+        except FileExistsError:
+            continue
+    raise MeshFailure(f"cannot make a work directory in {folder}")
+
+
+def remove_tree(path: str) -> None:
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            try:
+                os.unlink(os.path.join(root, name))
+            except OSError:
+                pass
+        for name in dirs:
+            try:
+                os.rmdir(os.path.join(root, name))
+            except OSError:
+                pass
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
+def spawn_wait(argv: list[str], *, stdout: str, stderr: str) -> int:
+    """Run ``argv`` with its output into files; its exit status."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, stdout, flags, 0o600),
+            (os.POSIX_SPAWN_OPEN, 2, stderr, flags, 0o600)])
+    except OSError as exc:
+        raise MeshFailure(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def submit(argv: list[str], source: str, work: str, compiler: str, debug_dir: str | None,
+           connect_timeout: float, timeout: float) -> dict:
+    """Have the agent (``crc.cc.agent``, started if none is running) run
+    ``argv`` on the mesh with ``source`` from ``work``; the object lands in
+    ``work``. Its answer: ``exit``, ``printed`` (anything on stdout or
+    stderr) and ``server``."""
+    from .paths import socket_path
+    from .talk import ask
+    request = {"argv": argv, "source": source, "work": work, "compiler": compiler,
+               "debug_dir": debug_dir, "timeout": timeout}
+    reply = ask(socket_path(), request, connect_timeout, connect_timeout + timeout + 10.0,
+                start_agent)
+    if not reply.get("ok"):
+        raise MeshFailure(str(reply.get("error") or "the mesh could not run the compile"))
+    return reply
+
+
+def start_agent(path: str) -> None:
+    """Start an agent for ``path`` in the background, detached from us."""
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    pid = os.fork()
+    if pid == 0:                           # the agent: a session of its own, no terminal
+        try:
+            os.setsid()
+            fd = os.open(os.devnull, os.O_RDWR)
+            for std in (0, 1, 2):
+                os.dup2(fd, std)
+            os.chdir("/")
+            if os.fork() == 0:             # detached: nobody of the build waits for it
+                os.execve(sys.executable, [sys.executable, "-m", "crc.cc.agent", path], env)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)

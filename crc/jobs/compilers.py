@@ -9,22 +9,20 @@ of the compilers they have (``crc.server.jobs.reports``), ``meshcc`` asks
 for the id of the one it was given, and a compile goes only where that id is.
 
 Computing an identity runs the driver three times and reads some tens of
-megabytes, so it is remembered in a small JSON file under the user's cache
+megabytes, so it is remembered in a small file under the user's cache
 directory, keyed by each file's path, size, inode and modification time:
-a changed or replaced compiler is examined again. Blocking (subprocesses and
-file reads): call it at start-up or in a client, never from an event loop.
+a changed or replaced compiler is examined again. The file is in
+``marshal`` format and this module imports only ``os`` and ``marshal`` up
+front: every compile of a build reads it, and ``json`` alone would cost
+more than the lookup (an unreadable file is simply examined again).
+Blocking (subprocesses and file reads): call it at start-up or in a client,
+never from an event loop.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import marshal
 import os
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
-from typing import Any
 
 #: Names looked for on PATH when a server is not told which compilers it has.
 DEFAULT_NAMES = ("cc", "gcc", "c++", "g++", "clang", "clang++")
@@ -36,17 +34,18 @@ class CompilerError(Exception):
     """The program cannot be examined as a C/C++ compiler; says which and why."""
 
 
-def cache_file() -> Path:
+def cache_file() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "crc-mesh" / "compilers.json"
+    return os.path.join(base, "crc-mesh", "compilers.marshal")
 
 
-def _stamp(path: str) -> list[Any]:
+def _stamp(path: str) -> list:
     st = os.stat(path)
     return [path, st.st_size, st.st_ino, st.st_mtime_ns]
 
 
 def _run(argv: list[str]) -> str:
+    import subprocess
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT,
                               stdin=subprocess.DEVNULL)
@@ -59,6 +58,7 @@ def _run(argv: list[str]) -> str:
 
 
 def _digest(paths: list[str]) -> str:
+    import hashlib
     h = hashlib.sha256()
     for path in paths:
         h.update(path.rsplit("/", 1)[-1].encode() + b"\0")
@@ -68,7 +68,7 @@ def _digest(paths: list[str]) -> str:
     return h.hexdigest()
 
 
-def examine(path: str) -> dict[str, Any]:
+def examine(path: str) -> dict:
     """The identity of the driver at ``path`` (absolute), computed afresh."""
     triple = _run([path, "-dumpmachine"])
     try:
@@ -81,12 +81,13 @@ def examine(path: str) -> dict[str, Any]:
         if os.path.isabs(found) and os.path.isfile(found):
             parts.append(os.path.realpath(found))
     digest = _digest(parts)
-    key = json.dumps([triple, version, digest]).encode()
+    import hashlib
+    key = "\0".join((triple, version, digest)).encode()
     return {"id": hashlib.sha256(key).hexdigest()[:20], "triple": triple, "version": version,
             "digest": digest, "files": parts}
 
 
-def identity(path: str, *, cache: Path | None = None) -> dict[str, Any]:
+def identity(path: str, *, cache: str | None = None) -> dict:
     """The identity of the compiler at ``path`` (resolved), from the cache
     when none of its files changed since it was examined."""
     real = os.path.realpath(path)
@@ -94,10 +95,11 @@ def identity(path: str, *, cache: Path | None = None) -> dict[str, Any]:
         raise CompilerError(f"{path}: not an executable file")
     cache = cache or cache_file()
     try:
-        known = json.loads(cache.read_text())
+        with open(cache, "rb") as f:
+            known = marshal.load(f)
         if not isinstance(known, dict):
             known = {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError, TypeError):
         known = {}
     entry = known.get(real)
     if isinstance(entry, dict):
@@ -109,20 +111,24 @@ def identity(path: str, *, cache: Path | None = None) -> dict[str, Any]:
     entry = examine(real)
     entry["stamps"] = [_stamp(p) for p in entry["files"]]
     known[real] = entry
+    tmp = f"{cache}.{os.getpid()}.tmp"
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".compilers-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(known, f)
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        with open(tmp, "wb") as f:
+            marshal.dump(known, f)
         os.replace(tmp, cache)
-    except OSError:
-        pass                        # no cache: examined again next time
+    except (OSError, ValueError):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass                    # no cache: examined again next time
     return entry
 
 
 def installed(names: tuple[str, ...] = DEFAULT_NAMES) -> dict[str, str]:
     """``{id: path}`` of the compilers found on PATH under ``names`` (a name
     that is not there, or not a compiler we can examine, is skipped)."""
+    import shutil
     found: dict[str, str] = {}
     for name in names:
         path = shutil.which(name)

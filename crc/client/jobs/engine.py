@@ -99,8 +99,10 @@ class JobClient:
 
     # -- requests ------------------------------------------------------------------
 
-    def describe_files(self, names: Sequence[str]) -> list[FileRef]:
-        """Hash the named files under ``base_dir``; ``JobError`` for a bad one."""
+    def describe_files(self, names: Sequence[str], base: Path | None = None) -> list[FileRef]:
+        """Hash the named files under ``base`` (default ``base_dir``);
+        ``JobError`` for a bad one."""
+        base = base or self.base_dir
         refs, seen = [], set()
         for name in names:
             why = bad_relative_path(name) or text_problem("file name", name)
@@ -109,13 +111,13 @@ class JobClient:
             if os.path.normpath(name) in seen:
                 raise JobError(f"required file {name!r} is listed twice")
             seen.add(os.path.normpath(name))
-            path = self.base_dir / name
+            path = base / name
             if path.is_dir():
                 raise JobError(f"required {name!r} is a directory; name the files in it")
             if path.exists() and not path.is_file():
                 raise JobError(f"required {name!r} is not a regular file")
             if not path.is_file():
-                raise JobError(f"required file {name!r} does not exist in {self.base_dir}")
+                raise JobError(f"required file {name!r} does not exist in {base}")
             sha, size = hash_file(path)
             self.files[sha] = (path, size)
             refs.append(FileRef(name, sha, size, path.stat().st_mode & 0o777))
@@ -125,15 +127,18 @@ class JobClient:
                files: Sequence[str] = (), stdin: bool = False, on: str | None = None,
                everywhere: bool = False, timeout: float | None = None,
                listener: JobListener | None = None, compiler: str | None = None,
-               debug_dir: str | None = None) -> Job:
+               debug_dir: str | None = None, base_dir: Path | str | None = None) -> Job:
         """Send a job; ``compiler`` (an id, ``crc.jobs.compilers``) sends it
         only to a server with that compiler, which runs it in ``argv[0]``'s
-        place; ``debug_dir`` is the directory debug information should name."""
+        place; ``debug_dir`` is the directory debug information should name;
+        ``base_dir``, where this job's files are read and written (default:
+        the client's)."""
+        base = Path(base_dir).resolve() if base_dir is not None else None
         extra = {k: v for k, v in (("compiler", compiler), ("debug_dir", debug_dir)) if v}
         if self._reconnecting():
             # Sent once the connection is back (``_on_reconnect``), checked then.
             return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
-                                 send=False, extra=extra)
+                                 send=False, extra=extra, base=base)
         if not self.client.ext:
             raise JobError("the server does not speak mesh extensions (plain CRC v1): "
                            "it cannot run jobs")
@@ -141,12 +146,12 @@ class JobClient:
             raise JobError("the server did not prove it knows the mesh secret: jobs (and "
                            "their files) are not sent to it")
         return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
-                             extra=extra)
+                             extra=extra, base=base)
 
     def _new_job(self, argv: Sequence[str] | None, shell: str | None, files: Sequence[str],
                  stdin: bool, on: str | None, everywhere: bool, timeout: float | None,
                  listener: JobListener | None, send: bool = True,
-                 extra: dict[str, str] | None = None) -> Job:
+                 extra: dict[str, str] | None = None, base: Path | None = None) -> Job:
         for i, word in enumerate(argv or ()):
             problem = text_problem(f"argument {i + 1}", word)
             if problem:
@@ -155,10 +160,10 @@ class JobClient:
             problem = text_problem(what, text) if text is not None else None
             if problem:
                 raise JobError(problem)
-        refs = self.describe_files(files)
+        refs = self.describe_files(files, base)
         job_id = f"{self.client.id}.{self._session}.{next(self._ids)}"
         label = shell if shell is not None else " ".join(argv or ())
-        job = Job(job_id, label, listener, stdin=stdin)
+        job = Job(job_id, label, listener, stdin=stdin, base_dir=base)
         self.jobs[job_id] = job
         header: dict[str, Any] = {"job": job_id, "files": [r.to_json() for r in refs],
                                   "stdin": stdin}
@@ -382,7 +387,7 @@ class JobClient:
             return              # an attempt a lost connection cut short
         if error is None:
             try:
-                self._write_back(ref)
+                self._write_back(ref, job.base_dir or self.base_dir)
                 job.emit(run, "file", ref.name)
             except (OSError, ValueError) as exc:
                 error = str(exc)
@@ -392,10 +397,10 @@ class JobClient:
         if run.pending_files <= 0:
             self._settle(job, run)
 
-    def _write_back(self, ref: FileRef) -> None:
+    def _write_back(self, ref: FileRef, base: Path) -> None:
         why = bad_relative_path(ref.name)
-        dest = self.base_dir / ref.name
-        if why or not dest.parent.resolve().is_relative_to(self.base_dir):
+        dest = base / ref.name
+        if why or not dest.parent.resolve().is_relative_to(base):
             raise ValueError(why or f"{ref.name!r} leaves the working directory")
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.crc-tmp"

@@ -5,6 +5,7 @@ data; the engine (``engine.JobClient``) changes it, the interfaces read it."""
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -65,6 +66,7 @@ class Job:
     request: dict | None = None    # the SUBMIT header, kept until ACCEPTED
     resent: bool = False           # SUBMIT sent again after a reconnect
     sent: bool = False             # SUBMIT sent (else held back: ``JobClient._held``)
+    base_dir: Path | None = None   # where its files are read and written, if not the client's
 
     @property
     def finished(self) -> bool:

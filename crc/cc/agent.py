@@ -1,0 +1,334 @@
+"""The meshcc agent: one mesh connection shared by every compile of a build.
+
+A build starts one meshcc per compile; each would otherwise load the mesh
+client, connect, authenticate, register (a join and a quit seen by every
+chat participant) and leave. Instead the first meshcc starts this agent in
+the background, and every meshcc hands it its compile over a Unix socket in
+a directory only its user can enter. The agent keeps one ``ChatClient`` and
+``JobClient`` on one event loop, submits each compile as a job, writes the
+object into the compile's work directory and answers with one JSON line.
+The mesh is named by the environment the agent was started with; agents for
+different meshes (or credentials) have different sockets.
+
+It leaves by itself after ``IDLE`` seconds without a request. If the mesh
+cannot be reached, it answers every request at once with why, for
+``DOWN_FOR`` seconds (so a build against a dead mesh falls back quickly),
+then leaves; the next compile starts a new agent that tries again.
+
+Requests (``crc.cc.talk``: one message each way, one per connection):
+``{argv, source, work, compiler, debug_dir, timeout}`` →
+``{ok: True, exit, printed, server}`` or ``{ok: False, error}``.
+
+Client side: a program of its own (``python -m crc.cc.agent SOCKET``),
+started by ``crc.cc.wrapper``; prints nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import sys
+from typing import Any
+
+from ..net.loop import EVENT_READ, EventLoop
+from .compiler import MeshFailure
+from .paths import agent_dir, pid_file
+from .talk import TalkError, decode, encode
+
+#: Seconds without a request after which the agent leaves (``MESHCC_AGENT_IDLE``).
+IDLE = 60.0
+#: Seconds an agent that cannot reach the mesh keeps saying so before leaving.
+DOWN_FOR = 10.0
+ENV_SECRET = "CRC_MESH_SECRET_FILE"
+ENV_TLS = {"ca": "CRC_MESH_TLS_CA", "cert": "CRC_MESH_TLS_CERT", "key": "CRC_MESH_TLS_KEY",
+           "server_name": "CRC_MESH_TLS_SERVER_NAME"}
+
+
+def credentials() -> tuple[Any, bytes | None]:
+    """TLS and the secret the environment names; ``MeshFailure`` if unusable."""
+    from ..protocol.auth import SecretError, load_secret
+    secret = None
+    path = os.environ.get(ENV_SECRET, "").strip()
+    if path:
+        try:
+            secret = load_secret(path)
+        except SecretError as exc:
+            raise MeshFailure(f"${ENV_SECRET}: {exc}") from None
+    tls = None
+    given = {k: os.environ.get(v, "").strip() or None for k, v in ENV_TLS.items()}
+    if given["ca"]:
+        from ..net.tls import TLSConfigError, client_tls
+        try:
+            tls = client_tls(given["ca"], given["cert"], given["key"],
+                             server_name=given["server_name"])
+        except TLSConfigError as exc:
+            raise MeshFailure(f"TLS: {exc}") from None
+    return tls, secret
+
+
+class Request:
+    """One meshcc's connection: read its line, answer once, close."""
+
+    def __init__(self, agent: "Agent", sock: socket.socket) -> None:
+        self.agent = agent
+        self.sock = sock
+        self.data = bytearray()
+        self.answered = False
+        sock.setblocking(False)
+        agent.loop.register(sock, EVENT_READ, self)
+
+    def handle_event(self, mask: int) -> None:
+        try:
+            chunk = self.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.close()          # meshcc went away (killed by make?): nothing to answer
+            return
+        self.data += chunk
+        try:
+            request, _ = decode(self.data)
+            if request is not None:
+                problem = request_problem(request)
+                if problem:
+                    raise TalkError(problem)
+        except TalkError as exc:
+            self.answer({"ok": False, "error": f"bad request: {exc}"})
+            return
+        if request is not None:
+            self.agent.loop.unregister(self.sock)
+            self.agent.compile(self, request)
+
+    def answer(self, reply: dict[str, Any]) -> None:
+        if self.answered:
+            return
+        self.answered = True
+        try:
+            self.sock.setblocking(True)
+            self.sock.settimeout(5.0)        # a line to a local peer; it is waiting for it
+            self.sock.sendall(encode(reply))
+        except OSError:
+            pass
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.agent.loop.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()
+
+
+def request_problem(request: dict) -> str | None:
+    """What is wrong with a request, if anything."""
+    argv = request.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return "'argv' is not a list of strings"
+    for key in ("source", "work", "compiler"):
+        if not isinstance(request.get(key), str) or not request[key]:
+            return f"{key!r} is not a string"
+    if request.get("debug_dir") is not None and not isinstance(request["debug_dir"], str):
+        return "'debug_dir' is not a string"
+    timeout = request.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+        return "'timeout' is not a positive number"
+    return None
+
+
+class Listener:
+    def __init__(self, agent: "Agent", sock: socket.socket) -> None:
+        self.agent = agent
+        self.sock = sock
+
+    def handle_event(self, mask: int) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    return
+                raise
+            self.agent.touched()
+            Request(self.agent, conn)
+
+
+class Agent:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.loop = EventLoop()
+        self.down: str | None = None        # why the mesh cannot be reached
+        self.ready = False
+        self.waiting: list[tuple[Request, dict]] = []
+        self.active = 0
+        self._idle_timer = None
+        try:
+            self.idle = float(os.environ.get("MESHCC_AGENT_IDLE", "") or IDLE)
+        except ValueError:
+            self.idle = IDLE
+        from ..client.core import ChatClient, ClientConfig
+        from ..client.jobs.engine import JobClient
+        from ..options import host_ports
+        tls, self.secret = credentials()
+        servers = host_ports(os.environ["CRC_MESH"])
+        self.client = ChatClient(ClientConfig(servers[0], "meshcc", 0, "", tls=tls,
+                                              secret=self.secret, servers=tuple(servers[1:]),
+                                              handshake_timeout=5.0),
+                                 self.loop, listener=self._on_client)
+        self.jobs = JobClient(self.client, agent_dir())
+
+    # -- life ------------------------------------------------------------------------
+
+    def serve(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.loop.register(sock, EVENT_READ, Listener(self, sock))
+        try:
+            self.client.start()
+        except OSError as exc:
+            self._down(f"cannot connect: {exc.strerror or exc}")
+        self.touched()
+        try:
+            self.loop.run()
+        finally:
+            for leftover in (self.path, pid_file(self.path)):
+                try:
+                    os.unlink(leftover)
+                except OSError:
+                    pass
+            self.jobs.close()
+            self.client.close()
+
+    def touched(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self.loop.call_later(self.idle, self._idle)
+
+    def _idle(self) -> None:
+        if self.active:
+            self.touched()
+            return
+        self.client.finish()
+        self.loop.call_later(0.5, self.loop.stop)
+
+    def _down(self, why: str, linger: float = DOWN_FOR) -> None:
+        """The mesh cannot be reached: say so to whoever asks for ``linger``
+        seconds, then leave (the next compile starts an agent that tries again)."""
+        if self.down is None:
+            self.down = why
+            self.loop.call_later(linger, self.loop.stop)
+        for request, _ in self.waiting:
+            request.answer({"ok": False, "error": why})
+        self.waiting.clear()
+
+    def _on_client(self, kind: str, data: dict) -> None:
+        from ..protocol import StatusCode
+        if kind == "extensions" and not self.ready:
+            if self.secret is not None and not self.client.server_verified:
+                self._down("the server did not prove it knows the mesh secret")
+                return
+            self.ready = True
+            waiting, self.waiting = self.waiting, []
+            for request, body in waiting:
+                self._submit(request, body)
+        elif kind == "plain":
+            self._down("the server is a plain CRC v1 server; it cannot run jobs")
+        elif kind == "status" and not self.ready and \
+                data.get("code") in (int(StatusCode.AUTH_REFUSED), 2):
+            self._down(f"the server refused us: {data.get('text')}")
+        elif kind == "disconnected":
+            # Lost after it worked (a server restarting?): leave at once, so
+            # that the next compile's agent connects afresh.
+            linger = 0.2 if self.ready else DOWN_FOR
+            self.ready = False
+            self._down(f"connection lost: {data.get('reason')}", linger)
+
+    # -- compiles ----------------------------------------------------------------------
+
+    def compile(self, request: Request, body: dict) -> None:
+        self.touched()
+        if self.down is not None:
+            request.answer({"ok": False, "error": self.down})
+        elif not self.ready:
+            self.waiting.append((request, body))
+        else:
+            self._submit(request, body)
+
+    def _submit(self, request: Request, body: dict) -> None:
+        from ..client.jobs.state import JobError
+        self.active += 1
+
+        def on_run(job: Any, run: Any, event: str, data: Any) -> None:
+            if event == "output":
+                printed[0] = True
+            elif event in ("done", "failed"):
+                self.active -= 1
+                self.touched()
+                if event == "failed" or run.error:
+                    request.answer({"ok": False, "error": run.error or "the job failed"})
+                else:
+                    request.answer({"ok": True, "exit": run.exit, "printed": printed[0],
+                                    "server": run.name if run.name != "?" else str(run.server)})
+
+        printed = [False]
+        try:
+            self.jobs.submit(argv=body["argv"], files=[body["source"]],
+                             compiler=body.get("compiler"), debug_dir=body.get("debug_dir"),
+                             timeout=body.get("timeout"), base_dir=body["work"],
+                             listener=on_run)
+        except (JobError, KeyError, TypeError, OSError) as exc:
+            self.active -= 1
+            request.answer({"ok": False, "error": f"cannot submit: {exc}"})
+
+
+def bind(path: str) -> tuple[socket.socket, int] | None:
+    """The agent's listening socket and its lock; None if another agent has them."""
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    if os.stat(folder).st_uid != os.getuid():
+        raise MeshFailure(f"{folder} belongs to someone else")
+    os.chmod(folder, 0o700)
+    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(lock)
+        return None
+    try:
+        os.unlink(path)               # a dead agent's socket
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(128)
+    with open(pid_file(path), "w") as f:
+        f.write(f"{os.getpid()}\n")
+    return sock, lock
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m crc.cc.agent SOCKET", file=sys.stderr)
+        return 2
+    path = argv[0]
+    try:
+        bound = bind(path)
+    except (OSError, MeshFailure):
+        return 1
+    if bound is None:
+        return 0                      # another agent serves this mesh
+    sock, _lock = bound
+    try:
+        Agent(path).serve(sock)
+    except MeshFailure:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

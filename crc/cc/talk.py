@@ -1,0 +1,95 @@
+"""How meshcc and its agent talk over the agent's Unix socket: one request,
+one answer, each a ``u32`` length and a ``marshal``-encoded dict of plain
+values (strings, numbers, None, lists).
+
+``marshal`` rather than JSON because meshcc pays for every import once per
+compile (``json`` brings ``re``); it is safe here because only the socket's
+owner can connect (its directory is mode 0700): neither side ever reads
+anyone else's bytes. Uses the ``_socket`` extension directly for the same
+reason (``socket`` brings ``enum``, ``selectors``...).
+"""
+
+from __future__ import annotations
+
+import _socket
+import marshal
+import time
+
+#: Bytes a message may have (an argv and some paths; sources travel by file).
+MAX_MESSAGE = 1 << 20
+
+
+class TalkError(Exception):
+    """The agent cannot be reached or answered nonsense; says which."""
+
+
+def encode(message: dict) -> bytes:
+    body = marshal.dumps(message)
+    return len(body).to_bytes(4, "big") + body
+
+
+def decode(buffer: bytes | bytearray) -> tuple[dict | None, int]:
+    """The first whole message in ``buffer`` and the bytes it took;
+    ``(None, 0)`` while incomplete; ``TalkError`` if malformed."""
+    if len(buffer) < 4:
+        return None, 0
+    size = int.from_bytes(buffer[:4], "big")
+    if size > MAX_MESSAGE:
+        raise TalkError(f"message of {size} bytes is over {MAX_MESSAGE}")
+    if len(buffer) < 4 + size:
+        return None, 0
+    try:
+        message = marshal.loads(bytes(buffer[4:4 + size]))
+    except (ValueError, EOFError, TypeError) as exc:
+        raise TalkError(f"unreadable message: {exc}") from None
+    if not isinstance(message, dict):
+        raise TalkError("message is not a dict")
+    return message, 4 + size
+
+
+def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
+        start: "Callable[[str], None]") -> dict:  # noqa: F821 (not imported: startup cost)
+    """Send ``request`` to the agent at ``path`` (calling ``start(path)``
+    once if nobody listens there) and return its answer."""
+    from .compiler import MeshFailure
+    deadline = time.monotonic() + connect_timeout
+    started = False
+    delay = 0.002
+    while True:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            break
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+        except OSError as exc:
+            sock.close()
+            raise MeshFailure(f"cannot reach the meshcc agent at {path}: "
+                              f"{exc.strerror or exc}") from None
+        if not started:
+            start(path)
+            started = True
+        if time.monotonic() > deadline:
+            raise MeshFailure(f"the meshcc agent did not start within {connect_timeout:g} s")
+        time.sleep(delay)              # the agent we started is binding its socket
+        delay = min(delay * 2, 0.05)
+    try:
+        sock.settimeout(answer_timeout)
+        sock.sendall(encode(request))
+        buffer = bytearray()
+        while True:
+            answer, used = decode(buffer)
+            if answer is not None:
+                return answer
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise MeshFailure("the meshcc agent closed the connection without an answer")
+            buffer += chunk
+    except _socket.timeout:
+        raise MeshFailure(f"no answer within {answer_timeout:g} s (MESHCC_TIMEOUT)") from None
+    except TalkError as exc:
+        raise MeshFailure(f"the meshcc agent: {exc}") from None
+    except OSError as exc:
+        raise MeshFailure(f"the meshcc agent: {exc.strerror or exc}") from None
+    finally:
+        sock.close()

@@ -1,0 +1,3 @@
+#include "mathfuncs.h"
+
+long cube(long x) { return x * square(x); }

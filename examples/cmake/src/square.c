@@ -1,0 +1,3 @@
+#include "mathfuncs.h"
+
+long square(long x) { return x * x; }
