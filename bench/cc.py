@@ -133,7 +133,8 @@ def build(project: Project, argv: list[str], env: dict[str, str], timeout: float
     return {"seconds": round(wall, 3), "lo_bytes": lo_bytes() - lo0,
             "client_cpu": round(cpu, 3), "agent_cpu": round(agent, 3),
             "servers_cpu": round(servers_cpu, 3), "checksum": checksum,
-            "remote": text.count(" compiled on "), "fallbacks": text.count("compiling here:")}
+            "remote": text.count(" compiled on "), "cached": text.count(" from the compile cache on "),
+            "fallbacks": text.count("compiling here:")}
 
 
 def clean(project: Project) -> None:
@@ -256,7 +257,7 @@ def main() -> int:
         warm = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout,
                      runtime, [s.proc.pid for s in servers])
         results["meshcc_warm"] = warm
-        print(f"meshcc warm: {warm['seconds']:.2f} s", flush=True)
+        print(f"meshcc warm: {warm['seconds']:.2f} s ({warm['cached']} from the cache)", flush=True)
         results["invocation"] = invocation_cost(tmp, env_mesh, env_distcc, args.repeat)
         stop_agents(runtime)
 

@@ -199,3 +199,56 @@ def test_masquerading_as_gcc_finds_the_real_one_further_on_path(mesh: Mesh,
     linked = subprocess.run(["gcc", "a.o", "-shared", "-o", "liba.so"], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=60)
     assert linked.returncode == 0 and (tmp_path / "liba.so").is_file()
+
+
+def compile_verbose(cwd: Path, mesh: Mesh, *words: str, **env: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([*MESHCC, "gcc", *words], cwd=cwd,
+                          env=env_for(mesh, MESHCC_VERBOSE="1", **env), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def local_object(cwd: Path, *words: str) -> bytes:
+    out = cwd / "local-check.o"
+    subprocess.run([GCC, *words, "-o", str(out)], cwd=cwd, check=True, timeout=120)
+    data = out.read_bytes()
+    out.unlink()
+    return data
+
+
+def test_the_compile_cache_answers_a_repeat_anywhere_and_never_serves_a_stale_object(
+        mesh: Mesh, tmp_path: Path) -> None:
+    three(mesh)
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "k.h").write_text("#define K 41\n")
+    (tmp_path / "a.c").write_text('#include "k.h"\nint a(void) { return K + 1; }\n')
+    words = ["-O2", "-g", "-Iinc", "-c", "a.c", "-o", "a.o"]
+    first = compile_verbose(tmp_path, mesh, *words)
+    assert " compiled on " in first.stderr and "compile cache" not in first.stderr
+    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, *words[:-2])
+    (tmp_path / "a.o").unlink()
+    again = compile_verbose(tmp_path, mesh, *words)
+    assert re.search(r"a\.c from the compile cache on s[123]", again.stderr), again.stderr
+    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, *words[:-2])
+    # A header changes: the key changes with the preprocessed text.
+    (tmp_path / "inc" / "k.h").write_text("#define K 42\n")
+    changed = compile_verbose(tmp_path, mesh, *words)
+    assert " compiled on " in changed.stderr and "compile cache" not in changed.stderr
+    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, *words[:-2])
+    # Another option, another key.
+    other = compile_verbose(tmp_path, mesh, "-O1", *words[1:])
+    assert " compiled on " in other.stderr
+    # Without the cache, it compiles.
+    off = compile_verbose(tmp_path, mesh, *words, MESHCC_CACHE="0")
+    assert " compiled on " in off.stderr and "MESHCC_CACHE=0" in off.stderr
+
+
+def test_sources_using_the_time_of_the_compile_are_never_cached(mesh: Mesh,
+                                                                 tmp_path: Path) -> None:
+    three(mesh)
+    (tmp_path / "t.h").write_text("static const char *when = __DATE__ \" \" __TIME__;\n")
+    (tmp_path / "t.c").write_text('#include "t.h"\nconst char *stamp(void) { return when; }\n')
+    for _ in range(2):
+        done = compile_verbose(tmp_path, mesh, "-O2", "-c", "t.c")
+        assert " compiled on " in done.stderr and "not cached: uses __DATE__" in done.stderr

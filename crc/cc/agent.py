@@ -16,8 +16,8 @@ cannot be reached, it answers every request at once with why, for
 then leaves; the next compile starts a new agent that tries again.
 
 Requests (``crc.cc.talk``: one message each way, one per connection):
-``{argv, source, work, compiler, debug_dir, timeout}`` →
-``{ok: True, exit, printed, server}`` or ``{ok: False, error}``.
+``{argv, source, work, compiler, debug_dir, timeout, cache}`` →
+``{ok: True, exit, printed, cached, server}`` or ``{ok: False, error}``.
 
 Client side: a program of its own (``python -m crc.cc.agent SOCKET``),
 started by ``crc.cc.wrapper``; prints nothing.
@@ -272,6 +272,7 @@ class Agent:
                     request.answer({"ok": False, "error": run.error or "the job failed"})
                 else:
                     request.answer({"ok": True, "exit": run.exit, "printed": printed[0],
+                                    "cached": run.cached,
                                     "server": run.name if run.name != "?" else str(run.server)})
 
         printed = [False]
@@ -279,7 +280,7 @@ class Agent:
             self.jobs.submit(argv=body["argv"], files=[body["source"]],
                              compiler=body.get("compiler"), debug_dir=body.get("debug_dir"),
                              timeout=body.get("timeout"), base_dir=body["work"],
-                             listener=on_run)
+                             cache=body.get("cache") is True, listener=on_run)
         except (JobError, KeyError, TypeError, OSError) as exc:
             self.active -= 1
             request.answer({"ok": False, "error": f"cannot submit: {exc}"})

@@ -165,8 +165,11 @@ def compile_on_mesh(what: Remote, real: str, verbose: Verbose, connect_timeout: 
         with open(target, "wb") as f:
             f.write(text)
         argv = [what.compiler, *what.compile, name, "-o", REMOTE_OUTPUT]
+        cache = cacheable(what, text)
+        if cache is not True:
+            verbose.step(f"not cached: {cache}")
         result = submit(argv, name, work, compiler, os.getcwd() if what.debug else None,
-                        connect_timeout, timeout)
+                        connect_timeout, timeout, cache is True)
         verbose.step("compiled")
         if result.get("exit") != 0 or result.get("printed"):
             raise CompileHere(f"the compile on {result.get('server')} printed diagnostics")
@@ -174,10 +177,32 @@ def compile_on_mesh(what: Remote, real: str, verbose: Verbose, connect_timeout: 
         if not os.path.isfile(produced):
             raise MeshFailure(f"{result.get('server')} returned no object file")
         os.replace(produced, what.output)
-        verbose.say(f"{what.source} compiled on {result.get('server')}")
+        if result.get("cached"):
+            verbose.say(f"{what.source} from the compile cache on {result.get('server')}")
+        else:
+            verbose.say(f"{what.source} compiled on {result.get('server')}")
         return 0
     finally:
         remove_tree(work)
+
+
+#: Macros whose value is the moment of the compile: a source using them is
+#: never taken from the cache (in directives-only text they are still there
+#: to be seen, in the source and in every header).
+TIME_MACROS = (b"__DATE__", b"__TIME__", b"__TIMESTAMP__")
+
+
+def cacheable(what: Remote, text: bytes) -> bool | str:
+    """True if this compile may be answered from the compile cache, else why not."""
+    if not flag("MESHCC_CACHE", True):
+        return "MESHCC_CACHE=0"
+    for macro in TIME_MACROS:
+        if macro in text:
+            return f"uses {macro.decode()}"
+    for word in what.compile:
+        if word.startswith(("-flto", "-fprofile", "-frandom-seed")):
+            return f"{word} (output not reproducible)"
+    return True
 
 
 def make_work_dir(output: str) -> str:
@@ -229,7 +254,7 @@ def spawn_wait(argv: list[str], *, stdout: str, stderr: str) -> int:
 
 
 def submit(argv: list[str], source: str, work: str, compiler: str, debug_dir: str | None,
-           connect_timeout: float, timeout: float) -> dict:
+           connect_timeout: float, timeout: float, cache: bool = False) -> dict:
     """Have the agent (``crc.cc.agent``, started if none is running) run
     ``argv`` on the mesh with ``source`` from ``work``; the object lands in
     ``work``. Its answer: ``exit``, ``printed`` (anything on stdout or
@@ -237,7 +262,7 @@ def submit(argv: list[str], source: str, work: str, compiler: str, debug_dir: st
     from .paths import socket_path
     from .talk import ask
     request = {"argv": argv, "source": source, "work": work, "compiler": compiler,
-               "debug_dir": debug_dir, "timeout": timeout}
+               "debug_dir": debug_dir, "timeout": timeout, "cache": cache}
     reply = ask(socket_path(), request, connect_timeout, connect_timeout + timeout + 10.0,
                 start_agent)
     if not reply.get("ok"):

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="comma-separated compilers on PATH this server offers to meshcc "
                       "(each is named by its content: triple, version, digest); 'none' for "
                       "none (default: cc, gcc, c++, g++, clang, clang++ where found)")
+    jobs.add_argument("--cache-max", type=positive_int, default=100_000, metavar="N",
+                      help="compile cache entries kept (meshcc; the objects themselves count "
+                      "towards --store-max) (default: 100000)")
     jobs.add_argument("--max-jobs-per-client", type=positive_int, default=256,
                       help="unfinished jobs one client may have through this server "
                       "(default: 256)")
@@ -271,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             max_jobs_per_client=args.max_jobs_per_client,
             state_dir=Path(args.state_dir) if args.state_dir else None,
             result_ttl=args.result_ttl, store_max=args.store_max,
-            compilers=installed(args.compilers) if args.compilers is not None else None))
+            compilers=installed(args.compilers) if args.compilers is not None else None,
+            cache_max=args.cache_max))
     except OSError as exc:
         where = args.state_dir or args.work_dir or "the temporary directory"
         print(f"mesh_server.py: cannot use {where} for job results and files: "

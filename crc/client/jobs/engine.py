@@ -127,14 +127,19 @@ class JobClient:
                files: Sequence[str] = (), stdin: bool = False, on: str | None = None,
                everywhere: bool = False, timeout: float | None = None,
                listener: JobListener | None = None, compiler: str | None = None,
-               debug_dir: str | None = None, base_dir: Path | str | None = None) -> Job:
+               debug_dir: str | None = None, base_dir: Path | str | None = None,
+               cache: bool = False) -> Job:
         """Send a job; ``compiler`` (an id, ``crc.jobs.compilers``) sends it
         only to a server with that compiler, which runs it in ``argv[0]``'s
         place; ``debug_dir`` is the directory debug information should name;
         ``base_dir``, where this job's files are read and written (default:
-        the client's)."""
+        the client's); ``cache``: a compile may be answered from the compile
+        cache (``crc.server.jobs.cache``)."""
         base = Path(base_dir).resolve() if base_dir is not None else None
-        extra = {k: v for k, v in (("compiler", compiler), ("debug_dir", debug_dir)) if v}
+        extra: dict[str, Any] = {k: v for k, v in (("compiler", compiler),
+                                                   ("debug_dir", debug_dir)) if v}
+        if cache and compiler:
+            extra["cache"] = True
         if self._reconnecting():
             # Sent once the connection is back (``_on_reconnect``), checked then.
             return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
@@ -151,7 +156,7 @@ class JobClient:
     def _new_job(self, argv: Sequence[str] | None, shell: str | None, files: Sequence[str],
                  stdin: bool, on: str | None, everywhere: bool, timeout: float | None,
                  listener: JobListener | None, send: bool = True,
-                 extra: dict[str, str] | None = None, base: Path | None = None) -> Job:
+                 extra: dict[str, Any] | None = None, base: Path | None = None) -> Job:
         for i, word in enumerate(argv or ()):
             problem = text_problem(f"argument {i + 1}", word)
             if problem:
@@ -366,6 +371,7 @@ class JobClient:
         run.exit = int(header.get("exit", -1))
         run.error = str(header.get("error") or "")
         run.seconds = float(header.get("seconds", 0.0))
+        run.cached = header.get("cached") is True
         run.server = int(header.get("server", run.server))
         try:
             run.files = [FileRef.from_json(f) for f in header.get("files", [])]

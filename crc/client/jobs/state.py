@@ -25,6 +25,7 @@ class RunState:
     name: str = "?"
     state: str = "submitted"       # submitted -> running -> collecting -> done | failed
     exit: int | None = None
+    cached: bool = False           # answered from the compile cache, nothing ran
     error: str = ""
     lost: bool = False
     seconds: float = 0.0

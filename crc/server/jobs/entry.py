@@ -20,6 +20,7 @@ from ...protocol import Extension, ProtocolError
 from ...routing import Host
 from ..links import Role
 from .frames import parse_command, parse_files, utf8
+from .cache import cache_key, home
 
 if TYPE_CHECKING:
     from .service import JobService
@@ -132,6 +133,11 @@ class Entry:
                 return None
         if header.get("all"):
             return sorted(candidates, key=lambda r: r.name)
+        key = cache_key(header)
+        if key is not None and not header.get("on"):
+            # Every compile with this key goes to one server: its cache.
+            chosen_id = home(key, [r.server for r in candidates])
+            return [r for r in candidates if r.server == chosen_id]
         if isinstance(header.get("on"), str) and header["on"]:
             chosen = by_name(candidates, header["on"])
             if not chosen:

@@ -17,6 +17,7 @@ from ...jobs.process import STDERR, ChildProcess, GroupReaper
 from ...jobs.wire import STDIN_ACK_EVERY, STDIN_WINDOW, Kind, unpack
 from ...net import Connection, Timer
 from ...protocol import Extension, ProtocolError
+from .cache import cache_key
 from .frames import parse_command, parse_files, parse_timeout, run_id_of
 from .jobdir import Fingerprint, JobDir, JobDirError
 from .results import Record
@@ -54,6 +55,8 @@ class Run:
     #: A compile's directory as its client sees it: debug information names
     #: it instead of this run's job directory (meshcc, ``-g``).
     debug_dir: str | None = None
+    #: The compile cache's key for this run (``cache``), when it asked for it.
+    cache_key: str | None = None
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.state} client={self.client} {self.label[:30]!r}>"
@@ -141,6 +144,9 @@ class Executor:
                                     {"id": run_id, "error": "duplicate job id"})
             return
         run.record = results.new(run_id, client, entry, label)
+        run.cache_key = cache_key(header)
+        if run.cache_key is not None and self._from_cache(run):
+            return
         self.runs[run_id] = run
         self.queue.append(run_id)
         log.info("%s: job %s from client %d queued: %s", self.server.name, run_id, client, label)
@@ -152,6 +158,19 @@ class Executor:
         if not files:
             self._file_ready(run, None, None)
         self.jobs.reports.changed()
+
+    def _from_cache(self, run: Run) -> bool:
+        """Answer ``run`` from the compile cache if its key is there."""
+        files = self.jobs.cache.lookup(run.cache_key)
+        if files is None:
+            return False
+        log.info("%s: job %s from client %d answered from the compile cache",
+                 self.server.name, run.id, run.client)
+        self.jobs.entry.dispatched.pop(run.id, None)
+        self._conclude(run, Kind.DONE, {
+            "id": run.id, "exit": 0, "error": "", "files": files, "server": self.me,
+            "name": self.server.name, "seconds": 0.0, "cached": True})
+        return True
 
     def _file_ready(self, run: Run, ref: FileRef | None, error: str | None) -> None:
         if run.state != "fetching":
@@ -242,6 +261,9 @@ class Executor:
         log.info("%s: job %s exited %d in %.3f s (%d file(s) back)", self.server.name, run.id,
                  code, seconds, len(files))
         self._finish(run)
+        if run.cache_key is not None and code == 0 and not run.error \
+                and run.output_bytes == 0 and files:
+            self.jobs.cache.remember(run.cache_key, files)
         self._conclude(run, Kind.DONE, {
             "id": run.id, "exit": code, "error": run.error, "files": files,
             "server": self.me, "name": self.server.name, "seconds": seconds})

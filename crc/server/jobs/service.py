@@ -41,6 +41,7 @@ from ...protocol import Extension, ProtocolError
 from ...routing import Host
 from ..links import Role
 from ..server import MeshServer
+from .cache import DEFAULT_ENTRIES, CompileCache
 from .entry import Entry
 from .executor import Executor, Run
 from .jobdir import Fingerprint
@@ -76,6 +77,8 @@ class JobConfig:
     #: ``{id: path}`` of the compilers jobs may ask for by id (meshcc);
     #: None: those found on PATH at start (``crc.jobs.compilers.installed``).
     compilers: dict[str, str] | None = None
+    #: Compile cache entries kept (``crc.server.jobs.cache``).
+    cache_max: int = DEFAULT_ENTRIES
 
     def __post_init__(self) -> None:
         if self.stale_after is None:
@@ -99,6 +102,7 @@ class JobService:
         self.state_root = Path(self.config.state_dir) if self.config.state_dir else self.root
         self.store = BlobStore(self.state_root / "blobs", max_blob=self.config.max_file,
                                max_bytes=self.config.store_max)
+        self.cache = CompileCache(self.state_root / "cache", self.store, self.config.cache_max)
         self.sweeper = Sweeper(self.loop, self.root / "jobs-trash")
         self._clear_leftovers()
         self.results_sweeper = Sweeper(self.loop, self.state_root / "results" / "trash")

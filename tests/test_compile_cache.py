@@ -1,0 +1,81 @@
+"""The compile cache's pure parts: where a key lives, what a key is made of,
+and entries whose objects are gone."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from crc.jobs.store import BlobStore
+from crc.server.jobs.cache import CompileCache, cache_key, home
+
+HEADER = {"compiler": "c" * 20, "cache": True, "argv": ["gcc", "-O2", "-c", "a.c"],
+          "files": [{"name": "a.c", "sha": "1" * 64, "size": 10, "mode": 0o644}],
+          "debug_dir": None}
+
+
+def test_a_key_is_made_only_for_a_compile_that_asks() -> None:
+    assert cache_key(HEADER) is not None
+    assert cache_key({**HEADER, "cache": False}) is None
+    assert cache_key({k: v for k, v in HEADER.items() if k != "compiler"}) is None
+
+
+@pytest.mark.parametrize("change", [
+    {"compiler": "d" * 20}, {"argv": ["gcc", "-O1", "-c", "a.c"]}, {"debug_dir": "/src"},
+    {"files": [{"name": "a.c", "sha": "2" * 64, "size": 10, "mode": 0o644}]},
+    {"files": [{"name": "b.c", "sha": "1" * 64, "size": 10, "mode": 0o644}]},
+    {"files": [{"name": "a.c", "sha": "1" * 64, "size": 10, "mode": 0o755}]},
+], ids=["compiler", "argv", "debug dir", "content", "name", "mode"])
+def test_everything_that_can_change_the_object_changes_the_key(change: dict) -> None:
+    assert cache_key({**HEADER, **change}) != cache_key(HEADER)
+
+
+def test_the_key_ignores_what_cannot_change_the_object() -> None:
+    assert cache_key({**HEADER, "job": "1.x.2", "timeout": 30}) == cache_key(HEADER)
+
+
+def test_keys_spread_over_servers_and_a_leaving_server_moves_only_its_own() -> None:
+    servers = [11, 22, 33]
+    keys = [f"{i:064x}" for i in range(3000)]
+    placed = {k: home(k, servers) for k in keys}
+    counts = Counter(placed.values())
+    assert set(counts) == set(servers) and min(counts.values()) > 800
+    after = {k: home(k, [11, 22]) for k in keys}
+    assert all(after[k] == placed[k] for k in keys if placed[k] != 33)
+    assert home("ab" * 32, []) is None
+
+
+def test_an_entry_whose_object_was_evicted_is_a_miss_and_goes(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    obj = tmp_path / "o"
+    obj.write_bytes(b"object")
+    sha, size = store.add_file(obj)
+    cache = CompileCache(tmp_path / "cache", store)
+    files = [{"name": "out.o", "sha": sha, "size": size, "mode": 0o644}]
+    cache.remember("k" * 1 + "0" * 63, files)
+    assert cache.lookup("k" + "0" * 63) == files
+    store.forget(sha)
+    assert cache.lookup("k" + "0" * 63) is None
+    assert not list((tmp_path / "cache").glob("*/*"))
+    assert (cache.hits, cache.misses, cache.stored) == (1, 1, 1)
+
+
+def test_the_oldest_entries_go_past_the_limit(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    obj = tmp_path / "o"
+    obj.write_bytes(b"object")
+    sha, size = store.add_file(obj)
+    cache = CompileCache(tmp_path / "cache", store, max_entries=3)
+    files = [{"name": "out.o", "sha": sha, "size": size, "mode": 0o644}]
+    keys = [f"{i:064x}" for i in range(5)]
+    for k in keys[:3]:
+        cache.remember(k, files)
+    assert cache.lookup(keys[0]) == files          # used: now the newest
+    for k in keys[3:]:
+        cache.remember(k, files)
+    assert cache.lookup(keys[0]) == files
+    assert cache.lookup(keys[1]) is None and cache.lookup(keys[2]) is None
+    reopened = CompileCache(tmp_path / "cache", store, max_entries=3)
+    assert sorted(reopened._order) == sorted([keys[0], keys[3], keys[4]])
