@@ -13,8 +13,9 @@ same checksum as the local build's. In order:
    with a note when missing);
 3. ``make -jN CC="meshcc gcc"`` over a chain of three ``mesh_server.py``,
    cold: a fresh meshcc agent, fresh servers;
-4. the same again after ``make clean`` (warm: the servers and the agent have
-   seen every file; with the compile cache, nothing is compiled again);
+4. the same again after ``make clean``: warm, every object from meshcc's
+   local cache (no preprocessing, nothing sent); and once more as another
+   client would (an empty local cache): every object from the mesh's cache;
 5. the same project as a Rakefile (``chat_client.py rake``) over the mesh.
 
 For each: wall time and its ratio to ``make -j2``, bytes sent over loopback
@@ -95,11 +96,16 @@ def stop_agents(runtime: Path) -> None:
 
 
 def pids_cpu(pids: list[int]) -> float:
+    """CPU seconds of these processes, the children they reaped, and their
+    living descendants (distccd's preforked workers live on)."""
     total = 0.0
     for pid in pids:
         with contextlib.suppress(psutil.Error):
-            times = psutil.Process(pid).cpu_times()
-            total += times.user + times.system + times.children_user + times.children_system
+            proc = psutil.Process(pid)
+            for p in [proc, *proc.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    t = p.cpu_times()
+                    total += t.user + t.system + t.children_user + t.children_system
     return total
 
 
@@ -134,6 +140,7 @@ def build(project: Project, argv: list[str], env: dict[str, str], timeout: float
             "client_cpu": round(cpu, 3), "agent_cpu": round(agent, 3),
             "servers_cpu": round(servers_cpu, 3), "checksum": checksum,
             "remote": text.count(" compiled on "), "cached": text.count(" from the compile cache on "),
+            "local": text.count(" from the local compile cache"),
             "fallbacks": text.count("compiling here:")}
 
 
@@ -186,7 +193,9 @@ def invocation_cost(cwd: Path, env_mesh: dict[str, str], env_distcc: dict[str, s
 
     plain = dict(os.environ)
     out = {"gcc_ms": median(["gcc", "-c", "empty.c"], plain),
-           "meshcc_ms": median([*MESHCC, "gcc", "-c", "empty.c"], env_mesh),
+           "meshcc_ms": median([*MESHCC, "gcc", "-c", "empty.c"],
+                               dict(env_mesh, MESHCC_CACHE="0")),
+           "meshcc_cached_ms": median([*MESHCC, "gcc", "-c", "empty.c"], env_mesh),
            "python_ms": median([sys.executable, "-c", "pass"], plain),
            "python_S_ms": median([sys.executable, "-S", "-c", "pass"], plain)}
     if env_distcc is not None:
@@ -221,7 +230,13 @@ def main() -> int:
     try:
         project = generate_project(tmp / "src", args.files, args.headers)
         timeout = 600.0
-        base_env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime))
+        # Byte code as an installed package has it (pip compiles it), kept out
+        # of the tree: an environment that forbids writing it would otherwise
+        # make every invocation compile meshcc's modules afresh.
+        base_env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime),
+                        MESHCC_CACHE_DIR=str(tmp / "local-cache"),
+                        PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
+        base_env.pop("PYTHONDONTWRITEBYTECODE", None)
         base_env.pop("CRC_MESH", None)
 
         local = build(copy_project(project, tmp / "local"), ["make", "-s", "-j2", "CC=gcc"],
@@ -236,7 +251,8 @@ def main() -> int:
                 f"127.0.0.1:{port}/{max(1, args.jobs // 2)}" for port in ports),
                 DISTCC_DIR=str(tmp / "distcc"), DISTCC_FALLBACK="0")
             distcc = build(copy_project(project, tmp / "distcc-build"),
-                           ["make", "-s", f"-j{args.jobs}", "CC=distcc gcc"], env_distcc, timeout)
+                           ["make", "-s", f"-j{args.jobs}", "CC=distcc gcc"], env_distcc, timeout,
+                           servers=[p.pid for p in distccd])
             results["distcc"] = distcc
             print(f"distcc: {distcc['seconds']:.2f} s", flush=True)
         else:
@@ -257,7 +273,15 @@ def main() -> int:
         warm = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout,
                      runtime, [s.proc.pid for s in servers])
         results["meshcc_warm"] = warm
-        print(f"meshcc warm: {warm['seconds']:.2f} s ({warm['cached']} from the cache)", flush=True)
+        print(f"meshcc warm: {warm['seconds']:.2f} s ({warm['local']} from the local cache)",
+              flush=True)
+        clean(mesh_tree)
+        other = dict(env_mesh, MESHCC_CACHE_DIR=str(tmp / "other-client-cache"))
+        warm_mesh = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], other,
+                          timeout, runtime, [s.proc.pid for s in servers])
+        results["meshcc_warm_mesh"] = warm_mesh
+        print(f"meshcc warm, another client: {warm_mesh['seconds']:.2f} s "
+              f"({warm_mesh['cached']} from the mesh's cache)", flush=True)
         results["invocation"] = invocation_cost(tmp, env_mesh, env_distcc, args.repeat)
         stop_agents(runtime)
 
@@ -295,19 +319,23 @@ def report(results: dict[str, Any]) -> None:
     distcc = results.get("distcc")
     print()
     print(f"{'build':<14} {'wall s':>8} {'/ make -j2':>10} {'lo MB':>8} {'client CPU s':>13} "
-          f"{'(agent)':>8} {'mesh CPU s':>11}")
-    for key in ("make_j2", "distcc", "meshcc_cold", "meshcc_warm", "rakefile"):
+          f"{'(agent)':>8} {'servers CPU s':>14}")
+    for key in ("make_j2", "distcc", "meshcc_cold", "meshcc_warm", "meshcc_warm_mesh",
+                "rakefile"):
         row = results.get(key)
         if not row:
             continue
+        row.setdefault("agent_cpu", 0.0)
+        row.setdefault("servers_cpu", 0.0)
         row["ratio"] = round(row["seconds"] / base, 3)
         print(f"{key:<14} {row['seconds']:>8.2f} {row['ratio']:>10.3f} "
               f"{row['lo_bytes'] / 1e6:>8.2f} {row['client_cpu']:>13.2f} "
-              f"{row['agent_cpu']:>8.2f} {row['servers_cpu']:>11.2f}")
+              f"{row['agent_cpu']:>8.2f} {row['servers_cpu']:>14.2f}")
     inv = results["invocation"]
     print(f"\none invocation (median ms): gcc -c empty.c {inv['gcc_ms']}, meshcc "
-          f"{inv['meshcc_ms']}, distcc {inv.get('distcc_ms', '-')}; python start "
-          f"{inv['python_ms']} (-S: {inv['python_S_ms']})")
+          f"{inv['meshcc_ms']} (from its local cache {inv['meshcc_cached_ms']}), distcc "
+          f"{inv.get('distcc_ms', '-')}; python start {inv['python_ms']} "
+          f"(-S: {inv['python_S_ms']})")
     floors = []
     if distcc:
         floors.append(("meshcc cold <= distcc", results["meshcc_cold"]["ratio"] <= distcc["ratio"]))

@@ -33,6 +33,7 @@ def meshcc_agents(request: pytest.FixtureRequest,
         return
     folder = Path(tempfile.mkdtemp(prefix="mcc-", dir="/tmp"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
+    monkeypatch.setenv("MESHCC_CACHE_DIR", str(folder / "cache"))
     try:
         yield folder
     finally:

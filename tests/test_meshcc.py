@@ -223,15 +223,25 @@ def test_the_compile_cache_answers_a_repeat_anywhere_and_never_serves_a_stale_ob
     (tmp_path / "inc").mkdir()
     (tmp_path / "inc" / "k.h").write_text("#define K 41\n")
     (tmp_path / "a.c").write_text('#include "k.h"\nint a(void) { return K + 1; }\n')
-    words = ["-O2", "-g", "-Iinc", "-c", "a.c", "-o", "a.o"]
+    words = ["-O2", "-g", "-Iinc", "-MMD", "-c", "a.c", "-o", "a.o"]
     first = compile_verbose(tmp_path, mesh, *words)
     assert " compiled on " in first.stderr and "compile cache" not in first.stderr
-    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, *words[:-2])
-    (tmp_path / "a.o").unlink()
+    expected = local_object(tmp_path, *words[:-2])
+    assert (tmp_path / "a.o").read_bytes() == expected
+    deps = (tmp_path / "a.d").read_text()
+    for name in ("a.o", "a.d"):
+        (tmp_path / name).unlink()
+    # Here again: nothing is preprocessed or sent; object and dependencies as before.
     again = compile_verbose(tmp_path, mesh, *words)
-    assert re.search(r"a\.c from the compile cache on s[123]", again.stderr), again.stderr
-    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, *words[:-2])
-    # A header changes: the key changes with the preprocessed text.
+    assert "a.c from the local compile cache" in again.stderr, again.stderr
+    assert (tmp_path / "a.o").read_bytes() == expected
+    assert (tmp_path / "a.d").read_text() == deps
+    # Another client (its own local cache): the mesh's cache answers.
+    elsewhere = compile_verbose(tmp_path, mesh, *words,
+                                MESHCC_CACHE_DIR=str(tmp_path / "other-cache"))
+    assert re.search(r"a\.c from the compile cache on s[123]", elsewhere.stderr), elsewhere.stderr
+    assert (tmp_path / "a.o").read_bytes() == expected
+    # A header changes: neither cache has it.
     (tmp_path / "inc" / "k.h").write_text("#define K 42\n")
     changed = compile_verbose(tmp_path, mesh, *words)
     assert " compiled on " in changed.stderr and "compile cache" not in changed.stderr
@@ -239,9 +249,24 @@ def test_the_compile_cache_answers_a_repeat_anywhere_and_never_serves_a_stale_ob
     # Another option, another key.
     other = compile_verbose(tmp_path, mesh, "-O1", *words[1:])
     assert " compiled on " in other.stderr
-    # Without the cache, it compiles.
+    # Without the caches, it compiles.
     off = compile_verbose(tmp_path, mesh, *words, MESHCC_CACHE="0")
-    assert " compiled on " in off.stderr and "MESHCC_CACHE=0" in off.stderr
+    assert " compiled on " in off.stderr and "compile cache" not in off.stderr
+
+
+def test_a_header_changed_behind_its_timestamps_back_is_still_noticed(mesh: Mesh,
+                                                                      tmp_path: Path) -> None:
+    three(mesh)
+    header = tmp_path / "k.h"
+    header.write_text("#define K 1\n")
+    (tmp_path / "a.c").write_text('#include "k.h"\nint a(void) { return K; }\n')
+    compile_verbose(tmp_path, mesh, "-O2", "-c", "a.c")
+    before = os.stat(header)
+    header.write_text("#define K 2\n")             # same size, same second
+    os.utime(header, ns=(before.st_atime_ns, before.st_mtime_ns))
+    done = compile_verbose(tmp_path, mesh, "-O2", "-c", "a.c")
+    assert "local compile cache" not in done.stderr
+    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-c", "a.c")
 
 
 def test_sources_using_the_time_of_the_compile_are_never_cached(mesh: Mesh,

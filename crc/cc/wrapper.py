@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_locally(real, args, verbose, "CRC_MESH is not set")
     fallback = flag("MESHCC_FALLBACK", True)
     try:
-        return compile_on_mesh(what, real, verbose, connect_timeout, timeout)
+        return compile_on_mesh(what, real, args, verbose, connect_timeout, timeout)
     except CompileHere as exc:
         return run_locally(real, args, verbose, str(exc))
     except MeshFailure as exc:
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_locally(real, args, verbose, str(exc))
 
 
-def compile_on_mesh(what: Remote, real: str, verbose: Verbose, connect_timeout: float,
-                    timeout: float) -> int:
+def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
+                    connect_timeout: float, timeout: float) -> int:
     """0 once the object is in place; ``CompileHere`` or ``MeshFailure`` if not."""
     from ..jobs.compilers import CompilerError, identity
     try:
@@ -143,6 +143,16 @@ def compile_on_mesh(what: Remote, real: str, verbose: Verbose, connect_timeout: 
     except CompilerError as exc:
         raise MeshFailure(f"cannot identify the compiler: {exc}") from None
     verbose.step("identified")
+    local = key = None
+    if flag("MESHCC_CACHE", True):
+        from .direct import DirectCache, direct_key
+        local = DirectCache()
+        key = direct_key(compiler, args, what.source)
+        if key is not None and local.lookup(key, what.output, what.depfile):
+            verbose.step("found")
+            verbose.say(f"{what.source} from the local compile cache")
+            return 0
+        verbose.step("looked up")
     work = make_work_dir(what.output)
     try:
         name = remote_name(what.source)
@@ -177,6 +187,9 @@ def compile_on_mesh(what: Remote, real: str, verbose: Verbose, connect_timeout: 
         if not os.path.isfile(produced):
             raise MeshFailure(f"{result.get('server')} returned no object file")
         os.replace(produced, what.output)
+        if cache is True and local is not None and key is not None:
+            local.record(key, text, what.output, what.depfile)
+            verbose.step("recorded")
         if result.get("cached"):
             verbose.say(f"{what.source} from the compile cache on {result.get('server')}")
         else:

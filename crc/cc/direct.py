@@ -1,0 +1,218 @@
+"""The local compile cache: a rebuild that changed nothing runs neither the
+preprocessor nor anything on the mesh.
+
+After a clean compile (remote or from the mesh's cache), meshcc records a
+*manifest* under a key made of the compiler's identity, the whole command
+line, the working directory and the source's digest: every file the
+preprocessor read (from the line markers of its output), each with its
+digest and its size, inode, modification and change times; the object; the
+dependency file, if one was written. The next time the same command line
+meets the same source, each listed file is checked — by its stat when that
+is unchanged and was not too fresh to trust when recorded (a file changed
+twice within a timestamp's tick would fool it), else by its digest — and if
+all match, the object and dependency file are copied into place.
+
+Sources using ``__DATE__``/``__TIME__``/``__TIMESTAMP__`` are never
+recorded (``wrapper.cacheable``), nor are compiles that printed anything.
+``MESHCC_CACHE=0`` turns this off with the mesh's cache;
+``MESHCC_CACHE_DIR`` moves it (default ``$XDG_CACHE_HOME/crc-mesh/meshcc``),
+``MESHCC_CACHE_SIZE`` bounds it (bytes, default 1 GiB; the least recently
+used entries go first).
+
+On the path of every compile: imports ``os``, ``marshal`` and ``hashlib``
+only. Never reached by anything on the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import time
+
+#: Files changed this recently (seconds) when recorded are checked by digest.
+FRESH = 2.0
+DEFAULT_SIZE = 1 << 30
+_PSEUDO = (b"<built-in>", b"<command-line>")
+
+
+def cache_dir() -> str:
+    given = os.environ.get("MESHCC_CACHE_DIR", "").strip()
+    if given:
+        return given
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "crc-mesh", "meshcc")
+
+
+def size_limit() -> int:
+    text = os.environ.get("MESHCC_CACHE_SIZE", "").strip()
+    try:
+        return max(1 << 20, int(text)) if text else DEFAULT_SIZE
+    except ValueError:
+        return DEFAULT_SIZE
+
+
+def digest_file(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _stat(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def direct_key(compiler: str, args: list[str], source: str) -> str | None:
+    """The key of this invocation, or None if the source cannot be read."""
+    digest = digest_file(source)
+    if digest is None:
+        return None
+    material = "\0".join([compiler, os.getcwd(), digest, *args])
+    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def included_files(text: bytes) -> list[str]:
+    """Every file the preprocessor read, from its line markers (in order, once)."""
+    from .source import markers
+    seen: dict[bytes, None] = {}
+    for _, _, name in markers(text):
+        if name not in _PSEUDO and not name.endswith(b"//"):
+            seen.setdefault(name, None)
+    return [os.fsdecode(name.replace(b"\\\\", b"\\")) for name in seen]
+
+
+class DirectCache:
+    def __init__(self, root: str | None = None) -> None:
+        self.root = root or cache_dir()
+
+    def _entry(self, key: str) -> str:
+        return os.path.join(self.root, key[:2], key)
+
+    def lookup(self, key: str, output: str, depfile: str | None) -> bool:
+        """Put the recorded object (and dependency file) in place if every file
+        the compile read is as it was; True if it did."""
+        entry = self._entry(key)
+        try:
+            with open(entry, "rb") as f:
+                manifest = marshal.load(f)
+            files, obj, deps = manifest["files"], manifest["object"], manifest["deps"]
+        except (OSError, ValueError, EOFError, TypeError, KeyError):
+            return False
+        if (deps is None) != (depfile is None):
+            return False
+        for path, digest, stamp in files:
+            now = _stat(path)
+            if now is None:
+                return False
+            if stamp is not None and tuple(stamp) == now:
+                continue
+            if digest_file(path) != digest:
+                return False
+        try:
+            place(os.path.join(self.root, "objects", obj[:2], obj), output)
+            if depfile is not None:
+                write_atomically(depfile, deps)
+            os.utime(entry)                     # recently used
+        except OSError:
+            return False
+        return True
+
+    def record(self, key: str, text: bytes, output: str, depfile: str | None) -> None:
+        """Remember a clean compile whose preprocessed ``text`` is given."""
+        try:
+            recorded = time.time()
+            files = []
+            for path in included_files(text):
+                stamp = _stat(path)
+                digest = digest_file(path)
+                if stamp is None or digest is None:
+                    return                      # read something we cannot see again
+                fresh = recorded - stamp[2] / 1e9 < FRESH or recorded - stamp[3] / 1e9 < FRESH
+                files.append((path, digest, None if fresh else stamp))
+            obj = digest_file(output)
+            if obj is None:
+                return
+            deps = None
+            if depfile is not None:
+                with open(depfile, "rb") as f:
+                    deps = f.read()
+            stored = os.path.join(self.root, "objects", obj[:2], obj)
+            if not os.path.exists(stored):
+                os.makedirs(os.path.dirname(stored), exist_ok=True)
+                place(output, stored)
+            entry = self._entry(key)
+            os.makedirs(os.path.dirname(entry), exist_ok=True)
+            write_atomically(entry, marshal.dumps({"files": files, "object": obj,
+                                                   "deps": deps}))
+            if int.from_bytes(os.urandom(1), "big") < 4:   # now and then: bound the size
+                self.trim(size_limit())
+        except OSError:
+            return
+
+    def trim(self, limit: int) -> None:
+        """Remove the least recently used entries (and objects no entry names)
+        until the cache holds at most ``limit`` bytes."""
+        entries, objects, total = [], {}, 0
+        for folder, _, names in os.walk(self.root):
+            for name in names:
+                path = os.path.join(folder, name)
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                total += st.st_size
+                if os.path.basename(os.path.dirname(folder)) == "objects":
+                    objects[name] = (path, st.st_size)
+                elif not name.endswith(".tmp"):
+                    entries.append((st.st_mtime, path, st.st_size))
+        entries.sort()
+        while total > limit and entries:
+            _, path, size = entries.pop(0)
+            try:
+                os.unlink(path)
+                total -= size
+            except OSError:
+                pass
+        named = set()
+        for _, path, _ in entries:
+            try:
+                with open(path, "rb") as f:
+                    named.add(marshal.load(f)["object"])
+            except (OSError, ValueError, EOFError, TypeError, KeyError):
+                continue
+        for name, (path, size) in objects.items():
+            if name not in named:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+
+def place(source: str, dest: str) -> None:
+    """Copy ``source`` to ``dest`` by way of a temporary file and a rename."""
+    with open(source, "rb") as f:
+        data = f.read()
+    write_atomically(dest, data)
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
