@@ -16,7 +16,7 @@ import pytest
 
 from crc.jobs.compilers import identity
 
-from .meshkit import Mesh
+from .meshkit import Mesh, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHCC = [sys.executable, str(ROOT / "meshcc.py")]
@@ -277,3 +277,49 @@ def test_sources_using_the_time_of_the_compile_are_never_cached(mesh: Mesh,
     for _ in range(2):
         done = compile_verbose(tmp_path, mesh, "-O2", "-c", "t.c")
         assert " compiled on " in done.stderr and "not cached: uses __DATE__" in done.stderr
+
+
+def test_job_connections_are_never_announced_to_chat_participants(mesh: Mesh,
+                                                                   tmp_path: Path) -> None:
+    three(mesh)
+    watcher = mesh.chat_client(mesh.nodes[2], "watcher")
+    heard: list[tuple[str, dict]] = []
+    watcher.listener = lambda kind, data: heard.append((kind, data))
+    talker = mesh.chat_client(mesh.nodes[0], "talker")      # a chat user is announced...
+    wait_for(lambda: any(k == "join" and d.get("name") == "talker" for k, d in heard), 10,
+             "the watcher to see a chat user join")
+    project = tmp_path / "p"
+    project.mkdir()
+    for i in range(12):
+        (project / f"f{i}.c").write_text(f"int f{i}(void) {{ return {i}; }}\n")
+    env = env_for(mesh, MESHCC_CACHE="0")
+    for i in range(12):                               # ... a build's connections are not
+        done = subprocess.run([*MESHCC, "gcc", "-c", f"f{i}.c"], cwd=project, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and (project / f"f{i}.o").is_file(), done.stderr
+        if i % 4 == 3:                                # a new agent: a new connection
+            stop_agents()
+    for _ in range(3):
+        ran = subprocess.run([sys.executable, str(ROOT / "chat_client.py"), "--server",
+                              env["CRC_MESH"], "run", "--", "true"], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr
+    talker.finish("bye")
+    wait_for(lambda: any(k == "quit" for k, d in heard), 10, "the watcher to see talker quit")
+    joins_and_quits = [(k, d.get("name") or d.get("id")) for k, d in heard
+                       if k in ("join", "quit")]
+    assert joins_and_quits == [("join", "talker"), ("quit", "talker")]
+    assert all(u.name in ("watcher", "talker") for u in watcher.users.values())
+
+
+def stop_agents() -> None:
+    """Kill this test's meshcc agents and wait until their sockets are gone."""
+    folder = Path(os.environ["XDG_RUNTIME_DIR"])
+    for pid_file in folder.rglob("*.pid"):
+        try:
+            os.kill(int(pid_file.read_text()), 9)
+        except (OSError, ValueError):
+            pass
+    wait_for(lambda: not list(folder.rglob("*.pid")) or all(
+        not Path(f"/proc/{p.read_text().strip()}").exists() for p in folder.rglob("*.pid")),
+        10, "the agents to go")

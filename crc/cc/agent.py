@@ -176,7 +176,8 @@ class Agent:
         from ..options import host_ports
         tls, self.secret = credentials()
         servers = host_ports(os.environ["CRC_MESH"])
-        self.client = ChatClient(ClientConfig(servers[0], "meshcc", 0, "", tls=tls,
+        from ..routing import QUIET_INFO
+        self.client = ChatClient(ClientConfig(servers[0], "meshcc", 0, QUIET_INFO, tls=tls,
                                               secret=self.secret, servers=tuple(servers[1:]),
                                               handshake_timeout=5.0),
                                  self.loop, listener=self._on_client)

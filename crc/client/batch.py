@@ -38,6 +38,7 @@ from ..visible import visible
 from ..net import EventLoop
 from ..net.loop import EVENT_READ
 from ..protocol import StatusCode
+from ..routing import QUIET_INFO
 from .core import ChatClient, ClientConfig
 from .jobs_ui import BuildView, Output, exit_table, run_note
 
@@ -545,7 +546,9 @@ def batch_main(servers: Sequence[tuple[str, int]] | None, words: list[str], name
                       f"{args.rakefile} lists no HOSTS", file=sys.stderr)
                 return 2
     assert servers
+    # A job-only connection: chat participants are not told it came and went
+    # (unless the user gave it an --info of its own to be seen by).
     return Batch(servers[0], args, name, client_id, tls=tls, secret=secret,
                  servers=servers[1:], reconnect=reconnect,
                  reconnect_for=reconnect_for or BATCH_RECONNECT_FOR, liveness=liveness,
-                 info=info).run()
+                 info=info or QUIET_INFO).run()

@@ -4,6 +4,6 @@
 sockets and no loop here; the server maps first links to connections.
 """
 
-from .table import Host, Kind, RoutingError, RoutingTable
+from .table import QUIET_INFO, Host, Kind, RoutingError, RoutingTable
 
 __all__ = ["Host", "Kind", "RoutingError", "RoutingTable"]

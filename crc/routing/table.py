@@ -29,6 +29,14 @@ class Kind(str, Enum):
     CLIENT = "client"
 
 
+#: The info text of a job-only client (meshcc's agent, ``chat_client.py run``
+#: and friends): servers route to it and flood it to each other as to any
+#: client, but chat participants are not told it joined or left, so a build
+#: does not fill every chat screen with joins and quits. (A plain v1 server
+#: in the tree shows it as any client, with this text as its info.)
+QUIET_INFO = "crc-mesh job connection"
+
+
 @dataclass(slots=True)
 class Host:
     id: int
@@ -40,6 +48,11 @@ class Host:
     @property
     def adjacent(self) -> bool:
         return self.first_link == self.id
+
+    @property
+    def quiet(self) -> bool:
+        """A job-only client: never announced to chat participants."""
+        return self.kind is Kind.CLIENT and self.info == QUIET_INFO
 
 
 class RoutingError(Exception):

@@ -3,7 +3,8 @@
 CRC v1's rules (../shared/crc-v1.md, "Behaviour"): a newcomer on an accepted
 connection registers with last hop 0 and is admitted — recorded as adjacent,
 told what we know (a server: our registration then every host; a client: the
-welcome then every other client, never servers), and flooded to the rest —
+welcome then every other client, never servers), and flooded to the rest
+(a job-only client, ``Host.quiet``, to servers only) —
 unless its id is taken (or 0), which it is told with the duplicate-id status
 for its own kind. A registration flooded from an adjacent server is learnt
 with that server as first link and passed on, never back; a known id is
@@ -103,10 +104,10 @@ class Registrations:
             if not welcomed:
                 conn.send(Status(server.id, host.id, StatusCode.WELCOME, welcome_text(host.name)))
             for other in server.routes.of_kind(Kind.CLIENT):
-                if other.id != host.id:
+                if other.id != host.id and not other.quiet:
                     conn.send(server._registration(other))
         server._flood(server._registration(host), exclude=host.id, servers=True,
-                    clients=kind is Kind.CLIENT)
+                    clients=kind is Kind.CLIENT and not host.quiet)
 
     def refuse_duplicate(self, conn: Connection, msg: ServerRegistration | ClientRegistration,
                           kind: Kind) -> bool:
@@ -195,7 +196,7 @@ class Registrations:
             return
         self.warn_namesake(host)
         server._flood(server._registration(host), exclude=link.peer_id, servers=True,
-                    clients=kind is Kind.CLIENT)
+                    clients=kind is Kind.CLIENT and not host.quiet)
 
     def warn_namesake(self, host: Host) -> None:
         """Two servers of one name work, but ``--on NAME`` cannot choose

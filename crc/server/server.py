@@ -353,7 +353,8 @@ class MeshServer:
 
         Mesh servers get a server departure (0x02) for servers and a client
         quit for clients; plain v1 servers a client quit for every host (the
-        only departure they parse); clients hear only of clients.
+        only departure they parse); clients hear only of clients, and not of
+        job-only ones (``Host.quiet``).
         """
         for listener in self.departure_listeners:
             listener(gone)
@@ -363,7 +364,8 @@ class MeshServer:
             link: Link = conn.peer
             for host in gone:
                 if host.kind is Kind.CLIENT:
-                    conn.send(ClientQuit(host.id, text))
+                    if not host.quiet or link.role is Role.SERVER:
+                        conn.send(ClientQuit(host.id, text))
                 elif link.role is Role.SERVER:
                     if link.ext:
                         conn.send(ServerQuit(host.id, 0, text))
