@@ -26,6 +26,11 @@ agent). Then the cost of one invocation: ``gcc -c empty.c`` against
 empty.c``, medians of ``--repeat`` runs each, with the interpreter started
 as a build would start it (this Python, not a version-manager shim).
 
+``--split`` models a developer's machine and a farm on this one: make, the
+wrappers and meshcc's agent on CPU 0, the servers, distccd and the compiles
+they run on CPU 1 — both tools get the same two cores, and a wrapper's own
+cost no longer takes CPU from the compiles (as it does not on a real farm).
+
 Floors (issue 13): meshcc cold and the Rakefile build at or below distcc's
 ratio; the warm rebuild at most 0.3 of ``make -j2``. Reported as PASS/MISS,
 never fatal; the exit status is 1 only when a build cannot be carried out.
@@ -60,6 +65,9 @@ import psutil  # noqa: E402
 #: As a build runs it: the real interpreter, without site-packages (meshcc's own
 #: path needs only the standard library; see README).
 MESHCC = [sys.executable, "-S", str(ROOT / "meshcc.py")]
+#: ``--split``: what client-side commands and the farm's daemons run under.
+CLIENT_PREFIX: list[str] = []
+FARM_PREFIX: list[str] = []
 CHAT = [sys.executable, str(ROOT / "chat_client.py")]
 
 
@@ -110,12 +118,15 @@ def pids_cpu(pids: list[int]) -> float:
 
 
 def build(project: Project, argv: list[str], env: dict[str, str], timeout: float,
-          runtime: Path | None = None, servers: list[int] = ()) -> dict[str, Any]:
+          runtime: Path | None = None, servers: list[int] = (),
+          client_side: bool = True) -> dict[str, Any]:
     """Run ``argv`` in the project; wall time, loopback bytes, client CPU
     (and the CPU of ``servers`` with the jobs they ran, when given)."""
     cpu0, lo0, agent0 = children_cpu(), lo_bytes(), agent_cpu(runtime) if runtime else 0.0
     servers0 = pids_cpu(list(servers))
     start = time.perf_counter()
+    if client_side:
+        argv = [*CLIENT_PREFIX, *argv]
     proc = subprocess.Popen(argv, cwd=project.root, env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)
@@ -157,7 +168,7 @@ def start_distccd(group: list[subprocess.Popen], count: int, jobs: int,
     for i in range(count):
         port = free_port()
         proc = subprocess.Popen(
-            ["distccd", "--no-detach", "--daemon", "--listen", "127.0.0.1", "--port", str(port),
+            [*FARM_PREFIX, "distccd", "--no-detach", "--daemon", "--listen", "127.0.0.1", "--port", str(port),
              "--allow", "127.0.0.1", "--jobs", str(jobs), "--log-file",
              str(logdir / f"distccd{i}.log")],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -211,7 +222,17 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=4, help="make -j for distcc and meshcc (4)")
     p.add_argument("--repeat", type=int, default=20, help="runs per invocation cost (20)")
     p.add_argument("--json", metavar="FILE", help="write the results here too")
+    p.add_argument("--split", action="store_true",
+                   help="model a client machine and a farm: make, the wrappers and the "
+                   "meshcc agent on CPU 0, the servers and distccd (and their compiles) on "
+                   "CPU 1 (make -j2, the baseline, keeps both)")
     args = p.parse_args()
+    global CLIENT_PREFIX, FARM_PREFIX
+    if args.split:
+        if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+            print("bench/cc.py: --split needs taskset and two CPUs", file=sys.stderr)
+            return 1
+        CLIENT_PREFIX, FARM_PREFIX = ["taskset", "-c", "0"], ["taskset", "-c", "1"]
     if args.quick:
         args.files, args.headers, args.repeat = 8, 3, 5
     for tool in ("gcc", "make"):
@@ -240,7 +261,7 @@ def main() -> int:
         base_env.pop("CRC_MESH", None)
 
         local = build(copy_project(project, tmp / "local"), ["make", "-s", "-j2", "CC=gcc"],
-                      base_env, timeout)
+                      base_env, timeout, client_side=False)
         results["make_j2"] = local
         print(f"make -j2: {local['seconds']:.2f} s", flush=True)
 
@@ -261,6 +282,10 @@ def main() -> int:
             print("distcc: not installed (apt-get install distcc); skipped", flush=True)
 
         servers = start_servers(group, ["m1", "m2", "m3"], [None, 0, 1], tmp / "servers", 60)
+        if FARM_PREFIX:                  # (their jobs inherit it)
+            for s in servers:
+                psutil.Process(s.proc.pid).cpu_affinity([int(FARM_PREFIX[-1])])
+        results["split"] = bool(FARM_PREFIX)
         env_mesh = dict(base_env, CRC_MESH=f"127.0.0.1:{servers[1].port}", MESHCC_VERBOSE="1")
         cc = " ".join(MESHCC) + " gcc"
         mesh_tree = copy_project(project, tmp / "mesh-build")

@@ -19,16 +19,24 @@ recorded (``wrapper.cacheable``), nor are compiles that printed anything.
 ``MESHCC_CACHE_SIZE`` bounds it (bytes, default 1 GiB; the least recently
 used entries go first).
 
-On the path of every compile: imports ``os``, ``marshal`` and ``hashlib``
-only. Never reached by anything on the network.
+On the path of every compile: imports ``os``, ``marshal`` and the bare
+SHA-256 module only (``hashlib`` would load OpenSSL first: milliseconds per
+compile). Never reached by anything on the network.
 """
 
 from __future__ import annotations
 
-import hashlib
 import marshal
 import os
 import time
+
+try:                                   # the builtin SHA-256 (3.12: _sha2; 3.11: _sha256)
+    from _sha2 import sha256
+except ImportError:
+    try:
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
 
 #: Files changed this recently (seconds) when recorded are checked by digest.
 FRESH = 2.0
@@ -53,7 +61,7 @@ def size_limit() -> int:
 
 
 def digest_file(path: str) -> str | None:
-    h = hashlib.sha256()
+    h = sha256()
     try:
         with open(path, "rb") as f:
             while chunk := f.read(1 << 20):
@@ -72,12 +80,16 @@ def _stat(path: str) -> tuple | None:
 
 
 def direct_key(compiler: str, args: list[str], source: str) -> str | None:
-    """The key of this invocation, or None if the source cannot be read."""
+    """The key of this invocation, or None if the source or compiler cannot
+    be read. The compiler counts by its resolved path and stat (size, inode,
+    times), as ccache's default check does: a reinstalled compiler misses."""
     digest = digest_file(source)
-    if digest is None:
+    real = os.path.realpath(compiler)
+    stamp = _stat(real)
+    if digest is None or stamp is None:
         return None
-    material = "\0".join([compiler, os.getcwd(), digest, *args])
-    return hashlib.sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
+    material = "\0".join([real, repr(stamp), os.getcwd(), digest, *args])
+    return sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def included_files(text: bytes) -> list[str]:

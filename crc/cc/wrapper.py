@@ -33,7 +33,6 @@ import time
 
 from .args import Local, Remote, plan
 from .compiler import MeshFailure, UsageError, invocation, local_slot
-from .source import remote_name, strip_builtins
 
 # Everything here runs once per compile of a build: it imports nothing the
 # path does not use (no re, json, subprocess, pathlib, tempfile: each costs
@@ -137,22 +136,23 @@ def main(argv: list[str] | None = None) -> int:
 def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
                     connect_timeout: float, timeout: float) -> int:
     """0 once the object is in place; ``CompileHere`` or ``MeshFailure`` if not."""
-    from ..jobs.compilers import CompilerError, identity
-    try:
-        compiler = identity(real)["id"]
-    except CompilerError as exc:
-        raise MeshFailure(f"cannot identify the compiler: {exc}") from None
-    verbose.step("identified")
     local = key = None
     if flag("MESHCC_CACHE", True):
         from .direct import DirectCache, direct_key
         local = DirectCache()
-        key = direct_key(compiler, args, what.source)
+        key = direct_key(real, args, what.source)
         if key is not None and local.lookup(key, what.output, what.depfile):
             verbose.step("found")
             verbose.say(f"{what.source} from the local compile cache")
             return 0
         verbose.step("looked up")
+    from ..jobs.compilers import CompilerError, identity
+    from .source import remote_name, strip_builtins
+    try:
+        compiler = identity(real)["id"]
+    except CompilerError as exc:
+        raise MeshFailure(f"cannot identify the compiler: {exc}") from None
+    verbose.step("identified")
     work = make_work_dir(what.output)
     try:
         name = remote_name(what.source)
