@@ -323,3 +323,92 @@ def stop_agents() -> None:
     wait_for(lambda: not list(folder.rglob("*.pid")) or all(
         not Path(f"/proc/{p.read_text().strip()}").exists() for p in folder.rglob("*.pid")),
         10, "the agents to go")
+
+
+def slow_gcc(folder: Path, started: Path) -> Path:
+    """A compiler that, while the file named by ``$SLOW_GATE`` exists, says it
+    started and waits (the servers of a test see the variable, meshcc not)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "slowgcc"
+    path.write_text(f"#!/bin/sh\ncase \" $* \" in *\" -c \"*)\n"
+                    f"  if [ -n \"$SLOW_GATE\" ] && [ -e \"$SLOW_GATE\" ]; then touch {started}; "
+                    f"while [ -e \"$SLOW_GATE\" ]; do sleep 0.05; done; fi;;\nesac\n"
+                    f"exec {GCC} \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_a_server_lost_mid_compile_means_here_with_a_note(
+        mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    slow = slow_gcc(tmp_path / "bin", started)
+    slow_id = identity(str(slow))["id"]
+    monkeypatch.setenv("SLOW_GATE", str(gate))
+    a = mesh.add("s1", compilers={})
+    mesh.add("s2", a, compilers={slow_id: str(slow)})
+    mesh.wait_converged()
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    gate.touch()
+    env = env_for(mesh, MESHCC_CACHE="0")
+    env.pop("SLOW_GATE")
+    proc = subprocess.Popen([*MESHCC, str(slow), "-O2", "-c", "a.c"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(started.exists, 60, "the compile to start on s2")
+        mesh.nodes[1].kill()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        gate.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert err.startswith("meshcc: a.c: compiling here:") and len(err.splitlines()) == 1, err
+    assert "s2" in err
+    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-c", "a.c")
+
+
+def test_a_compile_past_meshcc_timeout_means_here_with_a_note(
+        mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    slow = slow_gcc(tmp_path / "bin", started)
+    monkeypatch.setenv("SLOW_GATE", str(gate))
+    mesh.add("s1", compilers={identity(str(slow))["id"]: str(slow)})
+    mesh.wait_converged()
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    gate.touch()
+    env = env_for(mesh, MESHCC_TIMEOUT="1", MESHCC_CACHE="0")
+    env.pop("SLOW_GATE")
+    try:
+        done = subprocess.run([*MESHCC, str(slow), "-c", "a.c"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        gate.unlink(missing_ok=True)
+    assert started.exists()                         # it was running there
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith("meshcc: a.c: compiling here:") and \
+        "MESHCC_TIMEOUT" in done.stderr, done.stderr
+    assert (tmp_path / "a.o").is_file()
+
+
+def test_with_a_mesh_secret_only_a_client_that_proves_it_compiles_there(
+        mesh: Mesh, tmp_path: Path) -> None:
+    secret = b"meshcc test secret, long enough to count" * 2
+    three(mesh, server_options={"secret": secret})
+    good = tmp_path / "secret"
+    good.write_bytes(secret)
+    good.chmod(0o600)
+    bad = tmp_path / "wrong"
+    bad.write_bytes(b"x" * len(secret))
+    bad.chmod(0o600)
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    proven = compile_verbose(tmp_path, mesh, "-c", "a.c", CRC_MESH_SECRET_FILE=str(good),
+                             MESHCC_CACHE="0")
+    assert re.search(r"a\.c compiled on s[123]", proven.stderr), proven.stderr
+    for extra in ({}, {"CRC_MESH_SECRET_FILE": str(bad)}):
+        (tmp_path / "a.o").unlink()
+        done = subprocess.run([*MESHCC, "gcc", "-c", "a.c"], cwd=tmp_path,
+                              env=env_for(mesh, MESHCC_CACHE="0", **extra),
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and (tmp_path / "a.o").is_file()
+        assert done.stderr.startswith("meshcc: a.c: compiling here:"), done.stderr

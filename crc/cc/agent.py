@@ -270,7 +270,10 @@ class Agent:
                 self.active -= 1
                 self.touched()
                 if event == "failed" or run.error:
-                    request.answer({"ok": False, "error": run.error or "the job failed"})
+                    error = run.error or "the job failed"
+                    if error.startswith("timed out"):
+                        error += " (MESHCC_TIMEOUT)"
+                    request.answer({"ok": False, "error": error})
                 else:
                     request.answer({"ok": True, "exit": run.exit, "printed": printed[0],
                                     "cached": run.cached,
