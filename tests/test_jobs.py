@@ -115,8 +115,10 @@ def test_a_shared_file_crosses_the_client_link_once(mesh: Mesh, work: Path) -> N
     for job in submitted:
         finished(job, 30)
         assert job.exit_code == 0
-    # The header left the client once; relays served the other servers.
-    assert jobs.transfers.bytes_served == len(header) + sum(len(f"int f{i};\n") for i in range(3))
+    # The header left the client once; relays served the other servers. (The
+    # small sources rode inside their SUBMITs.)
+    assert jobs.transfers.bytes_served == len(header)
+    assert jobs.inlined_bytes == sum(len(f"int f{i};\n") for i in range(3))
 
 
 def test_cancel_kills_the_whole_process_group(mesh: Mesh, work: Path) -> None:
@@ -419,3 +421,52 @@ def test_a_job_frame_with_a_run_id_that_is_not_text_is_a_protocol_error(
              "the server to drop the client")
     assert "protocol error: job frame without a text 'id'" in caplog.text
     assert "internal error" not in caplog.text
+
+
+def test_small_files_ride_in_the_submission_and_the_result(mesh: Mesh, work: Path) -> None:
+    nodes = mesh.chain(3)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    (work / "in.txt").write_text("hello " * 1000)
+    job, rec = submit(client, jobs, on="s3", files=["in.txt"],
+                      shell="tr a-z A-Z < in.txt > out.txt")
+    finished(job)
+    assert job.exit_code == 0
+    assert (work / "out.txt").read_text() == "HELLO " * 1000
+    # Neither file was fetched: the input came with the SUBMIT, the output
+    # with the DONE.
+    assert jobs.transfers.bytes_served == 0
+    assert jobs.inlined_bytes == 6000
+    assert call(client.loop, lambda: jobs.transfers.bytes_fetched) == 0
+
+
+def test_an_inline_file_that_is_not_what_it_says_is_fetched_instead(mesh: Mesh,
+                                                                    work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    (work / "in.txt").write_text("the real bytes\n")
+    real = jobs._inline
+
+    def lying(refs):                       # a client whose inline copy is wrong
+        entries, body = real(refs)
+        return entries, body.replace(b"real", b"fake")
+
+    jobs._inline = lying
+    job, rec = submit(client, jobs, on="s2", files=["in.txt"], shell="cat in.txt")
+    finished(job)
+    assert job.exit_code == 0 and rec.output() == b"the real bytes\n"
+    assert jobs.transfers.bytes_served == len("the real bytes\n")
+
+
+def test_a_malformed_inline_list_is_refused_clearly_and_hurts_no_one(mesh: Mesh,
+                                                                     work: Path) -> None:
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    (work / "in.txt").write_text("x\n")
+    jobs._inline = lambda refs: ([{"sha": "0" * 64, "n": 999}], b"short")
+    job, rec = submit(client, jobs, on="s2", files=["in.txt"], shell="cat in.txt")
+    finished(job)
+    assert "inline files exceed the frame" in job.error
+    jobs._inline = lambda refs: ([], b"")
+    job, rec = submit(client, jobs, on="s2", files=["in.txt"], shell="cat in.txt")
+    finished(job)
+    assert job.exit_code == 0 and rec.output() == b"x\n"

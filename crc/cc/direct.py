@@ -41,7 +41,6 @@ except ImportError:
 #: Files changed this recently (seconds) when recorded are checked by digest.
 FRESH = 2.0
 DEFAULT_SIZE = 1 << 30
-_PSEUDO = (b"<built-in>", b"<command-line>")
 
 
 def cache_dir() -> str:
@@ -92,16 +91,6 @@ def direct_key(compiler: str, args: list[str], source: str) -> str | None:
     return sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def included_files(text: bytes) -> list[str]:
-    """Every file the preprocessor read, from its line markers (in order, once)."""
-    from .source import markers
-    seen: dict[bytes, None] = {}
-    for _, _, name in markers(text):
-        if name not in _PSEUDO and not name.endswith(b"//"):
-            seen.setdefault(name, None)
-    return [os.fsdecode(name.replace(b"\\\\", b"\\")) for name in seen]
-
-
 class DirectCache:
     def __init__(self, root: str | None = None) -> None:
         self.root = root or cache_dir()
@@ -138,12 +127,12 @@ class DirectCache:
             return False
         return True
 
-    def record(self, key: str, text: bytes, output: str, depfile: str | None) -> None:
-        """Remember a clean compile whose preprocessed ``text`` is given."""
+    def record(self, key: str, read: list[str], output: str, depfile: str | None) -> None:
+        """Remember a clean compile that read the files ``read``."""
         try:
             recorded = time.time()
             files = []
-            for path in included_files(text):
+            for path in read:
                 stamp = _stat(path)
                 digest = digest_file(path)
                 if stamp is None or digest is None:

@@ -15,6 +15,14 @@ Pure text in, text out; no processes, no sockets.
 from __future__ import annotations
 
 _BUILT_IN = b"<built-in>"
+_PSEUDO = (b"<built-in>", b"<command-line>")
+
+
+def file_names(read: "dict[bytes, None]") -> list[str]:
+    """The paths of the files ``strip_builtins`` saw read, as strings (line
+    markers escape backslashes)."""
+    import os
+    return [os.fsdecode(name.replace(b"\\\\", b"\\")) for name in read]
 
 
 def marker_file(line: bytes) -> bytes | None:
@@ -43,13 +51,16 @@ def markers(text: bytes) -> "Iterator[tuple[int, int, bytes]]":  # noqa: F821
         pos = text.find(b"\n# ", end - 1)
 
 
-def strip_builtins(text: bytes) -> bytes:
+def strip_builtins(text: bytes, read: "dict[bytes, None] | None" = None) -> bytes:
     """``text`` (``-E -fdirectives-only`` output) without the ``#define``
-    and ``#undef`` lines of the ``<built-in>`` block(s)."""
+    and ``#undef`` lines of the ``<built-in>`` block(s); the names of the
+    files the preprocessor read go into ``read`` on the way, if given."""
     out = []
     kept = 0                       # text[:kept] is decided
     inside: int | None = None      # where the current built-in block's lines start
     for start, end, name in markers(text):
+        if read is not None and name not in _PSEUDO and not name.endswith(b"//"):
+            read[name] = None
         if inside is not None:
             out.append(text[kept:inside])
             out.extend(line for line in text[inside:start].splitlines(keepends=True)

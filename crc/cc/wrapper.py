@@ -147,7 +147,7 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
             return 0
         verbose.step("looked up")
     from ..jobs.compilers import CompilerError, identity
-    from .source import remote_name, strip_builtins
+    from .source import file_names, remote_name, strip_builtins
     try:
         compiler = identity(real)["id"]
     except CompilerError as exc:
@@ -170,8 +170,9 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
             # An error or a warning while preprocessing: the local compile
             # says it exactly as it would have (and fails if it must).
             raise CompileHere("the preprocessor had something to say")
+        read: dict[bytes, None] = {}
         with open(target, "rb") as f:
-            text = strip_builtins(f.read())
+            text = strip_builtins(f.read(), read)
         with open(target, "wb") as f:
             f.write(text)
         argv = [what.compiler, *what.compile, name, "-o", REMOTE_OUTPUT]
@@ -188,7 +189,7 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
             raise MeshFailure(f"{result.get('server')} returned no object file")
         os.replace(produced, what.output)
         if cache is True and local is not None and key is not None:
-            local.record(key, text, what.output, what.depfile)
+            local.record(key, file_names(read), what.output, what.depfile)
             verbose.step("recorded")
         if result.get("cached"):
             verbose.say(f"{what.source} from the compile cache on {result.get('server')}")

@@ -193,6 +193,19 @@ class BlobStore:
             self._publish(tmp, sha)
         return sha, size
 
+    def add_bytes(self, sha: str, data: bytes) -> None:
+        """Keep ``data`` as blob ``sha``; ``StoreError`` if it is not that blob."""
+        if self.has(sha):
+            return
+        self.abandon(sha)
+        partial = self.begin(sha, len(data))
+        try:
+            partial.write(0, data)
+        except BaseException:
+            self.abandon(sha)
+            raise
+        self.commit(partial)
+
     def forget(self, sha: str) -> None:
         """Drop a blob (one whose file was changed behind the store's back)."""
         if valid_sha(sha):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from enum import IntEnum
 from typing import Any
 
@@ -85,6 +86,65 @@ def _header(payload: bytes) -> tuple[dict[str, Any], int]:
     if not isinstance(header, dict):
         raise ProtocolError("job frame header is not a JSON object")
     return header, 4 + n
+
+
+#: Small files may ride inside a SUBMIT (and its RUN) or a DONE instead of
+#: being fetched with WANT afterwards: a compile's source and object then
+#: cost no round trip and no store on the relays. At most this many bytes of
+#: (deflated) content per frame, so a frame never holds up chat for long.
+INLINE_MAX = 64 << 10
+
+
+def pack_inline(files: list[tuple[str, bytes]], budget: int = INLINE_MAX
+                ) -> tuple[list[dict[str, Any]], bytes]:
+    """``(entries, body)`` carrying as many of ``files`` (``(sha, data)``) as
+    fit in ``budget`` bytes, each deflated when that makes it 10 % smaller."""
+    entries: list[dict[str, Any]] = []
+    parts: list[bytes] = []
+    used = 0
+    for sha, data in files:
+        packed = zlib.compress(data, 1) if len(data) > 256 else data
+        deflated = len(packed) < 0.9 * len(data)
+        if not deflated:
+            packed = data
+        if used + len(packed) > budget:
+            continue
+        entry: dict[str, Any] = {"sha": sha, "n": len(packed)}
+        if deflated:
+            entry["z"] = len(data)
+        entries.append(entry)
+        parts.append(packed)
+        used += len(packed)
+    return entries, b"".join(parts)
+
+
+def unpack_inline(entries: Any, body: bytes | memoryview) -> list[tuple[str, bytes]]:
+    """The ``(sha, data)`` a frame carries inline (digests not checked here:
+    the store checks them); ``ProtocolError`` if the list and body disagree."""
+    if not isinstance(entries, list):
+        raise ProtocolError("job frame field 'inline' is not a list")
+    out, at = [], 0
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha"), str) or \
+                not isinstance(entry.get("n"), int) or entry["n"] < 0:
+            raise ProtocolError("malformed inline file entry")
+        data = bytes(body[at:at + entry["n"]])
+        if len(data) != entry["n"]:
+            raise ProtocolError("inline files exceed the frame")
+        at += entry["n"]
+        if "z" in entry:
+            size = entry["z"]
+            if not isinstance(size, int) or not 0 <= size <= 16 * INLINE_MAX:
+                raise ProtocolError("inline file with a bad inflated size")
+            try:
+                inflater = zlib.decompressobj()
+                data = inflater.decompress(data, size)
+                if len(data) != size or inflater.unconsumed_tail:
+                    raise zlib.error("size differs")
+            except zlib.error as exc:
+                raise ProtocolError(f"inline file does not inflate: {exc}") from None
+        out.append((entry["sha"], data))
+    return out
 
 
 def frame(kind: Kind, source: int, dest: int, header: dict[str, Any],

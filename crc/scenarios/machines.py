@@ -87,8 +87,10 @@ class ClientMachine(Machine):
     connects in its own thread once launched, and a MESSAGE or QUIT given
     before it is on the network is lost (the reference client had no socket
     yet), which scenario files written for that runner expect
-    (``lost_before_connect``). "On the network" is taken as "welcomed": a
-    boundary that does not move with the load of the machine running it."""
+    (``lost_before_connect``). The runner decides it without looking at the
+    clock: a command given with no WAIT since LAUNCHCLIENT is lost, however
+    fast this machine connected; after a WAIT, one given before the client
+    was welcomed is lost too."""
 
     kind = Kind.CLIENT
 

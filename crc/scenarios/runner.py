@@ -44,7 +44,7 @@ from .commands import Command, CommandError, parse_int, parse_seconds
 from .jobsteps import JobSteps
 from .machines import (
     LOCALHOST, ClientMachine, LoopClient, LoopServer, Machine, MachineError, PlainMachine,
-    ProcessServer,
+    ProcessServer, lost_before_connect,
 )
 from .plain_client import PlainClient
 from .scenario import Scenario, ScenarioError, load
@@ -150,6 +150,9 @@ class _Run:
         self.work_dir = work_dir
         self.machines: dict[str, Machine] = {}
         self.running: dict[str, Machine] = {}
+        #: Clients launched with no WAIT since: their MESSAGE and QUIT are lost
+        #: (``client_command``), whatever the load of this machine.
+        self.unpaced: set[str] = set()
         self.states: dict[str, dict[str, Any]] = {}
         self.handlers: dict[str, Callable[[Command], None]] = {
             "LAUNCHSERVER": self.launch_server,
@@ -239,6 +242,7 @@ class _Run:
             machine = LoopClient(name, ClientConfig(server, name, client_id, info),
                                  jobs_dir=self.work_dir / "clients" / name)
         self._add(name, machine)
+        self.unpaced.add(name)
 
     # -- client commands -----------------------------------------------------------------
 
@@ -249,6 +253,12 @@ class _Run:
         if not isinstance(machine, ClientMachine):
             raise CommandError(f"no running client named {name!r}")
         what, args = cmd.require("command"), cmd.args
+        if name in self.unpaced and what in ("QUIT", "MESSAGE", "MESSAGE_BYTEWISE",
+                                             "MESSAGE_SIZE"):
+            # Given with no WAIT since LAUNCHCLIENT: the original runner's
+            # client had no socket yet, however fast this machine connects.
+            lost_before_connect(name, what)
+            return
         if what == "QUIT":
             machine.quit(args[0] if args else "")
             return
@@ -283,6 +293,7 @@ class _Run:
             raise CommandError(f"WAIT {cmd.rest!r} is not a number of seconds") from None
         if not 0 <= seconds <= MAX_WAIT:        # (nan fails too)
             raise CommandError(f"WAIT {cmd.rest!r} is not from 0 to {MAX_WAIT:g} seconds")
+        self.unpaced.clear()
         time.sleep(seconds)
 
     def kill(self, cmd: Command) -> None:

@@ -38,9 +38,10 @@ from typing import Any, Callable, Sequence
 from ...jobs.files import FileRef, Sweeper
 from ...jobs.leftovers import mark_owner, sweep_stale
 from ...jobs.rakefile import bad_relative_path
-from ...jobs.store import BlobStore, hash_file
+from ...jobs.store import BlobStore, StoreError, hash_file
 from ...jobs.transfer import Transfers
-from ...jobs.wire import DEFAULT_MAX_JOBS, STDIN_WINDOW, Kind, frame, unpack, unpack_view
+from ...jobs.wire import (DEFAULT_MAX_JOBS, INLINE_MAX, STDIN_WINDOW, Kind, frame, pack_inline,
+                          unpack, unpack_inline, unpack_view)
 from ..core import ChatClient
 from ...protocol import Extension, ProtocolError
 from .state import Job, JobError, JobListener, RunState, text_problem
@@ -71,6 +72,8 @@ class JobClient:
         # id: entries and executors recognise a job sent again by its id.
         self._session = secrets.token_hex(3)
         self._unacked: dict[str, int] = {}     # run id -> server owed a RESULT_ACK
+        self._inlined: set[str] = set()        # files sent inside a SUBMIT already
+        self.inlined_bytes = 0                 # ... their sizes, summed
         self._load_waiters: list[Callable[[list[dict]], None]] = []
         #: Jobs not sent yet: the entry server takes at most ``max_jobs``
         #: unfinished runs per client, so we keep the rest back and send them
@@ -166,6 +169,7 @@ class JobClient:
             if problem:
                 raise JobError(problem)
         refs = self.describe_files(files, base)
+        inline, body = self._inline(refs)
         job_id = f"{self.client.id}.{self._session}.{next(self._ids)}"
         label = shell if shell is not None else " ".join(argv or ())
         job = Job(job_id, label, listener, stdin=stdin, base_dir=base)
@@ -183,11 +187,33 @@ class JobClient:
         if timeout:
             header["timeout"] = timeout
         header.update(extra or {})
+        if inline:
+            header["inline"] = inline
+            job.request_body = body
         job.request = header
         self._held.append(job)
         if send:
             self._release_held()
         return job
+
+    def _inline(self, refs: list[FileRef]) -> tuple[list[dict], bytes]:
+        """What of a job's files rides in its SUBMIT: small ones this client
+        has not sent before (a file it sent once is in the stores on the way,
+        where every later job finds it: a header shared by a hundred compiles
+        crosses each link once, not a hundred times)."""
+        small = []
+        for ref in refs:
+            if ref.size <= INLINE_MAX and ref.sha not in self._inlined:
+                path, _ = self.files[ref.sha]
+                try:
+                    small.append((ref.sha, path.read_bytes()))
+                except OSError:
+                    continue
+        entries, body = pack_inline(small)
+        for entry in entries:
+            self._inlined.add(entry["sha"])
+            self.inlined_bytes += entry.get("z", entry["n"])
+        return entries, body
 
     @property
     def max_jobs(self) -> int:
@@ -219,7 +245,8 @@ class JobClient:
                 continue
             job.sent = True
             self._live[job.id] = job
-            self.client.send_extension(frame(Kind.SUBMIT, self.client.id, 0, job.request))
+            self.client.send_extension(frame(Kind.SUBMIT, self.client.id, 0, job.request,
+                                             job.request_body))
             room -= 1
 
     def fetch(self, run_id: str, server: int, listener: JobListener | None = None,
@@ -360,7 +387,7 @@ class JobClient:
         job.emit(run, "output", (stream, body))
 
     def _on_done(self, msg: Extension) -> None:
-        header, _ = unpack(msg.payload)
+        header, body = unpack(msg.payload)
         found = self._find(header)
         if found is None:
             return
@@ -377,6 +404,13 @@ class JobClient:
             run.files = [FileRef.from_json(f) for f in header.get("files", [])]
         except (KeyError, TypeError, ValueError):
             raise ProtocolError("DONE with a malformed file list") from None
+        if header.get("inline"):
+            # Produced files that came with the result: no fetch for them.
+            for sha, data in unpack_inline(header["inline"], body):
+                try:
+                    self.store.add_bytes(sha, data)
+                except StoreError as exc:
+                    log.warning("an inline file of %s is not what it says: %s", run.id, exc)
         run.state = "collecting"
         run.pending_files = len(run.files)
         run.collection += 1
@@ -513,7 +547,7 @@ class JobClient:
                 if job.request is not None and job.sent:
                     job.resent = True
                     self.client.send_extension(frame(Kind.SUBMIT, self.client.id, 0,
-                                                     job.request))
+                                                     job.request, job.request_body))
                 continue
             for run in job.runs.values():
                 if not run.finished:

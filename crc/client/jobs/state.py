@@ -65,6 +65,7 @@ class Job:
     error: str = ""
     stdin: bool = False
     request: dict | None = None    # the SUBMIT header, kept until ACCEPTED
+    request_body: bytes = b""      # ... and the files it carries inline
     resent: bool = False           # SUBMIT sent again after a reconnect
     sent: bool = False             # SUBMIT sent (else held back: ``JobClient._held``)
     base_dir: Path | None = None   # where its files are read and written, if not the client's

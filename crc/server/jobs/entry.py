@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from ...jobs.scheduler import Ledger, by_name, pick
-from ...jobs.wire import Kind, frame, unpack
+from ...jobs.wire import INLINE_MAX, Kind, frame, unpack, unpack_inline
 from ...net import Connection, Timer
 from ...protocol import Extension, ProtocolError
 from ...routing import Host
@@ -58,7 +58,7 @@ class Entry:
     def on_submit(self, conn: Connection | None, msg: Extension) -> None:
         if conn is None or conn.peer.role is not Role.CLIENT or conn.peer.peer_id != msg.source:
             raise ProtocolError("job submitted by something other than an adjacent client")
-        header, _ = unpack(msg.payload)
+        header, body = unpack(msg.payload)
         client = msg.source
         job = header.get("job")
         if not isinstance(job, str) or not job:
@@ -81,6 +81,10 @@ class Entry:
         try:
             parse_command(header)
             parse_files(header, self.jobs.config.max_file)
+            if header.get("inline"):
+                unpack_inline(header["inline"], body)    # checked here, never at a relay
+                if len(body) > INLINE_MAX:
+                    raise ProtocolError(f"inline files of {len(body)} bytes, over {INLINE_MAX}")
         except ProtocolError as exc:
             to_client(client, Kind.FAILED, {"id": job, "error": str(exc)})
             return
@@ -114,8 +118,8 @@ class Entry:
         while len(self.submitted) > SUBMITTED_MAX:
             self.submitted.popitem(last=False)
         for run in runs:
-            body = dict(header, id=run["id"], client=client, entry=self.me)
-            self.jobs.send(frame(Kind.RUN, self.me, run["server"], body))
+            request = dict(header, id=run["id"], client=client, entry=self.me)
+            self.jobs.send(frame(Kind.RUN, self.me, run["server"], request, body))
 
     def _targets(self, client: int, job: str, header: dict) -> list | None:
         """Where a job goes: every server, the one named, or the least

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING
 
 from ...jobs.files import FileRef
 from ...jobs.process import STDERR, ChildProcess, GroupReaper
-from ...jobs.wire import STDIN_ACK_EVERY, STDIN_WINDOW, Kind, unpack
+from ...jobs.store import StoreError
+from ...jobs.wire import (INLINE_MAX, STDIN_ACK_EVERY, STDIN_WINDOW, Kind, pack_inline, unpack,
+                          unpack_inline)
 from ...net import Connection, Timer
 from ...protocol import Extension, ProtocolError
 from .cache import cache_key
@@ -111,7 +113,7 @@ class Executor:
     def on_run(self, conn: Connection | None, msg: Extension) -> None:
         if self.refuse_run(conn, msg):
             return
-        header, _ = unpack(msg.payload)
+        header, body = unpack(msg.payload)
         run_id, client, entry = header.get("id"), header.get("client"), header.get("entry")
         if not isinstance(run_id, str) or not isinstance(client, int) or not isinstance(entry, int):
             raise ProtocolError("RUN without id, client or entry")
@@ -147,6 +149,7 @@ class Executor:
         run.cache_key = cache_key(header)
         if run.cache_key is not None and self._from_cache(run):
             return
+        self._keep_inline(run, files, header, body)
         self.runs[run_id] = run
         self.queue.append(run_id)
         log.info("%s: job %s from client %d queued: %s", self.server.name, run_id, client, label)
@@ -159,6 +162,36 @@ class Executor:
             self._file_ready(run, None, None)
         self.jobs.reports.changed()
 
+    def _keep_inline(self, run: Run, files: list[FileRef], header: dict, body: bytes) -> None:
+        """Store the required files that came inside the RUN (each checked
+        against its digest; one that is not what it says is fetched instead)."""
+        if not header.get("inline"):
+            return
+        wanted = {ref.sha for ref in files}
+        try:
+            carried = unpack_inline(header["inline"], body)
+        except ProtocolError as exc:
+            log.warning("%s: job %s: inline files unusable (%s); fetching them",
+                        self.server.name, run.id, exc)
+            return
+        for sha, data in carried:
+            if sha in wanted:
+                try:
+                    self.jobs.store.add_bytes(sha, data)
+                except StoreError as exc:
+                    log.warning("%s: job %s: %s; fetching it", self.server.name, run.id, exc)
+
+    def _inline_result(self, files: list[dict]) -> tuple[list[dict], bytes]:
+        """Produced files small enough to go back inside the DONE frame."""
+        store, small = self.jobs.store, []
+        for f in files:
+            if f.get("size", INLINE_MAX + 1) <= INLINE_MAX:
+                try:
+                    small.append((f["sha"], store.path(f["sha"]).read_bytes()))
+                except OSError:
+                    continue
+        return pack_inline(small)
+
     def _from_cache(self, run: Run) -> bool:
         """Answer ``run`` from the compile cache if its key is there."""
         files = self.jobs.cache.lookup(run.cache_key)
@@ -169,7 +202,8 @@ class Executor:
         self.jobs.entry.dispatched.pop(run.id, None)
         self._conclude(run, Kind.DONE, {
             "id": run.id, "exit": 0, "error": "", "files": files, "server": self.me,
-            "name": self.server.name, "seconds": 0.0, "cached": True})
+            "name": self.server.name, "seconds": 0.0, "cached": True},
+            inline=self._inline_result(files))
         return True
 
     def _file_ready(self, run: Run, ref: FileRef | None, error: str | None) -> None:
@@ -266,7 +300,8 @@ class Executor:
             self.jobs.cache.remember(run.cache_key, files)
         self._conclude(run, Kind.DONE, {
             "id": run.id, "exit": code, "error": run.error, "files": files,
-            "server": self.me, "name": self.server.name, "seconds": seconds})
+            "server": self.me, "name": self.server.name, "seconds": seconds},
+            inline=self._inline_result(files))
         self.jobs.trim_store()        # (its files are kept: its result lists them)
 
     def _collect(self, run: Run) -> tuple[list[dict], list[str]]:
@@ -295,16 +330,20 @@ class Executor:
             run.error = run.error or f"could not collect produced files: {exc}"
         return files, warnings
 
-    def _conclude(self, run: Run, kind: Kind, header: dict) -> None:
+    def _conclude(self, run: Run, kind: Kind, header: dict,
+                  inline: tuple[list[dict], bytes] | None = None) -> None:
         """The run is over: keep its final frame and send it (after a replay
-        in progress, which sends it itself)."""
+        in progress, which sends it itself). Files ``inline`` go with the live
+        frame only: a replayed result lists them, and they are fetched."""
+        entries, body = inline or ([], b"")
+        live = dict(header, inline=entries) if entries else header
         record = run.record
         if record is None:
-            self.jobs.to_client(run.client, kind, header)
+            self.jobs.to_client(run.client, kind, live, body)
             return
         self.jobs.results.finish(record, kind, header)
         if record.replay is None:
-            self.jobs.to_client(run.client, kind, header)
+            self.jobs.to_client(run.client, kind, live, body)
 
     def _discard(self, run: Run) -> None:
         """Hand a finished job's directory to the sweeper; its links are free again."""
