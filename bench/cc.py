@@ -259,6 +259,8 @@ def main() -> int:
                         PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
         base_env.pop("PYTHONDONTWRITEBYTECODE", None)
         base_env.pop("CRC_MESH", None)
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "crc")],
+                       env=base_env, check=True, timeout=300, stdout=subprocess.DEVNULL)
 
         local = build(copy_project(project, tmp / "local"), ["make", "-s", "-j2", "CC=gcc"],
                       base_env, timeout, client_side=False)
