@@ -1,10 +1,11 @@
 """meshcc: compiles of an unchanged Make or CMake build, run on the mesh.
 
 ``args`` reads a compiler command line and says whether the mesh may run it;
-``compiler`` finds the real compiler and names it by its content;
-``source`` turns a source into what travels (preprocessed here, built-in
-macros left to the compiler there); ``wrapper`` runs one invocation: locally,
-on the mesh, or locally again when the mesh cannot. Client side only: nothing
-here is imported by a server, and the mesh is reached through
-``crc.client``.
+``compiler`` finds the real compiler (and holds local slots); ``source``
+turns a source into what travels (preprocessed here, built-in macros left to
+the compiler there); ``direct`` is the local cache; ``wrapper`` runs one
+invocation: from the cache, on the mesh, or here. The mesh is reached only
+by the ``agent`` (through ``crc.client``), which every invocation asks over
+``talk`` at the socket ``paths`` names. Client side only: nothing here is
+imported by a server.
 """

@@ -3,12 +3,16 @@
 1. ``args.plan`` decides: anything but one C/C++ source compiled into one
    object runs here, exactly as the real compiler (we ``exec`` it, holding a
    local slot). So does everything when ``CRC_MESH`` is not set.
-2. The source is preprocessed here (``source``), with the dependency file
+2. The local cache (``direct``) may have the object already: then nothing
+   else happens.
+3. The source is preprocessed here (``source``), with the dependency file
    written as the local compile would write it.
-3. The preprocessed text goes to the mesh as a job naming the compiler by
-   its content (``crc.jobs.compilers``): only a server with the same
-   compiler takes it; the object comes back and is moved into place.
-4. A compile that printed anything there (warnings, errors) is compiled
+4. The preprocessed text goes to the mesh — through the agent
+   (``agent``, reached by ``talk``) — as a job naming the compiler by its
+   content (``crc.jobs.compilers``): only a server with the same compiler
+   takes it (or its cache answers); the object comes back and is moved into
+   place, and the local cache records it.
+5. A compile that printed anything there (warnings, errors) is compiled
    again here, so what the user reads is the local compiler's own text
    (caret lines and notes need the original files); a clean compile's
    object is the mesh's. A failure of the mesh itself (unreachable,
@@ -21,8 +25,8 @@ Environment: ``CRC_MESH`` (HOST:PORT[,HOST:PORT...]), ``CRC_MESH_SECRET_FILE``,
 ``MESHCC_FALLBACK``, ``MESHCC_VERBOSE``, ``MESHCC_TIMEOUT`` (seconds a
 remote compile may take, default 600), ``MESHCC_CONNECT_TIMEOUT`` (default 5).
 
-Client side: talks to the mesh through ``crc.client``; prints only the
-compiler's output and its own one-line notes on standard error.
+Client side: never talks to the mesh itself, only to its agent; prints
+only the compiler's output and its own one-line notes on standard error.
 """
 
 from __future__ import annotations
