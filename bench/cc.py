@@ -127,19 +127,11 @@ def build(project: Project, argv: list[str], env: dict[str, str], timeout: float
     start = time.perf_counter()
     if client_side:
         argv = [*CLIENT_PREFIX, *argv]
-    proc = subprocess.Popen(argv, cwd=project.root, env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise BenchError(f"{' '.join(argv)} did not finish within {timeout:g} s") from None
+    done = run_bounded(argv, project.root, timeout, env=env)
     wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise BenchError(f"{' '.join(argv[:4])} failed ({proc.returncode}):\n"
+    err = done.stderr
+    if done.returncode != 0:
+        raise BenchError(f"{' '.join(argv[:4])} failed ({done.returncode}):\n"
                          f"{err.decode(errors='replace')[-3000:]}")
     agent = agent_cpu(runtime) - agent0 if runtime else 0.0
     cpu = children_cpu() - cpu0 + agent
@@ -156,8 +148,8 @@ def build(project: Project, argv: list[str], env: dict[str, str], timeout: float
 
 
 def clean(project: Project) -> None:
-    run_bounded(["make", "-s", "clean"], project.root, 60) if (
-        "clean:" in (project.root / "Makefile").read_text()) else None
+    if "clean:" in (project.root / "Makefile").read_text():
+        run_bounded(["make", "-s", "clean"], project.root, 60)
     for name in [*project.objects, "program"]:
         (project.root / name).unlink(missing_ok=True)
 

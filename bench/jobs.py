@@ -641,10 +641,12 @@ def copy_project(project: Project, dest: Path) -> Project:
     return Project(dest, project.sources, project.headers)
 
 
-def run_bounded(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+def run_bounded(argv: list[str], cwd: Path, timeout: float,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run a command in its own process group; kill the whole group on timeout."""
-    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

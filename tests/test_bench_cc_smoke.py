@@ -1,0 +1,36 @@
+"""The compiler-wrapper benchmark's quick mode runs to the end.
+
+``bench/cc.py --quick`` builds a small generated project locally, with
+distcc when it is installed, with meshcc over three real servers (cold, from
+its local cache, from the mesh's cache) and as a Rakefile, and fails if any
+build fails or the programs disagree. This checks that it completes and that
+meshcc's builds went where they say; speed figures are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(300)
+def test_quick_cc_benchmark_completes_and_every_build_agrees(tmp_path: Path) -> None:
+    out = tmp_path / "cc.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "cc.py"), "--quick",
+                           "--json", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    report = json.loads(out.read_text())
+    files = report["files"]
+    assert report["meshcc_cold"]["remote"] == files          # every compile on the mesh
+    assert report["meshcc_warm"]["local"] == files           # every one from the local cache
+    assert report["meshcc_warm_mesh"]["cached"] == files     # ... and from the mesh's
+    checksums = {report[k]["checksum"] for k in ("make_j2", "meshcc_cold", "meshcc_warm",
+                                                 "meshcc_warm_mesh", "rakefile")}
+    assert len(checksums) == 1 and checksums.pop().startswith("checksum ")
