@@ -412,3 +412,28 @@ def test_with_a_mesh_secret_only_a_client_that_proves_it_compiles_there(
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0 and (tmp_path / "a.o").is_file()
         assert done.stderr.startswith("meshcc: a.c: compiling here:"), done.stderr
+
+
+def test_work_done_here_takes_at_most_one_slot_per_cpu(tmp_path: Path) -> None:
+    """make -j with many more jobs than CPUs: meshcc runs at most CPU-count
+    compilers here at once (links, fallbacks, preprocessing alike)."""
+    log = tmp_path / "log"
+    busy = tmp_path / "busycc"
+    busy.write_text(f"#!/bin/sh\necho start $$ >> {log}\nsleep 1\necho end $$ >> {log}\n"
+                    "exit 0\n")
+    busy.chmod(0o755)
+    env = env_for(None)
+    jobs = [subprocess.Popen([*MESHCC, str(busy), "-o", f"prog{i}", f"x{i}.o"], cwd=tmp_path,
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for i in range(3 * (os.cpu_count() or 1) + 2)]
+    for job in jobs:
+        job.communicate(timeout=120)
+        assert job.returncode == 0
+    running = peak = 0
+    for line in log.read_text().split("\n"):
+        if line.startswith("start"):
+            running += 1
+            peak = max(peak, running)
+        elif line.startswith("end"):
+            running -= 1
+    assert running == 0 and peak == (os.cpu_count() or 1)

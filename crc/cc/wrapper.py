@@ -183,6 +183,7 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
         cache = cacheable(what, text)
         if cache is not True:
             verbose.step(f"not cached: {cache}")
+        verbose.step("sending")             # (+ the interpreter's start: exec to first byte)
         result = submit(argv, name, work, compiler, os.getcwd() if what.debug else None,
                         connect_timeout, timeout, cache is True)
         verbose.step("compiled")
