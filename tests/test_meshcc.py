@@ -437,3 +437,15 @@ def test_work_done_here_takes_at_most_one_slot_per_cpu(tmp_path: Path) -> None:
         elif line.startswith("end"):
             running -= 1
     assert running == 0 and peak == (os.cpu_count() or 1)
+
+
+def test_a_response_file_is_followed_and_the_compile_goes_to_the_mesh(mesh: Mesh,
+                                                                       tmp_path: Path) -> None:
+    three(mesh)
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "k.h").write_text("#define K 5\n")
+    (tmp_path / "a.c").write_text('#include "k.h"\nint a(void) { return K; }\n')
+    (tmp_path / "flags.rsp").write_text("-O2 '-Iinc'\n-c a.c -o a.o\n")
+    done = compile_verbose(tmp_path, mesh, "@flags.rsp")
+    assert re.search(r"a\.c compiled on s[123]", done.stderr), done.stderr
+    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-Iinc", "-c", "a.c")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from crc.cc.args import Local, Remote, plan
+from crc.cc.args import Local, Remote, expand_responses, plan, split_response
 from crc.cc.source import remote_name, strip_builtins
 
 LOCAL = [
@@ -126,3 +126,32 @@ def test_the_builtin_block_goes_and_everything_else_stays() -> None:
 ])
 def test_the_remote_name_keeps_the_path_when_it_can(source: str, name: str) -> None:
     assert remote_name(source) == name
+
+
+@pytest.mark.parametrize("text,words", [
+    ("-O2 -c a.c", ["-O2", "-c", "a.c"]),
+    ("  -DX='a b'\n-DY=\"c d\"\t-I\\ spaced ", ["-DX=a b", "-DY=c d", "-I spaced"]),
+    ("'' \"\"", ["", ""]),
+    ("a\\\"b 'it''s'", ['a"b', "its"]),
+    ("", []),
+])
+def test_response_files_are_split_as_gcc_splits_them(text: str, words: list[str]) -> None:
+    assert split_response(text) == words
+
+
+def test_response_files_are_followed_nested_and_refused_when_they_cannot_be() -> None:
+    files = {"outer.rsp": "-O2 @inner.rsp -c", "inner.rsp": "-Iinc 'a b.c'",
+             "loop.rsp": "@loop.rsp"}
+
+    def read(name: str) -> str:
+        if name not in files:
+            raise FileNotFoundError(name)
+        return files[name]
+
+    assert expand_responses(["@outer.rsp", "-o", "x.o"], read) == \
+        ["-O2", "-Iinc", "a b.c", "-c", "-o", "x.o"]
+    assert expand_responses(["-c", "a.c"], read) == ["-c", "a.c"]
+    assert expand_responses(["@missing.rsp"], read) is None
+    assert expand_responses(["@loop.rsp"], read) is None
+    got = plan(["gcc", *expand_responses(["@outer.rsp", "-o", "x.o"], read)])
+    assert isinstance(got, Remote) and got.source == "a b.c" and got.output == "x.o"

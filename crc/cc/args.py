@@ -14,7 +14,11 @@ language other than C or C++, ``@response`` files, configure and CMake probe
 compiles, ``-march=native``, profile feedback, ``-save-temps``, plugins,
 ``-B``/``-specs``, and output that is not one object file.
 
-Pure: reads no file, runs nothing, knows no socket. On the path of every
+``expand_responses`` follows ``@file`` arguments first (GCC's quoting), so
+that CMake's and Ninja's response files go to the mesh too; one that cannot
+be read stays local.
+
+Pure but for reading response files: runs nothing, knows no socket. On the path of every
 compile a build starts, so it imports nothing but ``os`` (no ``re``, no
 ``dataclasses``: each costs milliseconds per invocation).
 """
@@ -144,7 +148,7 @@ def plan(argv: list[str]) -> Remote | Local:
         value = words[i + 1] if i + 1 < len(words) else None
         i += 1
         if word.startswith("@"):
-            return Local(f"response file {word}")
+            return Local(f"response file {word} (not followed)")
         if word == "-c":
             compile_only = True
         elif word == "-o" or word.startswith("-o") and len(word) > 2:
@@ -231,3 +235,78 @@ def plan(argv: list[str]) -> Remote | Local:
     compile_ = both + ["-c"] + language_flag
     return Remote(compiler=argv[0], source=source, language=lang, output=output,
                   preprocess=preprocess, compile=compile_, depfile=depfile, debug=debug)
+
+
+#: How deep ``@file`` may nest, and how large one may be.
+MAX_RESPONSE_DEPTH = 10
+MAX_RESPONSE_SIZE = 1 << 20
+
+
+def split_response(text: str) -> list[str]:
+    """The words of a response file as GCC reads them: separated by white
+    space, with single or double quotes grouping and a backslash taking the
+    next character as it is."""
+    words: list[str] = []
+    word: list[str] = []
+    started = False
+    quote = ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            word.append(text[i + 1])
+            started = True
+            i += 2
+            continue
+        if quote:
+            if c == quote:
+                quote = ""
+            else:
+                word.append(c)
+        elif c in "'\"":
+            quote = c
+            started = True
+        elif c.isspace():
+            if started:
+                words.append("".join(word))
+                word, started = [], False
+        else:
+            word.append(c)
+            started = True
+        i += 1
+    if started:
+        words.append("".join(word))
+    return words
+
+
+def expand_responses(words: list[str], read=None, depth: int = 0) -> list[str] | None:
+    """``words`` with every ``@file`` replaced by the words in it (nested too);
+    None if one cannot be followed (unreadable, too large, too deep), and the
+    command line then runs here as the compiler would read it. ``read(name)``
+    returns a file's text (default: read it from the working directory)."""
+    if not any(w.startswith("@") for w in words):
+        return words
+    if depth >= MAX_RESPONSE_DEPTH:
+        return None
+    out: list[str] = []
+    for word in words:
+        if not word.startswith("@") or len(word) == 1:
+            out.append(word)
+            continue
+        try:
+            text = read(word[1:]) if read is not None else _read_response(word[1:])
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        inner = expand_responses(split_response(text), read, depth + 1)
+        if inner is None:
+            return None
+        out.extend(inner)
+    return out
+
+
+def _read_response(name: str) -> str:
+    with open(name, "rb") as f:
+        data = f.read(MAX_RESPONSE_SIZE + 1)
+    if len(data) > MAX_RESPONSE_SIZE:
+        raise ValueError(f"response file {name} is over {MAX_RESPONSE_SIZE} bytes")
+    return data.decode()

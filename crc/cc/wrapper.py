@@ -35,7 +35,7 @@ import os
 import sys
 import time
 
-from .args import Local, Remote, plan
+from .args import Local, Remote, expand_responses, plan
 from .compiler import MeshFailure, UsageError, invocation, local_slot
 
 # Everything here runs once per compile of a build: it imports nothing the
@@ -118,14 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         note(str(exc))
         return 2
     mesh = os.environ.get("CRC_MESH", "").strip()
-    what = plan([name, *args])
+    expanded = expand_responses(args)
+    what = plan([name, *(expanded if expanded is not None else args)])
     if isinstance(what, Local):
         return run_locally(real, args, verbose, what.reason)
     if not mesh:
         return run_locally(real, args, verbose, "CRC_MESH is not set")
     fallback = flag("MESHCC_FALLBACK", True)
     try:
-        return compile_on_mesh(what, real, args, verbose, connect_timeout, timeout)
+        return compile_on_mesh(what, real, expanded or args, verbose, connect_timeout, timeout)
     except CompileHere as exc:
         return run_locally(real, args, verbose, str(exc))
     except MeshFailure as exc:
