@@ -3,9 +3,13 @@ table-driven, no compiler run, no socket."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from crc.cc.args import Local, Remote, expand_responses, plan, split_response
+from crc.cc.direct import DirectCache
 from crc.cc.source import remote_name, strip_builtins
 
 LOCAL = [
@@ -155,3 +159,20 @@ def test_response_files_are_followed_nested_and_refused_when_they_cannot_be() ->
     assert expand_responses(["@loop.rsp"], read) is None
     got = plan(["gcc", *expand_responses(["@outer.rsp", "-o", "x.o"], read)])
     assert isinstance(got, Remote) and got.source == "a b.c" and got.output == "x.o"
+
+
+def test_the_local_cache_trims_the_least_recently_used_entries_only(tmp_path: Path) -> None:
+    """Past its size, the local cache drops its oldest entries (and the
+    objects only they named) until it fits — not everything."""
+    cache = DirectCache(str(tmp_path / "cache"))
+    (tmp_path / "h.h").write_text("#define H 1\n")
+    for i in range(4):
+        obj = tmp_path / f"o{i}.o"
+        obj.write_bytes(bytes([i]) * 10_000)          # objects are most of the size
+        cache.record(f"{i:064x}", [str(tmp_path / "h.h")], str(obj), None)
+        entry = tmp_path / "cache" / "00" / f"{i:064x}"
+        os.utime(entry, (1_000_000 + i, 1_000_000 + i))   # oldest first
+    cache.trim(25_000)                                # room for two objects and entries
+    kept = [i for i in range(4) if cache.lookup(f"{i:064x}", str(tmp_path / "out.o"), None)]
+    assert kept == [2, 3]
+    assert (tmp_path / "out.o").read_bytes() == bytes([3]) * 10_000

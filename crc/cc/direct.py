@@ -160,38 +160,54 @@ class DirectCache:
             return
 
     def trim(self, limit: int) -> None:
-        """Remove the least recently used entries (and objects no entry names)
-        until the cache holds at most ``limit`` bytes."""
+        """Remove the least recently used entries, each with the object only
+        it named, until the cache holds at most ``limit`` bytes."""
         entries, objects, total = [], {}, 0
+        objects_dir = os.path.join(self.root, "objects")
         for folder, _, names in os.walk(self.root):
             for name in names:
                 path = os.path.join(folder, name)
                 try:
-                    st = os.stat(path)
+                    size = os.stat(path).st_size
                 except OSError:
                     continue
-                total += st.st_size
-                if os.path.basename(os.path.dirname(folder)) == "objects":
-                    objects[name] = (path, st.st_size)
+                total += size
+                if os.path.dirname(folder) == objects_dir:
+                    objects[name] = (path, size)
                 elif not name.endswith(".tmp"):
-                    entries.append((st.st_mtime, path, st.st_size))
-        entries.sort()
-        while total > limit and entries:
-            _, path, size = entries.pop(0)
-            try:
-                os.unlink(path)
-                total -= size
-            except OSError:
-                pass
-        named = set()
-        for _, path, _ in entries:
+                    entries.append(path)
+        named: dict[str, str] = {}                  # entry path -> its object
+        users: dict[str, int] = {}                  # object -> entries naming it
+        dated = []
+        for path in entries:
             try:
                 with open(path, "rb") as f:
-                    named.add(marshal.load(f)["object"])
+                    named[path] = obj = marshal.load(f)["object"]
+                st = os.stat(path)
             except (OSError, ValueError, EOFError, TypeError, KeyError):
                 continue
-        for name, (path, size) in objects.items():
-            if name not in named:
+            users[obj] = users.get(obj, 0) + 1
+            dated.append((st.st_mtime, path, st.st_size))
+        dated.sort()
+        for _, path, size in dated:
+            if total <= limit:
+                break
+            try:
+                os.unlink(path)
+            except OSError:
+                continue
+            total -= size
+            obj = named[path]
+            users[obj] -= 1
+            if users[obj] == 0 and obj in objects:
+                gone, obj_size = objects.pop(obj)
+                try:
+                    os.unlink(gone)
+                    total -= obj_size
+                except OSError:
+                    pass
+        for obj, (path, _) in objects.items():      # objects no entry names
+            if users.get(obj, 0) == 0:
                 try:
                     os.unlink(path)
                 except OSError:
