@@ -449,3 +449,20 @@ def test_a_response_file_is_followed_and_the_compile_goes_to_the_mesh(mesh: Mesh
     done = compile_verbose(tmp_path, mesh, "@flags.rsp")
     assert re.search(r"a\.c compiled on s[123]", done.stderr), done.stderr
     assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-Iinc", "-c", "a.c")
+
+
+@pytest.mark.parametrize("env,named", [
+    ({"CRC_MESH_SECRET_FILE": "/nonexistent/secret"}, "CRC_MESH_SECRET_FILE"),
+    ({"CRC_MESH": "127.0.0.1:notaport"}, "CRC_MESH"),
+], ids=["secret file", "mesh address"])
+def test_an_unusable_setting_is_named_in_the_note_at_once(tmp_path: Path, env: dict,
+                                                           named: str) -> None:
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    settings = {"CRC_MESH": "127.0.0.1:9", "MESHCC_CONNECT_TIMEOUT": "30", **env}
+    done = subprocess.run([*MESHCC, "gcc", "-c", "a.c"], cwd=tmp_path,
+                          env=env_for(None, **settings), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and (tmp_path / "a.o").is_file()
+    assert done.stderr.startswith("meshcc: a.c: compiling here:") and named in done.stderr, \
+        done.stderr
+    assert "did not start" not in done.stderr

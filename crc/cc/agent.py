@@ -6,12 +6,13 @@ chat participant) and leave. Instead the first meshcc starts this agent in
 the background, and every meshcc hands it its compile over a Unix socket in
 a directory only its user can enter. The agent keeps one ``ChatClient`` and
 ``JobClient`` on one event loop, submits each compile as a job, writes the
-object into the compile's work directory and answers with one JSON line.
+object into the compile's work directory and answers with one message.
 The mesh is named by the environment the agent was started with; agents for
 different meshes (or credentials) have different sockets.
 
 It leaves by itself after ``IDLE`` seconds without a request. If the mesh
-cannot be reached, it answers every request at once with why, for
+cannot be reached, or the environment names it or its credentials wrongly,
+it answers every request at once with why, for
 ``DOWN_FOR`` seconds (so a build against a dead mesh falls back quickly),
 then leaves; the next compile starts a new agent that tries again.
 
@@ -32,7 +33,13 @@ import socket
 import sys
 from typing import Any
 
+from ..client.core import ChatClient, ClientConfig
+from ..client.jobs.engine import JobClient
+from ..client.jobs.state import JobError
 from ..net.loop import EVENT_READ, EventLoop
+from ..options import OptionError, host_ports
+from ..protocol import StatusCode
+from ..routing import QUIET_INFO
 from .compiler import MeshFailure
 from .paths import agent_dir, pid_file
 from .talk import TalkError, decode, encode
@@ -171,27 +178,35 @@ class Agent:
             self.idle = float(os.environ.get("MESHCC_AGENT_IDLE", "") or IDLE)
         except ValueError:
             self.idle = IDLE
-        from ..client.core import ChatClient, ClientConfig
-        from ..client.jobs.engine import JobClient
-        from ..options import host_ports
-        tls, self.secret = credentials()
-        servers = host_ports(os.environ["CRC_MESH"])
-        from ..routing import QUIET_INFO
-        self.client = ChatClient(ClientConfig(servers[0], "meshcc", 0, QUIET_INFO, tls=tls,
-                                              secret=self.secret, servers=tuple(servers[1:]),
-                                              handshake_timeout=5.0),
-                                 self.loop, listener=self._on_client)
-        self.jobs = JobClient(self.client, agent_dir())
+        self.client: ChatClient | None = None
+        self.jobs: JobClient | None = None
+        try:
+            tls, self.secret = credentials()
+            servers = host_ports(os.environ.get("CRC_MESH", ""))
+        except OptionError as exc:
+            self.setting = f"$CRC_MESH: {exc}"
+        except MeshFailure as exc:
+            self.setting = str(exc)
+        else:
+            self.setting = None
+            self.client = ChatClient(ClientConfig(
+                servers[0], "meshcc", 0, QUIET_INFO, tls=tls, secret=self.secret,
+                servers=tuple(servers[1:]), handshake_timeout=5.0),
+                self.loop, listener=self._on_client)
+            self.jobs = JobClient(self.client, agent_dir())
 
     # -- life ------------------------------------------------------------------------
 
     def serve(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         self.loop.register(sock, EVENT_READ, Listener(self, sock))
-        try:
-            self.client.start()
-        except OSError as exc:
-            self._down(f"cannot connect: {exc.strerror or exc}")
+        if self.client is None:             # nothing to connect with: say why, then go
+            self._down(self.setting or "no mesh")
+        else:
+            try:
+                self.client.start()
+            except OSError as exc:
+                self._down(f"cannot connect: {exc.strerror or exc}")
         self.touched()
         try:
             self.loop.run()
@@ -201,8 +216,9 @@ class Agent:
                     os.unlink(leftover)
                 except OSError:
                     pass
-            self.jobs.close()
-            self.client.close()
+            if self.client is not None and self.jobs is not None:
+                self.jobs.close()
+                self.client.close()
 
     def touched(self) -> None:
         if self._idle_timer is not None:
@@ -213,7 +229,8 @@ class Agent:
         if self.active:
             self.touched()
             return
-        self.client.finish()
+        if self.client is not None:
+            self.client.finish()
         self.loop.call_later(0.5, self.loop.stop)
 
     def _down(self, why: str, linger: float = DOWN_FOR) -> None:
@@ -227,7 +244,6 @@ class Agent:
         self.waiting.clear()
 
     def _on_client(self, kind: str, data: dict) -> None:
-        from ..protocol import StatusCode
         if kind == "extensions" and not self.ready:
             if self.secret is not None and not self.client.server_verified:
                 self._down("the server did not prove it knows the mesh secret")
@@ -239,7 +255,7 @@ class Agent:
         elif kind == "plain":
             self._down("the server is a plain CRC v1 server; it cannot run jobs")
         elif kind == "status" and not self.ready and \
-                data.get("code") in (int(StatusCode.AUTH_REFUSED), 2):
+                data.get("code") in (StatusCode.AUTH_REFUSED, StatusCode.DUPLICATE_ID):
             self._down(f"the server refused us: {data.get('text')}")
         elif kind == "disconnected":
             # Lost after it worked (a server restarting?): leave at once, so
@@ -260,7 +276,7 @@ class Agent:
             self._submit(request, body)
 
     def _submit(self, request: Request, body: dict) -> None:
-        from ..client.jobs.state import JobError
+        assert self.jobs is not None            # (only once the mesh is ready)
         self.active += 1
 
         def on_run(job: Any, run: Any, event: str, data: Any) -> None:
@@ -328,10 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if bound is None:
         return 0                      # another agent serves this mesh
     sock, _lock = bound
-    try:
-        Agent(path).serve(sock)
-    except MeshFailure:
-        return 1
+    Agent(path).serve(sock)
     return 0
 
 
