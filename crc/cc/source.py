@@ -5,24 +5,31 @@ are followed and conditionals decided on this machine (so the headers never
 need to exist there), but macros are kept as definitions and expanded by the
 compiler on the executing server, so columns, ``__FILE__``/``__LINE__`` and
 the debug information come out as a compile of the original source would
-make them. The compiler's own predefined macros (the ``<built-in>`` block)
-are removed: the same compiler, there, defines them itself; definitions
-from the command line (``-D``/``-U``) stay in the text.
+make them. For a compile as plain source there (``-g``), the compiler's own
+predefined macros (the ``<built-in>`` block) are removed: the same compiler
+defines them itself; definitions from the command line (``-D``/``-U``) stay
+in the text. ``files_read`` lists what the preprocessor read, for the local
+cache's manifest.
 
 Pure text in, text out; no processes, no sockets.
 """
 
 from __future__ import annotations
 
+import os
+
 _BUILT_IN = b"<built-in>"
 _PSEUDO = (b"<built-in>", b"<command-line>")
 
 
-def file_names(read: "dict[bytes, None]") -> list[str]:
-    """The paths of the files ``strip_builtins`` saw read, as strings (line
-    markers escape backslashes)."""
-    import os
-    return [os.fsdecode(name.replace(b"\\\\", b"\\")) for name in read]
+def files_read(text: bytes) -> list[str]:
+    """Every file the preprocessor read, from the line markers of its output,
+    in order and once each (markers escape backslashes)."""
+    seen: dict[bytes, None] = {}
+    for _, _, name in markers(text):
+        if name not in _PSEUDO and not name.endswith(b"//"):    # ("dir//": the cwd)
+            seen[name] = None
+    return [os.fsdecode(name.replace(b"\\\\", b"\\")) for name in seen]
 
 
 def marker_file(line: bytes) -> bytes | None:
@@ -51,16 +58,13 @@ def markers(text: bytes) -> "Iterator[tuple[int, int, bytes]]":  # noqa: F821
         pos = text.find(b"\n# ", end - 1)
 
 
-def strip_builtins(text: bytes, read: "dict[bytes, None] | None" = None) -> bytes:
+def strip_builtins(text: bytes) -> bytes:
     """``text`` (``-E -fdirectives-only`` output) without the ``#define``
-    and ``#undef`` lines of the ``<built-in>`` block(s); the names of the
-    files the preprocessor read go into ``read`` on the way, if given."""
+    and ``#undef`` lines of the ``<built-in>`` block(s)."""
     out = []
     kept = 0                       # text[:kept] is decided
     inside: int | None = None      # where the current built-in block's lines start
     for start, end, name in markers(text):
-        if read is not None and name not in _PSEUDO and not name.endswith(b"//"):
-            read[name] = None
         if inside is not None:
             out.append(text[kept:inside])
             out.extend(line for line in text[inside:start].splitlines(keepends=True)

@@ -81,16 +81,16 @@ def flag(name: str, default: bool) -> bool:
 
 
 def seconds(name: str, default: float) -> float:
+    """``$name`` as the project reads seconds (``crc.options.seconds``: loaded
+    only when the variable is set, to keep it off every compile's path)."""
     text = os.environ.get(name, "").strip()
     if not text:
         return default
+    from ..options import OptionError, seconds as parse
     try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"${name}: {text!r} is not a number of seconds") from None
-    if not value > 0:
-        raise UsageError(f"${name}: {text!r} is not a positive number of seconds")
-    return value
+        return parse(text)
+    except OptionError as exc:
+        raise UsageError(f"${name}: {exc}") from None
 
 
 def run_locally(real: str, args: list[str], verbose: Verbose, why: str) -> int:
@@ -119,14 +119,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mesh = os.environ.get("CRC_MESH", "").strip()
     expanded = expand_responses(args)
-    what = plan([name, *(expanded if expanded is not None else args)])
+    words = expanded if expanded is not None else args     # (as the compiler reads them)
+    what = plan([name, *words])
     if isinstance(what, Local):
         return run_locally(real, args, verbose, what.reason)
     if not mesh:
         return run_locally(real, args, verbose, "CRC_MESH is not set")
     fallback = flag("MESHCC_FALLBACK", True)
     try:
-        return compile_on_mesh(what, real, expanded or args, verbose, connect_timeout, timeout)
+        return compile_on_mesh(what, real, words, verbose, connect_timeout, timeout)
     except CompileHere as exc:
         return run_locally(real, args, verbose, str(exc))
     except MeshFailure as exc:
@@ -152,7 +153,7 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
             return 0
         verbose.step("looked up")
     from ..jobs.compilers import CompilerError, identity
-    from .source import file_names, remote_name, strip_builtins
+    from .source import files_read, remote_name, strip_builtins
     try:
         compiler = identity(real)["id"]
     except CompilerError as exc:
@@ -175,7 +176,6 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
             # An error or a warning while preprocessing: the local compile
             # says it exactly as it would have (and fails if it must).
             raise CompileHere("the preprocessor had something to say")
-        read: dict[bytes, None] = {}
         with open(target, "rb") as f:
             text = f.read()
         if what.debug:
@@ -183,15 +183,14 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
             # compiled as plain source (re-preprocessed there), built-ins
             # left to that compiler. Without, -fpreprocessed skips that
             # second pass (about 5 % of a compile) and keeps the built-ins.
-            text = strip_builtins(text, read)
+            text = strip_builtins(text)
             with open(target, "wb") as f:
                 f.write(text)
             argv = [what.compiler, *what.compile, name, "-o", REMOTE_OUTPUT]
         else:
-            strip_builtins(text, read)          # (only the names of what was read)
             argv = [what.compiler, *what.compile, "-fpreprocessed", "-fdirectives-only", name,
                     "-o", REMOTE_OUTPUT]
-        cache = cacheable(what, text)
+        cache = cacheable(what, text) if local is not None else "MESHCC_CACHE=0"
         if cache is not True:
             verbose.step(f"not cached: {cache}")
         verbose.step("sending")             # (+ the interpreter's start: exec to first byte)
@@ -205,7 +204,7 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
             raise MeshFailure(f"{result.get('server')} returned no object file")
         os.replace(produced, what.output)
         if cache is True and local is not None and key is not None:
-            local.record(key, file_names(read), what.output, what.depfile)
+            local.record(key, files_read(text), what.output, what.depfile)
             verbose.step("recorded")
         if result.get("cached"):
             verbose.say(f"{what.source} from the compile cache on {result.get('server')}")
@@ -224,8 +223,6 @@ TIME_MACROS = (b"__DATE__", b"__TIME__", b"__TIMESTAMP__")
 
 def cacheable(what: Remote, text: bytes) -> bool | str:
     """True if this compile may be answered from the compile cache, else why not."""
-    if not flag("MESHCC_CACHE", True):
-        return "MESHCC_CACHE=0"
     for macro in TIME_MACROS:
         if macro in text:
             return f"uses {macro.decode()}"
