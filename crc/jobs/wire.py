@@ -118,24 +118,35 @@ def pack_inline(files: list[tuple[str, bytes]], budget: int = INLINE_MAX
     return entries, b"".join(parts)
 
 
-def unpack_inline(entries: Any, body: bytes | memoryview) -> list[tuple[str, bytes]]:
-    """The ``(sha, data)`` a frame carries inline (digests not checked here:
-    the store checks them); ``ProtocolError`` if the list and body disagree."""
+def check_inline(entries: Any, body_size: int) -> None:
+    """``ProtocolError`` unless ``entries`` is a well-formed list whose
+    pieces fit a body of ``body_size`` bytes (what an entry server checks
+    before passing a SUBMIT's files on, without inflating them)."""
     if not isinstance(entries, list):
         raise ProtocolError("job frame field 'inline' is not a list")
-    out, at = [], 0
+    at = 0
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("sha"), str) or \
                 not isinstance(entry.get("n"), int) or entry["n"] < 0:
             raise ProtocolError("malformed inline file entry")
+        size = entry.get("z", 0)
+        if not isinstance(size, int) or not 0 <= size <= 16 * INLINE_MAX:
+            raise ProtocolError("inline file with a bad inflated size")
+        at += entry["n"]
+    if at > body_size:
+        raise ProtocolError("inline files exceed the frame")
+
+
+def unpack_inline(entries: Any, body: bytes | memoryview) -> list[tuple[str, bytes]]:
+    """The ``(sha, data)`` a frame carries inline (digests not checked here:
+    the store checks them); ``ProtocolError`` if the list and body disagree."""
+    check_inline(entries, len(body))
+    out, at = [], 0
+    for entry in entries:
         data = bytes(body[at:at + entry["n"]])
-        if len(data) != entry["n"]:
-            raise ProtocolError("inline files exceed the frame")
         at += entry["n"]
         if "z" in entry:
             size = entry["z"]
-            if not isinstance(size, int) or not 0 <= size <= 16 * INLINE_MAX:
-                raise ProtocolError("inline file with a bad inflated size")
             try:
                 inflater = zlib.decompressobj()
                 data = inflater.decompress(data, size)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from ...jobs.scheduler import Ledger, by_name, pick
-from ...jobs.wire import INLINE_MAX, Kind, frame, unpack, unpack_inline
+from ...jobs.wire import INLINE_MAX, Kind, check_inline, frame, unpack
 from ...net import Connection, Timer
 from ...protocol import Extension, ProtocolError
 from ...routing import Host
@@ -82,7 +82,7 @@ class Entry:
             parse_command(header)
             parse_files(header, self.jobs.config.max_file)
             if header.get("inline"):
-                unpack_inline(header["inline"], body)    # checked here, never at a relay
+                check_inline(header["inline"], len(body))   # here, so no relay meets it
                 if len(body) > INLINE_MAX:
                     raise ProtocolError(f"inline files of {len(body)} bytes, over {INLINE_MAX}")
         except ProtocolError as exc:
