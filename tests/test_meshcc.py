@@ -20,7 +20,7 @@ from .meshkit import Mesh, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 MESHCC = [sys.executable, str(ROOT / "meshcc.py")]
-EXAMPLE = ROOT / "examples" / "make"
+EXAMPLE = ROOT / "examples" / "cproject"
 GCC = shutil.which("gcc")
 
 pytestmark = pytest.mark.skipif(GCC is None or shutil.which("make") is None,
@@ -67,7 +67,7 @@ def test_a_makefile_builds_through_the_mesh_with_objects_as_a_local_build_makes_
     built = make(project, cc, env_for(mesh, MESHCC_VERBOSE="1"))
     assert built.returncode == 0, built.stderr
     where = where_compiled(built.stderr)
-    sources = sorted(f"src/{p.name}" for p in (project / "src").glob("*.c"))
+    sources = sorted(p.name for p in project.glob("*.c"))
     assert sorted(where) == sources                     # every compile ran on the mesh
     assert set(where.values()) <= {"s1", "s2", "s3"}
     assert "compiling here" in built.stderr             # ... and the link here
@@ -444,11 +444,13 @@ def test_a_response_file_is_followed_and_the_compile_goes_to_the_mesh(mesh: Mesh
     three(mesh)
     (tmp_path / "inc").mkdir()
     (tmp_path / "inc" / "k.h").write_text("#define K 5\n")
-    (tmp_path / "a.c").write_text('#include "k.h"\nint a(void) { return K; }\n')
-    (tmp_path / "flags.rsp").write_text("-O2 '-Iinc'\n-c a.c -o a.o\n")
+    (tmp_path / "src").mkdir()          # (a source in a directory keeps its path there)
+    (tmp_path / "src" / "a.c").write_text('#include "k.h"\nint a(void) { return K; }\n')
+    (tmp_path / "flags.rsp").write_text("-O2 -g '-Iinc'\n-c src/a.c -o a.o\n")
     done = compile_verbose(tmp_path, mesh, "@flags.rsp")
     assert re.search(r"a\.c compiled on s[123]", done.stderr), done.stderr
-    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-Iinc", "-c", "a.c")
+    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-g", "-Iinc", "-c",
+                                                          "src/a.c")
 
 
 @pytest.mark.parametrize("env,named", [

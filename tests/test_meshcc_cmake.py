@@ -1,5 +1,5 @@
 """meshcc end to end with CMake: the unchanged example project in
-examples/cmake, configured with meshcc as CMAKE_C_COMPILER_LAUNCHER and built
+examples/cproject, configured with meshcc as CMAKE_C_COMPILER_LAUNCHER and built
 through a 3-server mesh. Every source of the project compiles on the mesh,
 CMake's own compiler probes stay here, and the program runs."""
 
@@ -16,7 +16,7 @@ import pytest
 from .meshkit import Mesh
 from .test_meshcc import ROOT, env_for, three, where_compiled
 
-EXAMPLE = ROOT / "examples" / "cmake"
+EXAMPLE = ROOT / "examples" / "cproject"
 #: A CMake list: the launcher is "python meshcc.py", then the compiler CMake found.
 LAUNCHER = f"{sys.executable};{ROOT / 'meshcc.py'}"
 #: What a CMake probe compile looks like (compiler identification, try_compile).
@@ -51,7 +51,7 @@ def test_a_cmake_project_builds_through_the_mesh_and_its_probes_stay_here(
     # CMake names each source by its absolute path: match on the file name.
     probes = [source for source in where if PROBE.search(source)]
     assert probes == [], f"CMake probe compiles went to the mesh: {probes}"
-    sources = sorted(p.name for p in (project / "src").glob("*.c"))
+    sources = sorted(p.name for p in project.glob("*.c"))
     assert len(sources) >= 4
     assert sorted(Path(source).name for source in where) == sources, built.stderr
     assert set(where.values()) <= {"s1", "s2", "s3"}, where

@@ -1,3 +1,0 @@
-#include "mathfuncs.h"
-
-long cube(long x) { return x * square(x); }

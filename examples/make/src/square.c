@@ -1,3 +1,0 @@
-#include "mathfuncs.h"
-
-long square(long x) { return x * x; }
