@@ -199,7 +199,7 @@ class Executor:
             return False
         log.info("%s: job %s from client %d answered from the compile cache",
                  self.server.name, run.id, run.client)
-        self.jobs.entry.dispatched.pop(run.id, None)
+        self._finish(run)
         self._conclude(run, Kind.DONE, {
             "id": run.id, "exit": 0, "error": "", "files": files, "server": self.me,
             "name": self.server.name, "seconds": 0.0, "cached": True},
