@@ -87,12 +87,15 @@ class ClientMachine(Machine):
     connects in its own thread once launched, and a MESSAGE or QUIT given
     before it is on the network is lost (the reference client had no socket
     yet), which scenario files written for that runner expect
-    (``lost_before_connect``). The runner decides it without looking at the
-    clock: a command given with no WAIT since LAUNCHCLIENT is lost, however
-    fast this machine connected; after a WAIT, one given before the client
-    was welcomed is lost too."""
+    (the runner's ``_lost``): a command given with no WAIT since LAUNCHCLIENT,
+    however fast this machine connected, or before the client was welcomed."""
 
     kind = Kind.CLIENT
+
+    @property
+    @abstractmethod
+    def welcomed(self) -> bool:
+        """The server has welcomed the client: it is on the network."""
 
     @abstractmethod
     def send_chat(self, dest: int, text: str) -> None: ...
@@ -230,11 +233,6 @@ def client_state(client: ChatClient) -> dict[str, Any]:
     }
 
 
-def lost_before_connect(name: str, what: str) -> None:
-    log.warning("%s: %s given before the client was welcomed: lost, as with the original "
-                "runner (put a WAIT after LAUNCHCLIENT)", name, what)
-
-
 class LoopClient(ClientMachine):
     def __init__(self, name: str, config: ClientConfig, jobs_dir: Path | None = None) -> None:
         self.name = name
@@ -242,6 +240,10 @@ class LoopClient(ClientMachine):
         self.runner = _LoopThread(name, self.client.loop, self._run)
         self.jobs_dir = jobs_dir
         self.jobs: ClientJobs | None = None
+
+    @property
+    def welcomed(self) -> bool:
+        return self.client.welcomed
 
     def start(self) -> None:
         self.runner.start()
@@ -293,22 +295,13 @@ class LoopClient(ClientMachine):
             self.jobs.close()
 
     def send_chat(self, dest: int, text: str) -> None:
-        if not self.client.welcomed:
-            lost_before_connect(self.name, "MESSAGE")
-            return
         self.client.send_chat_threadsafe(dest, text)
 
     def quit(self, text: str) -> None:
-        if not self.client.welcomed:
-            lost_before_connect(self.name, "QUIT")
-            return
         self.client.quit_threadsafe(text, linger=True)
 
     def send_chat_bytewise(self, dest: int, text: str) -> None:
         """Write the chat one byte per ``send()``, paced apart; return when done."""
-        if not self.client.welcomed:
-            lost_before_connect(self.name, "MESSAGE_BYTEWISE")
-            return
         data = encode(ClientChat(self.client.id, dest, text))
         done = threading.Event()
         loop = self.client.loop
@@ -336,6 +329,10 @@ class PlainMachine(ClientMachine):
         self.name = name
         self.client = client
         self.final: dict[str, Any] | None = None
+
+    @property
+    def welcomed(self) -> bool:
+        return self.client.welcomed
 
     def start(self) -> None:
         self.connected = threading.Event()
@@ -367,21 +364,12 @@ class PlainMachine(ClientMachine):
         self.client.stop()
 
     def send_chat(self, dest: int, text: str) -> None:
-        if not self.client.welcomed:
-            lost_before_connect(self.name, "MESSAGE")
-            return
         self.client.send_chat(dest, text)
 
     def send_chat_bytewise(self, dest: int, text: str) -> None:
-        if not self.client.welcomed:
-            lost_before_connect(self.name, "MESSAGE_BYTEWISE")
-            return
         self.client.send_chat_bytewise(dest, text)
 
     def quit(self, text: str) -> None:
-        if not self.client.welcomed:
-            lost_before_connect(self.name, "QUIT")
-            return
         self.client.quit(text)
 
 

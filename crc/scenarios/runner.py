@@ -44,7 +44,7 @@ from .commands import Command, CommandError, parse_int, parse_seconds
 from .jobsteps import JobSteps
 from .machines import (
     LOCALHOST, ClientMachine, LoopClient, LoopServer, Machine, MachineError, PlainMachine,
-    ProcessServer, lost_before_connect,
+    ProcessServer,
 )
 from .plain_client import PlainClient
 from .scenario import Scenario, ScenarioError, load
@@ -253,14 +253,9 @@ class _Run:
         if not isinstance(machine, ClientMachine):
             raise CommandError(f"no running client named {name!r}")
         what, args = cmd.require("command"), cmd.args
-        if name in self.unpaced and what in ("QUIT", "MESSAGE", "MESSAGE_BYTEWISE",
-                                             "MESSAGE_SIZE"):
-            # Given with no WAIT since LAUNCHCLIENT: the original runner's
-            # client had no socket yet, however fast this machine connects.
-            lost_before_connect(name, what)
-            return
         if what == "QUIT":
-            machine.quit(args[0] if args else "")
+            if not self._lost(name, machine, what):
+                machine.quit(args[0] if args else "")
             return
         if what not in ("MESSAGE", "MESSAGE_BYTEWISE", "MESSAGE_SIZE") or len(args) < 2:
             raise CommandError(f"{what}: expected MESSAGE, MESSAGE_BYTEWISE or MESSAGE_SIZE "
@@ -269,15 +264,28 @@ class _Run:
             log.warning("%s: only the first text token is sent; ignoring %s",
                         what, " ".join(args[2:]))
         dest = parse_int(args[0], "destination id")
+        size = parse_int(args[1], "size") if what == "MESSAGE_SIZE" else 0
+        if not 0 <= size <= MAX_MESSAGE_SIZE:
+            raise CommandError(f"MESSAGE_SIZE {size} is not from 0 to {MAX_MESSAGE_SIZE}")
+        if self._lost(name, machine, what):
+            return
         if what == "MESSAGE_SIZE":
-            size = parse_int(args[1], "size")
-            if not 0 <= size <= MAX_MESSAGE_SIZE:
-                raise CommandError(f"MESSAGE_SIZE {size} is not from 0 to {MAX_MESSAGE_SIZE}")
             machine.send_chat(dest, sized_text(size))
         elif what == "MESSAGE_BYTEWISE":
             machine.send_chat_bytewise(dest, args[1])
         else:
             machine.send_chat(dest, args[1])
+
+    def _lost(self, name: str, machine: ClientMachine, what: str) -> bool:
+        """A MESSAGE or QUIT given before the client is on the network is lost,
+        as with the original runner, whose client had no socket yet: with no
+        WAIT since LAUNCHCLIENT (however fast this machine connects), or
+        before the server welcomed it."""
+        if name in self.unpaced or not machine.welcomed:
+            log.warning("%s: %s given before the client was welcomed: lost, as with the "
+                        "original runner (put a WAIT after LAUNCHCLIENT)", name, what)
+            return True
+        return False
 
     def send(self, cmd: Command) -> None:
         """The original runner's SEND reaches a hook that sends nothing; so does this."""
