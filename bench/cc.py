@@ -305,7 +305,8 @@ def main() -> int:
         stop_agents(runtime)
 
         rake_tree = copy_project(project, tmp / "rake-build")
-        rake = build(rake_tree, [*CHAT, "--server", f"127.0.0.1:{servers[1].port}", "rake"],
+        rake = build(rake_tree, [*CHAT, "--server", f"127.0.0.1:{servers[1].port}", "rake",
+                                "-j", str(args.jobs)],
                      base_env, timeout, servers=[s.proc.pid for s in servers])
         results["rakefile"] = rake
         print(f"Rakefile: {rake['seconds']:.2f} s", flush=True)

@@ -133,3 +133,25 @@ def test_job_commands_in_a_chat_script(
     assert any(line.endswith("@beta] from beta") for line in lines)
     assert sum(line.endswith("] everywhere") for line in lines) == 3
     assert "Server load" in out and all(s.name in out for s in mesh)
+
+
+def test_rake_jobs_limit_bounds_the_remote_actions_in_flight(
+        procs: Processes, mesh: list[Server], tmp_path: Path) -> None:
+    """``rake -j N`` as ``make -j N``: never more than N remote actions at
+    once (the servers' six slots would take all six), and all of them run."""
+    log = tmp_path / "in-flight.log"
+    step = f"remote-sh -c 'echo begin >> {log}; sleep 0.2; echo end >> {log}'\n"
+    (tmp_path / "Rakefile").write_text("set:\n" + "".join("\t" + step for _ in range(6)))
+    for limit in (1, 2):
+        log.write_text("")
+        result = batch(procs, mesh[0], tmp_path, "rake", "-j", str(limit))
+        assert result.returncode == 0, result.stderr
+        lines = log.read_text().split()
+        assert lines.count("begin") == lines.count("end") == 6
+        running = peak = 0
+        for line in lines:
+            running += 1 if line == "begin" else -1
+            peak = max(peak, running)
+        assert 1 <= peak <= limit, lines
+    result = batch(procs, mesh[0], tmp_path, "rake", "-j", "0")
+    assert result.returncode == 2 and "at least one job" in result.stderr

@@ -69,6 +69,17 @@ def timeout_seconds(text: str) -> float:
     return value
 
 
+def job_count(text: str) -> int:
+    """``rake -j N``: a whole number of actions, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of jobs") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least one job must be allowed")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chat_client.py --server HOST:PORT",
                                 description="Run jobs and builds on the mesh.")
@@ -77,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     rake.add_argument("rakefile", nargs="?", default="Rakefile")
     rake.add_argument("--on", metavar="NAME", help="run every remote action on this server")
     rake.add_argument("--timeout", type=timeout_seconds, help="seconds allowed per action")
+    rake.add_argument("-j", "--jobs", type=job_count, metavar="N",
+                      help="at most N remote actions at once (default: all of an actionset; "
+                      "the servers queue what their slots cannot take)")
     run = sub.add_parser("run", help="run one command on the least-loaded server")
     run.add_argument("--on", metavar="NAME", help="run on this server")
     run.add_argument("-i", "--stdin", action="store_true", help="forward standard input to the job")
@@ -345,7 +359,8 @@ class Batch:
         check_files(rakefile, base)
         self.jobs.base_dir = base
         self.build = Build(rakefile, self.jobs, self.loop, base, BuildView(self.output),
-                           on=self.args.on, timeout=self.args.timeout, done=self._stop)
+                           on=self.args.on, timeout=self.args.timeout, done=self._stop,
+                           jobs_limit=self.args.jobs)
         if self.args.on:
             # A server that does not exist (or a name two servers share) is
             # said once, before anything runs, not by every action.

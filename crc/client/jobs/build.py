@@ -5,7 +5,9 @@ actions go through the mesh as jobs (``JobClient``) with their required files;
 local actions run on this machine in ``base_dir`` as child processes in the
 same selector. Output is cut into whole lines per action and stream before it
 reaches the ``reporter``, so actions running at once never interleave
-mid-line. The first actionset with a failed action ends the build once its
+mid-line. With ``jobs`` set, at most that many remote actions are in flight
+at once (``make -j``'s meaning: the rest wait here, not in the servers'
+queues). The first actionset with a failed action ends the build once its
 running actions have finished; the result names every failed action.
 
 A remote action lost with its server (the server died or left the mesh) is
@@ -76,7 +78,7 @@ class Reporter(Protocol):
 class Build:
     def __init__(self, rakefile: Rakefile, jobs: JobClient, loop: EventLoop, base_dir: Path,
                  reporter: Reporter, on: str | None = None, timeout: float | None = None,
-                 done: Callable[[int], None] | None = None) -> None:
+                 done: Callable[[int], None] | None = None, jobs_limit: int | None = None) -> None:
         self.rakefile = rakefile
         self.jobs = jobs
         self.loop = loop
@@ -92,6 +94,9 @@ class Build:
         self.aborted = False
         self.local_slots = max(2, os.cpu_count() or 1)
         self._local_waiting: list[ActionRun] = []
+        #: Remote actions in flight at most (None: all of an actionset at once).
+        self.jobs_limit = jobs_limit
+        self._remote_waiting: list[ActionRun] = []
         self._after_abort: Callable[[], None] | None = None
         self._abort_timer: Timer | None = None
 
@@ -110,10 +115,18 @@ class Build:
         self.current = [ActionRun(a, actionset.name, i + 1) for i, a in enumerate(actionset.actions)]
         self.reporter.actionset_started(actionset, self.current)
         self._local_waiting = [r for r in self.current if not r.action.remote]
-        for run in self.current:
-            if run.action.remote:
-                self._launch(run)
+        self._remote_waiting = [r for r in self.current if r.action.remote]
+        self._start_remote()
         self._start_local()
+
+    def _start_remote(self) -> None:
+        """Remote actions, all at once or at most ``jobs_limit`` in flight."""
+        limit = self.jobs_limit or len(self._remote_waiting)
+        running = sum(1 for r in self.current
+                      if r.action.remote and r.state == "running")
+        while self._remote_waiting and running < limit and not self.aborted:
+            self._launch(self._remote_waiting.pop(0))
+            running += 1
 
     def _start_local(self) -> None:
         """Local actions run at most ``local_slots`` at a time (like ``make
@@ -242,6 +255,8 @@ class Build:
         run.error = error
         run.state = "ok" if code == 0 and not error else "failed"
         self.reporter.action_changed(run)
+        if run.action.remote and self._remote_waiting:
+            self.loop.call_soon(self._start_remote)
         if all(r.finished for r in self.current):
             actionset = self.rakefile.actionsets[self.index]
             self.reporter.actionset_finished(actionset, self.current)
