@@ -16,7 +16,14 @@ same checksum as the local build's. In order:
 4. the same again after ``make clean``: warm, every object from meshcc's
    local cache (no preprocessing, nothing sent); and once more as another
    client would (an empty local cache): every object from the mesh's cache;
-5. the same project as a Rakefile (``chat_client.py rake``) over the mesh.
+5. the same project as a Rakefile (``chat_client.py rake -jN``) over the mesh;
+6. two ceilings for any wrapper written in Python, each a ``python -S``
+   script that does nothing but ``exec`` what follows it: in front of
+   ``distcc gcc`` (``py+distcc``: distcc's design plus one interpreter start
+   per compile) and in front of ``gcc`` at ``-j2`` (``py+gcc``: every compile
+   from source on these CPUs behind an interpreter start, nothing shipped —
+   what a wrapper that ships sources instead of preprocessing them could at
+   best do here). meshcc cannot beat the lower of the two on this machine.
 
 For each: wall time and its ratio to ``make -j2``, bytes sent over loopback
 during the build (the ``lo`` counters: everything, both tools alike), and
@@ -311,6 +318,18 @@ def main() -> int:
         results["rakefile"] = rake
         print(f"Rakefile: {rake['seconds']:.2f} s", flush=True)
 
+        floor = tmp / "pyexec.py"
+        floor.write_text("import os, sys\nos.execvp(sys.argv[1], sys.argv[1:])\n")
+        py = f"{sys.executable} -S {floor}"
+        if env_distcc is not None:
+            results["py_distcc"] = build(copy_project(project, tmp / "py-distcc"),
+                                         ["make", "-s", f"-j{args.jobs}", f"CC={py} distcc gcc"],
+                                         env_distcc, timeout, servers=[p.pid for p in distccd])
+        results["py_gcc"] = build(copy_project(project, tmp / "py-gcc"),
+                                  ["make", "-s", "-j2", f"CC={py} gcc"], base_env, timeout,
+                                  client_side=False)
+        print("ceilings: python -S in front of distcc and of gcc: done", flush=True)
+
         checksums = {k: v["checksum"] for k, v in results.items()
                      if isinstance(v, dict) and "checksum" in v}
         if len(set(checksums.values())) != 1:
@@ -341,7 +360,7 @@ def report(results: dict[str, Any]) -> None:
     print(f"{'build':<14} {'wall s':>8} {'/ make -j2':>10} {'lo MB':>8} {'client CPU s':>13} "
           f"{'(agent)':>8} {'servers CPU s':>14}")
     for key in ("make_j2", "distcc", "meshcc_cold", "meshcc_warm", "meshcc_warm_mesh",
-                "rakefile"):
+                "rakefile", "py_distcc", "py_gcc"):
         row = results.get(key)
         if not row:
             continue
@@ -361,6 +380,13 @@ def report(results: dict[str, Any]) -> None:
         floors.append(("meshcc cold <= distcc", results["meshcc_cold"]["ratio"] <= distcc["ratio"]))
         floors.append(("Rakefile <= distcc", results["rakefile"]["ratio"] <= distcc["ratio"]))
     floors.append(("warm rebuild <= 0.3 x make -j2", results["meshcc_warm"]["ratio"] <= 0.3))
+    ceilings = [results[k]["ratio"] for k in ("py_distcc", "py_gcc") if results.get(k)]
+    if distcc and ceilings:
+        best = min(ceilings)
+        results["python_ceiling"] = best
+        print(f"\nceiling for a Python wrapper here: {best:.3f} x make -j2 "
+              f"({'above' if best > distcc['ratio'] else 'at or below'} distcc's "
+              f"{distcc['ratio']:.3f})")
     results["floors"] = [{"what": w, "met": m} for w, m in floors]
     for what, met in floors:
         print(f"  {'PASS' if met else 'MISS'}  {what}")
