@@ -318,9 +318,9 @@ def main() -> int:
         results["rakefile"] = rake
         print(f"Rakefile: {rake['seconds']:.2f} s", flush=True)
 
-        floor = tmp / "pyexec.py"
-        floor.write_text("import os, sys\nos.execvp(sys.argv[1], sys.argv[1:])\n")
-        py = f"{sys.executable} -S {floor}"
+        pyexec = tmp / "pyexec.py"          # a Python start, then what follows it
+        pyexec.write_text("import os, sys\nos.execvp(sys.argv[1], sys.argv[1:])\n")
+        py = f"{sys.executable} -S {pyexec}"
         if env_distcc is not None:
             results["py_distcc"] = build(copy_project(project, tmp / "py-distcc"),
                                          ["make", "-s", f"-j{args.jobs}", f"CC={py} distcc gcc"],

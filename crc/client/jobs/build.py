@@ -5,7 +5,7 @@ actions go through the mesh as jobs (``JobClient``) with their required files;
 local actions run on this machine in ``base_dir`` as child processes in the
 same selector. Output is cut into whole lines per action and stream before it
 reaches the ``reporter``, so actions running at once never interleave
-mid-line. With ``jobs`` set, at most that many remote actions are in flight
+mid-line. With ``jobs_limit`` set, at most that many remote actions are in flight
 at once (``make -j``'s meaning: the rest wait here, not in the servers'
 queues). The first actionset with a failed action ends the build once its
 running actions have finished; the result names every failed action.
@@ -121,20 +121,21 @@ class Build:
 
     def _start_remote(self) -> None:
         """Remote actions, all at once or at most ``jobs_limit`` in flight."""
-        limit = self.jobs_limit or len(self._remote_waiting)
-        running = sum(1 for r in self.current
-                      if r.action.remote and r.state == "running")
-        while self._remote_waiting and running < limit and not self.aborted:
-            self._launch(self._remote_waiting.pop(0))
-            running += 1
+        running = sum(1 for r in self.current if r.action.remote and r.state == "running")
+        limit = self.jobs_limit or running + len(self._remote_waiting)
+        self._launch_from(self._remote_waiting, limit, running)
 
     def _start_local(self) -> None:
         """Local actions run at most ``local_slots`` at a time (like ``make
         -j``): ten thousand at once would exhaust this machine's processes
         and descriptors. The rest wait their turn."""
         running = sum(1 for r in self.current if r.process is not None)
-        while self._local_waiting and running < self.local_slots and not self.aborted:
-            self._launch(self._local_waiting.pop(0))
+        self._launch_from(self._local_waiting, self.local_slots, running)
+
+    def _launch_from(self, waiting: list[ActionRun], limit: int, running: int) -> None:
+        """Launch from the front of ``waiting`` until ``limit`` are running."""
+        while waiting and running < limit and not self.aborted:
+            self._launch(waiting.pop(0))
             running += 1
 
     def _launch(self, run: ActionRun) -> None:
