@@ -68,7 +68,7 @@ def test_a_makefile_builds_through_the_mesh_with_objects_as_a_local_build_makes_
     assert built.returncode == 0, built.stderr
     where = where_compiled(built.stderr)
     sources = sorted(p.name for p in project.glob("*.c"))
-    assert sorted(where) == sources                     # every compile ran on the mesh
+    assert sorted(where) == sources, built.stderr        # every compile ran on the mesh
     assert set(where.values()) <= {"s1", "s2", "s3"}
     assert "compiling here" in built.stderr             # ... and the link here
     run = subprocess.run([str(project / "program"), "12"], capture_output=True, text=True,

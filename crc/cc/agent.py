@@ -30,17 +30,23 @@ import errno
 import fcntl
 import os
 import socket
+import subprocess
 import sys
 from typing import Any
 
 from ..client.core import ChatClient, ClientConfig
 from ..client.jobs.engine import JobClient
 from ..client.jobs.state import JobError
+from ..jobs.compilers import ROOT_DIR, CompilerError, identity
+from ..jobs.files import FileRef
 from ..net.loop import EVENT_READ, EventLoop
 from ..options import OptionError, host_ports
 from ..protocol import StatusCode
 from ..routing import QUIET_INFO
 from .compiler import MeshFailure
+from .includes import Scanner, Unscannable
+from .ship import DEPS, NotShipped, Probe, parse_probe, plan_shipment, probe_flags, \
+    rewrite_deps
 from .paths import agent_dir, pid_file
 from .talk import TalkError, decode, encode
 
@@ -132,10 +138,13 @@ class Request:
 
 def request_problem(request: dict) -> str | None:
     """What is wrong with a request, if anything."""
-    argv = request.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        return "'argv' is not a list of strings"
-    for key in ("source", "work", "compiler"):
+    for key in ("words",) if request.get("ship") else ("argv",):
+        argv = request.get(key)
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            return f"{key!r} is not a list of strings"
+    keys = ("source", "work", "real", "cwd", "output", "language", "name") \
+        if request.get("ship") else ("source", "work", "compiler")
+    for key in keys:
         if not isinstance(request.get(key), str) or not request[key]:
             return f"{key!r} is not a string"
     if request.get("debug_dir") is not None and not isinstance(request["debug_dir"], str):
@@ -180,6 +189,9 @@ class Agent:
             self.idle = IDLE
         self.client: ChatClient | None = None
         self.jobs: JobClient | None = None
+        self.scanner = Scanner()
+        self.probes: dict[tuple, Probe] = {}
+        self.identities: dict[str, tuple[tuple, str]] = {}
         try:
             tls, self.secret = credentials()
             servers = host_ports(os.environ.get("CRC_MESH", ""))
@@ -277,6 +289,9 @@ class Agent:
 
     def _submit(self, request: Request, body: dict) -> None:
         assert self.jobs is not None            # (only once the mesh is ready)
+        if body.get("ship"):
+            self._ship(request, body)
+            return
         self.active += 1
 
         def on_run(job: Any, run: Any, event: str, data: Any) -> None:
@@ -304,6 +319,124 @@ class Agent:
         except (JobError, KeyError, TypeError, OSError) as exc:
             self.active -= 1
             request.answer({"ok": False, "error": f"cannot submit: {exc}"})
+
+
+    # -- compiles shipped as source (crc.cc.ship) ---------------------------------------
+
+    def _identity(self, real: str) -> str:
+        """The compiler's id (``crc.jobs.compilers``), remembered while its
+        driver's stat stays the same (its cache file checks the rest)."""
+        try:
+            st = os.stat(real)
+        except OSError as exc:
+            raise MeshFailure(f"cannot identify the compiler: {real}: "
+                              f"{exc.strerror or exc}") from None
+        stamp = (st.st_size, st.st_ino, st.st_mtime_ns)
+        known = self.identities.get(real)
+        if known is None or known[0] != stamp:
+            try:
+                known = self.identities[real] = (stamp, identity(real)["id"])
+            except CompilerError as exc:
+                raise MeshFailure(f"cannot identify the compiler: {exc}") from None
+        return known[1]
+
+    def _probe(self, real: str, flags: list[str]) -> Probe:
+        """The compiler's own include directories and preincludes for these
+        flags: asked of it once per flag set for the agent's life (a run of
+        ``COMPILER -E -M -v /dev/null``, some milliseconds)."""
+        key = (real, *flags)
+        known = self.probes.get(key)
+        if known is None:
+            try:
+                done = subprocess.run([real, *flags, "-E", "-M", "-v", os.devnull],
+                                      capture_output=True, text=True, timeout=30,
+                                      stdin=subprocess.DEVNULL, errors="surrogateescape")
+            except (OSError, subprocess.SubprocessError) as exc:
+                raise NotShipped(f"cannot ask {real} for its include directories: {exc}") \
+                    from None
+            if done.returncode != 0:
+                raise NotShipped(f"{real} -v failed (exit {done.returncode})")
+            known = self.probes[key] = parse_probe(done.stderr, done.stdout)
+        return known
+
+    def _ship(self, request: Request, body: dict) -> None:
+        """Send the source and its headers; the compile runs from source over
+        there. ``{ok: False, preprocess: why}`` when it cannot be shipped."""
+        cwd = body["cwd"]
+        try:
+            compiler = self._identity(body["real"])
+        except MeshFailure as exc:
+            request.answer({"ok": False, "error": str(exc)})
+            return
+        try:
+            probe = self._probe(body["real"], probe_flags(body["words"], body["language"]))
+            plan = plan_shipment(body["words"], cwd, body["output"], body["source"], probe)
+            closure = self.scanner.closure(cwd, body["source"], plan.search, plan.preincludes)
+        except (NotShipped, Unscannable) as exc:
+            request.answer({"ok": False, "preprocess": str(exc)})
+            return
+        prepared, names = [], set()
+        for f in closure:
+            name = ROOT_DIR + f.path
+            if name not in names:
+                names.add(name)
+                prepared.append((FileRef(name, f.info.sha, f.info.size, f.info.mode), f.path))
+        timed = next((f.info.timed for f in closure if f.info.timed), None)
+        cache = body.get("cache") is True and timed is None
+        work = body["work"]
+        self.active += 1
+        printed = [False]
+
+        def on_run(job: Any, run: Any, event: str, data: Any) -> None:
+            if event == "output":
+                printed[0] = True
+            elif event in ("done", "failed"):
+                self.active -= 1
+                self.touched()
+                if event == "failed" or run.error:
+                    error = run.error or "the job failed"
+                    if error.startswith("timed out"):
+                        error += " (MESHCC_TIMEOUT)"
+                    request.answer({"ok": False, "error": error})
+                    return
+                answer = {"ok": True, "exit": run.exit, "printed": printed[0],
+                          "cached": run.cached, "not_cached": timed and f"uses {timed}",
+                          "server": run.name if run.name != "?" else str(run.server),
+                          "read": [f.name for f in closure]}
+                if run.exit == 0 and not printed[0]:
+                    problem = self._shipped_back(work, cwd, plan, closure)
+                    if problem:
+                        answer = {"ok": False, "preprocess": problem}
+                request.answer(answer)
+
+        try:
+            self.jobs.submit(argv=[body["name"], *plan.argv], prepared=prepared, rooted=cwd,
+                             compiler=compiler, timeout=body.get("timeout"),
+                             base_dir=work, cache=cache, listener=on_run)
+        except (JobError, KeyError, TypeError, OSError) as exc:
+            self.active -= 1
+            request.answer({"ok": False, "error": f"cannot submit: {exc}"})
+
+    @staticmethod
+    def _shipped_back(work: str, cwd: str, plan: Any, closure: list) -> str | None:
+        """Put the dependency file that came back (rewritten) where the
+        compiler would have written it; meshcc takes the object from its work
+        directory (``OUTPUT`` is its ``REMOTE_OUTPUT``). Why not, if it cannot."""
+        try:
+            if plan.depfile is not None:
+                with open(os.path.join(work, DEPS), encoding="utf-8",
+                          errors="surrogateescape") as f:
+                    text = rewrite_deps(f.read(), cwd, plan.prefix, closure)
+                if text is None:
+                    return "the dependency file could not be written as here"
+                target = os.path.join(cwd, plan.depfile)
+                temporary = f"{target}.meshcc-{os.getpid()}"
+                with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as f:
+                    f.write(text)
+                os.replace(temporary, target)
+        except OSError as exc:
+            return f"the results could not be put in place: {exc.strerror or exc}"
+        return None
 
 
 def bind(path: str) -> tuple[socket.socket, int] | None:

@@ -152,16 +152,33 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
             verbose.say(f"{what.source} from the local compile cache")
             return 0
         verbose.step("looked up")
-    from ..jobs.compilers import CompilerError, identity
-    from .source import files_read, remote_name, strip_builtins
-    try:
-        compiler = identity(real)["id"]
-    except CompilerError as exc:
-        raise MeshFailure(f"cannot identify the compiler: {exc}") from None
-    verbose.step("identified")
     work = make_work_dir(what.output)
     try:
+        flags = cache_flags(what) if local is not None else "MESHCC_CACHE=0"
+        if flag("MESHCC_SHIP", True):
+            verbose.step("shipping")
+            result = ship(what, real, args, work, connect_timeout, timeout, flags is True)
+            if result.get("preprocess"):
+                verbose.step(f"preprocessing here: {result['preprocess']}")
+            else:
+                if flags is not True or result.get("not_cached"):
+                    verbose.step(f"not cached: {result.get('not_cached') or flags}")
+                verbose.step("compiled")
+                return finish(what, result, work, local, key, result.get("read"), verbose,
+                              flags is True and not result.get("not_cached"))
+        from ..jobs.compilers import CompilerError, identity
+        from .source import files_read, remote_name, strip_builtins
+        try:
+            compiler = identity(real)["id"]
+        except CompilerError as exc:
+            raise MeshFailure(f"cannot identify the compiler: {exc}") from None
+        verbose.step("identified")
         name = remote_name(what.source)
+        if what.debug and name != what.source:
+            # The debug information records the source's path as given; a job
+            # directory can hold it only under a name of its own.
+            raise CompileHere("-g with the source outside the working directory, "
+                              "preprocessed (MESHCC_SHIP=0 or not shippable)")
         target = os.path.join(work, name)
         os.makedirs(os.path.dirname(target), exist_ok=True)
         errors = os.path.join(work, ".stderr")
@@ -190,29 +207,37 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
         else:
             argv = [what.compiler, *what.compile, "-fpreprocessed", "-fdirectives-only", name,
                     "-o", REMOTE_OUTPUT]
-        cache = cacheable(what, text) if local is not None else "MESHCC_CACHE=0"
+        cache = time_macro(text) or flags
         if cache is not True:
             verbose.step(f"not cached: {cache}")
         verbose.step("sending")             # (+ the interpreter's start: exec to first byte)
         result = submit(argv, name, work, compiler, os.getcwd() if what.debug else None,
                         connect_timeout, timeout, cache is True)
         verbose.step("compiled")
-        if result.get("exit") != 0 or result.get("printed"):
-            raise CompileHere(f"the compile on {result.get('server')} printed diagnostics")
-        produced = os.path.join(work, REMOTE_OUTPUT)
-        if not os.path.isfile(produced):
-            raise MeshFailure(f"{result.get('server')} returned no object file")
-        os.replace(produced, what.output)
-        if cache is True and local is not None and key is not None:
-            local.record(key, files_read(text), what.output, what.depfile)
-            verbose.step("recorded")
-        if result.get("cached"):
-            verbose.say(f"{what.source} from the compile cache on {result.get('server')}")
-        else:
-            verbose.say(f"{what.source} compiled on {result.get('server')}")
-        return 0
+        return finish(what, result, work, local, key, None if cache is not True
+                      else files_read(text), verbose, cache is True)
     finally:
         remove_tree(work)
+
+
+def finish(what: Remote, result: dict, work: str, local: "DirectCache | None",  # noqa: F821
+           key: str | None, read: list[str] | None, verbose: Verbose, record: bool) -> int:
+    """The mesh's answer to a compile: the object moved into place (and the
+    local cache told), or ``CompileHere`` / ``MeshFailure``."""
+    if result.get("exit") != 0 or result.get("printed"):
+        raise CompileHere(f"the compile on {result.get('server')} printed diagnostics")
+    produced = os.path.join(work, REMOTE_OUTPUT)
+    if not os.path.isfile(produced):
+        raise MeshFailure(f"{result.get('server')} returned no object file")
+    os.replace(produced, what.output)
+    if record and local is not None and key is not None and read is not None:
+        local.record(key, read, what.output, what.depfile)
+        verbose.step("recorded")
+    if result.get("cached"):
+        verbose.say(f"{what.source} from the compile cache on {result.get('server')}")
+    else:
+        verbose.say(f"{what.source} compiled on {result.get('server')}")
+    return 0
 
 
 #: Macros whose value is the moment of the compile: a source using them is
@@ -221,11 +246,16 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
 TIME_MACROS = (b"__DATE__", b"__TIME__", b"__TIMESTAMP__")
 
 
-def cacheable(what: Remote, text: bytes) -> bool | str:
-    """True if this compile may be answered from the compile cache, else why not."""
+def time_macro(text: bytes) -> str | None:
+    """Why ``text`` may not be answered from a cache, if it uses the time."""
     for macro in TIME_MACROS:
         if macro in text:
             return f"uses {macro.decode()}"
+    return None
+
+
+def cache_flags(what: Remote) -> bool | str:
+    """True if this command line may be answered from the compile cache, else why not."""
     for word in what.compile:
         if word.startswith(("-flto", "-fprofile", "-frandom-seed")):
             return f"{word} (output not reproducible)"
@@ -293,6 +323,24 @@ def submit(argv: list[str], source: str, work: str, compiler: str, debug_dir: st
     reply = ask(socket_path(), request, connect_timeout, connect_timeout + timeout + 10.0,
                 start_agent)
     if not reply.get("ok"):
+        raise MeshFailure(str(reply.get("error") or "the mesh could not run the compile"))
+    return reply
+
+
+def ship(what: Remote, real: str, words: list[str], work: str, connect_timeout: float,
+         timeout: float, cache: bool) -> dict:
+    """Have the agent ship the source and its headers (``crc.cc.ship``;
+    it identifies the compiler too, once per change of it); its answer, as
+    ``submit``'s, or ``{preprocess: why}`` if it cannot."""
+    from .paths import socket_path
+    from .talk import ask
+    request = {"ship": True, "words": words, "cwd": os.getcwd(), "source": what.source,
+               "output": what.output, "language": what.language, "name": what.compiler,
+               "real": real, "work": work,
+               "timeout": timeout, "cache": cache}
+    reply = ask(socket_path(), request, connect_timeout, connect_timeout + timeout + 10.0,
+                start_agent)
+    if not reply.get("ok") and not reply.get("preprocess"):
         raise MeshFailure(str(reply.get("error") or "the mesh could not run the compile"))
     return reply
 

@@ -26,6 +26,9 @@ import os
 
 #: Names looked for on PATH when a server is not told which compilers it has.
 DEFAULT_NAMES = ("cc", "gcc", "c++", "g++", "clang", "clang++")
+#: A compile shipped as source (``crc.cc.ship``) names its files by their
+#: absolute paths under this directory of the job, and runs in it.
+ROOT_DIR = ".meshcc-root"
 _PROGRAMS = ("cc1", "cc1plus")
 _TIMEOUT = 10.0
 

@@ -76,6 +76,7 @@ class BlobStore:
     def __init__(self, root: Path, max_blob: int = 1 << 30,
                  max_bytes: int | None = None) -> None:
         self.root = Path(root)
+        self._root = str(self.root)
         self.max_blob = max_blob
         self.max_bytes = max_bytes
         tmp = self.root / "tmp"
@@ -112,9 +113,13 @@ class BlobStore:
             self.total += size
 
     def path(self, sha: str) -> Path:
+        return Path(self.file(sha))
+
+    def file(self, sha: str) -> str:
+        """Where blob ``sha`` is (as ``path``; a string, for the hot paths)."""
         if sha in self.sizes:
             self.sizes.move_to_end(sha)       # used: the last to be evicted
-        return self.root / sha[:2] / sha
+        return f"{self._root}/{sha[:2]}/{sha}"
 
     def _stored(self, sha: str, size: int) -> None:
         if sha not in self.sizes:
@@ -163,7 +168,11 @@ class BlobStore:
         self._stored(sha, size)
 
     def has(self, sha: str) -> bool:
-        return valid_sha(sha) and self.path(sha).is_file()
+        if not valid_sha(sha):
+            return False
+        if sha in self.sizes:
+            self.sizes.move_to_end(sha)       # used: the last to be evicted
+        return os.path.isfile(f"{self._root}/{sha[:2]}/{sha}")
 
     def size(self, sha: str) -> int:
         return self.path(sha).stat().st_size

@@ -131,22 +131,33 @@ class JobClient:
                everywhere: bool = False, timeout: float | None = None,
                listener: JobListener | None = None, compiler: str | None = None,
                debug_dir: str | None = None, base_dir: Path | str | None = None,
-               cache: bool = False) -> Job:
+               cache: bool = False, prepared: Sequence[tuple[FileRef, str]] = (),
+               rooted: str | None = None) -> Job:
         """Send a job; ``compiler`` (an id, ``crc.jobs.compilers``) sends it
         only to a server with that compiler, which runs it in ``argv[0]``'s
         place; ``debug_dir`` is the directory debug information should name;
         ``base_dir``, where this job's files are read and written (default:
         the client's); ``cache``: a compile may be answered from the compile
-        cache (``crc.server.jobs.cache``)."""
+        cache (``crc.server.jobs.cache``); ``prepared``, files already
+        described by the caller, each with the path it is read from (meshcc's
+        agent, which hashes each header once per change); ``rooted``, a
+        compile shipped as source (``crc.cc.ship``): the directory it runs in."""
         base = Path(base_dir).resolve() if base_dir is not None else None
         extra: dict[str, Any] = {k: v for k, v in (("compiler", compiler),
-                                                   ("debug_dir", debug_dir)) if v}
+                                                   ("debug_dir", debug_dir),
+                                                   ("rooted", rooted)) if v}
+        for ref, path in prepared:
+            problem = bad_relative_path(ref.name) or text_problem("file name", ref.name)
+            if problem:
+                raise JobError(problem)
+            self.files[ref.sha] = (Path(path), ref.size)
+        extra_refs = [ref for ref, _ in prepared]
         if cache and compiler:
             extra["cache"] = True
         if self._reconnecting():
             # Sent once the connection is back (``_on_reconnect``), checked then.
             return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
-                                 send=False, extra=extra, base=base)
+                                 send=False, extra=extra, base=base, prepared=extra_refs)
         if not self.client.ext:
             raise JobError("the server does not speak mesh extensions (plain CRC v1): "
                            "it cannot run jobs")
@@ -154,12 +165,13 @@ class JobClient:
             raise JobError("the server did not prove it knows the mesh secret: jobs (and "
                            "their files) are not sent to it")
         return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
-                             extra=extra, base=base)
+                             extra=extra, base=base, prepared=extra_refs)
 
     def _new_job(self, argv: Sequence[str] | None, shell: str | None, files: Sequence[str],
                  stdin: bool, on: str | None, everywhere: bool, timeout: float | None,
                  listener: JobListener | None, send: bool = True,
-                 extra: dict[str, Any] | None = None, base: Path | None = None) -> Job:
+                 extra: dict[str, Any] | None = None, base: Path | None = None,
+                 prepared: Sequence[FileRef] = ()) -> Job:
         for i, word in enumerate(argv or ()):
             problem = text_problem(f"argument {i + 1}", word)
             if problem:
@@ -168,7 +180,7 @@ class JobClient:
             problem = text_problem(what, text) if text is not None else None
             if problem:
                 raise JobError(problem)
-        refs = self.describe_files(files, base)
+        refs = self.describe_files(files, base) + list(prepared)
         inline, body = self._inline(refs)
         job_id = f"{self.client.id}.{self._session}.{next(self._ids)}"
         label = shell if shell is not None else " ".join(argv or ())

@@ -60,6 +60,8 @@ def cache_key(header: dict) -> str | None:
                    if isinstance(f, dict))
     material = [header["compiler"], header.get("argv"), header.get("shell"), files,
                 header.get("debug_dir")]
+    if "rooted" in header:                       # (keys of earlier compiles unchanged)
+        material.append(header["rooted"])
     text = json.dumps(material, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 

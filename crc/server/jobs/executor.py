@@ -8,10 +8,12 @@ changed, and cleans up. Job processes die with the server, even a killed one
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ...jobs.compilers import ROOT_DIR
 from ...jobs.files import FileRef
 from ...jobs.process import STDERR, ChildProcess, GroupReaper
 from ...jobs.store import StoreError
@@ -21,7 +23,7 @@ from ...net import Connection, Timer
 from ...protocol import Extension, ProtocolError
 from .cache import cache_key
 from .frames import parse_command, parse_files, parse_timeout, run_id_of
-from .jobdir import Fingerprint, JobDir, JobDirError
+from .jobdir import Fingerprint, JobDir, JobDirError, fingerprint
 from .results import Record
 
 if TYPE_CHECKING:
@@ -57,11 +59,26 @@ class Run:
     #: A compile's directory as its client sees it: debug information names
     #: it instead of this run's job directory (meshcc, ``-g``).
     debug_dir: str | None = None
+    #: A compile shipped as source (``crc.cc.ship``): its client's working
+    #: directory, which it runs in under the job's ``ROOT_DIR``.
+    rooted: str | None = None
     #: The compile cache's key for this run (``cache``), when it asked for it.
     cache_key: str | None = None
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.state} client={self.client} {self.label[:30]!r}>"
+
+
+def rooted_problem(header: dict) -> str | None:
+    """What is wrong with a job's ``rooted`` field (a compile shipped as
+    source: the absolute, plain directory it runs in under ``ROOT_DIR``)."""
+    rooted = header.get("rooted")
+    if not isinstance(header.get("compiler"), str):
+        return "job field 'rooted' is only for compiles (no 'compiler')"
+    if not isinstance(rooted, str) or not rooted.startswith("/") or "\0" in rooted \
+            or len(rooted) > 4096 or any(p in (".", "..") for p in rooted.split("/")):
+        return "job field 'rooted' is not an absolute, plain directory"
+    return None
 
 
 class Executor:
@@ -78,6 +95,8 @@ class Executor:
         self.cancels_refused = 0                     # CANCELs from neither client nor entry
         #: Blobs hard-linked into a live job directory, with their fingerprint then.
         self.linked: dict[str, Fingerprint] = {}
+        #: ... and by how many live jobs (compiles shipped as source share links).
+        self.link_count: dict[str, int] = {}
 
     @property
     def running(self) -> int:
@@ -131,6 +150,12 @@ class Executor:
         debug_dir = header.get("debug_dir")
         if isinstance(debug_dir, str) and debug_dir and "compiler" in header:
             run.debug_dir = debug_dir
+        if "rooted" in header:
+            problem = rooted_problem(header)
+            if problem:
+                self.jobs.to_client(client, Kind.FAILED, {"id": run_id, "error": problem})
+                return
+            run.rooted = header["rooted"]
         results = self.jobs.results
         live = self.runs.get(run_id)
         kept = live.record if live is not None else results.finished.get(run_id)
@@ -235,18 +260,29 @@ class Executor:
         store = self.jobs.store
         try:
             run.jobdir = JobDir.create(self.jobs.root / "jobs", run.id)
+            # A blob another live job has linked is copied (a job may edit an
+            # input in place), but a compile shipped as source links it all the
+            # same: it writes only its object and dependency file, and dozens
+            # of headers per compile are shared by every compile at once.
+            share = run.jobdir.shared_links = run.rooted is not None
             for ref in run.files:
                 shared = self.linked.get(ref.sha)
-                placed = run.jobdir.place(ref, store.path(ref.sha), may_link=shared is None,
-                                          expect=shared)
-                if shared is None and ref.name in run.jobdir.linked:
-                    self.linked[ref.sha] = placed
+                placed = run.jobdir.place(ref, store.file(ref.sha),
+                                          may_link=shared is None or share, expect=shared)
+                if ref.name in run.jobdir.linked:
+                    self.linked[ref.sha] = placed      # (a new link moved its ctime)
+                    self.link_count[ref.sha] = self.link_count.get(ref.sha, 0) + 1
             self.reaper.ensure()
-            argv = run.argv
+            argv, cwd = run.argv, str(run.jobdir.path)
             if run.debug_dir is not None:
                 argv = [*argv, f"-fdebug-prefix-map={run.jobdir.path}={run.debug_dir}"]
+            if run.rooted is not None:
+                root = f"{run.jobdir.path}/{ROOT_DIR}"
+                cwd = root + run.rooted.rstrip("/")
+                os.makedirs(cwd, exist_ok=True)
+                argv = [*argv, f"-ffile-prefix-map={root}="]
             run.process = ChildProcess(
-                self.loop, argv, str(run.jobdir.path), stdin=run.stdin,
+                self.loop, argv, cwd, stdin=run.stdin,
                 on_output=lambda stream, data, run=run: self._output(run, stream, data),
                 on_exit=lambda code, run=run: self._exited(run, code), reaper=self.reaper,
                 on_stdin_taken=lambda n, run=run: self._stdin_taken(run, n))
@@ -350,7 +386,20 @@ class Executor:
         assert run.jobdir is not None
         run.jobdir.release()
         for sha in run.jobdir.linked.values():
-            self.linked.pop(sha, None)
+            left = self.link_count.get(sha, 1) - 1
+            if left > 0:
+                self.link_count[sha] = left
+                # Our unlinking moved its ctime: what a copy checks against
+                # now, unless its content changed (then copies refuse it).
+                try:
+                    now = fingerprint(os.stat(self.jobs.store.file(sha)))
+                except OSError:
+                    continue
+                if sha in self.linked and now[:2] == self.linked[sha][:2]:
+                    self.linked[sha] = now
+            else:
+                self.link_count.pop(sha, None)
+                self.linked.pop(sha, None)
         self.jobs.sweeper.discard(run.jobdir)
 
     def _finish(self, run: Run) -> None:

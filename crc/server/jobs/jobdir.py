@@ -46,7 +46,8 @@ def fingerprint(st: os.stat_result) -> Fingerprint:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def _copy(source: Path, dest: Path, mode: int, expect: Fingerprint | None) -> Fingerprint:
+def _copy(source: Path | str, dest: Path | str, mode: int,
+          expect: Fingerprint | None) -> Fingerprint:
     """Copy ``source`` into ``dest`` with exactly ``mode``; the copy's fingerprint.
     ``expect``: the fingerprint ``source`` must still have.
 
@@ -57,7 +58,7 @@ def _copy(source: Path, dest: Path, mode: int, expect: Fingerprint | None) -> Fi
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if expect is not None and fingerprint(os.fstat(src)) != expect:
-            raise JobDirError(f"stored file {source.name[:12]} was changed in place by a job "
+            raise JobDirError(f"stored file {os.path.basename(source)[:12]} was changed in place by a job "
                               "that has it linked; not used")
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
@@ -66,7 +67,7 @@ def _copy(source: Path, dest: Path, mode: int, expect: Fingerprint | None) -> Fi
             while left > 0:
                 sent = os.sendfile(out, src, None, left)
                 if not sent:
-                    raise JobDirError(f"{source.name} shrank while being copied")
+                    raise JobDirError(f"{os.path.basename(source)} shrank while being copied")
                 left -= sent
             os.fchmod(out, mode)
             return fingerprint(os.fstat(out))
@@ -79,6 +80,13 @@ def _copy(source: Path, dest: Path, mode: int, expect: Fingerprint | None) -> Fi
 class JobDir:
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._root = str(path)
+        self._folders: set[str] = set()
+        self._real: str | None = None
+        #: Inputs may be hard links another live job has too (a compile
+        #: shipped as source): a change is told by size and mtime alone, as
+        #: links made and dropped by other jobs move the ctime.
+        self.shared_links = False
         self._before: dict[str, Fingerprint] = {}
         #: name -> sha of the files placed as hard links to store blobs.
         self.linked: dict[str, str] = {}
@@ -92,30 +100,58 @@ class JobDir:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)[:40]
         return cls(Path(tempfile.mkdtemp(prefix=f"{safe}-", dir=parent)))
 
-    def place(self, ref: FileRef, blob: Path, may_link: bool = False,
+    def place(self, ref: FileRef, blob: Path | str, may_link: bool = False,
               expect: Fingerprint | None = None) -> Fingerprint:
         """Put ``blob`` in as ``ref.name``: a hard link when ``may_link`` (falling
         back to a copy where links fail), else a copy, refused if the blob's
-        fingerprint is no longer ``expect``. Returns the placed file's fingerprint."""
+        fingerprint is no longer ``expect``. Returns the placed file's fingerprint.
+
+        A compile shipped as source places dozens of headers in a tree of
+        directories: names are joined as strings and each directory is made
+        once, checked once to stay inside the job directory (a name is
+        relative without ``..``; a symbolic link in the way is refused)."""
         why = bad_relative_path(ref.name)
         if why:
             raise JobDirError(why)
-        dest = self.path / ref.name
-        if "/" in ref.name:
-            # Only a name with directories could lead out (through a symlink);
-            # the job directory itself is fresh and holds only what we put in.
-            if not dest.resolve().is_relative_to(self.path.resolve()):
-                raise JobDirError(f"file name {ref.name!r} leaves the job directory")
-            dest.parent.mkdir(parents=True, exist_ok=True)
+        dest = f"{self._root}/{ref.name}"
+        slash = ref.name.rfind("/")
+        if slash > 0:
+            folder = ref.name[:slash]
+            if folder not in self._folders:
+                # Once per directory (not per file): it must stay inside.
+                self._real = self._real or os.path.realpath(self._root)
+                if not (os.path.realpath(f"{self._root}/{folder}") + "/").startswith(
+                        self._real + "/"):
+                    raise JobDirError(f"file name {ref.name!r} leaves the job directory")
+                try:
+                    os.makedirs(f"{self._root}/{folder}", exist_ok=True)
+                except (FileExistsError, NotADirectoryError):
+                    raise JobDirError(f"file name {ref.name!r} runs through a file") from None
+                self._folders.add(folder)
         if may_link:
             try:
                 os.link(blob, dest)
             except OSError:
                 pass            # another file system, or links refused: copy
             else:
-                os.chmod(dest, ref.mode & 0o777)
+                st = os.stat(dest)
+                if self.shared_links and expect is not None:
+                    # Linked by another job too: it must be as that one found it,
+                    # and no chmod may move the time the other one checks.
+                    if fingerprint(st)[:2] != expect[:2]:
+                        os.unlink(dest)
+                        raise JobDirError(f"stored file {ref.sha[:12]} was changed in place "
+                                          "by a job that has it linked; not used")
+                    if stat.S_IMODE(st.st_mode) != ref.mode & 0o777:
+                        os.unlink(dest)
+                        self._before[ref.name] = _copy(blob, dest, ref.mode & 0o777,
+                                                       None)
+                        return self._before[ref.name]
+                elif stat.S_IMODE(st.st_mode) != ref.mode & 0o777:
+                    os.chmod(dest, ref.mode & 0o777)
+                    st = os.stat(dest)
                 self.linked[ref.name] = ref.sha
-                self._before[ref.name] = fingerprint(dest.stat())
+                self._before[ref.name] = fingerprint(st)
                 return self._before[ref.name]
         self._before[ref.name] = _copy(blob, dest, ref.mode & 0o777, expect)
         return self._before[ref.name]
@@ -124,27 +160,38 @@ class JobDir:
         """(name, path, mode) of every new or changed file, and warnings."""
         out: list[tuple[str, Path, int]] = []
         warnings: list[str] = []
-        root = self.path.resolve()
-        for dirpath, dirnames, filenames in os.walk(self.path):
-            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
-                full = Path(dirpath) / name
-                rel = full.relative_to(self.path).as_posix()
-                if full.is_symlink():
-                    target = full.resolve()
-                    if not target.is_relative_to(root):
-                        warnings.append(f"{rel} is a symlink pointing outside the job directory; "
-                                        "not returned")
+        root: str | None = None
+        pending = [("", self._root)]
+        while pending:
+            prefix, folder = pending.pop()
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    rel = prefix + entry.name
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append((rel + "/", entry.path))
                         continue
-                    if not target.is_file():
+                    if entry.is_symlink():
+                        root = root or os.path.realpath(self._root)
+                        target = os.path.realpath(entry.path)
+                        if not (target + "/").startswith(root + "/"):
+                            warnings.append(f"{rel} is a symlink pointing outside the job "
+                                            "directory; not returned")
+                            continue
+                    try:
+                        st = os.stat(entry.path)
+                    except OSError:
                         continue
-                st = full.stat()
-                if not stat.S_ISREG(st.st_mode):
-                    continue
-                if self._before.get(rel) == fingerprint(st):
-                    continue
-                if rel in self.linked:
-                    self.tainted.append(self.linked[rel])
-                out.append((rel, full, stat.S_IMODE(st.st_mode)))
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    before = self._before.get(rel)
+                    if before == fingerprint(st):
+                        continue
+                    if self.shared_links and rel in self.linked and before is not None \
+                            and before[:2] == fingerprint(st)[:2]:
+                        continue        # (another job's link moved its ctime, not a write)
+                    if rel in self.linked:
+                        self.tainted.append(self.linked[rel])
+                    out.append((rel, Path(entry.path), stat.S_IMODE(st.st_mode)))
         out.sort()
         self._produced = [full for _, full, _ in out]
         return out, warnings
@@ -153,12 +200,12 @@ class JobDir:
         """Unlink the linked inputs and the produced files (which the store may
         have taken by linking): the directory's later removal must not touch an
         inode the store shares with another job."""
-        for path in [self.path / name for name in self.linked] + self._produced:
+        for path in [f"{self._root}/{name}" for name in self.linked] + self._produced:
             try:
                 # A file only this directory holds is left to the sweeper:
                 # deleting an inode costs more than dropping a name.
-                if path.lstat().st_nlink > 1:
-                    path.unlink()
+                if os.lstat(path).st_nlink > 1:
+                    os.unlink(path)
             except OSError:
                 pass
 
