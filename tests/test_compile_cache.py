@@ -10,6 +10,7 @@ import pytest
 
 from crc.jobs.store import BlobStore
 from crc.server.jobs.cache import CompileCache, cache_key, home
+from crc.server.jobs.executor import rooted_problem
 
 HEADER = {"compiler": "c" * 20, "cache": True, "argv": ["gcc", "-O2", "-c", "a.c"],
           "files": [{"name": "a.c", "sha": "1" * 64, "size": 10, "mode": 0o644}],
@@ -27,7 +28,8 @@ def test_a_key_is_made_only_for_a_compile_that_asks() -> None:
     {"files": [{"name": "a.c", "sha": "2" * 64, "size": 10, "mode": 0o644}]},
     {"files": [{"name": "b.c", "sha": "1" * 64, "size": 10, "mode": 0o644}]},
     {"files": [{"name": "a.c", "sha": "1" * 64, "size": 10, "mode": 0o755}]},
-], ids=["compiler", "argv", "debug dir", "content", "name", "mode"])
+    {"rooted": "/home/me/build"},
+], ids=["compiler", "argv", "debug dir", "content", "name", "mode", "rooted"])
 def test_everything_that_can_change_the_object_changes_the_key(change: dict) -> None:
     assert cache_key({**HEADER, **change}) != cache_key(HEADER)
 
@@ -79,3 +81,14 @@ def test_the_oldest_entries_go_past_the_limit(tmp_path: Path) -> None:
     assert cache.lookup(keys[1]) is None and cache.lookup(keys[2]) is None
     reopened = CompileCache(tmp_path / "cache", store, max_entries=3)
     assert sorted(reopened._order) == sorted([keys[0], keys[3], keys[4]])
+
+
+@pytest.mark.parametrize("rooted,problem", [
+    ("/home/me/build", None), ("/", None),
+    ("home/me", "absolute, plain"), ("/a/../b", "absolute, plain"), ("/a/./b", "absolute, plain"),
+    ("/a\0b", "absolute, plain"), (17, "absolute, plain"), ("/" + "x" * 5000, "absolute, plain"),
+])
+def test_a_shipped_compiles_directory_must_be_absolute_and_plain(rooted, problem) -> None:
+    found = rooted_problem({**HEADER, "rooted": rooted})
+    assert (found is None) if problem is None else (problem in found)
+    assert "only for compiles" in rooted_problem({"rooted": "/x", "argv": ["sh"]})

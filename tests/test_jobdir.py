@@ -164,3 +164,40 @@ def test_a_copied_file_changed_in_place_is_returned_and_no_blob_tainted(tmp_path
     produced, _ = jobdir.produced()
     assert [name for name, _, _ in produced] == ["a.c"]
     assert jobdir.tainted == [] and source.read_bytes() == b"int x;\n"
+
+
+def test_shared_links_are_not_mistaken_for_edits_but_an_edit_is_seen(tmp_path: Path) -> None:
+    """Compiles shipped as source link the same headers into several live job
+    directories: another job's link and unlink move the blob's ctime, which
+    is not a change; a write is, and its blob is reported tainted."""
+    source, sha = blob(tmp_path, b"#define K 1\n")
+    source.chmod(0o644)
+    first = JobDir.create(tmp_path / "jobs", "one")
+    second = JobDir.create(tmp_path / "jobs", "two")
+    for d in (first, second):
+        d.shared_links = True
+    placed = first.place(FileRef(".meshcc-root/usr/include/k.h", sha, 12, 0o644), source,
+                         may_link=True)
+    second.place(FileRef(".meshcc-root/usr/include/k.h", sha, 12, 0o644), source,
+                 may_link=True, expect=placed)
+    second.release()                                      # moves the inode's ctime
+    assert first.produced() == ([], [])
+    assert first.linked == {".meshcc-root/usr/include/k.h": sha}
+    with open(first.path / ".meshcc-root/usr/include/k.h", "ab") as f:
+        f.write(b"/* edited */\n")
+    produced, _ = first.produced()
+    assert [name for name, _, _ in produced] == [".meshcc-root/usr/include/k.h"]
+    assert first.tainted == [sha]
+    # A third job finds the blob changed since it was linked: refused.
+    third = JobDir.create(tmp_path / "jobs", "three")
+    third.shared_links = True
+    with pytest.raises(JobDirError, match="changed in place"):
+        third.place(FileRef("k.h", sha, 12, 0o644), source, may_link=True, expect=placed)
+
+
+def test_a_name_through_a_file_is_refused(tmp_path: Path) -> None:
+    source, sha = blob(tmp_path, b"x")
+    jobdir = JobDir.create(tmp_path / "jobs", "job")
+    jobdir.place(FileRef("a", sha, 1), source)
+    with pytest.raises(JobDirError, match="runs through a file"):
+        jobdir.place(FileRef("a/b", sha, 1), source)
