@@ -12,7 +12,9 @@ same checksum as the local build's. In order:
    (distcc is installed for this benchmark; it is not a dependency; skipped
    with a note when missing);
 3. ``make -jN CC="meshcc gcc"`` over a chain of three ``mesh_server.py``,
-   cold: a fresh meshcc agent, fresh servers;
+   cold: a fresh meshcc agent, fresh servers; sources and headers shipped
+   (and, further down, the same with ``MESHCC_SHIP=0``: preprocessed here,
+   as distcc does — the two ways of getting a source there, side by side);
 4. the same again after ``make clean``: warm, every object from meshcc's
    local cache (no preprocessing, nothing sent); and once more as another
    client would (an empty local cache): every object from the mesh's cache;
@@ -310,6 +312,17 @@ def main() -> int:
               f"({warm_mesh['cached']} from the mesh's cache)", flush=True)
         results["invocation"] = invocation_cost(tmp, env_mesh, env_distcc, args.repeat)
         stop_agents(runtime)
+        # The other way to get the source there, in the same run: preprocessed
+        # here, as distcc does (a fresh agent, a project and caches of its own).
+        pre = build(copy_project(project, tmp / "mesh-pre"),
+                    ["make", "-s", f"-j{args.jobs}", f"CC={cc}"],
+                    dict(env_mesh, MESHCC_SHIP="0",
+                         MESHCC_CACHE_DIR=str(tmp / "pre-client-cache")),
+                    timeout, runtime, [s.proc.pid for s in servers])
+        results["meshcc_cold_pre"] = pre
+        print(f"meshcc cold, preprocessed here (MESHCC_SHIP=0): {pre['seconds']:.2f} s "
+              f"({pre['remote']} remote, {pre['fallbacks']} here)", flush=True)
+        stop_agents(runtime)
 
         rake_tree = copy_project(project, tmp / "rake-build")
         rake = build(rake_tree, [*CHAT, "--server", f"127.0.0.1:{servers[1].port}", "rake",
@@ -357,17 +370,17 @@ def report(results: dict[str, Any]) -> None:
     base = results["make_j2"]["seconds"]
     distcc = results.get("distcc")
     print()
-    print(f"{'build':<14} {'wall s':>8} {'/ make -j2':>10} {'lo MB':>8} {'client CPU s':>13} "
+    print(f"{'build':<16} {'wall s':>8} {'/ make -j2':>10} {'lo MB':>8} {'client CPU s':>13} "
           f"{'(agent)':>8} {'servers CPU s':>14}")
-    for key in ("make_j2", "distcc", "meshcc_cold", "meshcc_warm", "meshcc_warm_mesh",
-                "rakefile", "py_distcc", "py_gcc"):
+    for key in ("make_j2", "distcc", "meshcc_cold", "meshcc_cold_pre", "meshcc_warm",
+                "meshcc_warm_mesh", "rakefile", "py_distcc", "py_gcc"):
         row = results.get(key)
         if not row:
             continue
         row.setdefault("agent_cpu", 0.0)
         row.setdefault("servers_cpu", 0.0)
         row["ratio"] = round(row["seconds"] / base, 3)
-        print(f"{key:<14} {row['seconds']:>8.2f} {row['ratio']:>10.3f} "
+        print(f"{key:<16} {row['seconds']:>8.2f} {row['ratio']:>10.3f} "
               f"{row['lo_bytes'] / 1e6:>8.2f} {row['client_cpu']:>13.2f} "
               f"{row['agent_cpu']:>8.2f} {row['servers_cpu']:>14.2f}")
     inv = results["invocation"]

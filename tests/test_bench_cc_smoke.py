@@ -29,8 +29,10 @@ def test_quick_cc_benchmark_completes_and_every_build_agrees(tmp_path: Path) -> 
     report = json.loads(out.read_text())
     files = report["files"]
     assert report["meshcc_cold"]["remote"] == files          # every compile on the mesh
+    assert report["meshcc_cold_pre"]["remote"] == files      # ... preprocessed here too
     assert report["meshcc_warm"]["local"] == files           # every one from the local cache
     assert report["meshcc_warm_mesh"]["cached"] == files     # ... and from the mesh's
-    checksums = {report[k]["checksum"] for k in ("make_j2", "meshcc_cold", "meshcc_warm",
-                                                 "meshcc_warm_mesh", "rakefile", "py_gcc")}
+    checksums = {report[k]["checksum"] for k in ("make_j2", "meshcc_cold", "meshcc_cold_pre",
+                                                 "meshcc_warm", "meshcc_warm_mesh", "rakefile",
+                                                 "py_gcc")}
     assert len(checksums) == 1 and checksums.pop().startswith("checksum ")
