@@ -390,9 +390,13 @@ def raw_copy(path: Path, into: Path | None = None, *, sha: str = "",
 class _ChatEnd:
     """A blocking plain CRC v1 client for the ping-pong."""
 
-    def __init__(self, port: int, client_id: int, name: str) -> None:
+    def __init__(self, port: int | socket.socket, client_id: int, name: str) -> None:
         self.id = client_id
-        self.sock = socket.create_connection((LOOPBACK, port), timeout=10)
+        # A port on loopback, or a socket already connected (bench/dataplane.py:
+        # connected inside another network namespace).
+        self.sock = port if isinstance(port, socket.socket) else \
+            socket.create_connection((LOOPBACK, port), timeout=10)
+        self.sock.settimeout(10)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.decoder = Decoder()
         self.inbox: collections.deque[Message] = collections.deque()
@@ -426,7 +430,7 @@ class _ChatEnd:
         self.sock.sendall(encode(ClientChat(self.id, dest, CHAT_TEXT)))
 
 
-def chat_worker(port_a: int, port_d: int, pipe: multiprocessing.connection.Connection,
+def chat_worker(port_a: int | socket.socket, port_d: int | socket.socket, pipe: multiprocessing.connection.Connection,
                 stop: multiprocessing.synchronize.Event) -> None:
     """Child process: answer ("idle", n) and ("until_stop",) with round-trip samples."""
     try:
@@ -463,7 +467,8 @@ def chat_worker(port_a: int, port_d: int, pipe: multiprocessing.connection.Conne
 class ChatProbe:
     """The ping-pong process and its two chat clients (A's end and D's end)."""
 
-    def __init__(self, port_a: int, port_d: int, timeout: float) -> None:
+    def __init__(self, port_a: int | socket.socket, port_d: int | socket.socket,
+                 timeout: float) -> None:
         ctx = multiprocessing.get_context("fork")
         self.pipe, child = ctx.Pipe()
         self.stop = ctx.Event()

@@ -1,12 +1,21 @@
-"""Hosts and clients for fault experiments: network namespaces joined by veth
-links, a server in each, and chat clients driven through their standard input.
+"""Hosts and clients for experiments on real links: network namespaces joined
+by veth links, a server in each, and chat clients driven through their
+standard input.
 
-Used by ``bench/faults.py`` and by the tests that start the programs (tests/test_netns.py,
-tests/test_delivery_restart.py). Namespaces need root and iproute2.
+``Hosts`` is the triangle of fault experiments (``bench/faults.py``,
+tests/test_netns.py, tests/test_delivery_restart.py). ``Network`` builds any
+tree of hosts — ``chain`` A-B-C-D, ``star`` — whose links are shaped like real
+ones with ``tc``'s token bucket (``PROFILES``: ``lan`` 1 Gbit/s, ``slow``
+50 Mbit/s, each with a queue of a few milliseconds; this kernel has no
+``netem``, so no added delay or loss), and can route between any two hosts
+through the kernel (``route_all``): the raw ceiling a relay is measured
+against (``bench/dataplane.py``, tests/test_dataplane.py). Namespaces need
+root and iproute2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -120,6 +129,168 @@ class Hosts:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
 
 
+class Profile:
+    """A link's shape: its rate, and the token bucket's burst and queue."""
+
+    def __init__(self, name: str, rate: str, bytes_per_s: float, burst: str,
+                 latency: str) -> None:
+        self.name = name
+        self.rate = rate                  # as tc takes it
+        self.bytes_per_s = bytes_per_s    # the same, in bytes per second
+        self.burst = burst                # the bucket: at least one jiffy of the rate
+        self.latency = latency            # how long a packet may wait in the queue
+
+
+#: Link profiles: an office LAN and a link between sites. ``latency`` bounds
+#: the queue as a real switch's or router's buffer would (a few ms of the rate).
+PROFILES = {
+    "lan": Profile("lan", "1gbit", 125e6, "256kb", "4ms"),
+    "slow": Profile("slow", "50mbit", 6.25e6, "32kb", "10ms"),
+}
+
+
+class Network:
+    """Hosts (one namespace each) joined by veth links into a tree, every
+    link shaped by ``profile`` in both directions (None: unshaped)."""
+
+    def __init__(self, tag: str, hosts: list[str], links: list[tuple[str, str]],
+                 profile: str | None = None) -> None:
+        self.tag = tag
+        self.hosts = list(hosts)
+        self.links = list(links)
+        self.profile = PROFILES[profile] if profile else None
+        self.procs: list[subprocess.Popen] = []
+        self.created: list[str] = []
+
+    def ns(self, host: str) -> str:
+        return f"crd{self.tag}{host}"
+
+    def _link(self, a: str, b: str) -> int:
+        for i, (x, y) in enumerate(self.links):
+            if {x, y} == {a, b}:
+                return i
+        raise KeyError((a, b))
+
+    def dev(self, here: str, there: str) -> str:
+        i = self._link(here, there)
+        return f"d{self.tag}{i}{'a' if self.links[i][0] == here else 'b'}"
+
+    def address(self, host: str, peer: str) -> str:
+        """``host``'s address on its link to ``peer``."""
+        i = self._link(host, peer)
+        return f"10.78.{i}.{1 if self.links[i][0] == host else 2}"
+
+    def home(self, host: str) -> str:
+        """An address of ``host`` (on its first link)."""
+        for a, b in self.links:
+            if host in (a, b):
+                return self.address(host, b if host == a else a)
+        raise KeyError(host)
+
+    def prefix(self, host: str) -> list[str]:
+        return ["ip", "netns", "exec", self.ns(host)]
+
+    def create(self) -> None:
+        for host in self.hosts:
+            sh("ip", "netns", "add", self.ns(host))
+            self.created.append(self.ns(host))
+            sh("ip", "-n", self.ns(host), "link", "set", "lo", "up")
+        for i, (a, b) in enumerate(self.links):
+            da, db = self.dev(a, b), self.dev(b, a)
+            sh("ip", "link", "add", da, "netns", self.ns(a), "type", "veth",
+               "peer", "name", db, "netns", self.ns(b))
+            for host, dev in ((a, da), (b, db)):
+                sh("ip", "-n", self.ns(host), "addr", "add",
+                   f"{self.address(host, b if host == a else a)}/24", "dev", dev)
+                sh("ip", "-n", self.ns(host), "link", "set", dev, "up")
+                if self.profile is not None:
+                    self.shape(host, dev)
+
+    def shape(self, host: str, dev: str) -> None:
+        p = self.profile
+        assert p is not None
+        sh("ip", "netns", "exec", self.ns(host), "tc", "qdisc", "replace", "dev", dev, "root",
+           "tbf", "rate", p.rate, "burst", p.burst, "latency", p.latency)
+
+    def next_hop(self, host: str, target: str) -> str:
+        """The neighbour of ``host`` on the tree path to ``target``."""
+        neighbours: dict[str, list[str]] = {h: [] for h in self.hosts}
+        for a, b in self.links:
+            neighbours[a].append(b)
+            neighbours[b].append(a)
+        parent = {target: target}
+        queue = [target]
+        while queue:
+            here = queue.pop(0)
+            for n in neighbours[here]:
+                if n not in parent:
+                    parent[n] = here
+                    queue.append(n)
+        return parent[host]
+
+    def route_all(self) -> None:
+        """Forward between every pair of hosts in the kernel, along the tree
+        (the raw path a benchmark measures its relays against)."""
+        for host in self.hosts:
+            sh("ip", "netns", "exec", self.ns(host), "sysctl", "-q", "-w",
+               "net.ipv4.ip_forward=1")
+        for host in self.hosts:
+            for i, (a, b) in enumerate(self.links):
+                if host in (a, b):
+                    continue                     # its own subnet: on the link
+                toward = self.next_hop(host, a)  # a and b: the same side of host
+                via = self.address(toward, host)
+                sh("ip", "-n", self.ns(host), "route", "add", f"10.78.{i}.0/24", "via", via)
+
+    def set_link(self, a: str, b: str, up: bool) -> None:
+        sh("ip", "-n", self.ns(a), "link", "set", self.dev(a, b), "up" if up else "down")
+
+    def server(self, host: str, name: str, tmp: Path, *args: str) -> subprocess.Popen:
+        log = open(tmp / f"{name}.log", "wb")
+        proc = subprocess.Popen(
+            [*self.prefix(host), sys.executable, SERVER, "--host", "0.0.0.0",
+             "--port", str(PORT), "--name", name, "--work-dir", str(tmp / name), *args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.procs.append(proc)
+        return proc
+
+    def start_servers(self, tmp: Path, wait: Callable[[Callable[[], object], str], object],
+                      *args: str) -> None:
+        """A server on every host (named as the host), each joining its
+        neighbour toward the first host; ``wait(condition, what)``."""
+        first = self.hosts[0]
+        self.server(first, first, tmp, *args)
+        wait(lambda: self.state(first) is not None, f"server {first} to answer")
+        for host in self.hosts[1:]:
+            parent = self.next_hop(host, first)
+            self.server(host, host, tmp, "--connect",
+                        f"{self.address(parent, host)}:{PORT}", *args)
+        others = set(self.hosts[1:])
+        wait(lambda: self.names_known(first) >= others, "the tree to form")
+
+    def state(self, host: str) -> dict | None:
+        return Hosts.state(self, host)        # (the same query, by our prefix)
+
+    def names_known(self, host: str) -> set[str]:
+        return Hosts.names_known(self, host)
+
+    def destroy(self) -> None:
+        stop_processes(self.procs)
+        for ns in self.created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+        self.created.clear()
+
+
+def chain(tag: str, profile: str | None = None) -> Network:
+    """A-B-C-D: three links in a row."""
+    return Network(tag, ["A", "B", "C", "D"], [("A", "B"), ("B", "C"), ("C", "D")], profile)
+
+
+def star(tag: str, profile: str | None = None) -> Network:
+    """S in the middle, A, B and C around it."""
+    return Network(tag, ["S", "A", "B", "C"], [("S", "A"), ("S", "B"), ("S", "C")], profile)
+
+
 class LineClient:
     """A ``chat_client.py`` reading commands from a pipe we write, its output
     lines collected as they come (``prefix``: e.g. ``ip netns exec NS``)."""
@@ -180,3 +351,45 @@ def chat_pattern(sender: str, sender_id: int, tag: str = "m") -> re.Pattern:
 
 
 SENT = re.compile(r"^\[sent\] [^:]+: m(\d+)$")
+
+
+_CONNECT_AND_PASS = """
+import socket, sys
+path, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tcp = socket.create_connection((host, port), timeout=10)
+unix = socket.socket(socket.AF_UNIX)
+unix.connect(path)
+socket.send_fds(unix, [b"fd"], [tcp.fileno()])
+unix.recv(1)
+"""
+
+
+def connect_in(prefix: list[str], host: str, port: int, folder: Path,
+               timeout: float = 20.0) -> "socket.socket":
+    """A TCP connection to ``host:port`` made inside another network
+    namespace (``prefix``: ``ip netns exec NS``), handed to this process over
+    a Unix socket (path names cross namespaces; the connection stays in its
+    own): one process can then hold clients of servers in different hosts."""
+    import socket
+    import tempfile
+    path = tempfile.mktemp(prefix="fd-", suffix=".sock", dir=folder)
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        listener.settimeout(timeout)
+        helper = subprocess.Popen([*prefix, sys.executable, "-c", _CONNECT_AND_PASS, path, host,
+                                   str(port)], stderr=subprocess.PIPE)
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                _, fds, _, _ = socket.recv_fds(conn, 16, 1)
+                conn.sendall(b"k")
+            helper.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            helper.kill()
+            raise OSError(f"could not connect to {host}:{port} in {prefix[-1]}: {exc}; "
+                          f"{helper.stderr.read().decode(errors='replace')[-300:]}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return socket.socket(fileno=fds[0])

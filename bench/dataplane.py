@@ -1,0 +1,256 @@
+"""Data plane on shaped links: bulk files through the tree at link speed, and
+chat that does not wait behind them (issue 14).
+
+Run as root: ``python bench/dataplane.py`` (a few minutes), ``--quick`` (a
+small file, a sanity run), ``--profiles lan,slow``, ``--mib N``, ``--json
+FILE``. For each link profile of ``bench/netns.py`` (``lan`` 1 Gbit/s,
+``slow`` 50 Mbit/s, each with a queue of a few ms), four network namespaces
+A-B-C-D are joined by three shaped veth links, in one run:
+
+1. **Raw ceiling.** The kernel forwards between the hosts; one TCP stream
+   carries the file's size from A to D through B and C (a sender and a
+   receiver that only counts): the rate any relay on this path could reach.
+2. **Chat, idle.** A plain CRC v1 client on A's server and one on D's
+   server (their connections made inside A and D, held by one process of
+   the benchmark) ping-pong 100-byte chats: round-trip p50 and p99.
+3. **Transfer.** A ``mesh_server.py`` on every host, chained A-B-C-D; a job
+   client on A (a process inside A) submits a ``true`` job pinned to D that
+   requires a fresh random file: the time from submitting to the job's start
+   is the time the file took through the tree (stored and verified on D).
+4. **Chat during the transfer.** The same ping-pong while a second fresh
+   file crosses: p50 and p99 against idle.
+
+Floors (issue 14): transfer at least 90 % of the raw ceiling; chat p50 during
+a transfer at most idle p50 + 1 ms on ``lan`` and + 5 ms on ``slow``; p99 at
+most idle p99 + 10 ms. Reported as PASS/MISS; the exit status is 1 only when
+a step cannot be carried out. Every namespace and process is removed at the
+end, on an error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import BenchError  # noqa: E402
+from bench.netns import PORT, PROFILES, Network, available, chain, connect_in  # noqa: E402
+
+MIB = 1 << 20
+RAW_PORT = 7101
+
+_RAW = """
+import socket, sys, time
+mode, host, port, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if mode == "recv":
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((host, port)); s.listen(1)
+    print("ready", flush=True)
+    c, _ = s.accept()
+    got, first = 0, None
+    while got < size:
+        b = c.recv(1 << 20)
+        if not b:
+            break
+        if first is None:
+            first = time.monotonic()
+        got += len(b)
+    print(got, time.monotonic() - first, flush=True)
+else:
+    c = socket.create_connection((host, port))
+    buf = memoryview(bytes(1 << 20))
+    left = size
+    while left > 0:
+        left -= c.send(buf[:min(left, len(buf))])
+    c.close()
+"""
+
+
+def raw_ceiling(net: Network, src: str, dst: str, size: int, timeout: float) -> float:
+    """Seconds one TCP stream takes to carry ``size`` bytes from ``src`` to
+    ``dst`` through the kernel's forwarding (from the first byte received)."""
+    addr = net.home(dst)
+    receiver = subprocess.Popen([*net.prefix(dst), sys.executable, "-c", _RAW, "recv", addr,
+                                 str(RAW_PORT), str(size)], stdout=subprocess.PIPE, text=True)
+    try:
+        if receiver.stdout.readline().strip() != "ready":
+            raise BenchError("the raw receiver did not start")
+        subprocess.run([*net.prefix(src), sys.executable, "-c", _RAW, "send", addr,
+                        str(RAW_PORT), str(size)], check=True, timeout=timeout)
+        got, seconds = receiver.stdout.readline().split()
+        if int(got) != size:
+            raise BenchError(f"the raw stream carried {got} of {size} bytes")
+        return float(seconds)
+    finally:
+        receiver.kill()
+        receiver.wait(10)
+
+
+def inner_transfer(folder: str, on: str, mib: int, timeout: float) -> None:
+    """Inside the sending host: a fresh random file to a job on ``on``,
+    through the server on this host; prints ``{"seconds": ...}``."""
+    from bench.common import Server
+    from bench.jobs import Session, mesh_transfer, random_file, wait_job_servers
+    base = Path(folder)
+    path = base / f"bulk-{os.getpid()}-{time.monotonic_ns()}.bin"
+    random_file(path, mib * MIB)
+    session = Session(Server("A", 0, PORT, None), "bulk", base, timeout)  # type: ignore[arg-type]
+    try:
+        wait_job_servers(session, [on], timeout)
+        start, end = mesh_transfer(session, on, path.name, timeout)
+    finally:
+        session.close()
+        path.unlink()
+    print(json.dumps({"seconds": end - start}), flush=True)
+
+
+def mesh_transfer_from(net: Network, host: str, on: str, mib: int, folder: Path,
+                       timeout: float) -> subprocess.Popen:
+    return subprocess.Popen([*net.prefix(host), sys.executable, __file__, "--inner-transfer",
+                             str(folder), on, str(mib), str(timeout)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def transfer_seconds(proc: subprocess.Popen, timeout: float) -> float:
+    out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        raise BenchError(f"the transfer failed: {err[-2000:]}")
+    return json.loads(out.strip().splitlines()[-1])["seconds"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def run_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from bench.jobs import ChatProbe
+    size = args.mib * MIB
+    tag = f"{os.getpid() % 1000}{name[0]}"
+    net = chain(tag, name)
+    out: dict[str, Any] = {"profile": name, "rate_MBps": PROFILES[name].bytes_per_s / 1e6,
+                           "mib": args.mib}
+    try:
+        net.create()
+        net.route_all()
+        raw = min(raw_ceiling(net, "A", "D", size, args.timeout) for _ in range(args.rounds))
+        out["raw_MBps"] = size / raw / 1e6
+        print(f"{name}: raw A->D {out['raw_MBps']:.1f} MB/s", flush=True)
+
+        def wait(condition, what: str) -> None:
+            deadline = time.monotonic() + args.timeout
+            while not condition():
+                if time.monotonic() > deadline:
+                    raise BenchError(f"timed out waiting for {what}")
+                time.sleep(0.1)
+
+        servers = tmp / f"servers-{name}"
+        servers.mkdir()
+        # (Hosts of one benchmark: jobs over the links are accepted without a
+        # secret; a secret authenticates the handshake only, not the bytes.)
+        net.start_servers(servers, wait, "--insecure-remote-jobs")
+        probe = ChatProbe(connect_in(net.prefix("A"), "127.0.0.1", PORT, tmp),
+                          connect_in(net.prefix("D"), "127.0.0.1", PORT, tmp), args.timeout)
+        try:
+            idle = probe.idle(args.idle, args.timeout)
+            out["chat_idle_p50_ms"] = percentile(idle, 50) * 1e3
+            out["chat_idle_p99_ms"] = percentile(idle, 99) * 1e3
+            client_dir = tmp / f"client-{name}"
+            client_dir.mkdir()
+            times = [transfer_seconds(mesh_transfer_from(net, "A", "D", args.mib, client_dir,
+                                                         args.timeout), args.timeout * 2)
+                     for _ in range(args.rounds)]
+            out["mesh_MBps"] = size / min(times) / 1e6
+            print(f"{name}: mesh A->D {out['mesh_MBps']:.1f} MB/s", flush=True)
+            with probe.running(args.timeout) as samples:
+                proc = mesh_transfer_from(net, "A", "D", args.mib, client_dir, args.timeout)
+                transfer_seconds(proc, args.timeout * 2)
+            busy = [rtt for _, rtt in samples]
+            out["chat_busy_samples"] = len(busy)
+            out["chat_busy_p50_ms"] = percentile(busy, 50) * 1e3
+            out["chat_busy_p99_ms"] = percentile(busy, 99) * 1e3
+        finally:
+            probe.close()
+    finally:
+        net.destroy()
+    return out
+
+
+def report(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+    print()
+    print(f"{'profile':<8} {'link MB/s':>9} {'raw MB/s':>9} {'mesh MB/s':>10} {'of raw':>7} "
+          f"{'chat idle p50/p99 ms':>21} {'during p50/p99 ms':>18}")
+    floors = []
+    for r in rows:
+        share = r["mesh_MBps"] / r["raw_MBps"]
+        r["mesh_of_raw"] = round(share, 3)
+        print(f"{r['profile']:<8} {r['rate_MBps']:>9.1f} {r['raw_MBps']:>9.1f} "
+              f"{r['mesh_MBps']:>10.1f} {share:>7.2f} "
+              f"{r['chat_idle_p50_ms']:>10.2f}/{r['chat_idle_p99_ms']:<10.2f} "
+              f"{r['chat_busy_p50_ms']:>8.2f}/{r['chat_busy_p99_ms']:<9.2f}")
+        slack = 1.0 if r["profile"] == "lan" else 5.0
+        floors += [
+            (f"{r['profile']}: transfer >= 90% of raw", share >= 0.9),
+            (f"{r['profile']}: chat p50 during <= idle + {slack:g} ms",
+             r["chat_busy_p50_ms"] <= r["chat_idle_p50_ms"] + slack),
+            (f"{r['profile']}: chat p99 during <= idle + 10 ms",
+             r["chat_busy_p99_ms"] <= r["chat_idle_p99_ms"] + 10),
+        ]
+    for what, met in floors:
+        print(f"  {'PASS' if met else 'MISS'}  {what}")
+    return floors
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "--inner-transfer":
+        inner_transfer(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]))
+        return 0
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--profiles", default="lan,slow", help="comma-separated (lan,slow)")
+    p.add_argument("--mib", type=int, default=100, help="file size in MiB (100)")
+    p.add_argument("--rounds", type=int, default=1, help="transfers per profile, best counts")
+    p.add_argument("--idle", type=int, default=300, help="idle chat round trips (300)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per step")
+    p.add_argument("--quick", action="store_true", help="8 MiB, 100 round trips")
+    p.add_argument("--json", metavar="FILE")
+    args = p.parse_args()
+    if args.quick:
+        args.mib, args.idle = 8, 100
+    if not available() or shutil.which("tc") is None:
+        print("bench/dataplane.py: needs root, ip and tc", file=sys.stderr)
+        return 1
+    names = [n for n in args.profiles.split(",") if n]
+    for n in names:
+        if n not in PROFILES:
+            p.error(f"no profile {n!r} (known: {', '.join(PROFILES)})")
+    tmp = Path(tempfile.mkdtemp(prefix="crc-dataplane-"))
+    rows = []
+    code = 0
+    try:
+        for n in names:
+            rows.append(run_profile(n, args, tmp))
+        floors = report(rows)
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"profiles": rows, "floors": [{"what": w, "met": m} for w, m in floors]},
+                indent=2))
+    except BenchError as exc:
+        print(f"bench/dataplane.py: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
