@@ -144,8 +144,8 @@ class Profile:
 #: Link profiles: an office LAN and a link between sites. ``latency`` bounds
 #: the queue as a real switch's or router's buffer would (a few ms of the rate).
 PROFILES = {
-    "lan": Profile("lan", "1gbit", 125e6, "256kb", "4ms"),
-    "slow": Profile("slow", "50mbit", 6.25e6, "32kb", "10ms"),
+    "lan": Profile("lan", "1gbit", 125e6, "256kb", "2ms"),
+    "slow": Profile("slow", "50mbit", 6.25e6, "32kb", "5ms"),
 }
 
 

@@ -31,6 +31,7 @@ service and the client's job engine; imports neither.
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -41,8 +42,17 @@ from .wire import Kind, frame
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024           # bytes asked for by one WANT
-WINDOW = 3                    # WANTs in flight per fetch
+CHUNK = 256 * 1024           # the largest chunk asked for by one WANT
+MIN_CHUNK = 16 * 1024        # the smallest (on a slow path)
+FIRST_CHUNK = 64 * 1024      # before the path's rate is known
+WINDOW = 3                   # chunks in flight at first (then: the path's rate x its delay)
+MAX_WINDOW = 64              # ... and at most
+#: A chunk takes about this long to cross one link: a chat that finds one
+#: being sent on each link it crosses waits about that long per link.
+CHUNK_TIME = 0.002
+#: Bytes in flight: this many times the path's rate times its shortest round
+#: trip (enough to keep it busy and to find more speed, not to fill queues).
+GAIN = 1.5
 MAX_CHUNK = 256 * 1024       # the largest WANT answered (peers may ask for more than CHUNK)
 RELAY_CACHE_MAX = 8 * 1024 * 1024   # larger blobs pass relays untouched (cut-through)
 MIN_DEFLATE = 512            # smaller chunks are sent as they are
@@ -62,6 +72,15 @@ class _Fetch:
     wants: list[tuple[int, int, int]] = field(default_factory=list)  # requester, offset, length
     next_offset: int = 0
     in_flight: int = 0
+    # Pacing (``Transfers._paced``): the chunk size and the window follow
+    # the rate data arrives at and the shortest round trip of a chunk.
+    chunk: int = FIRST_CHUNK
+    window: int = WINDOW
+    sent_at: dict[int, float] = field(default_factory=dict)   # offset -> WANT sent
+    min_rtt: float = 0.0
+    mark: tuple[float, int] = (0.0, 0)       # (time, bytes received then)
+    received: int = 0
+    rate: float = 0.0                        # best recent bytes per second
 
 
 def _request(header: dict) -> tuple[str, int, int, int] | None:
@@ -82,8 +101,10 @@ def cached_by_relays(size: int) -> bool:
 
 
 class Transfers:
-    def __init__(self, me: int, store: BlobStore, send: Send) -> None:
+    def __init__(self, me: int, store: BlobStore, send: Send,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.me = me
+        self.clock = clock
         self.store = store
         self.send = send
         self.fetches: dict[str, _Fetch] = {}
@@ -122,13 +143,47 @@ class Transfers:
             self._request_more(fetch)
 
     def _request_more(self, fetch: _Fetch) -> None:
-        while fetch.in_flight < WINDOW and fetch.next_offset < fetch.size:
-            length = min(CHUNK, fetch.size - fetch.next_offset)
+        now = self.clock()
+        while fetch.in_flight < fetch.window and fetch.next_offset < fetch.size:
+            length = min(fetch.chunk, fetch.size - fetch.next_offset)
             self.send(frame(Kind.WANT, self.me, fetch.holder,
                             {"sha": fetch.sha, "offset": fetch.next_offset, "length": length,
                              "size": fetch.size}))
+            fetch.sent_at[fetch.next_offset] = now
             fetch.next_offset += length
             fetch.in_flight += 1
+
+    def _paced(self, fetch: _Fetch, offset: int, length: int) -> None:
+        """A chunk arrived: learn the path's rate and round trip, and size the
+        next chunks (``CHUNK_TIME`` of the rate) and the window (``GAIN`` x
+        rate x round trip) from them: full speed on a fast path, little
+        queued anywhere on a slow one."""
+        now = self.clock()
+        fetch.received += length
+        sent = fetch.sent_at.pop(offset, None)
+        if sent is not None and length == fetch.chunk:
+            rtt = now - sent
+            if fetch.min_rtt <= 0 or rtt < fetch.min_rtt:
+                fetch.min_rtt = rtt
+        start, before = fetch.mark
+        if start <= 0:
+            fetch.mark = (now, fetch.received)
+            return
+        elapsed = now - start
+        if elapsed < max(fetch.min_rtt, 0.005):
+            return
+        rate = (fetch.received - before) / elapsed
+        fetch.mark = (now, fetch.received)
+        fetch.rate = max(rate, fetch.rate * 0.9)
+        chunk = MIN_CHUNK
+        while chunk * 2 <= min(CHUNK, fetch.rate * CHUNK_TIME):
+            chunk *= 2
+        if chunk != fetch.chunk:
+            fetch.chunk = chunk
+            fetch.min_rtt = 0.0                 # (a round trip of other chunks)
+        if fetch.min_rtt > 0:
+            in_flight = GAIN * fetch.rate * fetch.min_rtt
+            fetch.window = max(2, min(MAX_WINDOW, int(in_flight / fetch.chunk) + 1))
 
     def on_data(self, header: dict, body: bytes | memoryview) -> None:
         sha = header.get("sha")
@@ -148,6 +203,7 @@ class Transfers:
             return
         self.bytes_fetched += len(body)
         fetch.in_flight -= 1
+        self._paced(fetch, offset, len(body))
         # Requests for exactly this chunk (the usual case on a relay) are
         # answered from memory rather than read back from the file.
         chunk = (offset, body)

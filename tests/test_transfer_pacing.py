@@ -1,0 +1,86 @@
+"""A fetch paces itself to its path (``crc.jobs.transfer``): the chunk it
+asks for and the chunks it keeps in flight follow the rate data arrives at
+and the shortest round trip of a chunk, so that a fast path is kept busy
+and a slow one holds little in its queues. Driven by a simulated path: a
+bottleneck of a given rate and a fixed delay, with a fake clock."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import os
+from pathlib import Path
+
+import pytest
+
+from crc.jobs import transfer
+from crc.jobs.store import BlobStore
+from crc.jobs.transfer import Transfers
+from crc.jobs.wire import Kind, unpack
+
+
+def simulate(tmp_path: Path, rate: float, delay: float, size: int) -> tuple[Transfers, list]:
+    """Fetch ``size`` random bytes over a path of ``rate`` bytes/s and a
+    one-way ``delay``; returns the requester and its fetch's history
+    ``(time, chunk, window, bytes in flight)``."""
+    data = os.urandom(size)
+    sha = hashlib.sha256(data).hexdigest()
+    now = [0.0]
+    events: list[tuple[float, int, int, int]] = []     # (arrival, seq, offset, length)
+    link_free = [0.0]
+    seq = [0]
+
+    def send(msg) -> bool:
+        header, _ = unpack(msg.payload)
+        if msg.kind == Kind.WANT:
+            # The WANT reaches the holder after `delay`; the DATA leaves when
+            # the bottleneck is free and arrives `delay` after its last byte.
+            start = max(now[0] + delay, link_free[0])
+            link_free[0] = start + header["length"] / rate
+            seq[0] += 1
+            heapq.heappush(events, (link_free[0] + delay, seq[0], header["offset"],
+                                    header["length"]))
+        return True
+
+    store = BlobStore(tmp_path / "store")
+    t = Transfers(1, store, send, clock=lambda: now[0])
+    done: list = []
+    t.fetch(sha, size, 2, lambda s, err: done.append(err))
+    history = []
+    while events and not done:
+        at, _, offset, length = heapq.heappop(events)
+        now[0] = at
+        fetch = t.fetches.get(sha)
+        t.on_data({"sha": sha, "offset": offset}, data[offset:offset + length])
+        if fetch is not None:
+            history.append((at, fetch.chunk, fetch.window, fetch.in_flight * fetch.chunk))
+    assert done == [None] and store.has(sha)
+    assert store.path(sha).read_bytes() == data
+    return t, history
+
+
+def test_a_slow_path_gets_small_chunks_and_little_in_flight(tmp_path: Path) -> None:
+    rate = 6.25e6                                   # 50 Mbit/s, 1 ms each way
+    _, history = simulate(tmp_path, rate, 0.001, 8 * 1024 * 1024)
+    end, chunk, window, in_flight = history[-1]
+    assert chunk == transfer.MIN_CHUNK
+    # What it keeps in flight is about GAIN path round trips of the rate:
+    # not the megabyte a fixed window of large chunks would queue.
+    assert in_flight <= 64 * 1024
+    assert end < 8 * 1024 * 1024 / rate * 1.15       # and the path stayed busy
+
+
+def test_a_fast_path_gets_large_chunks_and_stays_busy(tmp_path: Path) -> None:
+    rate = 125e6                                    # 1 Gbit/s, 1 ms each way
+    _, history = simulate(tmp_path, rate, 0.001, 64 * 1024 * 1024)
+    end, chunk, window, _ = history[-1]
+    assert chunk >= 128 * 1024
+    assert end < 64 * 1024 * 1024 / rate * 1.15
+
+
+@pytest.mark.parametrize("rate", [1e6, 50e6, 1e9])
+def test_the_window_never_leaves_its_bounds(tmp_path: Path, rate: float) -> None:
+    _, history = simulate(tmp_path, rate, 0.0005, 4 * 1024 * 1024)
+    for _, chunk, window, _ in history:
+        assert transfer.MIN_CHUNK <= chunk <= transfer.CHUNK
+        assert 2 <= window <= transfer.MAX_WINDOW
