@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,16 +28,39 @@ pytestmark = pytest.mark.skipif(not available() or shutil.which("tc") is None,
                                 reason="shaped links need root, ip and tc")
 
 
-@pytest.fixture
-def slow_chain(tmp_path: Path):
-    net = chain(f"{os.getpid() % 1000}t", "slow")
+def started_chain(tmp_path: Path, profile: str, *args: str):
+    net = chain(f"{os.getpid() % 1000}{profile[0]}", profile)
     try:
         net.create()
         net.start_servers(tmp_path, lambda condition, what: wait_for(condition, 30, what),
-                          "--insecure-remote-jobs")
+                          "--insecure-remote-jobs", *args)
         yield net
     finally:
         net.destroy()
+
+
+@pytest.fixture
+def slow_chain(tmp_path: Path):
+    yield from started_chain(tmp_path, "slow")
+
+
+@pytest.fixture
+def lan_chain(tmp_path: Path):
+    yield from started_chain(tmp_path, "lan")
+
+
+def arrived(net: Network, host: str) -> int:
+    """Bytes ``host``'s server has received on its open links."""
+    return (net.state(host) or {}).get("bytes_in", 0)
+
+
+def submit(net: Network, host: str, folder: Path, on: str, name: str,
+           *command: str) -> subprocess.Popen:
+    """``chat_client.py run --on ON --file NAME -- COMMAND`` from ``host``."""
+    return subprocess.Popen(
+        [*net.prefix(host), sys.executable, str(ROOT / "chat_client.py"), "--server",
+         f"127.0.0.1:{PORT}", "run", "--on", on, "--file", name, "--", *command],
+        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def test_a_file_crosses_slow_links_intact_while_chats_pass_it_in_order(
@@ -50,10 +74,7 @@ def test_a_file_crosses_slow_links_intact_while_chats_pass_it_in_order(
     dave = LineClient(server, "dave", 9104, prefix=net.prefix("D"))
     try:
         wait_for(lambda: {"alice", "dave"} <= net.names_known("A"), 30, "both clients")
-        job = subprocess.Popen(
-            [*net.prefix("A"), sys.executable, str(ROOT / "chat_client.py"), "--server", server,
-             "run", "--on", "D", "--file", "big.bin", "--", "sha256sum", "big.bin"],
-            cwd=tmp_path / "work", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        job = submit(net, "A", tmp_path / "work", "D", "big.bin", "sha256sum", "big.bin")
         # Chats both ways while the file is on the links.
         alice.write("".join(f"/msg 9104 m{i}\n" for i in range(200)))
         dave.write("".join(f"/msg 9101 m{i}\n" for i in range(200)))
@@ -89,3 +110,87 @@ def test_the_shaped_network_routes_and_limits_as_configured(slow_chain: Network)
     route = subprocess.run([*net.prefix("A"), "ip", "route", "get", net.home("D")],
                            capture_output=True, text=True, check=True).stdout
     assert f"via {net.address('B', 'A')}" in route
+
+
+def test_a_small_file_is_not_held_behind_a_large_one(slow_chain: Network,
+                                                     tmp_path: Path) -> None:
+    """A 2 KiB header sent while a 12 MiB blob crosses the same links (two
+    seconds at 50 Mbit/s) reaches its job first: small files ride inside the
+    job's own frame, which overtakes bulk data, and the blob's fetch keeps
+    little in the queues."""
+    net = slow_chain
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "big.bin").write_bytes(os.urandom(12 * 1024 * 1024))
+    (work / "small.h").write_bytes(os.urandom(2048))
+    big = submit(net, "A", work, "D", "big.bin", "sha256sum", "big.bin")
+    try:
+        wait_for(lambda: arrived(net, "D") > 1_000_000 or big.poll() is not None, 30,
+                 "the large file to be on its way")
+        small = submit(net, "A", work, "D", "small.h", "sha256sum", "small.h")
+        out, err = small.communicate(timeout=60)
+        assert small.returncode == 0, err
+        assert hashlib.sha256((work / "small.h").read_bytes()).hexdigest() in out
+        assert big.poll() is None                 # the blob is still crossing
+        out, err = big.communicate(timeout=120)
+        assert big.returncode == 0, err
+        assert hashlib.sha256((work / "big.bin").read_bytes()).hexdigest() in out
+    finally:
+        if big.poll() is None:
+            big.kill()
+
+
+def test_a_link_cut_mid_transfer_runs_the_right_bytes_or_fails_clearly(
+        slow_chain: Network, tmp_path: Path) -> None:
+    """B-C goes down (silently) while a file crosses it and comes back two
+    seconds later: the job runs on exactly the bytes sent, or fails saying
+    why — never on anything else."""
+    net = slow_chain
+    work = tmp_path / "work"
+    work.mkdir()
+    data = os.urandom(8 * 1024 * 1024)
+    (work / "big.bin").write_bytes(data)
+    job = submit(net, "A", work, "D", "big.bin", "sha256sum", "big.bin")
+    try:
+        wait_for(lambda: arrived(net, "D") > 1_000_000 or job.poll() is not None, 30,
+                 "the file to be on its way")
+        net.set_link("B", "C", up=False)
+        back_at = time.monotonic() + 2.0
+        wait_for(lambda: time.monotonic() >= back_at or job.poll() is not None, 10,
+                 "two seconds of cut link")
+        net.set_link("B", "C", up=True)
+        out, err = job.communicate(timeout=180)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    if job.returncode == 0:
+        assert hashlib.sha256(data).hexdigest() in out
+    else:
+        assert err.strip(), "a failed job says why"
+        assert hashlib.sha256(data).hexdigest() not in out
+
+
+def test_memory_at_each_relay_stays_bounded_during_a_large_transfer(
+        lan_chain: Network, tmp_path: Path) -> None:
+    """64 MiB from A to D at 1 Gbit/s: the relays B and C pass it through
+    without holding it (sampled resident memory stays under a generous cap)."""
+    psutil = pytest.importorskip("psutil")
+    net = lan_chain
+    relays = [psutil.Process(p.pid) for p in net.procs[1:3]]          # B and C
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "big.bin").write_bytes(os.urandom(64 * 1024 * 1024))
+    job = submit(net, "A", work, "D", "big.bin", "true")
+    peak = 0
+    try:
+        while job.poll() is None:
+            peak = max(peak, *(r.memory_info().rss for r in relays))
+            try:
+                job.wait(0.02)
+            except subprocess.TimeoutExpired:
+                pass
+        assert job.returncode == 0, job.stderr.read()
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert 0 < peak < 96 * 1024 * 1024, f"a relay reached {peak / 2**20:.0f} MiB"
