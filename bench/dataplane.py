@@ -19,6 +19,14 @@ A-B-C-D are joined by three shaped veth links, in one run:
    is the time the file took through the tree (stored and verified on D).
 4. **Chat during the transfer.** The same ping-pong while a second fresh
    file crosses: p50 and p99 against idle.
+5. **Two at once.** Two clients on A each send half the size to D at the
+   same time: each one's rate (both must progress).
+6. **A build** (``--no-build`` skips it). Three hosts A-B-C on the same
+   profile; the generated C project of ``bench/jobs.py`` (``--files``, 8
+   shared headers) built from A with ``make -jN CC="distcc gcc"`` (a
+   ``distccd`` on each host, distcc installed for the benchmark) and with
+   ``CC="meshcc gcc"`` (a mesh server on each host): wall time and the bytes
+   sent on the links.
 
 Floors (issue 14): transfer at least 90 % of the raw ceiling; chat p50 during
 a transfer at most idle p50 + 1 ms on ``lan`` and + 5 ms on ``slow``; p99 at
@@ -30,9 +38,11 @@ end, on an error and on Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -179,9 +189,109 @@ def run_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
             out["chat_busy_samples"] = len(busy)
             out["chat_busy_p50_ms"] = percentile(busy, 50) * 1e3
             out["chat_busy_p99_ms"] = percentile(busy, 99) * 1e3
+            # Two clients of A, each sending half the size to D at once:
+            # both must progress (fairness), together near the link's rate.
+            half = max(1, args.mib // 2)
+            pair = [mesh_transfer_from(net, "A", "D", half, client_dir, args.timeout)
+                    for _ in range(2)]
+            both = [transfer_seconds(proc, args.timeout * 2) for proc in pair]
+            out["pair_MBps"] = [round(half * MIB / t / 1e6, 2) for t in both]
+            print(f"{name}: two at once {out['pair_MBps']} MB/s", flush=True)
         finally:
             probe.close()
     finally:
+        net.destroy()
+    if args.build:
+        out.update(build_profile(name, args, tmp))
+    return out
+
+
+def link_bytes(net: Network) -> int:
+    """Bytes sent on every link of ``net`` so far (both directions)."""
+    total = 0
+    for a, b in net.links:
+        for host, dev in ((a, net.dev(a, b)), (b, net.dev(b, a))):
+            done = subprocess.run([*net.prefix(host), "cat",
+                                   f"/sys/class/net/{dev}/statistics/tx_bytes"],
+                                  capture_output=True, text=True, timeout=10)
+            total += int(done.stdout.strip() or 0)
+    return total
+
+
+def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    """The generated C project built from host A across three hosts A-B-C
+    (links shaped by the profile): with distcc (a distccd on each host) and
+    with meshcc (a mesh server on each); wall time and bytes on the links."""
+    from bench.jobs import copy_project, generate_project
+    out: dict[str, Any] = {}
+    project = generate_project(tmp / f"src-{name}", args.files, 8)
+    net = Network(f"{os.getpid() % 1000}{name[0]}b", ["A", "B", "C"], [("A", "B"), ("B", "C")],
+                  name)
+    daemons: list[subprocess.Popen] = []
+    try:
+        net.create()
+        net.route_all()
+
+        def wait(condition, what: str) -> None:
+            deadline = time.monotonic() + args.timeout
+            while not condition():
+                if time.monotonic() > deadline:
+                    raise BenchError(f"timed out waiting for {what}")
+                time.sleep(0.1)
+
+        runtime = tmp / f"run-{name}"
+        runtime.mkdir()
+        env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), PYTHONPYCACHEPREFIX=str(tmp / "pyc"),
+                   MESHCC_CACHE_DIR=str(tmp / f"cache-{name}"))
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.pop("CRC_MESH", None)
+        if shutil.which("distccd") and shutil.which("distcc"):
+            slots = max(1, args.jobs // 3 + 1)
+            for host in net.hosts:
+                daemons.append(subprocess.Popen(
+                    [*net.prefix(host), "distccd", "--no-detach", "--daemon", "--listen",
+                     "0.0.0.0", "--port", "3632", "--allow", "10.78.0.0/16", "--jobs",
+                     str(slots), "--log-file", str(tmp / f"distccd-{name}-{host}.log")],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, start_new_session=True))
+            time.sleep(0.5)
+            hosts = " ".join(f"{net.home(h) if h != 'A' else '127.0.0.1'}:3632/{slots}"
+                             for h in net.hosts)
+            distcc_env = dict(env, DISTCC_HOSTS=hosts, DISTCC_DIR=str(tmp / f"distcc-{name}"),
+                              DISTCC_FALLBACK="0")
+            tree = copy_project(project, tmp / f"distcc-{name}")
+            before, start = link_bytes(net), time.monotonic()
+            done = subprocess.run([*net.prefix("A"), "make", "-s", f"-j{args.jobs}",
+                                   "CC=distcc gcc"], cwd=tree.root, env=distcc_env,
+                                  capture_output=True, text=True, timeout=args.timeout * 5)
+            if done.returncode != 0:
+                raise BenchError(f"the distcc build failed: {done.stderr[-2000:]}")
+            out["distcc_build_s"] = round(time.monotonic() - start, 3)
+            out["distcc_build_MB"] = round((link_bytes(net) - before) / 1e6, 2)
+        servers = tmp / f"build-servers-{name}"
+        servers.mkdir()
+        net.start_servers(servers, wait, "--insecure-remote-jobs")
+        tree = copy_project(project, tmp / f"meshcc-{name}")
+        mesh_env = dict(env, CRC_MESH=f"127.0.0.1:{PORT}")
+        meshcc = f"{sys.executable} -S {Path(__file__).resolve().parent.parent / 'meshcc.py'}"
+        before, start = link_bytes(net), time.monotonic()
+        done = subprocess.run([*net.prefix("A"), "make", "-s", f"-j{args.jobs}",
+                               f"CC={meshcc} gcc"], cwd=tree.root, env=mesh_env,
+                              capture_output=True, text=True, timeout=args.timeout * 5)
+        if done.returncode != 0:
+            raise BenchError(f"the meshcc build failed: {done.stderr[-2000:]}")
+        out["meshcc_build_s"] = round(time.monotonic() - start, 3)
+        out["meshcc_build_MB"] = round((link_bytes(net) - before) / 1e6, 2)
+        out["meshcc_build_here"] = done.stderr.count("compiling here")
+        print(f"{name}: build distcc {out.get('distcc_build_s', '-')} s, "
+              f"meshcc {out['meshcc_build_s']} s", flush=True)
+    finally:
+        subprocess.run(["pkill", "-f", f"crc.cc.agent {runtime}"], capture_output=True)
+        for d in daemons:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(d.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                d.wait(5)
         net.destroy()
     return out
 
@@ -206,6 +316,18 @@ def report(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
             (f"{r['profile']}: chat p99 during <= idle + 10 ms",
              r["chat_busy_p99_ms"] <= r["chat_idle_p99_ms"] + 10),
         ]
+    for r in rows:
+        if "meshcc_build_s" in r:
+            print(f"{r['profile']}: build of the C project across A-B-C: distcc "
+                  f"{r.get('distcc_build_s', '-')} s ({r.get('distcc_build_MB', '-')} MB on the "
+                  f"links), meshcc {r['meshcc_build_s']} s ({r['meshcc_build_MB']} MB; "
+                  f"{r['meshcc_build_here']} compiled on A)")
+            if "distcc_build_s" in r:
+                floors.append((f"{r['profile']}: build <= distcc",
+                               r["meshcc_build_s"] <= r["distcc_build_s"]))
+        if "pair_MBps" in r:
+            floors.append((f"{r['profile']}: two transfers at once both progress",
+                           min(r["pair_MBps"]) > 0.25 * r["raw_MBps"]))
     for what, met in floors:
         print(f"  {'PASS' if met else 'MISS'}  {what}")
     return floors
@@ -223,9 +345,13 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per step")
     p.add_argument("--quick", action="store_true", help="8 MiB, 100 round trips")
     p.add_argument("--json", metavar="FILE")
+    p.add_argument("--build", action=argparse.BooleanOptionalAction, default=True,
+                   help="build the C project with distcc and meshcc across A-B-C (default on)")
+    p.add_argument("--files", type=int, default=60, help="C files of the project (60)")
+    p.add_argument("--jobs", type=int, default=4, help="make -j for the builds (4)")
     args = p.parse_args()
     if args.quick:
-        args.mib, args.idle = 8, 100
+        args.mib, args.idle, args.files = 8, 100, 12
     if not available() or shutil.which("tc") is None:
         print("bench/dataplane.py: needs root, ip and tc", file=sys.stderr)
         return 1
