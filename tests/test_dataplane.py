@@ -194,3 +194,38 @@ def test_memory_at_each_relay_stays_bounded_during_a_large_transfer(
         if job.poll() is None:
             job.kill()
     assert 0 < peak < 96 * 1024 * 1024, f"a relay reached {peak / 2**20:.0f} MiB"
+
+
+def test_a_relay_killed_mid_transfer_fails_the_job_clearly_and_a_rerun_gets_it_right(
+        slow_chain: Network, tmp_path: Path) -> None:
+    """B dies (SIGKILL) while a file crosses it: the job fails saying why
+    (nothing runs on a part of the file); once B is back and the tree has
+    healed, the same job runs on exactly the bytes sent."""
+    net = slow_chain
+    work = tmp_path / "work"
+    work.mkdir()
+    data = os.urandom(6 * 1024 * 1024)
+    (work / "big.bin").write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    job = submit(net, "A", work, "D", "big.bin", "sha256sum", "big.bin")
+    try:
+        wait_for(lambda: arrived(net, "D") > 1_000_000 or job.poll() is not None, 30,
+                 "the file to be on its way")
+        relay = net.procs[1]                                       # B's server
+        relay.kill()
+        relay.wait(10)
+        out, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert digest not in out
+    if job.returncode == 0:                    # (only if it had all arrived before the kill)
+        pytest.fail(f"the job ran although its file's path was cut: {out!r}")
+    assert err.strip(), "a failed job says why"
+    net.server("B", "B2", tmp_path, "--connect", f"{net.address('A', 'B')}:{PORT}",
+               "--insecure-remote-jobs")
+    wait_for(lambda: {"B2", "C", "D"} <= net.names_known("A"), 60, "the tree to heal")
+    again = submit(net, "A", work, "D", "big.bin", "sha256sum", "big.bin")
+    out, err = again.communicate(timeout=180)
+    assert again.returncode == 0, err
+    assert digest in out

@@ -2,7 +2,9 @@
 asks for and the chunks it keeps in flight follow the rate data arrives at
 and the shortest round trip of a chunk, so that a fast path is kept busy
 and a slow one holds little in its queues. Driven by a simulated path: a
-bottleneck of a given rate and a fixed delay, with a fake clock."""
+bottleneck of a given rate and a fixed delay, with a fake clock. And a
+relay's fetch from a holder that left unnoticed is started again from one
+that is there."""
 
 from __future__ import annotations
 
@@ -84,3 +86,28 @@ def test_the_window_never_leaves_its_bounds(tmp_path: Path, rate: float) -> None
     for _, chunk, window, _ in history:
         assert transfer.MIN_CHUNK <= chunk <= transfer.CHUNK
         assert 2 <= window <= transfer.MAX_WINDOW
+
+
+def test_a_relay_drops_a_fetch_whose_holder_left_unnoticed(tmp_path: Path) -> None:
+    """A relay fetching a small blob from a machine that left while the
+    relay was rejoining (no departure reached it) would wait forever; a
+    WANT naming another holder that is on the mesh starts it again from
+    that one, without failing the requester that asked anew."""
+    sent: list = []
+    present = {2, 30}                       # the old holder 20 is gone
+    relay = Transfers(1, BlobStore(tmp_path / "store"), lambda m: sent.append(m) or True,
+                      known=present.__contains__)
+    sha, size = "ab" * 32, 4096
+    header = {"sha": sha, "offset": 0, "length": size, "size": size}
+    relay.want(2, 20, header)               # requester 2 asks of holder 20: the relay fetches
+    assert relay.fetches[sha].holder == 20
+    sent.clear()
+    relay.want(2, 30, header)               # asked again, of holder 30
+    assert relay.fetches[sha].holder == 30
+    kinds = [(m.kind, m.dest) for m in sent]
+    assert (Kind.WANT, 30) in kinds
+    assert not any(kind == Kind.MISSING for kind, _ in kinds)
+    # With both holders present, one fetch serves both requests (no restart).
+    present.add(20)
+    relay.want(5, 20, header)
+    assert relay.fetches[sha].holder == 30

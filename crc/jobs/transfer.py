@@ -102,9 +102,13 @@ def cached_by_relays(size: int) -> bool:
 
 class Transfers:
     def __init__(self, me: int, store: BlobStore, send: Send,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 known: Callable[[int], bool] | None = None) -> None:
         self.me = me
         self.clock = clock
+        #: Whether a machine is on the mesh (a server's routing table): a
+        #: relay's fetch from one that is not is dead, whatever it missed.
+        self.known = known
         self.store = store
         self.send = send
         self.fetches: dict[str, _Fetch] = {}
@@ -242,11 +246,14 @@ class Transfers:
         for done in fetch.waiters:
             done(fetch.sha, None)
 
-    def _fail(self, fetch: _Fetch, error: str) -> None:
+    def _fail(self, fetch: _Fetch, error: str, spare: int | None = None) -> None:
+        """End ``fetch``: whoever waits on it hears ``error`` — but not
+        ``spare``, whose newer request (from another holder) goes on."""
         self.fetches.pop(fetch.sha, None)
         self.store.abandon(fetch.sha)
         for requester, _offset, _length in fetch.wants:
-            self.missing(requester, fetch.sha, error)
+            if requester != spare:
+                self.missing(requester, fetch.sha, error)
         for done in fetch.waiters:
             done(fetch.sha, error)
 
@@ -264,6 +271,15 @@ class Transfers:
             self._send_chunk(requester, sha, offset, length, self.store.size(sha), self.store.read)
             return
         fetch = self.fetches.get(sha)
+        if fetch is not None and fetch.holder != holder and self.known is not None \
+                and not self.known(fetch.holder):
+            # A fetch from a machine that left without our hearing of it
+            # (gone while we rejoined the mesh): it will never complete. The
+            # WANT names a holder that is here: start again from that one.
+            log.info("transfer of %s: its holder %d is gone; fetching from %d instead",
+                     sha[:12], fetch.holder, holder)
+            self._fail(fetch, "the machine holding it left the mesh", spare=requester)
+            fetch = None
         if fetch is None:
             if holder == self.me or size < 0:
                 self.missing(requester, sha)

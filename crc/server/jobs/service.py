@@ -111,7 +111,8 @@ class JobService:
         if kept:
             log.info("%s: %d job result(s) kept in %s can be fetched", server.name, kept,
                      self.results.root)
-        self.transfers = Transfers(self.me, self.store, self.send)
+        self.transfers = Transfers(self.me, self.store, self.send,
+                                   known=lambda host: self.server.routes.known(host))
         self.reports = LoadReports(self)
         self.entry = Entry(self)
         self.executor = Executor(self)
