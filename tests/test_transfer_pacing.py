@@ -66,7 +66,8 @@ def test_a_slow_path_gets_small_chunks_and_little_in_flight(tmp_path: Path) -> N
     _, history = simulate(tmp_path, rate, 0.001, 8 * 1024 * 1024)
     end, chunk, window, in_flight = history[-1]
     assert chunk == transfer.MIN_CHUNK
-    # What it keeps in flight is about GAIN path round trips of the rate:
+    # What it keeps in flight is the path's round trip of the rate and a
+    # little more:
     # not the megabyte a fixed window of large chunks would queue.
     assert in_flight <= 64 * 1024
     assert end < 8 * 1024 * 1024 / rate * 1.15       # and the path stayed busy

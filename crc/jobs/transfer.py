@@ -50,9 +50,10 @@ MAX_WINDOW = 64              # ... and at most
 #: A chunk takes about this long to cross one link: a chat that finds one
 #: being sent on each link it crosses waits about that long per link.
 CHUNK_TIME = 0.002
-#: Bytes in flight: this many times the path's rate times its shortest round
-#: trip (enough to keep it busy and to find more speed, not to fill queues).
-GAIN = 1.5
+#: Bytes in flight: the path's rate times its shortest round trip (what keeps
+#: it busy) plus this long of it (what may wait in its queues, and lets the
+#: window find more speed while round trips stay short).
+QUEUE_TIME = 0.002
 MAX_CHUNK = 256 * 1024       # the largest WANT answered (peers may ask for more than CHUNK)
 RELAY_CACHE_MAX = 8 * 1024 * 1024   # larger blobs pass relays untouched (cut-through)
 MIN_DEFLATE = 512            # smaller chunks are sent as they are
@@ -159,9 +160,9 @@ class Transfers:
 
     def _paced(self, fetch: _Fetch, offset: int, length: int) -> None:
         """A chunk arrived: learn the path's rate and round trip, and size the
-        next chunks (``CHUNK_TIME`` of the rate) and the window (``GAIN`` x
-        rate x round trip) from them: full speed on a fast path, little
-        queued anywhere on a slow one."""
+        next chunks (``CHUNK_TIME`` of the rate) and the window (rate x
+        (shortest round trip + ``QUEUE_TIME``)) from them: full speed on a
+        fast path, little queued anywhere on a slow one."""
         now = self.clock()
         fetch.received += length
         sent = fetch.sent_at.pop(offset, None)
@@ -186,7 +187,10 @@ class Transfers:
             fetch.chunk = chunk
             fetch.min_rtt = 0.0                 # (a round trip of other chunks)
         if fetch.min_rtt > 0:
-            in_flight = GAIN * fetch.rate * fetch.min_rtt
+            # In flight: the path's own round trip of the rate, plus
+            # QUEUE_TIME of it waiting in queues (a delay-based window: when
+            # chunks take longer than that, the window stops growing).
+            in_flight = fetch.rate * (fetch.min_rtt + QUEUE_TIME)
             fetch.window = max(2, min(MAX_WINDOW, int(in_flight / fetch.chunk) + 1))
 
     def on_data(self, header: dict, body: bytes | memoryview) -> None:
