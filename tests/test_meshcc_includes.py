@@ -68,6 +68,12 @@ def test_a_computed_include_anywhere_makes_the_compile_unscannable(tmp_path: Pat
         Scanner().closure(str(tmp_path), "a.c", Search([], []), [])
 
 
+def test_a_precompiled_header_makes_the_compile_unscannable(tmp_path: Path) -> None:
+    write(tmp_path, {"a.c": '#include "big.h"\n', "big.h": "", "big.h.gch": "binary"})
+    with pytest.raises(Unscannable, match="precompiled header"):
+        Scanner().closure(str(tmp_path), "a.c", Search([], []), [])
+
+
 def test_a_file_is_read_again_only_when_it_changed(tmp_path: Path) -> None:
     write(tmp_path, {"a.c": '#include "b.h"\n', "b.h": "", "c.h": ""})
     scanner = Scanner()
@@ -103,7 +109,8 @@ def test_paths_are_mapped_into_the_root_and_relative_ones_kept() -> None:
         "-include", "stdc-predef.h", "-O2", "-g", "-I", "inc", "-I", p + "/abs/inc",
         "-isystem", p + "/opt/sys", "-iquote", "q", "-include", p + "/abs/pre.h", "-DX=1",
         "-MMD", "-MP", "-c", p + "/abs/src/a.c", "-MF", "../../../../meshcc-out.d", "-MQ",
-        "out/a.o", "-o", "../../../../meshcc-out.o", "-nostdinc", "-isystem", p + "/usr/lib/gcc/x/12/include",
+        "out/a.o", "-o", "../../../../meshcc-out.o", "-nostdinc",
+        "-isystem", p + "/usr/lib/gcc/x/12/include",
         "-isystem", p + "/usr/include", f"-ffile-prefix-map={p}/=/"]
     assert plan.depfile == "out/a.d"
     assert plan.search.chain == ["q", "inc", "/abs/inc", "/opt/sys",

@@ -13,9 +13,10 @@ It over-approximates on purpose: conditionals are not evaluated, so a header
 behind ``#if 0`` is shipped too, and ``__has_include`` operands that exist
 are shipped so that the test answers the same over there. Whatever it
 cannot follow — ``#include MACRO``, ``__has_include`` of a macro, assembler
-``.incbin`` — raises ``Unscannable`` and the compile is preprocessed here
-instead, as before. A header it cannot find is not shipped: if the compile
-needs it, it fails there and is compiled here, where the compiler says so.
+``.incbin``, a precompiled header (``.gch``) beside a header — raises
+``Unscannable`` and the compile is preprocessed here instead, as before. A
+header it cannot find is not shipped: if the compile needs it, it fails
+there and is compiled here, where the compiler says so.
 
 Each file is read once per change (cached by size, inode and times), with
 its SHA-256 and its directives: a build reads every shared header once.
@@ -180,6 +181,9 @@ class Scanner:
                 raise Unscannable(f"{name}: '..' after a symbolic link")
             if info.problem:
                 raise Unscannable(f"{name}: {info.problem}")
+            if os.path.exists(path + ".gch"):
+                # The compiler would read the precompiled header instead.
+                raise Unscannable(f"{name}: a precompiled header ({name}.gch) is used")
             found.append(Found(name, normal, info, system))
             queue.append((name, info, system, index))
 

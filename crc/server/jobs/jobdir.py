@@ -58,8 +58,8 @@ def _copy(source: Path | str, dest: Path | str, mode: int,
     src = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
     try:
         if expect is not None and fingerprint(os.fstat(src)) != expect:
-            raise JobDirError(f"stored file {os.path.basename(source)[:12]} was changed in place by a job "
-                              "that has it linked; not used")
+            raise JobDirError(f"stored file {os.path.basename(source)[:12]} was changed in "
+                              "place by a job that has it linked; not used")
         out = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600)
         try:
