@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.netns import PORT, SENT, LineClient, Network, available, chain, chat_pattern
+from bench.netns import PORT, SENT, LineClient, Network, available, chain, chat_pattern, star
 
 from .meshkit import wait_for
 
@@ -229,3 +229,32 @@ def test_a_relay_killed_mid_transfer_fails_the_job_clearly_and_a_rerun_gets_it_r
     out, err = again.communicate(timeout=180)
     assert again.returncode == 0, err
     assert digest in out
+
+
+def test_two_clients_sharing_a_link_in_a_star_both_get_their_files_through(
+        tmp_path: Path) -> None:
+    """A star: S in the middle, A, B and C around it on 50 Mbit/s links. A
+    client on A and one on B each send a file to a job on C at the same
+    time; both cross S-C, and both arrive byte for byte."""
+    net = star(f"{os.getpid() % 1000}s", "slow")
+    try:
+        net.create()
+        net.start_servers(tmp_path, lambda condition, what: wait_for(condition, 30, what),
+                          "--insecure-remote-jobs")
+        jobs, digests = [], []
+        for host in ("A", "B"):
+            work = tmp_path / f"work-{host}"
+            work.mkdir()
+            data = os.urandom(2 * 1024 * 1024 + 1)
+            (work / "part.bin").write_bytes(data)
+            digests.append(hashlib.sha256(data).hexdigest())
+            jobs.append(submit(net, host, work, "C", "part.bin", "sha256sum", "part.bin"))
+        outcomes = [job.communicate(timeout=120) for job in jobs]
+    finally:
+        for job in locals().get("jobs", []):
+            if job.poll() is None:
+                job.kill()
+        net.destroy()
+    for (out, err), job, digest in zip(outcomes, jobs, digests):
+        assert job.returncode == 0, err
+        assert digest in out
