@@ -24,6 +24,7 @@ from ..protocol import DEFAULT_LIMITS
 from ..credentials import StartupError, credentials
 from ..visible import VisibleFormatter, visible
 from ..jobs.compilers import installed
+from .config_file import ConfigError, merged_argv, render
 from .jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
 
@@ -134,6 +135,12 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--log-file", type=file_name("--log-file"),
                    help="write the log here instead of standard error")
+    p.add_argument("--config", metavar="FILE",
+                   help="read settings from this TOML file (any flag above, without its "
+                   "dashes: port = 7000, connect = [\"host:7000\"]); flags given here "
+                   "override it (docs/deploy.md)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the effective settings as such a file, and exit")
     return p
 
 
@@ -227,10 +234,19 @@ def configure_logging(level: str, log_file: str | None, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:
+        argv = merged_argv(sys.argv[1:] if argv is None else list(argv), parser)
+    except ConfigError as exc:
+        print(f"mesh_server.py: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     if args.dead_after <= args.keepalive:
         build_parser().error(f"--dead-after ({args.dead_after:g}) must be longer than "
                              f"--keepalive ({args.keepalive:g})")
+    if args.print_config:
+        sys.stdout.write(render(args, parser))
+        return 0
     try:
         tls, secret = credentials(args, TLS_FLAGS, tls_from_args)
     except StartupError as exc:
