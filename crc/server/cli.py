@@ -17,14 +17,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..options import (byte_size, directory_problem, file_name, host_id, host_ports, info_text,
-                       listen_host, port_number, positive_int, seconds, server_name,
-                       size_at_least)
+from ..options import (byte_size, directory_problem, file_name, host_id, host_port,
+                       host_ports, info_text, listen_host, port_number, positive_int, seconds,
+                       server_name, size_at_least)
 from ..protocol import DEFAULT_LIMITS
 from ..credentials import StartupError, credentials
 from ..visible import VisibleFormatter, visible
 from ..jobs.compilers import installed
 from .config_file import ConfigError, merged_argv, render
+from .metrics import MetricsServer
 from .jobs.service import JobConfig, JobService
 from .server import MeshServer, ServerConfig
 
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
     p.add_argument("--log-file", type=file_name("--log-file"),
                    help="write the log here instead of standard error")
+    p.add_argument("--metrics", type=metrics_address, metavar="[HOST:]PORT",
+                   help="serve Prometheus metrics at http://HOST:PORT/metrics (HOST "
+                   "default 127.0.0.1)")
     p.add_argument("--config", metavar="FILE",
                    help="read settings from this TOML file (any flag above, without its "
                    "dashes: port = 7000, connect = [\"host:7000\"]); flags given here "
@@ -184,6 +188,14 @@ def resolve_candidates(candidates: list[tuple[str, int]]) -> tuple[list[tuple[st
         addresses[host] = info[0][4][0]
         usable.append((host, port))
     return usable, addresses, problems
+
+
+def metrics_address(text: str) -> tuple[str, int]:
+    """``PORT`` (on loopback) or ``HOST:PORT`` for ``--metrics``."""
+    text = text.strip()
+    if text.isdigit():
+        return "127.0.0.1", port_number(text)
+    return host_port(text)
 
 
 def compiler_names(text: str) -> tuple[str, ...]:
@@ -299,6 +311,16 @@ def main(argv: list[str] | None = None) -> int:
         server.close()
         return 2
     logging.getLogger("crc.server").debug("%r ready", jobs)
+    if args.metrics is not None:
+        try:
+            metrics = MetricsServer(server, args.metrics[0], args.metrics[1], jobs)
+        except OSError as exc:
+            server.close()
+            print(f"mesh_server.py: cannot serve --metrics on {args.metrics[0]}:"
+                  f"{args.metrics[1]}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        logging.getLogger("crc.server").info("%s: metrics at http://%s:%d/metrics",
+                                             config.name, args.metrics[0], metrics.port)
     try:
         server.start()
     except OSError as exc:

@@ -54,6 +54,7 @@ from .gatekeeper import Gatekeeper
 from .joining import Joiner
 from .links import Link, Role
 from .liveness import Liveness
+from .metrics import Stats
 from .negotiation import HELLO_SETTLE, Negotiation
 from .registrations import INVALID_ID_TEXT, Registrations
 from .reliable import CHAT_OVERHEAD, HELD_MAX, HELD_TOTAL, ReliableRelay
@@ -78,6 +79,8 @@ class MeshServer:
         self.info = config.info
         self.loop = loop or EventLoop()
         self.routes = RoutingTable(self.id)
+        #: Counters for ``--metrics`` (``crc.server.metrics``).
+        self.stats = Stats()
         self.links: dict[int, Connection] = {}     # adjacent id -> connection
         self.connections: set[Connection] = set()  # every open connection
         self.status_log: list[str] = []           # bounded: see ``_log_status``
@@ -244,7 +247,9 @@ class MeshServer:
 
     def on_messages(self, conn: Connection, messages: list[Message]) -> None:
         link: Link = conn.peer
+        counted = self.stats.messages
         for msg in messages:
+            counted[msg.type] += 1
             if conn.closed or link.role is Role.DONE:
                 return
             if link.role is Role.AUTH and not (
@@ -262,6 +267,7 @@ class MeshServer:
     def on_closed(self, conn: Connection, reason: str) -> None:
         link: Link = conn.peer
         self.connections.discard(conn)
+        self.stats.connection_closed(reason, conn.bytes_in, conn.bytes_out)
         was_uplink = conn is self.uplink
         if was_uplink:
             self.uplink = None
@@ -386,7 +392,10 @@ class MeshServer:
         return True
 
     def _on_chat(self, conn: Connection, msg: ClientChat) -> None:
-        self._relay_chat(conn, msg.source, msg.dest, encode(msg))
+        frame = encode(msg)
+        self.stats.chats_relayed += 1
+        self.stats.chat_bytes_relayed += len(frame)
+        self._relay_chat(conn, msg.source, msg.dest, frame)
 
     def _relay_chats(self, conn: Connection, chats: list[ChatFrame]) -> None:
         """Chats taken off a registered link's stream undecoded (``Decoder.feed_relay``).
@@ -398,6 +407,9 @@ class MeshServer:
         """
         link: Link = conn.peer
         hosts, links = self.routes.hosts, self.links
+        stats = self.stats
+        stats.chats_relayed += len(chats)
+        stats.chat_bytes_relayed += sum(len(frame) for _, _, frame in chats)
         for source, dest, frame in chats:
             if conn.closed or link.role is Role.DONE:
                 return
@@ -536,6 +548,7 @@ class MeshServer:
 
     def _on_extension(self, conn: Connection, msg: Extension) -> None:
         link: Link = conn.peer
+        self.stats.extensions[msg.kind] += 1
         if not link.ext:
             raise ProtocolError("extension frame on a link without extensions")
         if msg.kind == LinkKind.PING and msg.dest == 0:
