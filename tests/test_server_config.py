@@ -57,12 +57,14 @@ def test_the_file_sets_flags_and_the_command_line_overrides_it(tmp_path: Path) -
 
 def test_printed_settings_load_back_to_the_same(tmp_path: Path) -> None:
     first = run("--port", "7300", "--name", "x y", "--keepalive", "1.5", "--dead-after", "9",
-                "--compilers", "gcc,g++", "--plain-clients", "deny", "--print-config")
+                "--compilers", "gcc,g++", "--plain-clients", "deny", "--metrics", "9101",
+                "--print-config")
     assert first.returncode == 0, first.stderr
     (tmp_path / "printed.toml").write_text(first.stdout)
     again = run("--config", str(tmp_path / "printed.toml"), "--print-config")
     assert again.returncode == 0, again.stderr
     assert again.stdout == first.stdout
+    assert 'metrics = "127.0.0.1:9101"' in first.stdout
 
 
 @pytest.mark.parametrize("text,message", [

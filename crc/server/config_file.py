@@ -112,6 +112,9 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str) \
+            and isinstance(value[1], int) and not isinstance(value[1], bool):
+        return _toml_value(f"{value[0]}:{value[1]}")             # HOST:PORT
     if isinstance(value, (list, tuple)) and value and all(
             isinstance(v, tuple) and len(v) == 2 for v in value):
         return "[" + ", ".join(_toml_value(f"{h}:{p}") for h, p in value) + "]"
