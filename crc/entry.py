@@ -44,6 +44,14 @@ def chat() -> int:
     return _main_of("crc.client.cli", "chat_client.py")()
 
 
+def monitor(argv: list[str] | None = None) -> int:
+    """``crc-monitor`` / ``python -m crc.client.monitor``: ``chat_client.py
+    monitor`` (``--server`` defaults to ``$CRC_MESH``, as the client's)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    from .client.monitor import command_line
+    return _main_of("crc.client.cli", "crc-monitor")(command_line(words))
+
+
 def testmanager() -> int:
     """``TestManager.py`` / ``crc-testmanager`` / ``python -m crc.scenarios``."""
     return _main_of("crc.scenarios.cli", "TestManager.py")()

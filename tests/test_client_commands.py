@@ -6,7 +6,7 @@ import pytest
 
 from crc.client.commands import (
     COMMANDS, DEFAULT_WAIT, Cancel, CommandError, Eof, Help, Jobs, Load, Msg, Nothing, Quit, Rake,
-    Run, RunAll, Say, Sleep, Wait, WaitMsg, Who, parse,
+    Run, RunAll, Say, Sleep, TreeCmd, Wait, WaitMsg, Who, parse,
 )
 
 
@@ -97,7 +97,8 @@ def test_every_listed_command_parses() -> None:
     samples = {"msg": "/msg bob hi", "who": "/who", "wait": "/wait bob", "waitmsg": "/waitmsg bob",
                "sleep": "/sleep 1", "quit": "/quit", "help": "/help",
                "run": "/run make", "runall": "/runall uname -n", "jobs": "/jobs",
-               "cancel": "/cancel 1.2", "load": "/load", "rake": "/rake", "eof": "/eof"}
+               "cancel": "/cancel 1.2", "load": "/load", "tree": "/tree", "rake": "/rake",
+               "eof": "/eof"}
     assert set(samples) == set(COMMANDS)
     for line in samples.values():
         parse(line)
@@ -115,6 +116,7 @@ def test_every_listed_command_parses() -> None:
     ("/jobs", Jobs()),
     ("/cancel 17.3@s2", Cancel("17.3@s2")),
     ("/load", Load()),
+    ("/tree", TreeCmd()),
     ("/rake", Rake("Rakefile")),
     ("/rake build/Rakefile", Rake("build/Rakefile")),
     ("/eof", Eof()),

@@ -1,4 +1,4 @@
-"""Batch mode: ``chat_client.py --server HOST:PORT rake|run|runall ...``.
+"""Batch mode: ``chat_client.py --server HOST:PORT rake|run|runall|monitor ...``.
 
 Connects, waits for the extension handshake (a plain CRC v1 server cannot run
 jobs: that is a clear error, not a hang), runs one request and exits with its
@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a file the command needs (repeatable)")
     run.add_argument("--timeout", type=timeout_seconds, help="seconds allowed")
     run.add_argument("argv", nargs=argparse.REMAINDER, help="-- CMD ARGS...")
+    monitor = sub.add_parser("monitor", help="watch the whole mesh (crc-monitor)")
+    monitor.add_argument("--once", action="store_true",
+                         help="print one snapshot and exit (plain text unless a terminal)")
+    monitor.add_argument("--json", action="store_true", help="with --once: as JSON")
+    monitor.add_argument("--interval", type=timeout_seconds, default=0.5, metavar="SECONDS",
+                         help="refresh period (default 0.5)")
     runall = sub.add_parser("runall", help="run one command on every server")
     runall.add_argument("--file", "-f", action="append", default=[], metavar="FILE")
     runall.add_argument("--timeout", type=timeout_seconds, help="seconds allowed")
@@ -175,6 +181,8 @@ class Batch:
         try:
             self.loop.run()
         finally:
+            if getattr(self, "_watch", None) is not None:
+                self._watch.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if self._stdin is not None:
@@ -328,6 +336,14 @@ class Batch:
             if run.error:
                 self.output.error(run_note(run))
             self._stop(exit_status(run) if event == "done" else 1)
+
+    # -- monitor ---------------------------------------------------------------------
+
+    def _begin_monitor(self) -> None:
+        from .monitor import Watch
+        self._watch = Watch(self.jobs, self.loop, self.args, lambda: self.client.server_id,
+                            self._stop)
+        self._watch.start()
 
     # -- runall ----------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 PROG = "chat_client.py"
 #: The environment variable naming the mesh when --server is not given.
 MESH_ENV = "CRC_MESH"
-BATCH_COMMANDS = ("rake", "run", "runall")
+BATCH_COMMANDS = ("rake", "run", "runall", "monitor")
 #: The client's name in batch mode when ``--name`` is not given.
 BATCH_NAME = "batch"
 

@@ -110,6 +110,11 @@ class Load:
 
 
 @dataclass(frozen=True)
+class TreeCmd:
+    """Show the spanning tree of servers (``chat_client.py monitor``'s tree)."""
+
+
+@dataclass(frozen=True)
 class Rake:
     """Build a Rakefile."""
     path: str = "Rakefile"
@@ -121,7 +126,7 @@ class Eof:
 
 
 Command = (Say | Msg | Who | Help | Quit | Wait | WaitMsg | Sleep | Nothing
-           | Run | RunAll | Jobs | Cancel | Load | Rake | Eof)
+           | Run | RunAll | Jobs | Cancel | Load | TreeCmd | Rake | Eof)
 
 
 class CommandError(ValueError):
@@ -154,6 +159,7 @@ COMMANDS: dict[str, CommandInfo] = {
     "cancel": CommandInfo("/cancel ID|N", "cancel a job: its id, or its number N (as /jobs "
                                         "shows it)"),
     "load": CommandInfo("/load", "show every server's load"),
+    "tree": CommandInfo("/tree", "show the spanning tree of servers"),
     "rake": CommandInfo("/rake [FILE]", "build a Rakefile (default: ./Rakefile)"),
     "eof": CommandInfo("/eof", "end the input of the job started with /run -i"),
     "quit": CommandInfo("/quit [TEXT]", "say goodbye and exit"),
@@ -357,6 +363,7 @@ _PARSERS = {
     "jobs": _simple(Jobs()),
     "cancel": _parse_cancel,
     "load": _simple(Load()),
+    "tree": _simple(TreeCmd()),
     "rake": _parse_rake,
     "eof": _simple(Eof()),
 }

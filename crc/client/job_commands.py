@@ -137,6 +137,21 @@ class JobCommands:
                     self.session.job_settled()
                 self.jobs.query_load(show)
                 self._hold_script_until(lambda: bool(answered))
+            case cmd.TreeCmd():
+                self._require_mesh()
+                shown: list[bool] = []
+
+                def show_tree(rows: list[dict]) -> None:
+                    from rich.markup import escape
+
+                    from .monitor import snapshot, text
+                    lines = text(snapshot(rows, self.jobs.client.server_id)).splitlines()
+                    body = lines[1:lines.index("servers:")] if "servers:" in lines else lines
+                    self.session.view.show(escape("\n".join(line[2:] for line in body)))
+                    shown.append(True)
+                    self.session.job_settled()
+                self.jobs.query_load(show_tree)
+                self._hold_script_until(lambda: bool(shown))
             case cmd.Rake(path):
                 self._rake(path)
             case cmd.Eof():

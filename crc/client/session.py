@@ -367,8 +367,8 @@ class Session:
                                  f"waiting for a chat from {target}")
             case cmd.Sleep(seconds):
                 self._pause = _Pause(None, self.loop.call_later(seconds, self._pause_over), None)
-            case cmd.Run() | cmd.RunAll() | cmd.Jobs() | cmd.Cancel() | cmd.Load() | cmd.Rake() \
-                    | cmd.Eof():
+            case cmd.Run() | cmd.RunAll() | cmd.Jobs() | cmd.Cancel() | cmd.Load() \
+                    | cmd.TreeCmd() | cmd.Rake() | cmd.Eof():
                 if self.jobs is None:
                     self.fail("job commands are not available in this client")
                 else:

@@ -97,6 +97,8 @@ class Executor:
         self.linked: dict[str, Fingerprint] = {}
         #: ... and by how many live jobs (compiles shipped as source share links).
         self.link_count: dict[str, int] = {}
+        self.started = 0                  # runs started here, ever (monitors' rates)
+        self.failed = 0                   # ... that exited non-zero or failed
 
     @property
     def running(self) -> int:
@@ -291,6 +293,7 @@ class Executor:
             return
         run.state = "running"
         run.started = time.monotonic()
+        self.started += 1
         run.timer = self.loop.call_later(run.timeout, self._timed_out, run)
         for data, eof in run.pending_input:
             run.process.write_stdin(data, eof)
@@ -328,6 +331,8 @@ class Executor:
         for w in warnings:
             self._output(run, STDERR, f"crc: {w}\n".encode())
         seconds = round(time.monotonic() - run.started, 3)
+        if code != 0 or run.error:
+            self.failed += 1
         log.info("%s: job %s exited %d in %.3f s (%d file(s) back)", self.server.name, run.id,
                  code, seconds, len(files))
         self._finish(run)

@@ -23,9 +23,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("crc.jobs.service")     # the job service's log: one name for its parts
 
 
-def load_frame(report: LoadReport) -> Extension:
-    """A server's report as a LOAD frame: the compilers it runs in the header."""
-    header = {"compilers": list(report.compilers)} if report.compilers else {}
+#: The largest ``view`` a report may carry (bytes of JSON): what a monitor
+#: shows of a server; one over it is not passed on.
+VIEW_MAX = 16 * 1024
+#: Jobs a view lists (running first, then queued).
+VIEW_JOBS = 8
+
+
+def load_frame(report: LoadReport, view: dict | None = None) -> Extension:
+    """A server's report as a LOAD frame: the compilers it runs, and what a
+    monitor shows of it (``view``), in the header."""
+    header: dict = {"compilers": list(report.compilers)} if report.compilers else {}
+    if view:
+        header["view"] = view
     return frame(Kind.LOAD, report.server, 0, header, report.to_bytes())
 
 
@@ -42,6 +52,9 @@ class LoadReports:
         self._last_sent_at = 0.0
         self._report_soon: Timer | None = None
         self._cpu = (0.0, 0.0, 0.0, os.cpu_count() or 1)
+        #: What each server's latest report says for monitors (its links,
+        #: clients, counters, jobs): ``chat_client.py monitor``.
+        self.views: dict[int, dict] = {}
 
     def report(self) -> LoadReport:
         cpu, mem, load1, ncpu = self._cpu
@@ -49,6 +62,31 @@ class LoadReports:
         return LoadReport(self.me, self.server.name, cpu, mem, load1, ncpu,
                           self.jobs.config.slots, executor.running, len(executor.queue),
                           dict(executor.origins), self._seq, self.jobs.compiler_ids)
+
+    def view(self) -> dict:
+        """What a monitor shows of this server: its links (peer, TLS,
+        authenticated, seconds since heard), clients, counters, jobs. It
+        rides in the LOAD reports that flood anyway (at least every
+        ``--load-interval``): watchers cost the mesh nothing more."""
+        server, now = self.server, self.loop.time()
+        links, clients = [], 0
+        for peer_id, conn in sorted(server.links.items()):
+            role = getattr(conn.peer.role, "value", "")
+            if role == "server":
+                links.append([peer_id, conn.tls is not None, bool(conn.peer.authenticated),
+                              round(now - conn.last_received, 1)])
+            elif role == "client":
+                clients += 1
+        stats, executor, transfers = server.stats, self.jobs.executor, self.jobs.transfers
+        jobs = []
+        for run in sorted(executor.runs.values(), key=lambda r: (r.state != "running", r.id)):
+            if len(jobs) >= VIEW_JOBS:
+                break
+            since = now - run.started if run.state == "running" else 0.0
+            jobs.append([run.label[:80], run.client, run.state, round(since, 1)])
+        return {"links": links, "clients": clients, "chats": stats.chats_relayed,
+                "bulk": transfers.bytes_served + transfers.bytes_fetched,
+                "started": executor.started, "failed": executor.failed, "jobs": jobs}
 
     def eligible(self) -> list[LoadReport]:
         """The servers whose report is fresh: those a job may go to."""
@@ -80,7 +118,8 @@ class LoadReports:
         if should_send(self._last_sent, new, now - self._last_sent_at,
                        self.jobs.config.load_interval):
             self._last_sent, self._last_sent_at = new, now
-            self.server.flood_extension(load_frame(new))
+            view = self.views[self.me] = self.view()
+            self.server.flood_extension(load_frame(new, view))
 
     def on_link_up(self, conn: Connection) -> None:
         """A new mesh server link: tell it every fresh report we hold, ours first."""
@@ -90,7 +129,7 @@ class LoadReports:
         self.maybe_report()
         for entry in sorted(self.table.fresh(), key=lambda e: e.report.server != self.me):
             report = entry.report
-            conn.send(load_frame(report))
+            conn.send(load_frame(report, self.views.get(report.server)))
 
     def on_load(self, conn: Connection | None, msg: Extension) -> None:
         header, body = unpack(msg.payload)
@@ -104,6 +143,9 @@ class LoadReports:
         if report.server != msg.source or report.server == self.me:
             return
         if self.table.update(report):
+            view = header.get("view")
+            if isinstance(view, dict) and len(msg.payload) <= VIEW_MAX + 4096:
+                self.views[report.server] = view
             exclude = conn.peer.peer_id if conn is not None else None
             self.server.flood_extension(msg, exclude=exclude)
 
@@ -115,8 +157,13 @@ class LoadReports:
             data["compilers"] = list(entry.report.compilers)
             data["age"] = round(entry.age(now), 2)
             data["stale"] = entry.age(now) > self.table.stale_after
+            if entry.report.server == self.me:
+                self.views[self.me] = self.view()        # ours: as of now
+            if entry.report.server in self.views:
+                data["view"] = self.views[entry.report.server]
             rows.append(data)
         self.jobs.to_client(msg.source, Kind.LOAD_TABLE, {"servers": rows})
 
     def forget(self, host_id: int) -> None:
         self.table.forget(host_id)
+        self.views.pop(host_id, None)

@@ -1,0 +1,122 @@
+"""``chat_client.py monitor`` (``crc-monitor``, ``python -m
+crc.client.monitor``) and ``/tree``, run against a live three-server mesh:
+what they show is the mesh's — its tree, its servers, their clients, a job
+running on one of them — and rates follow what it does."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crc.client.monitor import snapshot, tree
+from crc.server.query import StateQueryError, query_state
+
+from .meshkit import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = [sys.executable, str(ROOT / "mesh_server.py")]
+CLIENT = [sys.executable, str(ROOT / "chat_client.py")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def chain(tmp_path: Path):
+    """m1 - m2 - m3, as processes."""
+    ports = [free_port() for _ in range(3)]
+    procs = []
+
+    def answers(port: int) -> bool:
+        try:
+            query_state("127.0.0.1", port, timeout=1)
+            return True
+        except (StateQueryError, OSError):
+            return False
+    try:
+        for i, port in enumerate(ports):
+            args = [*SERVER, "--port", str(port), "--name", f"m{i + 1}", "--load-interval", "1",
+                    "--work-dir", str(tmp_path / f"m{i + 1}")]
+            if i:
+                args += ["--connect", f"127.0.0.1:{ports[i - 1]}"]
+            procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+            wait_for(lambda port=port: answers(port), 30, f"m{i + 1}")
+        yield ports
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+
+
+def monitor_json(port: int) -> dict:
+    done = subprocess.run([sys.executable, "-m", "crc.client.monitor", "--server",
+                           f"127.0.0.1:{port}", "--once", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_monitor_shows_the_tree_servers_clients_and_running_jobs(chain) -> None:
+    m1, m2, m3 = chain
+    job = subprocess.Popen([*CLIENT, "--server", f"127.0.0.1:{m1}", "run", "--on", "m3", "--",
+                            "sleep", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def seen() -> dict | None:
+            snap = monitor_json(m2)
+            names = {s["name"]: s for s in snap["servers"].values()}
+            running = [j for j in names.get("m3", {}).get("jobs", [])
+                       if j["command"] == "sleep 20" and j["state"] == "running"]
+            return snap if len(names) == 3 and running and names["m1"]["clients"] >= 1 \
+                else None
+        snap = wait_for(seen, 60, "the monitor to show three servers and the job on m3")
+        root = snap["tree"]                           # from m2, the entry: m1 and m3 hang off it
+        assert root["name"] == "m2"
+        assert sorted(c["name"] for c in root["children"]) == ["m1", "m3"]
+        assert all(not c["children"] for c in root["children"])
+        m3_links = next(s for s in snap["servers"].values() if s["name"] == "m3")["links"]
+        assert len(m3_links) == 1 and m3_links[0]["tls"] is False
+        assert all(s["slots"] >= 1 for s in snap["servers"].values())
+        # Plain text when not a terminal: the same tree, a line per server.
+        done = subprocess.run([*CLIENT, "--server", f"127.0.0.1:{m1}", "monitor", "--once"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert lines[0] == "tree:" and lines[1].startswith("  m1 (id ")
+        assert lines[2].startswith("    m2 (id ") and lines[3].startswith("      m3 (id ")
+        assert any(line.startswith("  m3: ") and "running" in line for line in lines)
+        # /tree in the interactive client (script mode).
+        script = Path(done.args[0]).parent                  # (any directory will do)
+        tree_run = subprocess.run([*CLIENT, "--server", f"127.0.0.1:{m3}", "--name", "viewer"],
+                                  input="/tree\n/quit\n", capture_output=True, text=True,
+                                  timeout=60, cwd=script)
+        shown = [line for line in tree_run.stdout.splitlines() if "(id " in line]
+        assert [line.split(" (")[0] for line in shown] == ["m3", "  m2", "    m1"]
+    finally:
+        job.kill()
+        job.wait(30)
+
+
+def test_rates_and_events_come_from_two_tables() -> None:
+    """Rates are counters' differences over the time between two tables; a
+    server that stops reporting, and a lost link, are events."""
+    def row(sid, name, chats, peers, failed=0):
+        return {"server": sid, "name": name, "cpu": 5.0, "slots": 2, "running": 0, "queued": 0,
+                "age": 0.1, "view": {"links": [[p, False, False, 0.2] for p in peers],
+                                     "clients": 1, "chats": chats, "bulk": 0, "started": 0,
+                                     "failed": failed, "jobs": []}}
+    first = snapshot([row(1, "a", 100, [2]), row(2, "b", 0, [1, 3]), row(3, "c", 0, [2])], 1)
+    second = snapshot([row(1, "a", 150, []), row(2, "b", 0, [3], failed=1)], 1, first, 0.5)
+    assert second["servers"]["1"]["rates"]["chats_per_s"] == 100.0
+    assert "c left" in second["events"] and "b: 1 job(s) failed" in second["events"]
+    assert "a: link to b lost" in second["events"]
+    assert tree({1: {"name": "a", "links": []}}, 1) == {"id": 1, "name": "a", "children": []}
