@@ -109,14 +109,62 @@ def test_the_monitor_shows_the_tree_servers_clients_and_running_jobs(chain) -> N
 def test_rates_and_events_come_from_two_tables() -> None:
     """Rates are counters' differences over the time between two tables; a
     server that stops reporting, and a lost link, are events."""
-    def row(sid, name, chats, peers, failed=0):
+    def row(sid, name, chats, peers, failed=0, clients=1, refused=0, fallbacks=0):
         return {"server": sid, "name": name, "cpu": 5.0, "slots": 2, "running": 0, "queued": 0,
                 "age": 0.1, "view": {"links": [[p, False, False, 0.2] for p in peers],
-                                     "clients": 1, "chats": chats, "bulk": 0, "started": 0,
-                                     "failed": failed, "jobs": []}}
+                                     "clients": clients, "chats": chats, "bulk": 0,
+                                     "started": 0, "failed": failed, "jobs": [],
+                                     "refused": refused, "fallbacks": fallbacks}}
     first = snapshot([row(1, "a", 100, [2]), row(2, "b", 0, [1, 3]), row(3, "c", 0, [2])], 1)
-    second = snapshot([row(1, "a", 150, []), row(2, "b", 0, [3], failed=1)], 1, first, 0.5)
+    second = snapshot([row(1, "a", 150, [], clients=3, refused=2),
+                       row(2, "b", 0, [3], failed=1, clients=0, fallbacks=4)], 1, first, 0.5)
     assert second["servers"]["1"]["rates"]["chats_per_s"] == 100.0
     assert "c left" in second["events"] and "b: 1 job(s) failed" in second["events"]
     assert "a: link to b lost" in second["events"]
+    assert "a: 2 client(s) joined" in second["events"] and "b: 1 client(s) left" in second["events"]
+    assert "a: 2 connection(s) refused" in second["events"]
+    assert "b: 4 compile(s) sent back: no server has the compiler" in second["events"]
     assert tree({1: {"name": "a", "links": []}}, 1) == {"id": 1, "name": "a", "children": []}
+
+
+def test_the_monitor_works_with_a_secret_and_counts_refused_peers(tmp_path: Path) -> None:
+    secret, wrong = tmp_path / "mesh.secret", tmp_path / "wrong.secret"
+    secret.write_text("a-mesh-secret-of-enough-length\n")
+    wrong.write_text("another-secret-of-enough-length\n")
+    secret.chmod(0o600)
+    wrong.chmod(0o600)
+    port = free_port()
+    proc = subprocess.Popen([*SERVER, "--port", str(port), "--name", "sec", "--secret-file",
+                             str(secret), "--work-dir", str(tmp_path / "w")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def answers() -> bool:
+            try:
+                query_state("127.0.0.1", port, timeout=1)
+                return True
+            except (StateQueryError, OSError):
+                return False
+        wait_for(answers, 30, "the server")
+        # A server with the wrong secret tries to join: refused (again and again).
+        intruder = subprocess.Popen([*SERVER, "--port", str(free_port()), "--name", "intruder",
+                                     "--connect", f"127.0.0.1:{port}", "--secret-file",
+                                     str(wrong), "--work-dir", str(tmp_path / "i")],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def seen() -> dict | None:
+            done = subprocess.run([*CLIENT, "--server", f"127.0.0.1:{port}", "--secret-file",
+                                   str(secret), "monitor", "--once", "--json"],
+                                  capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            servers = json.loads(done.stdout)["servers"]
+            assert [s["name"] for s in servers.values()] == ["sec"]   # never admitted
+            only = next(iter(servers.values()))
+            return only if only["counters"]["refused"] >= 1 else None
+        try:
+            wait_for(seen, 60, "the refusal to show")
+        finally:
+            intruder.kill()
+            intruder.wait(30)
+    finally:
+        proc.terminate()
+        proc.wait(30)

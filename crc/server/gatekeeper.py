@@ -61,6 +61,7 @@ class Gatekeeper:
         pending = link.auth.pending if link.auth is not None else None
         dest = pending.source if pending is not None else link.peer_id
         log.warning("%s: %s %s: %s; closing", server.name, self.who(conn), why, text)
+        server.stats.refused += 1
         conn.send(Status(server.id, dest, StatusCode.AUTH_REFUSED, text))
         link.role = Role.DONE
         link.auth = None

@@ -53,6 +53,7 @@ class Stats:
         self.closed: collections.Counter[str] = collections.Counter()
         self.closed_bytes_in = 0
         self.closed_bytes_out = 0
+        self.refused = 0                  # peers refused (authentication, policy)
 
     def connection_closed(self, reason: str, bytes_in: int, bytes_out: int) -> None:
         self.closed_bytes_in += bytes_in
@@ -137,6 +138,9 @@ def render(server: "MeshServer", jobs: Any = None) -> str:
     for reason, n in sorted(stats.closed.items()):
         closed.add(n, reason=reason)
     reliable = getattr(server, "reliable", None)
+    family("crc_connections_refused_total", "counter",
+           "Peers refused: wrong or missing secret, plain clients where not allowed.").add(
+        stats.refused)
     family("crc_reliable_held_bytes", "gauge",
            "Bytes of reliable chats held for links that are down.").add(
         getattr(reliable, "held_total", 0))

@@ -13,8 +13,9 @@ carries nothing more for it — and shows:
 * per server: CPU, slots, running and queued jobs, clients, rates since the
   previous table (chats/s, jobs/s, bulk bytes/s), how long ago it reported;
 * the jobs running and queued: command, submitter, for how long;
-* events seen between tables: servers appearing and leaving, links lost and
-  healed, jobs failed.
+* events seen between tables: servers appearing and leaving, clients joining
+  and leaving, links lost and up, jobs failed, connections refused, compiles
+  sent back to be compiled locally (no server with the compiler).
 
 ``snapshot`` turns a table into plain data (``--json``), ``text`` into lines
 (``--once`` when not a terminal), ``renderable`` into a rich ``Group``
@@ -47,7 +48,7 @@ def snapshot(rows: list[dict], entry: int, previous: dict | None = None,
                       for link in view.get("links", []) if isinstance(link, list)
                       and len(link) == 4],
             "counters": {k: int(view.get(k, 0)) for k in ("chats", "bulk", "started",
-                                                          "failed")},
+                                                          "failed", "refused", "fallbacks")},
             "jobs": [{"command": str(j[0]), "client": j[1], "state": str(j[2]),
                       "seconds": j[3]} for j in view.get("jobs", [])
                      if isinstance(j, list) and len(j) == 4],
@@ -62,8 +63,15 @@ def snapshot(rows: list[dict], entry: int, previous: dict | None = None,
             rates = {"chats_per_s": round(max(0, c["chats"] - o["chats"]) / elapsed, 1),
                      "jobs_per_s": round(max(0, c["started"] - o["started"]) / elapsed, 1),
                      "bulk_bytes_per_s": round(max(0, c["bulk"] - o["bulk"]) / elapsed)}
-            if c["failed"] > o["failed"]:
-                events.append(f"{server['name']}: {c['failed'] - o['failed']} job(s) failed")
+            for key, what in (("failed", "job(s) failed"),
+                              ("refused", "connection(s) refused"),
+                              ("fallbacks", "compile(s) sent back: no server has the compiler")):
+                if c.get(key, 0) > o.get(key, 0):
+                    events.append(f"{server['name']}: {c[key] - o.get(key, 0)} {what}")
+            joined = server["clients"] - old["clients"]
+            if joined:
+                events.append(f"{server['name']}: {abs(joined)} client(s) "
+                              f"{'joined' if joined > 0 else 'left'}")
             old_peers = {link["peer"] for link in old["links"]}
             new_peers = {link["peer"] for link in server["links"]}
             for peer in sorted(old_peers - new_peers):

@@ -47,6 +47,9 @@ class Entry:
         #: (client, job id) -> (the runs it was dispatched as, wall-clock time).
         self.submitted: OrderedDict[tuple[int, str], tuple[list[dict], float]] = OrderedDict()
         self.dispatched: dict[str, tuple[int, int]] = {}   # run id -> (client, server)
+        #: Compiles no server could take (no server has the compiler): the
+        #: client compiles them itself (a monitor's "compile fallbacks").
+        self.compile_refusals = 0
         #: FETCHes for servers not known yet (we just started or rejoined):
         #: (since, client, run id, server, offsets).
         self._unknown_fetches: list[tuple[float, int, str, int, list[int]]] = []
@@ -131,6 +134,7 @@ class Entry:
                 raise ProtocolError("job frame field 'compiler' is not a compiler id")
             candidates = [r for r in candidates if compiler in r.compilers]
             if not candidates:
+                self.compile_refusals += 1        # (its meshcc compiles it locally)
                 self.jobs.to_client(client, Kind.FAILED, {
                     "id": job, "compiler": True,
                     "error": f"no server has this compiler (id {compiler[:20]})"})

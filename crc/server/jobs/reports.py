@@ -86,7 +86,8 @@ class LoadReports:
             jobs.append([run.label[:80], run.client, run.state, round(since, 1)])
         return {"links": links, "clients": clients, "chats": stats.chats_relayed,
                 "bulk": transfers.bytes_served + transfers.bytes_fetched,
-                "started": executor.started, "failed": executor.failed, "jobs": jobs}
+                "started": executor.started, "failed": executor.failed, "jobs": jobs,
+                "refused": stats.refused, "fallbacks": self.jobs.entry.compile_refusals}
 
     def eligible(self) -> list[LoadReport]:
         """The servers whose report is fresh: those a job may go to."""
