@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import socket
+import json
 import subprocess
 import sys
 import time
@@ -332,6 +333,13 @@ def test_command_lines_over_tls_and_one_server_thread(
 
     result = wait_for(ran_on_beta, DEADLINE * 2, "a batch run on beta over TLS")
     assert result.stdout.split()[0] == "3"
+
+    # The monitor over TLS: both servers, their link shown as TLS.
+    watched = batch("monitor", "--once", "--json")
+    assert watched.returncode == 0, watched.stderr
+    servers = {s["name"]: s for s in json.loads(watched.stdout)["servers"].values()}
+    assert set(servers) == {"alpha", "beta"}
+    assert [link["tls"] for link in servers["beta"]["links"]] == [True]
 
     # A chat client over TLS (script mode, from standard input).
     chat = procs.start([CLIENT, "--server", second.address, "--name", "carol", *client_flags],
