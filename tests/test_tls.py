@@ -9,10 +9,10 @@ wait is a condition with a deadline.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
-import json
 import subprocess
 import sys
 import time
