@@ -112,3 +112,26 @@ def test_a_relay_drops_a_fetch_whose_holder_left_unnoticed(tmp_path: Path) -> No
     present.add(20)
     relay.want(5, 20, header)
     assert relay.fetches[sha].holder == 30
+
+
+def test_a_copy_arriving_inline_does_not_break_a_fetch_under_way(tmp_path: Path) -> None:
+    """A job's inline copy of a header reaching a server whose relay fetch of
+    that header is half done (compiles shipped as source send dozens at
+    once) leaves the fetch to finish: every waiter gets the file."""
+    data = os.urandom(100_000)
+    sha = hashlib.sha256(data).hexdigest()
+    store = BlobStore(tmp_path / "store")
+    sent: list = []
+    t = Transfers(1, store, lambda m: sent.append(m) or True)
+    done: list = []
+    t.fetch(sha, len(data), 2, lambda s, err: done.append(err))
+    first = unpack(sent[0].payload)[0]
+    store.add_bytes(sha, data)                     # the inline copy, mid-fetch
+    offset = 0
+    while not done:
+        header = next(unpack(m.payload)[0] for m in sent if unpack(m.payload)[0]["offset"]
+                      == offset)
+        t.on_data({"sha": sha, "offset": offset}, data[offset:offset + header["length"]])
+        offset += header["length"]
+    assert first["offset"] == 0 and done == [None]
+    assert store.path(sha).read_bytes() == data

@@ -203,10 +203,12 @@ class BlobStore:
         return sha, size
 
     def add_bytes(self, sha: str, data: bytes) -> None:
-        """Keep ``data`` as blob ``sha``; ``StoreError`` if it is not that blob."""
-        if self.has(sha):
+        """Keep ``data`` as blob ``sha``; ``StoreError`` if it is not that blob.
+        A fetch of it already under way (a relay's for others, a job's) is
+        left to finish and store it: ending it here would fail every job
+        waiting on it ("transfer state lost")."""
+        if self.has(sha) or sha in self.partials:
             return
-        self.abandon(sha)
         partial = self.begin(sha, len(data))
         try:
             partial.write(0, data)
