@@ -106,6 +106,47 @@ def test_the_monitor_shows_the_tree_servers_clients_and_running_jobs(chain) -> N
         job.wait(30)
 
 
+def test_the_live_view_shows_the_mesh_and_ctrl_c_leaves_it_quietly(tmp_path: Path) -> None:
+    """The live view refreshes (each query is sent after the previous table
+    was shown, so three queries received mean two tables shown) and Ctrl-C
+    leaves it with status 0, the last view on the screen."""
+    import signal
+    import urllib.request
+    port, metrics = free_port(), free_port()
+    server = subprocess.Popen([*SERVER, "--port", str(port), "--name", "solo", "--metrics",
+                               str(metrics), "--work-dir", str(tmp_path / "w")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    live = None
+    try:
+        def queries() -> int:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics",
+                                              timeout=2).read().decode()
+            except OSError:
+                return -1
+            from prometheus_client.parser import text_string_to_metric_families
+
+            from crc.jobs.wire import Kind
+            return int(sum(s.value for fam in text_string_to_metric_families(text)
+                           if fam.name == "crc_extension_frames_received" for s in fam.samples
+                           if s.labels.get("kind") == str(int(Kind.LOAD_QUERY))))
+        wait_for(lambda: queries() >= 0, 30, "the server")
+        before = queries()
+        live = subprocess.Popen([*CLIENT, "--server", f"127.0.0.1:{port}", "monitor"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for(lambda: queries() >= before + 3, 30, "three refreshes")
+        live.send_signal(signal.SIGINT)
+        out, err = live.communicate(timeout=30)
+        assert live.returncode == 0, err
+        assert "error" not in err
+        assert "solo (id " in out and "servers" in out
+    finally:
+        if live is not None and live.poll() is None:
+            live.kill()
+        server.terminate()
+        server.wait(30)
+
+
 def test_rates_and_events_come_from_two_tables() -> None:
     """Rates are counters' differences over the time between two tables; a
     server that stops reporting, and a lost link, are events."""

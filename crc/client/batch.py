@@ -204,6 +204,10 @@ class Batch:
         stop local actions, and exit with 128 + the signal. A second signal
         stops at once."""
         name = signal.Signals(signum).name
+        if getattr(self, "_watch", None) is not None:
+            self._watch.close()              # (monitor) Ctrl-C is how one leaves it
+            self._stop(0)
+            return
         if self._signalled:
             self.loop.stop()
             self.output.error(f"{name} again: stopping now")
