@@ -52,7 +52,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BenchError  # noqa: E402
+from bench.common import BenchError, wait_until  # noqa: E402
 from bench.netns import PORT, PROFILES, Network, available, chain, connect_in  # noqa: E402
 
 MIB = 1 << 20
@@ -143,6 +143,11 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
+def waiter(timeout: float):
+    """``wait(condition, what)`` for ``Network.start_servers``: ``timeout`` from now."""
+    return lambda condition, what: wait_until(condition, time.monotonic() + timeout, what)
+
+
 def run_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from bench.jobs import ChatProbe
     size = args.mib * MIB
@@ -157,18 +162,11 @@ def run_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
         out["raw_MBps"] = size / raw / 1e6
         print(f"{name}: raw A->D {out['raw_MBps']:.1f} MB/s", flush=True)
 
-        def wait(condition, what: str) -> None:
-            deadline = time.monotonic() + args.timeout
-            while not condition():
-                if time.monotonic() > deadline:
-                    raise BenchError(f"timed out waiting for {what}")
-                time.sleep(0.1)
-
         servers = tmp / f"servers-{name}"
         servers.mkdir()
         # (Hosts of one benchmark: jobs over the links are accepted without a
         # secret; a secret authenticates the handshake only, not the bytes.)
-        net.start_servers(servers, wait, "--insecure-remote-jobs")
+        net.start_servers(servers, waiter(args.timeout), "--insecure-remote-jobs")
         probe = ChatProbe(connect_in(net.prefix("A"), "127.0.0.1", PORT, tmp),
                           connect_in(net.prefix("D"), "127.0.0.1", PORT, tmp), args.timeout)
         try:
@@ -232,13 +230,6 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
         net.create()
         net.route_all()
 
-        def wait(condition, what: str) -> None:
-            deadline = time.monotonic() + args.timeout
-            while not condition():
-                if time.monotonic() > deadline:
-                    raise BenchError(f"timed out waiting for {what}")
-                time.sleep(0.1)
-
         runtime = tmp / f"run-{name}"
         runtime.mkdir()
         env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime), PYTHONPYCACHEPREFIX=str(tmp / "pyc"),
@@ -270,7 +261,7 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
             out["distcc_build_MB"] = round((link_bytes(net) - before) / 1e6, 2)
         servers = tmp / f"build-servers-{name}"
         servers.mkdir()
-        net.start_servers(servers, wait, "--insecure-remote-jobs")
+        net.start_servers(servers, waiter(args.timeout), "--insecure-remote-jobs")
         tree = copy_project(project, tmp / f"meshcc-{name}")
         mesh_env = dict(env, CRC_MESH=f"127.0.0.1:{PORT}")
         meshcc = f"{sys.executable} -S {Path(__file__).resolve().parent.parent / 'meshcc.py'}"

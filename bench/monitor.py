@@ -13,7 +13,6 @@ at the end.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -23,12 +22,9 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench.common import free_port  # noqa: E402
 
 
 def received(metrics_port: int) -> float:

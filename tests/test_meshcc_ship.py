@@ -153,3 +153,25 @@ def test_a_changed_header_is_shipped_again(mesh: Mesh, tmp_path: Path) -> None:
     both_ways(tmp_path, mesh, "gcc", words, tmp_path / "k.o", None)
     (tmp_path / "k.h").write_text("#define K 42\n")
     both_ways(tmp_path, mesh, "gcc", words, tmp_path / "k.o", None)
+
+
+def test_preprocessed_here_a_g_compile_of_a_source_elsewhere_is_still_right(
+        mesh: Mesh, tmp_path: Path) -> None:
+    """The earlier way (MESHCC_SHIP=0) cannot give the job directory the
+    source's own path, which -g records: such a compile is done here."""
+    three(mesh)
+    proj = project(tmp_path)
+    words = ["-O2", "-g", f"-I{proj / 'include'}", f"-I{proj / 'first'}", f"-I{proj / 'second'}",
+             "-iquote", str(proj / "quoted"), "-include", str(proj / "pre.h"),
+             "-c", str(proj / "src" / "a.c"), "-o", "a.o"]
+    here = subprocess.run([GCC, *words], cwd=proj / "build", capture_output=True, timeout=120)
+    assert here.returncode == 0
+    expected = (proj / "build" / "a.o").read_bytes()
+    (proj / "build" / "a.o").unlink()
+    there = subprocess.run([*MESHCC, "gcc", *words], cwd=proj / "build",
+                           env=env_for(mesh, MESHCC_VERBOSE="1", MESHCC_CACHE="0",
+                                       MESHCC_SHIP="0"),
+                           capture_output=True, text=True, timeout=120)
+    assert there.returncode == 0, there.stderr
+    assert "-g with the source outside the working directory" in there.stderr
+    assert (proj / "build" / "a.o").read_bytes() == expected

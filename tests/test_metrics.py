@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from crc.server.query import StateQueryError, query_state
+from bench.common import free_port, state_query
 
 from .meshkit import wait_for
 
@@ -25,11 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SERVER = [sys.executable, str(ROOT / "mesh_server.py")]
 CLIENT = [sys.executable, str(ROOT / "chat_client.py")]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str, str]:
@@ -58,17 +53,11 @@ def two_servers(tmp_path: Path):
                                str(metrics), "--work-dir", str(tmp_path / "a")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
 
-    def answers(port: int) -> bool:
-        try:
-            query_state("127.0.0.1", port, timeout=1)
-            return True
-        except (StateQueryError, OSError):
-            return False
-    wait_for(lambda: answers(a), 30, "server a")
+    wait_for(lambda: state_query(a, timeout=1), 30, "server a")
     procs.append(subprocess.Popen([*SERVER, "--port", str(b), "--name", "b", "--connect",
                                    f"127.0.0.1:{a}", "--work-dir", str(tmp_path / "b")],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    wait_for(lambda: answers(b), 30, "server b")
+    wait_for(lambda: state_query(b, timeout=1), 30, "server b")
     try:
         yield a, b, metrics
     finally:

@@ -6,15 +6,18 @@ running on one of them — and rates follow what it does."""
 from __future__ import annotations
 
 import json
-import socket
+import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from bench.common import free_port, state_query
 from crc.client.monitor import snapshot, tree
-from crc.server.query import StateQueryError, query_state
+from crc.jobs.wire import Kind
 
 from .meshkit import wait_for
 
@@ -23,24 +26,12 @@ SERVER = [sys.executable, str(ROOT / "mesh_server.py")]
 CLIENT = [sys.executable, str(ROOT / "chat_client.py")]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def chain(tmp_path: Path):
     """m1 - m2 - m3, as processes."""
     ports = [free_port() for _ in range(3)]
     procs = []
-
-    def answers(port: int) -> bool:
-        try:
-            query_state("127.0.0.1", port, timeout=1)
-            return True
-        except (StateQueryError, OSError):
-            return False
     try:
         for i, port in enumerate(ports):
             args = [*SERVER, "--port", str(port), "--name", f"m{i + 1}", "--load-interval", "1",
@@ -49,7 +40,7 @@ def chain(tmp_path: Path):
                 args += ["--connect", f"127.0.0.1:{ports[i - 1]}"]
             procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL))
-            wait_for(lambda port=port: answers(port), 30, f"m{i + 1}")
+            wait_for(lambda port=port: state_query(port, timeout=1), 30, f"m{i + 1}")
         yield ports
     finally:
         for p in procs:
@@ -110,8 +101,6 @@ def test_the_live_view_shows_the_mesh_and_ctrl_c_leaves_it_quietly(tmp_path: Pat
     """The live view refreshes (each query is sent after the previous table
     was shown, so three queries received mean two tables shown) and Ctrl-C
     leaves it with status 0, the last view on the screen."""
-    import signal
-    import urllib.request
     port, metrics = free_port(), free_port()
     server = subprocess.Popen([*SERVER, "--port", str(port), "--name", "solo", "--metrics",
                                str(metrics), "--work-dir", str(tmp_path / "w")],
@@ -124,9 +113,6 @@ def test_the_live_view_shows_the_mesh_and_ctrl_c_leaves_it_quietly(tmp_path: Pat
                                               timeout=2).read().decode()
             except OSError:
                 return -1
-            from prometheus_client.parser import text_string_to_metric_families
-
-            from crc.jobs.wire import Kind
             return int(sum(s.value for fam in text_string_to_metric_families(text)
                            if fam.name == "crc_extension_frames_received" for s in fam.samples
                            if s.labels.get("kind") == str(int(Kind.LOAD_QUERY))))
@@ -179,13 +165,7 @@ def test_the_monitor_works_with_a_secret_and_counts_refused_peers(tmp_path: Path
                              str(secret), "--work-dir", str(tmp_path / "w")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        def answers() -> bool:
-            try:
-                query_state("127.0.0.1", port, timeout=1)
-                return True
-            except (StateQueryError, OSError):
-                return False
-        wait_for(answers, 30, "the server")
+        wait_for(lambda: state_query(port, timeout=1), 30, "the server")
         # A server with the wrong secret tries to join: refused (again and again).
         intruder = subprocess.Popen([*SERVER, "--port", str(free_port()), "--name", "intruder",
                                      "--connect", f"127.0.0.1:{port}", "--secret-file",

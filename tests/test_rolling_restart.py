@@ -7,24 +7,18 @@ the build succeeds with every file it produces."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
+from bench.common import free_port, state_query
 from bench.netns import SENT, LineClient, chat_pattern
-from crc.server.query import StateQueryError, query_state
 
 from .meshkit import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 60.0
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Mesh:
@@ -43,7 +37,7 @@ class Mesh:
                 "--dead-after", "3", "--state-dir", str(self.tmp / f"state{i + 1}"),
                 "--log-file", str(self.tmp / f"s{i + 1}.log")]
         if i > 0 or not first_start:          # s1 founds the mesh; later, all rejoin it
-            args += ["--connect", ",".join(others if i else others)]
+            args += ["--connect", ",".join(others)]
         return args
 
     def start(self, i: int, first_start: bool = False) -> None:
@@ -54,18 +48,13 @@ class Mesh:
         wait_for(lambda: self.answers(i), DEADLINE, f"s{i + 1} to answer")
 
     def answers(self, i: int) -> bool:
-        try:
-            query_state("127.0.0.1", self.ports[i], timeout=1)
-            return True
-        except (StateQueryError, OSError):
-            return False
+        return state_query(self.ports[i], timeout=1) is not None
 
     def whole(self) -> bool:
         """Every server knows the other two."""
         for i, port in enumerate(self.ports):
-            try:
-                state = query_state("127.0.0.1", port, timeout=1)
-            except (StateQueryError, OSError):
+            state = state_query(port, timeout=1)
+            if state is None:
                 return False
             names = {h["name"] for h in state["hosts"].values()}
             if not {f"s{j + 1}" for j in range(3) if j != i} <= names:
@@ -158,8 +147,7 @@ def test_restarting_every_server_in_turn_loses_no_chat_and_no_build_result(
 
 
 def mesh_knows(mesh: Mesh, name: str) -> bool:
-    try:
-        state = query_state("127.0.0.1", mesh.ports[0], timeout=1)
-    except (StateQueryError, OSError):
+    state = state_query(mesh.ports[0], timeout=1)
+    if state is None:
         return False
     return name in {h["name"] for h in state["hosts"].values()}

@@ -12,18 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from crc.server.query import StateQueryError, query_state
+from bench.common import free_port, state_query
 
 from .meshkit import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = [sys.executable, str(ROOT / "mesh_server.py")]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -100,13 +95,8 @@ def test_a_server_runs_with_the_settings_of_its_file(tmp_path: Path) -> None:
     proc = subprocess.Popen([*SERVER, "--config", str(config)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
-        def answered() -> dict | None:
-            try:
-                return query_state("127.0.0.1", port, timeout=1)
-            except (StateQueryError, OSError):
-                return None
-        wait_for(lambda: answered() is not None, 30, "the server to answer")
-        assert answered()["name"] == "from-file"
+        state = wait_for(lambda: state_query(port, timeout=1), 30, "the server to answer")
+        assert state["name"] == "from-file"
     finally:
         proc.terminate()
         proc.wait(30)

@@ -32,7 +32,7 @@ import os
 import socket
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from ..client.core import ChatClient, ClientConfig
 from ..client.jobs.engine import JobClient
@@ -292,7 +292,18 @@ class Agent:
         if body.get("ship"):
             self._ship(request, body)
             return
+        self._run(request, request.answer, argv=body["argv"], files=[body["source"]],
+                  compiler=body.get("compiler"), debug_dir=body.get("debug_dir"),
+                  base_dir=body["work"], cache=body.get("cache") is True,
+                  timeout=body.get("timeout"))
+
+    def _run(self, request: Request, done: Callable[[dict], None], **submit: Any) -> None:
+        """Submit a compile; answer ``request`` with why if it fails, else hand
+        ``done`` the answer of a run that ended (``exit``, ``printed``,
+        ``cached``, ``server``)."""
+        assert self.jobs is not None
         self.active += 1
+        printed = [False]
 
         def on_run(job: Any, run: Any, event: str, data: Any) -> None:
             if event == "output":
@@ -305,21 +316,15 @@ class Agent:
                     if error.startswith("timed out"):
                         error += " (MESHCC_TIMEOUT)"
                     request.answer({"ok": False, "error": error})
-                else:
-                    request.answer({"ok": True, "exit": run.exit, "printed": printed[0],
-                                    "cached": run.cached,
-                                    "server": run.name if run.name != "?" else str(run.server)})
+                    return
+                done({"ok": True, "exit": run.exit, "printed": printed[0], "cached": run.cached,
+                      "server": run.name if run.name != "?" else str(run.server)})
 
-        printed = [False]
         try:
-            self.jobs.submit(argv=body["argv"], files=[body["source"]],
-                             compiler=body.get("compiler"), debug_dir=body.get("debug_dir"),
-                             timeout=body.get("timeout"), base_dir=body["work"],
-                             cache=body.get("cache") is True, listener=on_run)
+            self.jobs.submit(listener=on_run, **submit)
         except (JobError, KeyError, TypeError, OSError) as exc:
             self.active -= 1
             request.answer({"ok": False, "error": f"cannot submit: {exc}"})
-
 
     # -- compiles shipped as source (crc.cc.ship) ---------------------------------------
 
@@ -384,38 +389,18 @@ class Agent:
         timed = next((f.info.timed for f in closure if f.info.timed), None)
         cache = body.get("cache") is True and timed is None
         work = body["work"]
-        self.active += 1
-        printed = [False]
 
-        def on_run(job: Any, run: Any, event: str, data: Any) -> None:
-            if event == "output":
-                printed[0] = True
-            elif event in ("done", "failed"):
-                self.active -= 1
-                self.touched()
-                if event == "failed" or run.error:
-                    error = run.error or "the job failed"
-                    if error.startswith("timed out"):
-                        error += " (MESHCC_TIMEOUT)"
-                    request.answer({"ok": False, "error": error})
-                    return
-                answer = {"ok": True, "exit": run.exit, "printed": printed[0],
-                          "cached": run.cached, "not_cached": timed and f"uses {timed}",
-                          "server": run.name if run.name != "?" else str(run.server),
-                          "read": [f.name for f in closure]}
-                if run.exit == 0 and not printed[0]:
-                    problem = self._shipped_back(work, cwd, plan, closure)
-                    if problem:
-                        answer = {"ok": False, "preprocess": problem}
-                request.answer(answer)
+        def done(answer: dict) -> None:
+            answer.update(not_cached=timed and f"uses {timed}", read=[f.name for f in closure])
+            if answer["exit"] == 0 and not answer["printed"]:
+                problem = self._shipped_back(work, cwd, plan, closure)
+                if problem:
+                    answer = {"ok": False, "preprocess": problem}
+            request.answer(answer)
 
-        try:
-            self.jobs.submit(argv=[body["name"], *plan.argv], prepared=prepared, rooted=cwd,
-                             compiler=compiler, timeout=body.get("timeout"),
-                             base_dir=work, cache=cache, listener=on_run)
-        except (JobError, KeyError, TypeError, OSError) as exc:
-            self.active -= 1
-            request.answer({"ok": False, "error": f"cannot submit: {exc}"})
+        self._run(request, done, argv=[body["name"], *plan.argv], prepared=prepared,
+                  rooted=cwd, compiler=compiler, base_dir=work, cache=cache,
+                  timeout=body.get("timeout"))
 
     @staticmethod
     def _shipped_back(work: str, cwd: str, plan: Any, closure: list) -> str | None:

@@ -167,6 +167,7 @@ class Batch:
         self.started = False
         self._stdin: StdinForwarder | None = None
         self.build: Build | None = None
+        self._monitor: Any = None          # the monitor command's (``crc.client.monitor``)
         self._signalled = False
 
     def run(self) -> int:
@@ -181,8 +182,8 @@ class Batch:
         try:
             self.loop.run()
         finally:
-            if getattr(self, "_watch", None) is not None:
-                self._watch.close()
+            if self._monitor is not None:
+                self._monitor.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             if self._stdin is not None:
@@ -204,8 +205,8 @@ class Batch:
         stop local actions, and exit with 128 + the signal. A second signal
         stops at once."""
         name = signal.Signals(signum).name
-        if getattr(self, "_watch", None) is not None:
-            self._watch.close()              # (monitor) Ctrl-C is how one leaves it
+        if self._monitor is not None:
+            self._monitor.close()            # (monitor) Ctrl-C is how one leaves it
             self._stop(0)
             return
         if self._signalled:
@@ -345,9 +346,9 @@ class Batch:
 
     def _begin_monitor(self) -> None:
         from .monitor import Watch
-        self._watch = Watch(self.jobs, self.loop, self.args, lambda: self.client.server_id,
-                            self._stop)
-        self._watch.start()
+        self._monitor = Watch(self.jobs, self.loop, self.args, lambda: self.client.server_id,
+                              self._stop)
+        self._monitor.start()
 
     # -- runall ----------------------------------------------------------------------
 

@@ -144,10 +144,9 @@ class JobCommands:
                 def show_tree(rows: list[dict]) -> None:
                     from rich.markup import escape
 
-                    from .monitor import snapshot, text
-                    lines = text(snapshot(rows, self.jobs.client.server_id)).splitlines()
-                    body = lines[1:lines.index("servers:")] if "servers:" in lines else lines
-                    self.session.view.show(escape("\n".join(line[2:] for line in body)))
+                    from .monitor import snapshot, tree_text
+                    snap = snapshot(rows, self.jobs.client.server_id)
+                    self.session.view.show(escape(tree_text(snap)))
                     shown.append(True)
                     self.session.job_settled()
                 self.jobs.query_load(show_tree)

@@ -133,6 +133,11 @@ def _label(node: dict, servers: dict) -> str:
     return f"{node['name']} (id {node['id']}; links: {kinds})"
 
 
+def tree_text(snap: dict) -> str:
+    """The tree of a snapshot, a line per server (``/tree``)."""
+    return "\n".join(_tree_lines(snap["tree"], snap["servers"]))
+
+
 def text(snap: dict) -> str:
     """A snapshot as plain lines (``--once`` into a pipe or file)."""
     servers = snap["servers"]
