@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from crc.jobs.files import FileRef, Sweeper
-from crc.server.jobs.jobdir import JobDir, JobDirError, fingerprint
+from crc.server.jobs.jobdir import DirPool, JobDir, JobDirError, fingerprint
 from crc.net import EventLoop
 
 
@@ -201,3 +201,63 @@ def test_a_name_through_a_file_is_refused(tmp_path: Path) -> None:
     jobdir.place(FileRef("a", sha, 1), source)
     with pytest.raises(JobDirError, match="runs through a file"):
         jobdir.place(FileRef("a/b", sha, 1), source)
+
+
+def test_a_pooled_directory_comes_back_empty_of_files_with_its_folders(tmp_path: Path) -> None:
+    """Shipped compiles reuse finished job directories: every file goes,
+    whatever the job left (files, symbolic links, a folder swapped for a link
+    out of the tree), the real folders stay and are not made again."""
+    source, sha = blob(tmp_path, b"#define K 1\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("not the job's")
+    pool = DirPool(tmp_path / "jobs", keep=1)
+    first = pool.take("one")
+    first.shared_links = True
+    first.place(FileRef(".meshcc-root/usr/include/k.h", sha, 12, 0o644), source, may_link=True)
+    first.place(FileRef(".meshcc-root/src/lib/a.h", sha, 12, 0o644), source, may_link=True)
+    root = first.path / ".meshcc-root"
+    (root / "src" / "lib" / "made.o").write_bytes(b"x")
+    (root / "src" / "link").symlink_to(outside)
+    (root / "src" / "new").mkdir()
+    (root / "src" / "new" / "deep").write_text("y")
+    first.release()
+    assert pool.give(first)
+    again = pool.take("two")
+    assert again is first and pool.reused == 1
+    files = [p for p in again.path.rglob("*") if not p.is_dir() or p.is_symlink()]
+    assert files == []
+    assert (outside / "keep").read_text() == "not the job's"      # (a link is not followed)
+    assert source.read_bytes() == b"#define K 1\n"
+    assert again.linked == {} and again.produced() == ([], [])
+    made = []
+    real = os.makedirs
+    try:
+        os.makedirs = lambda *a, **k: made.append(a[0])         # type: ignore[assignment]
+        again.place(FileRef(".meshcc-root/usr/include/k.h", sha, 12, 0o644), source,
+                    may_link=True)
+        again.place(FileRef(".meshcc-root/src/new/b.h", sha, 12, 0o644), source, may_link=True)
+    finally:
+        os.makedirs = real                                       # type: ignore[assignment]
+    assert made == []                                            # (the folders were kept)
+    assert (again.path / ".meshcc-root/src/new/b.h").read_bytes() == b"#define K 1\n"
+    # A folder swapped for a symbolic link out of the tree: the link goes,
+    # and the folder is made again, inside.
+    again.release()
+    (again.path / ".meshcc-root/usr/include/k.h").unlink(missing_ok=True)
+    os.rmdir(again.path / ".meshcc-root/usr/include")
+    (again.path / ".meshcc-root/usr/include").symlink_to(outside)
+    assert pool.give(again)
+    third = pool.take("three")
+    third.place(FileRef(".meshcc-root/usr/include/k.h", sha, 12, 0o644), source)
+    assert not (third.path / ".meshcc-root/usr/include").is_symlink()
+    assert (third.path / ".meshcc-root/usr/include/k.h").read_bytes() == b"#define K 1\n"
+    assert sorted(p.name for p in outside.iterdir()) == ["keep"]
+
+
+def test_the_pool_keeps_only_so_many_and_close_removes_them(tmp_path: Path) -> None:
+    pool = DirPool(tmp_path / "jobs", keep=1)
+    one, two = pool.take("one"), pool.take("two")
+    assert pool.give(one) and not pool.give(two)
+    pool.close()
+    assert not one.path.exists() and pool.idle == []

@@ -116,7 +116,11 @@ def test_paths_are_mapped_into_the_root_and_relative_ones_kept() -> None:
     assert plan.search.chain == ["q", "inc", "/abs/inc", "/opt/sys",
                                  "/usr/lib/gcc/x/12/include", "/usr/include"]
     assert probe_flags(words, "c") == ["-O2", "-g", "-x", "c"]
-    for bad, why in ((["-nostdinc"], "-nostdinc"), (["-I../../../../x"], "climbs above")):
+    # (-Wmissing-include-dirs: over there a directory nothing was shipped
+    # from is missing, and a reused job directory may have one this one lacks)
+    for bad, why in ((["-nostdinc"], "-nostdinc"), (["-I../../../../x"], "climbs above"),
+                     (["-Wmissing-include-dirs"], "missing-include-dirs"),
+                     (["-Werror=missing-include-dirs"], "missing-include-dirs")):
         with pytest.raises(NotShipped, match=why):
             plan_shipment([*bad, "-g", "-c", "a.c"], "/home/me/build", "a.o", "a.c", probe)
 

@@ -161,6 +161,10 @@ def plan_shipment(words: list[str], cwd: str, output: str, source: str,
         i += 1
         if word in _NOT_SHIPPED or word.startswith(("--sysroot", "-iprefix", "-iwithprefix")):
             raise NotShipped(f"option {word}")
+        if word.startswith("-W") and word.endswith("missing-include-dirs"):
+            # Over there a directory with nothing shipped from it is missing
+            # (and a kept job directory may hold one this machine lacks).
+            raise NotShipped(f"option {word}")
         option = next((o for o in _DIR_OPTIONS + _FILE_OPTIONS if word.startswith(o)), None)
         if option is not None:
             given = word[len(option):]

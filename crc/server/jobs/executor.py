@@ -23,7 +23,7 @@ from ...net import Connection, Timer
 from ...protocol import Extension, ProtocolError
 from .cache import cache_key
 from .frames import parse_command, parse_files, parse_timeout, run_id_of
-from .jobdir import Fingerprint, JobDir, JobDirError, fingerprint
+from .jobdir import DirPool, Fingerprint, JobDir, JobDirError, fingerprint
 from .results import Record
 
 if TYPE_CHECKING:
@@ -98,6 +98,8 @@ class Executor:
         #: ... and by how many live jobs (compiles shipped as source share links).
         self.link_count: dict[str, int] = {}
         self.started = 0                  # runs started here, ever (monitors' rates)
+        #: Directories of finished shipped compiles, for the next ones.
+        self.pool = DirPool(jobs.root / "jobs", keep=max(2, 2 * self.config.slots))
         self.failed = 0                   # ... that exited non-zero or failed
 
     @property
@@ -261,7 +263,8 @@ class Executor:
     def _start(self, run: Run) -> None:
         store = self.jobs.store
         try:
-            run.jobdir = JobDir.create(self.jobs.root / "jobs", run.id)
+            run.jobdir = (self.pool.take(run.id) if run.rooted is not None
+                          else JobDir.create(self.jobs.root / "jobs", run.id))
             # A blob another live job has linked is copied (a job may edit an
             # input in place), but a compile shipped as source links it all the
             # same: it writes only its object and dependency file, and dozens
@@ -405,6 +408,8 @@ class Executor:
             else:
                 self.link_count.pop(sha, None)
                 self.linked.pop(sha, None)
+        if run.rooted is not None and self.pool.give(run.jobdir):
+            return
         self.jobs.sweeper.discard(run.jobdir)
 
     def _finish(self, run: Run) -> None:
@@ -502,4 +507,5 @@ class Executor:
                     "id": run.id, "lost": True,
                     "error": f"server {self.server.name} stopped while running the job"})
         self.runs.clear()
+        self.pool.close()
         self.reaper.close()

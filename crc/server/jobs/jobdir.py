@@ -18,6 +18,17 @@ took), so that removing the directory later never moves the ctime of a
 blob another job has linked meanwhile; ``remove()`` deletes it all (a
 finished job's directory goes to a ``crc.jobs.files.Sweeper`` instead).
 
+Compiles shipped as source place their files in a tree of twenty or so
+directories, and making a directory is the dearest thing a job does on
+some file systems (ext4 on the development VM: 0.7 ms of CPU per ``mkdir``,
+against 17 µs per link and 6 µs per unlink — most of a shipped compile's
+cost to its server). ``DirPool`` keeps such directories when their job is
+done: every file is unlinked (``empty``), the directories stay, and the
+next shipped compile places its files in them. An empty directory more
+than a compile asked for changes nothing it can see: the compiler skips a
+directory where it looks for a header, and ``__has_include`` says no to
+one (compiles that warn about missing include directories are not shipped).
+
 Server side only: the client never runs a job in a directory of its own.
 It runs nothing and knows no loop or frame: the executor starts the job in
 it.
@@ -209,5 +220,69 @@ class JobDir:
             except OSError:
                 pass
 
+    def empty(self, limit: int = 4096) -> bool:
+        """Unlink every file in the tree and keep its directories, known as
+        made from now on; the state of the last job is forgotten. False (the
+        directory is not to be used again) on an error or over ``limit``
+        entries. Symbolic links are unlinked, never followed, so the
+        directories kept are real ones inside the tree."""
+        folders: set[str] = set()
+        pending = [("", self._root)]
+        seen = 0
+        try:
+            while pending:
+                prefix, folder = pending.pop()
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        seen += 1
+                        if seen > limit:
+                            return False
+                        rel = prefix + entry.name
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.add(rel)
+                            pending.append((rel + "/", entry.path))
+                        else:
+                            os.unlink(entry.path)
+        except OSError:
+            return False
+        self._folders = folders
+        self._before, self.linked, self.tainted, self._produced = {}, {}, [], []
+        return True
+
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+class DirPool:
+    """Emptied job directories kept for the next compile shipped as source
+    (see the module notes): at most ``keep`` of them wait."""
+
+    def __init__(self, parent: Path, keep: int) -> None:
+        self.parent = parent
+        self.keep = keep
+        self.idle: list[JobDir] = []
+        self.reused = 0                 # directories taken from the pool (tests, metrics)
+
+    def __repr__(self) -> str:
+        return f"<DirPool {self.parent} idle={len(self.idle)} reused={self.reused}>"
+
+    def take(self, label: str) -> JobDir:
+        """An emptied directory of an earlier job, or a new one."""
+        if self.idle:
+            self.reused += 1
+            return self.idle.pop()
+        return JobDir.create(self.parent, label)
+
+    def give(self, jobdir: JobDir) -> bool:
+        """Keep ``jobdir`` (released by its job) for another; False when the
+        caller is to discard it instead (the pool is full, or it cannot be
+        emptied)."""
+        if len(self.idle) >= self.keep or not jobdir.empty():
+            return False
+        self.idle.append(jobdir)
+        return True
+
+    def close(self) -> None:
+        for jobdir in self.idle:
+            jobdir.remove()
+        self.idle.clear()
