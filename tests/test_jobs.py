@@ -93,6 +93,26 @@ def test_produced_files_come_back_with_their_executable_bit(mesh: Mesh, work: Pa
     assert not os.access(work / "out.txt", os.X_OK)
 
 
+def test_produced_files_with_the_same_bytes_all_come_back(mesh: Mesh, work: Path) -> None:
+    """Fetched files are moved out of the client's store into place, inline
+    ones written straight there: two produced files with the same content
+    (one fetch, two places; one inline copy, two places) both arrive."""
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    job, _ = submit(client, jobs, on="s2", shell=(
+        "head -c 200000 /dev/zero | tr '\\0' x > big1; cp big1 big2; mkdir d; cp big1 d/big3; "
+        "echo small > s1; cp s1 d/s2"))
+    finished(job)
+    assert job.exit_code == 0
+    for name in ("big1", "big2", "d/big3"):
+        assert (work / name).read_bytes() == b"x" * 200000, name
+    for name in ("s1", "d/s2"):
+        assert (work / name).read_bytes() == b"small\n", name
+    big = hashlib.sha256(b"x" * 200000).hexdigest()
+    assert not call(client.loop, lambda: jobs.store.has(big))     # (moved, not copied)
+    assert not list(work.glob("**/.*.crc-tmp"))
+
+
 def test_five_mebibytes_across_three_hops_arrive_byte_identical(mesh: Mesh, work: Path) -> None:
     nodes = mesh.chain(4)
     client, jobs = mesh.client(nodes[0], "alice", work)

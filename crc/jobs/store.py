@@ -217,6 +217,19 @@ class BlobStore:
             raise
         self.commit(partial)
 
+    def take(self, sha: str, dest: str) -> bool:
+        """Move blob ``sha`` out of the store to ``dest`` (a rename: no copy, no
+        new file); False, the store unchanged, if it cannot be (not here,
+        another file system)."""
+        if sha not in self.sizes:
+            return False
+        try:
+            os.rename(self.file(sha), dest)
+        except OSError:
+            return False
+        self.total -= self.sizes.pop(sha, 0)
+        return True
+
     def forget(self, sha: str) -> None:
         """Drop a blob (one whose file was changed behind the store's back)."""
         if valid_sha(sha):

@@ -27,6 +27,7 @@ for the ``Job``'s listener.
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import logging
 import os
@@ -38,7 +39,7 @@ from typing import Any, Callable, Sequence
 from ...jobs.files import FileRef, Sweeper
 from ...jobs.leftovers import mark_owner, sweep_stale
 from ...jobs.rakefile import bad_relative_path
-from ...jobs.store import BlobStore, StoreError, hash_file
+from ...jobs.store import BlobStore, hash_file
 from ...jobs.transfer import Transfers
 from ...jobs.wire import (DEFAULT_MAX_JOBS, INLINE_MAX, STDIN_WINDOW, Kind, frame, pack_inline,
                           unpack, unpack_inline, unpack_view)
@@ -417,16 +418,21 @@ class JobClient:
         except (KeyError, TypeError, ValueError):
             raise ProtocolError("DONE with a malformed file list") from None
         if header.get("inline"):
-            # Produced files that came with the result: no fetch for them.
+            # Produced files that came with the result: no fetch for them,
+            # written straight to where they go (not through the store).
             for sha, data in unpack_inline(header["inline"], body):
-                try:
-                    self.store.add_bytes(sha, data)
-                except StoreError as exc:
-                    log.warning("an inline file of %s is not what it says: %s", run.id, exc)
+                if hashlib.sha256(data).hexdigest() == sha:
+                    run.inline[sha] = bytes(data)
+                else:
+                    log.warning("an inline file of %s is not what it says (%s)", run.id,
+                                sha[:12])
         run.state = "collecting"
         run.pending_files = len(run.files)
         run.collection += 1
         for ref in run.files:
+            if ref.sha in run.inline:
+                self._collected(job, run, ref, None, run.collection)
+                continue
             self.transfers.fetch(ref.sha, ref.size, run.server,
                                  lambda sha, err, job=job, run=run, ref=ref, n=run.collection:
                                  self._collected(job, run, ref, err, n))
@@ -439,7 +445,7 @@ class JobClient:
             return              # an attempt a lost connection cut short
         if error is None:
             try:
-                self._write_back(ref, job.base_dir or self.base_dir)
+                self._write_back(ref, job.base_dir or self.base_dir, run.inline.get(ref.sha))
                 job.emit(run, "file", ref.name)
             except (OSError, ValueError) as exc:
                 error = str(exc)
@@ -449,7 +455,11 @@ class JobClient:
         if run.pending_files <= 0:
             self._settle(job, run)
 
-    def _write_back(self, ref: FileRef, base: Path) -> None:
+    def _write_back(self, ref: FileRef, base: Path, data: bytes | None = None) -> None:
+        """Put a produced file in place: ``data`` (it came inline), else the
+        fetched blob moved out of our store (a rename where it can be: a new
+        file costs more than its bytes on some file systems), else a copy of
+        the same content put in place earlier."""
         why = bad_relative_path(ref.name)
         dest = base / ref.name
         if why or not dest.parent.resolve().is_relative_to(base):
@@ -457,9 +467,18 @@ class JobClient:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.crc-tmp"
         try:
-            with open(self.store.path(ref.sha), "rb") as src, open(tmp, "wb") as out:
-                while block := src.read(1 << 20):
-                    out.write(block)
+            if data is not None:
+                with open(tmp, "wb") as out:
+                    out.write(data)
+            elif not self.store.take(ref.sha, str(tmp)):
+                placed = self.files.get(ref.sha)             # (put in place once already)
+                if self.store.has(ref.sha) or placed is None:
+                    source = self.store.path(ref.sha)
+                else:
+                    source = placed[0]
+                with open(source, "rb") as src, open(tmp, "wb") as out:
+                    while block := src.read(1 << 20):
+                        out.write(block)
             os.chmod(tmp, ref.mode & 0o777)
             os.replace(tmp, dest)
         finally:

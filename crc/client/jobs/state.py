@@ -30,6 +30,8 @@ class RunState:
     lost: bool = False
     seconds: float = 0.0
     files: list[FileRef] = field(default_factory=list)
+    #: Produced files that came inside the result (sha -> bytes, checked).
+    inline: dict[str, bytes] = field(default_factory=dict)
     pending_files: int = 0
     #: Output bytes received per stream (index 1 stdout, 2 stderr): what a
     #: FETCH asks to skip, and what repeated output is recognised by.

@@ -210,7 +210,12 @@ class JobService:
         if path is None:
             raise ProtocolError(f"this server does not have the compiler asked for "
                                 f"(id {str(wanted)[:20]})")
-        return [path, *argv[1:]]
+        if any(a.startswith("-save-temps") for a in argv):
+            return [path, *argv[1:]]
+        # Stages joined by pipes, not temporary files: the same object, one
+        # file fewer made and removed per compile. (A driver option: not in
+        # the debug information's producer string nor in -frecord-gcc-switches.)
+        return [path, *argv[1:], "-pipe"]
 
     def eligible(self) -> list[LoadReport]:
         return self.reports.eligible()
