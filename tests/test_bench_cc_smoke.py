@@ -36,3 +36,9 @@ def test_quick_cc_benchmark_completes_and_every_build_agrees(tmp_path: Path) -> 
                                                  "meshcc_warm", "meshcc_warm_mesh", "rakefile",
                                                  "py_gcc")}
     assert len(checksums) == 1 and checksums.pop().startswith("checksum ")
+    # Each build's ratio is to make -j2 measured either side of it.
+    for key in ("meshcc_cold", "meshcc_cold_pre", "meshcc_warm", "meshcc_warm_mesh", "rakefile",
+                "py_gcc"):
+        row = report[key]
+        assert row["baseline_s"] > 0
+        assert row["ratio"] == pytest.approx(row["seconds"] / row["baseline_s"], abs=0.002)
