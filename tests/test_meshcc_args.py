@@ -176,3 +176,23 @@ def test_the_local_cache_trims_the_least_recently_used_entries_only(tmp_path: Pa
     kept = [i for i in range(4) if cache.lookup(f"{i:064x}", str(tmp_path / "out.o"), None)]
     assert kept == [2, 3]
     assert (tmp_path / "out.o").read_bytes() == bytes([3]) * 10_000
+
+
+def test_the_local_cache_records_what_was_compiled_not_what_is_there_after(
+        tmp_path: Path) -> None:
+    """meshcc's agent hands the local cache each file's digest and stamp as
+    it shipped them: a header edited while the compile ran is recorded as it
+    was compiled, so the object is never served for the edited header."""
+    from crc.cc.direct import _stat, digest_file
+    cache = DirectCache(str(tmp_path / "cache"))
+    header = tmp_path / "h.h"
+    header.write_text("#define H 1\n")
+    shipped = [digest_file(str(header)), *_stat(str(header))]
+    obj = tmp_path / "a.o"
+    obj.write_bytes(b"compiled with H 1")
+    header.write_text("#define H 22\n")                # edited while it compiled
+    cache.record("ab" * 32, [str(header)], str(obj), None, [shipped])
+    assert not cache.lookup("ab" * 32, str(tmp_path / "out.o"), None)
+    header.write_text("#define H 1\n")                 # back as compiled: a hit
+    assert cache.lookup("ab" * 32, str(tmp_path / "out.o"), None)
+    assert (tmp_path / "out.o").read_bytes() == b"compiled with H 1"

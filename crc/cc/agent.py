@@ -391,7 +391,10 @@ class Agent:
         work = body["work"]
 
         def done(answer: dict) -> None:
-            answer.update(not_cached=timed and f"uses {timed}", read=[f.name for f in closure])
+            # What was read, as the compile was sent: the local cache records
+            # these digests and stamps (not the files as they may be by now).
+            answer.update(not_cached=timed and f"uses {timed}", read=[f.name for f in closure],
+                          read_info=[[f.info.sha, *f.info.stamp] for f in closure])
             if answer["exit"] == 0 and not answer["printed"]:
                 problem = self._shipped_back(work, cwd, plan, closure)
                 if problem:

@@ -127,14 +127,24 @@ class DirectCache:
             return False
         return True
 
-    def record(self, key: str, read: list[str], output: str, depfile: str | None) -> None:
-        """Remember a clean compile that read the files ``read``."""
+    def record(self, key: str, read: list[str], output: str, depfile: str | None,
+               known: list | None = None) -> None:
+        """Remember a clean compile that read the files ``read``; ``known``,
+        when given, is each one's ``[digest, size, inode, mtime_ns,
+        ctime_ns]`` as it was compiled (meshcc's agent read them to ship
+        them), else each is read again here."""
+        if known is not None and (len(known) != len(read) or not all(
+                isinstance(k, list) and len(k) == 5 for k in known)):
+            known = None
         try:
             recorded = time.time()
             files = []
-            for path in read:
-                stamp = _stat(path)
-                digest = digest_file(path)
+            for i, path in enumerate(read):
+                if known is not None:
+                    digest, stamp = known[i][0], tuple(known[i][1:])
+                else:
+                    stamp = _stat(path)
+                    digest = digest_file(path)
                 if stamp is None or digest is None:
                     return                      # read something we cannot see again
                 fresh = recorded - stamp[2] / 1e9 < FRESH or recorded - stamp[3] / 1e9 < FRESH

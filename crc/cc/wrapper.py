@@ -165,7 +165,8 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
                     verbose.step(f"not cached: {result.get('not_cached') or flags}")
                 verbose.step("compiled")
                 return finish(what, result, work, local, key, result.get("read"), verbose,
-                              flags is True and not result.get("not_cached"))
+                              flags is True and not result.get("not_cached"),
+                              result.get("read_info"))
         from ..jobs.compilers import CompilerError, identity
         from .source import files_read, remote_name, strip_builtins
         try:
@@ -221,7 +222,8 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
 
 
 def finish(what: Remote, result: dict, work: str, local: "DirectCache | None",  # noqa: F821
-           key: str | None, read: list[str] | None, verbose: Verbose, record: bool) -> int:
+           key: str | None, read: list[str] | None, verbose: Verbose, record: bool,
+           read_info: list | None = None) -> int:
     """The mesh's answer to a compile: the object moved into place (and the
     local cache told), or ``CompileHere`` / ``MeshFailure``."""
     if result.get("exit") != 0 or result.get("printed"):
@@ -231,7 +233,7 @@ def finish(what: Remote, result: dict, work: str, local: "DirectCache | None",  
         raise MeshFailure(f"{result.get('server')} returned no object file")
     os.replace(produced, what.output)
     if record and local is not None and key is not None and read is not None:
-        local.record(key, read, what.output, what.depfile)
+        local.record(key, read, what.output, what.depfile, read_info)
         verbose.step("recorded")
     if result.get("cached"):
         verbose.say(f"{what.source} from the compile cache on {result.get('server')}")
