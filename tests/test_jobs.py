@@ -113,6 +113,32 @@ def test_produced_files_with_the_same_bytes_all_come_back(mesh: Mesh, work: Path
     assert not list(work.glob("**/.*.crc-tmp"))
 
 
+def test_a_required_file_changed_between_jobs_is_sent_as_it_is_now(
+        mesh: Mesh, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client remembers a required file's digest by its stat: a change
+    of the same size, its modification time set back, is still seen (the
+    change time moved)."""
+    from crc.client.jobs import engine
+    monkeypatch.setattr(engine, "FRESH", -1.0)         # every digest remembered
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    header = work / "h.h"
+    header.write_text("#define V 1\n")
+    os.utime(header, (1_000_000, 1_000_000))
+    for expected in ("#define V 1\n", "#define V 2\n", "#define V 2\n"):
+        before = header.stat().st_ctime_ns
+        if expected != header.read_text():
+            deadline = time.monotonic() + 10
+            while header.stat().st_ctime_ns == before:  # (a new tick of the file clock)
+                assert time.monotonic() < deadline
+                header.write_text(expected)
+                os.utime(header, (1_000_000, 1_000_000))    # same size, same mtime
+        job, rec = submit(client, jobs, on="s2", files=["h.h"], shell="cat h.h")
+        finished(job)
+        assert job.exit_code == 0 and rec.output().decode() == expected
+    assert len(jobs._digests) == 1
+
+
 def test_five_mebibytes_across_three_hops_arrive_byte_identical(mesh: Mesh, work: Path) -> None:
     nodes = mesh.chain(4)
     client, jobs = mesh.client(nodes[0], "alice", work)

@@ -32,7 +32,9 @@ import itertools
 import logging
 import os
 import secrets
+import stat
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -51,6 +53,9 @@ log = logging.getLogger("crc.jobs.client")     # the name its log lines have alw
 
 #: Our temporary directory's name starts so (``leftovers`` finds them).
 TEMP_PREFIX = "crc-client-"
+#: A required file changed less than this many seconds ago is hashed again
+#: every time (``_digest``).
+FRESH = 2.0
 
 
 class JobClient:
@@ -68,6 +73,8 @@ class JobClient:
         self.jobs: dict[str, Job] = {}
         self.runs: dict[str, tuple[Job, RunState]] = {}
         self.files: dict[str, tuple[Path, int]] = {}       # sha -> (path, size) we can serve
+        #: path -> (stat stamp, sha, size) of files hashed before (``_digest``).
+        self._digests: dict[str, tuple[tuple[int, int, int, int], str, int]] = {}
         self._ids = itertools.count(1)
         # Job ids are unique across client processes using the same client
         # id: entries and executors recognise a job sent again by its id.
@@ -116,16 +123,35 @@ class JobClient:
                 raise JobError(f"required file {name!r} is listed twice")
             seen.add(os.path.normpath(name))
             path = base / name
-            if path.is_dir():
+            try:
+                st = os.stat(path)
+            except OSError:
+                raise JobError(f"required file {name!r} does not exist in {base}") from None
+            if stat.S_ISDIR(st.st_mode):
                 raise JobError(f"required {name!r} is a directory; name the files in it")
-            if path.exists() and not path.is_file():
+            if not stat.S_ISREG(st.st_mode):
                 raise JobError(f"required {name!r} is not a regular file")
-            if not path.is_file():
-                raise JobError(f"required file {name!r} does not exist in {base}")
-            sha, size = hash_file(path)
+            sha, size = self._digest(path, st)
             self.files[sha] = (path, size)
-            refs.append(FileRef(name, sha, size, path.stat().st_mode & 0o777))
+            refs.append(FileRef(name, sha, size, st.st_mode & 0o777))
         return refs
+
+    def _digest(self, path: Path, st: os.stat_result) -> tuple[str, int]:
+        """``hash_file(path)``, remembered while the file's size, inode and
+        times stay as they were (a Rakefile names the same headers for every
+        compile): not for a file changed in the last ``FRESH`` seconds, which
+        a second change within the file system's timestamp tick could hide."""
+        key = str(path)
+        stamp = (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+        known = self._digests.get(key)
+        if known is not None and known[0] == stamp:
+            return known[1], known[2]
+        sha, size = hash_file(path)
+        if time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 >= FRESH:
+            if len(self._digests) >= 10_000:
+                self._digests.clear()
+            self._digests[key] = (stamp, sha, size)
+        return sha, size
 
     def submit(self, *, argv: Sequence[str] | None = None, shell: str | None = None,
                files: Sequence[str] = (), stdin: bool = False, on: str | None = None,
