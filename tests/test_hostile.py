@@ -529,8 +529,13 @@ def test_hostile_input_does_not_hurt_well_behaved_clients(procs: Processes,  # n
         for c in chatters:
             c.stop_sending()
         for c, peer in ((a, b), (b, a)):
-            wait_for(lambda c=c, peer=peer: len(c.arrivals) >= peer.sent, DEADLINE,
-                     f"every chat to {c.id}")
+            try:
+                wait_for(lambda c=c, peer=peer: len(c.arrivals) >= peer.sent, DEADLINE,
+                         f"every chat to {c.id}")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {describe_arrivals(c, peer)}; server "
+                                     f"{'alive' if server.proc.poll() is None else 'exited'}"
+                                     ) from None
             assert [seq for _, seq, _ in c.arrivals] == list(range(peer.sent))
             assert not c.error and not c.unknown_id
         assert server.proc.poll() is None, "the server died"
@@ -548,6 +553,19 @@ def test_hostile_input_does_not_hurt_well_behaved_clients(procs: Processes,  # n
             c.close()
         print("\n" + "\n".join(figures))
     assert server.terminate() == 0
+
+
+def describe_arrivals(c: Chatter, peer: Chatter) -> str:
+    """What a chatter got of its peer's chats: enough to tell a lost chat from
+    a dead reader or a stalled server when the wait for them fails."""
+    seqs = [seq for _, seq, _ in c.arrivals]
+    missing = sorted(set(range(peer.sent)) - set(seqs))
+    last = f"{time.monotonic() - c.arrivals[-1][0]:.1f} s ago" if c.arrivals else "never"
+    return (f"{len(seqs)} of {peer.sent} arrived, the last {last}; missing {len(missing)} "
+            f"(first {missing[:10]}); out of order: {seqs != sorted(seqs)}; reader "
+            f"{'alive' if c.reader.is_alive() else 'stopped'} ({c.error or 'no error'}); "
+            f"sender error: {peer.error or 'none'}; other chats: {len(c.others)}, "
+            f"unknown-id statuses: {len(c.unknown_id)}")
 
 
 def state_or_none(port: int) -> dict | None:
