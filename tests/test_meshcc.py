@@ -468,3 +468,38 @@ def test_an_unusable_setting_is_named_in_the_note_at_once(tmp_path: Path, env: d
     assert done.stderr.startswith("meshcc: a.c: compiling here:") and named in done.stderr, \
         done.stderr
     assert "did not start" not in done.stderr
+
+
+def test_meshcc_processes_starting_at_once_start_one_agent(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """``make -j`` starts many meshcc at once with no agent running: the
+    first takes the agent's lock and hands it to the agent it starts; the
+    others see it taken and wait for that agent instead of starting their own
+    (each extra one cost a whole interpreter and its imports)."""
+    from crc.cc.paths import pid_file, socket_path
+    from crc.cc.wrapper import start_agent
+    path = socket_path({"CRC_MESH": "127.0.0.1:9"})
+    forked: list[int] = []
+    real_fork = os.fork
+
+    def counting_fork() -> int:
+        pid = real_fork()
+        if pid:
+            forked.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", counting_fork)
+    for _ in range(5):
+        start_agent(path)
+    assert len(forked) == 1
+    pid = wait_for(lambda: os.path.exists(pid_file(path)) and
+                   int(Path(pid_file(path)).read_text()), 30, "the agent to start")
+    assert os.path.exists(path)
+    os.kill(pid, 9)
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or
+             "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], 10, "the agent to go")
+    forked.clear()
+    start_agent(path)                      # its lock went with it: a new one is started
+    assert len(forked) == 1
+    wait_for(lambda: int(Path(pid_file(path)).read_text() or 0) not in (0, pid), 30,
+             "a second agent to start")

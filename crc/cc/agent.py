@@ -47,7 +47,7 @@ from .compiler import MeshFailure
 from .includes import Scanner, Unscannable
 from .ship import DEPS, NotShipped, Probe, parse_probe, plan_shipment, probe_flags, \
     rewrite_deps
-from .paths import agent_dir, pid_file
+from .paths import LOCK_ENV, agent_dir, pid_file
 from .talk import TalkError, decode, encode
 
 #: Seconds without a request after which the agent leaves (``MESHCC_AGENT_IDLE``).
@@ -434,11 +434,17 @@ def bind(path: str) -> tuple[socket.socket, int] | None:
     if os.stat(folder).st_uid != os.getuid():
         raise MeshFailure(f"{folder} belongs to someone else")
     os.chmod(folder, 0o700)
-    lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    # The meshcc that started us took the lock for us (``LOCK_ENV``: the same
+    # open file, so taking it again here succeeds); else we take it.
+    given = os.environ.pop(LOCK_ENV, "")
+    lock = int(given) if given.isdigit() else os.open(path + ".lock", os.O_RDWR | os.O_CREAT,
+                                                      0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(lock)
+        return None
+    except OSError:                   # (a descriptor that is not the lock)
         return None
     try:
         os.unlink(path)               # a dead agent's socket

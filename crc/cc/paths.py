@@ -14,6 +14,11 @@ MESH_ENV = ("CRC_MESH", "CRC_MESH_SECRET_FILE", "CRC_MESH_TLS_CA", "CRC_MESH_TLS
             "CRC_MESH_TLS_KEY", "CRC_MESH_TLS_SERVER_NAME")
 
 
+#: Set by the meshcc that starts an agent: the descriptor of the agent's lock
+#: file, already locked (so that meshcc processes starting at once start one
+#: agent, not one each).
+LOCK_ENV = "CRC_MESHCC_AGENT_LOCK"
+
 #: Longest socket path we use (``sun_path`` holds 108 bytes with its NUL).
 MAX_SOCKET_PATH = 100
 

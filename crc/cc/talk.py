@@ -17,6 +17,8 @@ import time
 
 #: Bytes a message may have (an argv and some paths; sources travel by file).
 MAX_MESSAGE = 1 << 20
+#: Seconds between attempts to start an agent while none answers.
+RESTART = 0.5
 
 
 class TalkError(Exception):
@@ -49,11 +51,13 @@ def decode(buffer: bytes | bytearray) -> tuple[dict | None, int]:
 
 def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
         start: "Callable[[str], None]") -> dict:  # noqa: F821 (not imported: startup cost)
-    """Send ``request`` to the agent at ``path`` (calling ``start(path)``
-    once if nobody listens there) and return its answer."""
+    """Send ``request`` to the agent at ``path`` (calling ``start(path)`` if
+    nobody listens there, and again every ``RESTART`` seconds while nobody
+    does: an agent being started by another meshcc may die before it
+    listens) and return its answer."""
     from .compiler import MeshFailure
     deadline = time.monotonic() + connect_timeout
-    started = False
+    start_again = 0.0
     delay = 0.002
     while True:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -66,9 +70,9 @@ def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
             sock.close()
             raise MeshFailure(f"cannot reach the meshcc agent at {path}: "
                               f"{exc.strerror or exc}") from None
-        if not started:
+        if time.monotonic() >= start_again:
             start(path)
-            started = True
+            start_again = time.monotonic() + RESTART
         if time.monotonic() > deadline:
             raise MeshFailure(f"the meshcc agent did not start within {connect_timeout:g} s")
         time.sleep(delay)              # the agent we started is binding its socket

@@ -348,10 +348,30 @@ def ship(what: Remote, real: str, words: list[str], work: str, connect_timeout: 
 
 
 def start_agent(path: str) -> None:
-    """Start an agent for ``path`` in the background, detached from us."""
+    """Start an agent for ``path`` in the background, detached from us —
+    unless one is starting or running: the agent's lock is taken here and
+    handed to the agent, so that of the meshcc processes a ``make -j``
+    starts at once, one starts it and the others wait for its socket (each
+    agent started for nothing cost a whole interpreter and its imports)."""
+    import fcntl
+    from .paths import LOCK_ENV
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError:
+        lock = -1                          # (the agent says what is wrong)
+    if lock >= 0:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(lock)
+            return                         # an agent has it: wait for its socket
     env = dict(os.environ)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    if lock >= 0:
+        env[LOCK_ENV] = str(lock)
     pid = os.fork()
     if pid == 0:                           # the agent: a session of its own, no terminal
         try:
@@ -361,7 +381,11 @@ def start_agent(path: str) -> None:
                 os.dup2(fd, std)
             os.chdir("/")
             if os.fork() == 0:             # detached: nobody of the build waits for it
+                if lock >= 0:
+                    os.set_inheritable(lock, True)
                 os.execve(sys.executable, [sys.executable, "-m", "crc.cc.agent", path], env)
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
+    if lock >= 0:
+        os.close(lock)                     # (the agent holds it now)
