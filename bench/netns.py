@@ -274,6 +274,11 @@ class Network:
     def names_known(self, host: str) -> set[str]:
         return Hosts.names_known(self, host)
 
+    def stop_servers(self) -> None:
+        """Stop every server (and anything else started here); the network stays."""
+        stop_processes(self.procs)
+        self.procs.clear()
+
     def destroy(self) -> None:
         stop_processes(self.procs)
         for ns in self.created:

@@ -261,3 +261,69 @@ def test_the_pool_keeps_only_so_many_and_close_removes_them(tmp_path: Path) -> N
     assert pool.give(one) and not pool.give(two)
     pool.close()
     assert not one.path.exists() and pool.idle == []
+
+
+def test_a_recycled_directory_keeps_only_unchanged_copies_for_the_next_job(
+        tmp_path: Path) -> None:
+    """Any job's directory goes back to its pool with nothing but the private
+    copies of its inputs still as placed; the next job requiring the same file
+    under the same name takes the copy over (its content checked), and finds
+    nothing it did not ask for."""
+    header, hsha = blob(tmp_path, b"#define K 1\n")
+    (tmp_path / "a").write_bytes(b"int a;\n")
+    asha = hashlib.sha256(b"int a;\n").hexdigest()
+    (tmp_path / "b").write_bytes(b"int b;\n")
+    bsha = hashlib.sha256(b"int b;\n").hexdigest()
+    pool = DirPool(tmp_path / "jobs", keep=1, copies=True)
+    first = pool.take("one")
+    first.place(FileRef("inc/k.h", hsha, 12, 0o644), header)
+    first.place(FileRef("a.c", asha, 7, 0o644), tmp_path / "a")
+    first.place(FileRef("edited.c", asha, 7, 0o644), tmp_path / "a")
+    (first.path / "out.o").write_bytes(b"obj")
+    (first.path / "tmp" / "x").mkdir(parents=True)
+    (first.path / "tmp" / "x" / "junk").write_text("j")
+    (first.path / "escape").symlink_to(tmp_path)
+    with open(first.path / "edited.c", "ab") as f:
+        f.write(b"/* changed by the job */\n")
+    produced, _ = first.produced()
+    assert [n for n, _, _ in produced] == ["edited.c", "out.o", "tmp/x/junk"]
+    first.release()
+    assert pool.give(first)
+    assert sorted(str(p.relative_to(first.path)) for p in first.path.rglob("*")) == \
+        ["a.c", "inc", "inc/k.h"]
+    second = pool.take("two")
+    assert second is first
+    inode = os.stat(second.path / "inc" / "k.h").st_ino
+    needed = {"inc/k.h", "b.c"}
+    second.drop_unused(needed)
+    second.place(FileRef("inc/k.h", hsha, 12, 0o644), header)
+    second.place(FileRef("b.c", bsha, 7, 0o644), tmp_path / "b")
+    assert second.reused == 1 and os.stat(second.path / "inc" / "k.h").st_ino == inode
+    assert sorted(str(p.relative_to(second.path)) for p in second.path.rglob("*")) == \
+        ["b.c", "inc", "inc/k.h"]
+    assert second.produced() == ([], [])
+    assert header.read_bytes() == b"#define K 1\n"
+
+
+def test_a_kept_copy_is_checked_by_content_not_trusted_by_its_times(tmp_path: Path) -> None:
+    """An edit the file's times do not show (within one tick of the clock)
+    is still caught: the copy is placed afresh. A kept copy in the way of a
+    directory the next job needs goes."""
+    header, hsha = blob(tmp_path, b"#define K 1\n")
+    pool = DirPool(tmp_path / "jobs", keep=1, copies=True)
+    first = pool.take("one")
+    first.place(FileRef("k.h", hsha, 12, 0o644), header)
+    first.place(FileRef("d", hsha, 12, 0o644), header)
+    path = first.path / "k.h"
+    st = os.stat(path)
+    path.write_bytes(b"#define K 9\n")                # same size
+    first._before["k.h"] = fingerprint(os.stat(path))  # as if its times had not moved
+    first.release()
+    assert pool.give(first) and set(first.kept) == {"k.h", "d"}
+    second = pool.take("two")
+    second.drop_unused({"k.h", "d/inner.h"})
+    second.place(FileRef("k.h", hsha, 12, 0o644), header)
+    assert second.reused == 0 and path.read_bytes() == b"#define K 1\n"
+    assert st.st_size == os.stat(path).st_size
+    second.place(FileRef("d/inner.h", hsha, 12, 0o644), header)   # ("d" was a kept file)
+    assert (second.path / "d" / "inner.h").read_bytes() == b"#define K 1\n"

@@ -309,6 +309,15 @@ def test_job_directories_are_cleaned_up(mesh: Mesh, work: Path, tmp_path: Path) 
     (work / "a.txt").write_text("a")
     for job in [submit(client, jobs, shell="cp a.txt b.txt", files=["a.txt"])[0] for _ in range(3)]:
         finished(job)
+    # What stays is the pool of directories kept for the next jobs (at most
+    # its bound), each holding only its last job's unchanged input copies.
+    pool = nodes[0].jobs.executor.plain_pool
+    idle = call(nodes[0].server.loop, lambda: [d.path for d in pool.idle])
+    left = sorted((tmp_path / "servers" / "s1" / "jobs").iterdir())
+    assert left == sorted(idle) and len(left) <= pool.keep
+    for folder in left:
+        assert [p.name for p in folder.rglob("*")] in ([], ["a.txt"])
+    call(nodes[0].server.loop, nodes[0].jobs.executor.close)
     assert list((tmp_path / "servers" / "s1" / "jobs").iterdir()) == []
 
 

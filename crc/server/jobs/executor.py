@@ -100,6 +100,9 @@ class Executor:
         self.started = 0                  # runs started here, ever (monitors' rates)
         #: Directories of finished shipped compiles, for the next ones.
         self.pool = DirPool(jobs.root / "jobs", keep=max(2, 2 * self.config.slots))
+        #: ... and of other jobs, with the copies of their inputs.
+        self.plain_pool = DirPool(jobs.root / "jobs", keep=max(2, 2 * self.config.slots),
+                                  copies=True)
         self.failed = 0                   # ... that exited non-zero or failed
 
     @property
@@ -263,13 +266,13 @@ class Executor:
     def _start(self, run: Run) -> None:
         store = self.jobs.store
         try:
-            run.jobdir = (self.pool.take(run.id) if run.rooted is not None
-                          else JobDir.create(self.jobs.root / "jobs", run.id))
+            run.jobdir = (self.pool if run.rooted is not None else self.plain_pool).take(run.id)
             # A blob another live job has linked is copied (a job may edit an
             # input in place), but a compile shipped as source links it all the
             # same: it writes only its object and dependency file, and dozens
             # of headers per compile are shared by every compile at once.
             share = run.jobdir.shared_links = run.rooted is not None
+            run.jobdir.drop_unused({ref.name for ref in run.files})
             for ref in run.files:
                 shared = self.linked.get(ref.sha)
                 placed = run.jobdir.place(ref, store.file(ref.sha),
@@ -408,7 +411,7 @@ class Executor:
             else:
                 self.link_count.pop(sha, None)
                 self.linked.pop(sha, None)
-        if run.rooted is not None and self.pool.give(run.jobdir):
+        if (self.pool if run.rooted is not None else self.plain_pool).give(run.jobdir):
             return
         self.jobs.sweeper.discard(run.jobdir)
 
@@ -508,4 +511,5 @@ class Executor:
                     "error": f"server {self.server.name} stopped while running the job"})
         self.runs.clear()
         self.pool.close()
+        self.plain_pool.close()
         self.reaper.close()

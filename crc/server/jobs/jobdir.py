@@ -29,6 +29,14 @@ than a compile asked for changes nothing it can see: the compiler skips a
 directory where it looks for a header, and ``__has_include`` says no to
 one (compiles that warn about missing include directories are not shipped).
 
+Other jobs' directories are pooled too, but come back with nothing a job
+did not ask for (``recycle``): produced files, links and directories go;
+only the private copies of inputs stay, unchanged since placed, and the
+next job that requires the same file under the same name gets that copy
+(its content checked against the digest first, never trusted from its
+times) instead of a new one — a Rakefile's compiles all require the same
+headers, and each live job but one gets copies of them.
+
 Server side only: the client never runs a job in a directory of its own.
 It runs nothing and knows no loop or frame: the executor starts the job in
 it.
@@ -36,6 +44,7 @@ it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -104,6 +113,11 @@ class JobDir:
         #: shas of linked blobs the job changed (filled by ``produced``).
         self.tainted: list[str] = []
         self._produced: list[Path] = []
+        #: name -> (sha, mode) of the private copies placed (``recycle`` keeps
+        #: the unchanged ones), and of those kept from the last job.
+        self._copies: dict[str, tuple[str, int]] = {}
+        self.kept: dict[str, tuple[str, int]] = {}
+        self.reused = 0                 # copies taken over from the last job
 
     @classmethod
     def create(cls, parent: Path, label: str) -> "JobDir":
@@ -125,6 +139,14 @@ class JobDir:
         if why:
             raise JobDirError(why)
         dest = f"{self._root}/{ref.name}"
+        if ref.name in self.kept:
+            if self.kept.pop(ref.name) == (ref.sha, ref.mode & 0o777) and \
+                    _holds(dest, ref.sha):
+                self.reused += 1
+                self._copies[ref.name] = (ref.sha, ref.mode & 0o777)
+                self._before[ref.name] = fingerprint(os.stat(dest))
+                return self._before[ref.name]
+            os.unlink(dest)
         slash = ref.name.rfind("/")
         if slash > 0:
             folder = ref.name[:slash]
@@ -165,7 +187,25 @@ class JobDir:
                 self._before[ref.name] = fingerprint(st)
                 return self._before[ref.name]
         self._before[ref.name] = _copy(blob, dest, ref.mode & 0o777, expect)
+        self._copies[ref.name] = (ref.sha, ref.mode & 0o777)
         return self._before[ref.name]
+
+    def drop_unused(self, needed: set[str]) -> None:
+        """Before a job's files are placed: the copies kept from the last job
+        that this one does not ask for (by name) go, and the directories they
+        leave empty."""
+        for name in [n for n in self.kept if n not in needed]:
+            del self.kept[name]
+            path = f"{self._root}/{name}"
+            os.unlink(path)
+            folder = os.path.dirname(path)
+            while folder != self._root:
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
+                self._folders.discard(folder[len(self._root) + 1:])
+                folder = os.path.dirname(folder)
 
     def produced(self) -> tuple[list[tuple[str, Path, int]], list[str]]:
         """(name, path, mode) of every new or changed file, and warnings."""
@@ -247,19 +287,81 @@ class JobDir:
             return False
         self._folders = folders
         self._before, self.linked, self.tainted, self._produced = {}, {}, [], []
+        self._copies, self.kept = {}, {}
+        return True
+
+    def recycle(self, limit: int = 4096) -> bool:
+        """After a (released) job: everything goes but the private copies of
+        its inputs still as placed (``KEEP_MAX`` bytes at most each), kept
+        for the next job; directories go unless they hold one. False (the
+        directory is not to be used again) on an error or over ``limit``
+        entries."""
+        keep: dict[str, tuple[str, int]] = {}
+        folders: list[tuple[str, str]] = []
+        pending = [("", self._root)]
+        seen = 0
+        try:
+            while pending:
+                prefix, folder = pending.pop()
+                with os.scandir(folder) as entries:
+                    for entry in entries:
+                        seen += 1
+                        if seen > limit:
+                            return False
+                        rel = prefix + entry.name
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.append((rel, entry.path))
+                            pending.append((rel + "/", entry.path))
+                            continue
+                        copy = self._copies.get(rel)
+                        if copy is not None and not entry.is_symlink():
+                            st = entry.stat(follow_symlinks=False)
+                            if fingerprint(st) == self._before.get(rel) and \
+                                    st.st_size <= KEEP_MAX:
+                                keep[rel] = copy
+                                continue
+                        os.unlink(entry.path)
+            for rel, path in sorted(folders, key=lambda f: -f[0].count("/")):
+                try:
+                    os.rmdir(path)            # (one holding a kept copy stays)
+                except OSError:
+                    continue
+        except OSError:
+            return False
+        self._folders = {rel for rel, path in folders if os.path.isdir(path)}
+        self._before, self.linked, self.tainted, self._produced = {}, {}, [], []
+        self._copies, self.kept = {}, keep
         return True
 
     def remove(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
+#: Bytes of the largest copy kept for the next job (hashing a file to check
+#: it costs as much as copying it, past some size).
+KEEP_MAX = 1 << 20
+
+
+def _holds(path: str, sha: str) -> bool:
+    """Whether the file at ``path`` has exactly the content ``sha``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(KEEP_MAX + 1)
+    except OSError:
+        return False
+    return len(data) <= KEEP_MAX and hashlib.sha256(data).hexdigest() == sha
+
+
 class DirPool:
     """Emptied job directories kept for the next compile shipped as source
     (see the module notes): at most ``keep`` of them wait."""
 
-    def __init__(self, parent: Path, keep: int) -> None:
+    def __init__(self, parent: Path, keep: int, copies: bool = False) -> None:
         self.parent = parent
         self.keep = keep
+        #: Directories of any job (``recycle``: only unchanged input copies
+        #: stay), not of shipped compiles (``empty``: directories stay).
+        self.copies = copies
         self.idle: list[JobDir] = []
         self.reused = 0                 # directories taken from the pool (tests, metrics)
 
@@ -277,7 +379,8 @@ class DirPool:
         """Keep ``jobdir`` (released by its job) for another; False when the
         caller is to discard it instead (the pool is full, or it cannot be
         emptied)."""
-        if len(self.idle) >= self.keep or not jobdir.empty():
+        if len(self.idle) >= self.keep or \
+                not (jobdir.recycle() if self.copies else jobdir.empty()):
             return False
         self.idle.append(jobdir)
         return True
