@@ -118,8 +118,8 @@ def test_a_required_file_changed_between_jobs_is_sent_as_it_is_now(
     """The client remembers a required file's digest by its stat: a change
     of the same size, its modification time set back, is still seen (the
     change time moved)."""
-    from crc.client.jobs import engine
-    monkeypatch.setattr(engine, "FRESH", -1.0)         # every digest remembered
+    from crc.client.jobs import local_files
+    monkeypatch.setattr(local_files, "FRESH", -1.0)    # every digest remembered
     nodes = mesh.chain(2)
     client, jobs = mesh.client(nodes[0], "alice", work)
     header = work / "h.h"
@@ -136,7 +136,7 @@ def test_a_required_file_changed_between_jobs_is_sent_as_it_is_now(
         job, rec = submit(client, jobs, on="s2", files=["h.h"], shell="cat h.h")
         finished(job)
         assert job.exit_code == 0 and rec.output().decode() == expected
-    assert len(jobs._digests) == 1
+    assert len(jobs.local.digests) == 1
 
 
 def test_five_mebibytes_across_three_hops_arrive_byte_identical(mesh: Mesh, work: Path) -> None:

@@ -1,7 +1,7 @@
 """The client side of jobs: submit, stream, cancel, collect produced files.
 
 ``JobClient`` rides on a ``ChatClient`` whose server link speaks extensions.
-``submit`` hashes the job's required files, sends the job to the server the
+``submit`` hashes the job's required files (``local_files``), sends the job to the server the
 client is attached to (the entry, which decides where it runs) and returns a
 ``Job``. Output, start, exit and failure arrive as events for the ``Job``'s
 listener; when a run exits, the files it created or changed are pulled back
@@ -30,32 +30,27 @@ import collections
 import hashlib
 import itertools
 import logging
-import os
 import secrets
-import stat
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ...jobs.files import FileRef, Sweeper
 from ...jobs.leftovers import mark_owner, sweep_stale
 from ...jobs.rakefile import bad_relative_path
-from ...jobs.store import BlobStore, hash_file
+from ...jobs.store import BlobStore
 from ...jobs.transfer import Transfers
 from ...jobs.wire import (DEFAULT_MAX_JOBS, INLINE_MAX, STDIN_WINDOW, Kind, frame, pack_inline,
                           unpack, unpack_inline, unpack_view)
 from ..core import ChatClient
 from ...protocol import Extension, ProtocolError
+from .local_files import LocalError as LocalFileError, LocalFiles
 from .state import Job, JobError, JobListener, RunState, text_problem
 
 log = logging.getLogger("crc.jobs.client")     # the name its log lines have always had
 
 #: Our temporary directory's name starts so (``leftovers`` finds them).
 TEMP_PREFIX = "crc-client-"
-#: A required file changed less than this many seconds ago is hashed again
-#: every time (``_digest``).
-FRESH = 2.0
 
 
 class JobClient:
@@ -72,9 +67,8 @@ class JobClient:
         self.transfers = Transfers(client.id, self.store, client.send_extension)
         self.jobs: dict[str, Job] = {}
         self.runs: dict[str, tuple[Job, RunState]] = {}
-        self.files: dict[str, tuple[Path, int]] = {}       # sha -> (path, size) we can serve
-        #: path -> (stat stamp, sha, size) of files hashed before (``_digest``).
-        self._digests: dict[str, tuple[tuple[int, int, int, int], str, int]] = {}
+        self.local = LocalFiles(self.store)
+        self.files = self.local.held          # sha -> (path, size) we can serve
         self._ids = itertools.count(1)
         # Job ids are unique across client processes using the same client
         # id: entries and executors recognise a job sent again by its id.
@@ -113,45 +107,10 @@ class JobClient:
     def describe_files(self, names: Sequence[str], base: Path | None = None) -> list[FileRef]:
         """Hash the named files under ``base`` (default ``base_dir``);
         ``JobError`` for a bad one."""
-        base = base or self.base_dir
-        refs, seen = [], set()
-        for name in names:
-            why = bad_relative_path(name) or text_problem("file name", name)
-            if why:
-                raise JobError(why)
-            if os.path.normpath(name) in seen:
-                raise JobError(f"required file {name!r} is listed twice")
-            seen.add(os.path.normpath(name))
-            path = base / name
-            try:
-                st = os.stat(path)
-            except OSError:
-                raise JobError(f"required file {name!r} does not exist in {base}") from None
-            if stat.S_ISDIR(st.st_mode):
-                raise JobError(f"required {name!r} is a directory; name the files in it")
-            if not stat.S_ISREG(st.st_mode):
-                raise JobError(f"required {name!r} is not a regular file")
-            sha, size = self._digest(path, st)
-            self.files[sha] = (path, size)
-            refs.append(FileRef(name, sha, size, st.st_mode & 0o777))
-        return refs
-
-    def _digest(self, path: Path, st: os.stat_result) -> tuple[str, int]:
-        """``hash_file(path)``, remembered while the file's size, inode and
-        times stay as they were (a Rakefile names the same headers for every
-        compile): not for a file changed in the last ``FRESH`` seconds, which
-        a second change within the file system's timestamp tick could hide."""
-        key = str(path)
-        stamp = (st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
-        known = self._digests.get(key)
-        if known is not None and known[0] == stamp:
-            return known[1], known[2]
-        sha, size = hash_file(path)
-        if time.time() - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 >= FRESH:
-            if len(self._digests) >= 10_000:
-                self._digests.clear()
-            self._digests[key] = (stamp, sha, size)
-        return sha, size
+        try:
+            return self.local.describe(names, base or self.base_dir)
+        except LocalFileError as exc:
+            raise JobError(str(exc)) from None
 
     def submit(self, *, argv: Sequence[str] | None = None, shell: str | None = None,
                files: Sequence[str] = (), stdin: bool = False, on: str | None = None,
@@ -471,7 +430,7 @@ class JobClient:
             return              # an attempt a lost connection cut short
         if error is None:
             try:
-                self._write_back(ref, job.base_dir or self.base_dir, run.inline.get(ref.sha))
+                self.local.write_back(ref, job.base_dir or self.base_dir, run.inline.get(ref.sha))
                 job.emit(run, "file", ref.name)
             except (OSError, ValueError) as exc:
                 error = str(exc)
@@ -480,36 +439,6 @@ class JobClient:
         run.pending_files -= 1
         if run.pending_files <= 0:
             self._settle(job, run)
-
-    def _write_back(self, ref: FileRef, base: Path, data: bytes | None = None) -> None:
-        """Put a produced file in place: ``data`` (it came inline), else the
-        fetched blob moved out of our store (a rename where it can be: a new
-        file costs more than its bytes on some file systems), else a copy of
-        the same content put in place earlier."""
-        why = bad_relative_path(ref.name)
-        dest = base / ref.name
-        if why or not dest.parent.resolve().is_relative_to(base):
-            raise ValueError(why or f"{ref.name!r} leaves the working directory")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.parent / f".{dest.name}.crc-tmp"
-        try:
-            if data is not None:
-                with open(tmp, "wb") as out:
-                    out.write(data)
-            elif not self.store.take(ref.sha, str(tmp)):
-                placed = self.files.get(ref.sha)             # (put in place once already)
-                if self.store.has(ref.sha) or placed is None:
-                    source = self.store.path(ref.sha)
-                else:
-                    source = placed[0]
-                with open(source, "rb") as src, open(tmp, "wb") as out:
-                    while block := src.read(1 << 20):
-                        out.write(block)
-            os.chmod(tmp, ref.mode & 0o777)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)        # only if it did not become ``dest``
-        self.files[ref.sha] = (dest, ref.size)
 
     def _settle(self, job: Job, run: RunState) -> None:
         run.state = "done"
@@ -630,14 +559,8 @@ class JobClient:
         if held is None:
             self.transfers.missing(msg.source, str(header.get("sha", ""))[:64],
                                    "the client no longer offers this file")
-        elif not self.transfers.serve(msg.source, header, read=self._read, size=held[1]):
+        elif not self.transfers.serve(msg.source, header, read=self.local.read, size=held[1]):
             self.transfers.missing(msg.source, str(header.get("sha", ""))[:64], "bad request")
-
-    def _read(self, sha: str, offset: int, length: int) -> bytes | None:
-        path, _size = self.files[sha]
-        with open(path, "rb") as f:
-            f.seek(offset)
-            return f.read(length)
 
     def _on_data(self, msg: Extension) -> None:
         header, body = unpack_view(msg.payload)
