@@ -230,16 +230,11 @@ def test_a_pooled_directory_comes_back_empty_of_files_with_its_folders(tmp_path:
     assert (outside / "keep").read_text() == "not the job's"      # (a link is not followed)
     assert source.read_bytes() == b"#define K 1\n"
     assert again.linked == {} and again.produced() == ([], [])
-    made = []
-    real = os.makedirs
-    try:
-        os.makedirs = lambda *a, **k: made.append(a[0])         # type: ignore[assignment]
-        again.place(FileRef(".meshcc-root/usr/include/k.h", sha, 12, 0o644), source,
-                    may_link=True)
-        again.place(FileRef(".meshcc-root/src/new/b.h", sha, 12, 0o644), source, may_link=True)
-    finally:
-        os.makedirs = real                                       # type: ignore[assignment]
-    assert made == []                                            # (the folders were kept)
+    inodes = {p: os.stat(again.path / p).st_ino
+              for p in (".meshcc-root/usr/include", ".meshcc-root/src/new")}
+    again.place(FileRef(".meshcc-root/usr/include/k.h", sha, 12, 0o644), source, may_link=True)
+    again.place(FileRef(".meshcc-root/src/new/b.h", sha, 12, 0o644), source, may_link=True)
+    assert inodes == {p: os.stat(again.path / p).st_ino for p in inodes}   # (kept, not made)
     assert (again.path / ".meshcc-root/src/new/b.h").read_bytes() == b"#define K 1\n"
     # A folder swapped for a symbolic link out of the tree: the link goes,
     # and the folder is made again, inside.
@@ -327,3 +322,40 @@ def test_a_kept_copy_is_checked_by_content_not_trusted_by_its_times(tmp_path: Pa
     assert st.st_size == os.stat(path).st_size
     second.place(FileRef("d/inner.h", hsha, 12, 0o644), header)   # ("d" was a kept file)
     assert (second.path / "d" / "inner.h").read_bytes() == b"#define K 1\n"
+
+
+def test_a_pooled_directory_a_job_changed_the_mode_of_is_not_used_again(
+        tmp_path: Path) -> None:
+    source, sha = blob(tmp_path, b"x")
+    for copies in (False, True):
+        pool = DirPool(tmp_path / f"jobs{copies}", keep=2, copies=copies)
+        jobdir = pool.take("one")
+        jobdir.place(FileRef("sub/a", sha, 1, 0o644), source)
+        os.chmod(jobdir.path / "sub", 0o555)
+        jobdir.release()
+        assert not pool.give(jobdir)
+        os.chmod(jobdir.path / "sub", 0o755)
+        jobdir.remove()
+
+
+def test_a_folder_swapped_for_a_link_out_is_caught_again_in_the_next_job(
+        tmp_path: Path) -> None:
+    """Kept folders are checked for every job, as a new directory's are: one
+    replaced by a symbolic link after it was emptied is refused, nothing is
+    written outside."""
+    source, sha = blob(tmp_path, b"x")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pool = DirPool(tmp_path / "jobs", keep=1, copies=True)
+    jobdir = pool.take("one")
+    jobdir.place(FileRef("sub/a", sha, 1, 0o644), source)
+    jobdir.release()
+    assert pool.give(jobdir) and jobdir.kept == {"sub/a": (sha, 0o644)}
+    (jobdir.path / "sub" / "a").unlink()
+    (jobdir.path / "sub").rmdir()
+    (jobdir.path / "sub").symlink_to(outside)          # (something left running did this)
+    again = pool.take("two")
+    again.drop_unused({"sub/b"})
+    with pytest.raises(JobDirError, match="leaves the job directory"):
+        again.place(FileRef("sub/b", sha, 1, 0o644), source)
+    assert list(outside.iterdir()) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -319,6 +320,26 @@ def test_job_directories_are_cleaned_up(mesh: Mesh, work: Path, tmp_path: Path) 
         assert [p.name for p in folder.rglob("*")] in ([], ["a.txt"])
     call(nodes[0].server.loop, nodes[0].jobs.executor.close)
     assert list((tmp_path / "servers" / "s1" / "jobs").iterdir()) == []
+
+
+def test_a_job_directory_something_still_runs_in_is_not_used_again(
+        mesh: Mesh, work: Path) -> None:
+    """A job that leaves a process behind (in its process group) does not
+    hand its directory to the next job: that process could still change it."""
+    nodes = mesh.chain(1)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    pool = nodes[0].jobs.executor.plain_pool
+    job, _ = submit(client, jobs, shell="sleep 60 >/dev/null 2>&1 & echo $! > pid")
+    finished(job)
+    pid = int((work / "pid").read_text())
+    try:
+        assert job.exit_code == 0
+        assert call(nodes[0].server.loop, lambda: list(pool.idle)) == []
+        job, _ = submit(client, jobs, shell="true")
+        finished(job)
+        assert len(call(nodes[0].server.loop, lambda: list(pool.idle))) == 1
+    finally:
+        os.kill(pid, signal.SIGKILL)
 
 
 def test_compressible_files_cross_compressed_and_arrive_intact(mesh: Mesh, work: Path) -> None:

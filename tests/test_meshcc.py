@@ -503,3 +503,30 @@ def test_meshcc_processes_starting_at_once_start_one_agent(monkeypatch: pytest.M
     assert len(forked) == 1
     wait_for(lambda: int(Path(pid_file(path)).read_text() or 0) not in (0, pid), 30,
              "a second agent to start")
+
+
+def test_an_agent_started_by_a_meshcc_without_stdin_stdout_stderr_holds_its_lock(
+        tmp_path: Path) -> None:
+    """With descriptors 0-2 closed, the lock would get one of them, which the
+    agent's start points at /dev/null: it is moved above them first."""
+    import fcntl
+    from crc.cc.paths import pid_file, socket_path
+    path = socket_path({"CRC_MESH": "127.0.0.1:8"})
+    code = ("import os, sys\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "from crc.cc.wrapper import start_agent\n"
+            "for fd in (0, 1, 2):\n    os.close(fd)\n"
+            f"start_agent({path!r})\n")
+    done = subprocess.run([sys.executable, "-c", code], timeout=60)
+    assert done.returncode == 0
+    pid = wait_for(lambda: os.path.exists(pid_file(path)) and
+                   int(Path(pid_file(path)).read_text() or 0), 30, "the agent to start")
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # the agent has it
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(pid, 9)

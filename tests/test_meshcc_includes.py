@@ -167,3 +167,17 @@ def test_a_dependency_file_it_cannot_rewrite_exactly_is_refused() -> None:
     assert rewrite_deps("a.o: a\\ b.c\n", "/x", "../.meshcc-root", []) is None
     assert rewrite_deps("a.o: a.c   b.h\n", "/x", "../.meshcc-root", []) is None
     assert rewrite_deps("no rule here\n", "/x", "../.meshcc-root", []) is None
+
+
+def test_dot_dot_after_a_directory_that_is_not_here_makes_the_compile_unscannable(
+        tmp_path: Path) -> None:
+    """``gen/../x.h`` finds nothing without ``gen``; over there a directory
+    an earlier compile left could make it find ``x.h``: not shipped. With
+    ``gen`` here it is followed as the compiler follows it."""
+    (tmp_path / "x.h").write_text("int x;\n")
+    (tmp_path / "a.c").write_text('#include "gen/../x.h"\n')
+    with pytest.raises(Unscannable, match="'..' after a directory that is not here"):
+        Scanner().closure(str(tmp_path), "a.c", Search([], []), [])
+    (tmp_path / "gen").mkdir()
+    found = Scanner().closure(str(tmp_path), "a.c", Search([], []), [])
+    assert [f.path for f in found] == [str(tmp_path / "a.c"), str(tmp_path / "x.h")]

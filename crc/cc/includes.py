@@ -112,6 +112,16 @@ class Search:
         self.system = [False] * len(quote) + [s for _, s in bracket]
 
 
+def _through_missing(path: str) -> bool:
+    """Whether ``path`` (absolute) climbs out (``..``) of a directory that does
+    not exist here."""
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        if part == ".." and i > 1 and not os.path.isdir("/".join(parts[:i])):
+            return True
+    return False
+
+
 def _join(folder: str, name: str) -> str:
     if not folder:
         return name
@@ -167,6 +177,10 @@ class Scanner:
         def lookup(name: str) -> FileInfo | None:
             path = name if name.startswith("/") else os.path.join(cwd, name)
             if path not in exists:
+                if "/.." in path and _through_missing(path):
+                    # Here the name leads nowhere; over there a directory
+                    # kept from an earlier compile could make it lead somewhere.
+                    raise Unscannable(f"{name}: '..' after a directory that is not here")
                 exists[path] = self.info(path)
             return exists[path]
 

@@ -364,10 +364,15 @@ def start_agent(path: str) -> None:
     if lock >= 0:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if lock <= 2:                  # (we were started without stdin/out/err:
+                moved = fcntl.fcntl(lock, fcntl.F_DUPFD_CLOEXEC, 3)  # the agent's
+                os.close(lock)             # own 0-2 are /dev/null)
+                lock = moved
         except OSError:
             os.close(lock)
             return                         # an agent has it: wait for its socket
     env = dict(os.environ)
+    env.pop(LOCK_ENV, None)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     if lock >= 0:

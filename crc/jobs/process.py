@@ -136,6 +136,17 @@ class ChildProcess:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def group_alive(self) -> bool:
+        """Whether anything of the job's process group is still running (it
+        has exited, but something it started in the background may not have)."""
+        try:
+            os.killpg(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
     def write_stdin(self, data: bytes, eof: bool = False) -> None:
         s = self.stdin
         if s is None or s.eof:

@@ -115,6 +115,9 @@ class LocalFiles:
                     source = self.store.path(ref.sha)
                 else:
                     source = placed[0]
+                    if hash_file(source)[0] != ref.sha:      # (changed since)
+                        raise FileNotFoundError(f"{ref.name}: its content is gone from "
+                                                "this client")
                 with open(source, "rb") as src, open(tmp, "wb") as out:
                     while block := src.read(1 << 20):
                         out.write(block)

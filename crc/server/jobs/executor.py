@@ -411,7 +411,10 @@ class Executor:
             else:
                 self.link_count.pop(sha, None)
                 self.linked.pop(sha, None)
-        if (self.pool if run.rooted is not None else self.plain_pool).give(run.jobdir):
+        # Kept for another job only if nothing the job started lives on (a
+        # process left in the background could change what the next one finds).
+        if (run.process is None or not run.process.group_alive()) and \
+                (self.pool if run.rooted is not None else self.plain_pool).give(run.jobdir):
             return
         self.jobs.sweeper.discard(run.jobdir)
 

@@ -139,28 +139,32 @@ class JobDir:
         if why:
             raise JobDirError(why)
         dest = f"{self._root}/{ref.name}"
-        if ref.name in self.kept:
-            if self.kept.pop(ref.name) == (ref.sha, ref.mode & 0o777) and \
-                    _holds(dest, ref.sha):
-                self.reused += 1
-                self._copies[ref.name] = (ref.sha, ref.mode & 0o777)
-                self._before[ref.name] = fingerprint(os.stat(dest))
-                return self._before[ref.name]
-            os.unlink(dest)
         slash = ref.name.rfind("/")
         if slash > 0:
             folder = ref.name[:slash]
             if folder not in self._folders:
-                # Once per directory (not per file): it must stay inside.
-                self._real = self._real or os.path.realpath(self._root)
-                if not (os.path.realpath(f"{self._root}/{folder}") + "/").startswith(
-                        self._real + "/"):
+                # Once per directory and job (not per file; a directory kept
+                # from an earlier job is checked again): it must stay inside.
+                if not self._inside(folder):
                     raise JobDirError(f"file name {ref.name!r} leaves the job directory")
                 try:
                     os.makedirs(f"{self._root}/{folder}", exist_ok=True)
                 except (FileExistsError, NotADirectoryError):
                     raise JobDirError(f"file name {ref.name!r} runs through a file") from None
                 self._folders.add(folder)
+        if ref.name in self.kept:
+            if self.kept.pop(ref.name) == (ref.sha, ref.mode & 0o777) and \
+                    _holds(dest, ref.sha):
+                self.reused += 1
+                self._copies[ref.name] = (ref.sha, ref.mode & 0o777)
+                self._before[ref.name] = fingerprint(os.lstat(dest))
+                return self._before[ref.name]
+            os.unlink(dest)
+        elif os.path.isdir(dest) and not os.path.islink(dest):
+            try:
+                os.rmdir(dest)          # (an empty directory an earlier job left)
+            except OSError:
+                raise JobDirError(f"file name {ref.name!r} is a directory") from None
         if may_link:
             try:
                 os.link(blob, dest)
@@ -190,6 +194,11 @@ class JobDir:
         self._copies[ref.name] = (ref.sha, ref.mode & 0o777)
         return self._before[ref.name]
 
+    def _inside(self, folder: str) -> bool:
+        """Whether ``folder`` (relative) resolves to a place inside the tree."""
+        self._real = self._real or os.path.realpath(self._root)
+        return (os.path.realpath(f"{self._root}/{folder}") + "/").startswith(self._real + "/")
+
     def drop_unused(self, needed: set[str]) -> None:
         """Before a job's files are placed: the copies kept from the last job
         that this one does not ask for (by name) go, and the directories they
@@ -197,6 +206,8 @@ class JobDir:
         for name in [n for n in self.kept if n not in needed]:
             del self.kept[name]
             path = f"{self._root}/{name}"
+            if "/" in name and not self._inside(name[:name.rfind("/")]):
+                continue                # (never: nothing of the last job lives on)
             os.unlink(path)
             folder = os.path.dirname(path)
             while folder != self._root:
@@ -266,10 +277,11 @@ class JobDir:
         directory is not to be used again) on an error or over ``limit``
         entries. Symbolic links are unlinked, never followed, so the
         directories kept are real ones inside the tree."""
-        folders: set[str] = set()
         pending = [("", self._root)]
         seen = 0
         try:
+            if stat.S_IMODE(os.lstat(self._root).st_mode) != ROOT_MODE:
+                return False
             while pending:
                 prefix, folder = pending.pop()
                 with os.scandir(folder) as entries:
@@ -279,13 +291,15 @@ class JobDir:
                             return False
                         rel = prefix + entry.name
                         if entry.is_dir(follow_symlinks=False):
-                            folders.add(rel)
+                            if stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode) != \
+                                    FOLDER_MODE:
+                                return False          # (a job changed it: not as new)
                             pending.append((rel + "/", entry.path))
                         else:
                             os.unlink(entry.path)
         except OSError:
             return False
-        self._folders = folders
+        self._folders = set()
         self._before, self.linked, self.tainted, self._produced = {}, {}, [], []
         self._copies, self.kept = {}, {}
         return True
@@ -297,10 +311,12 @@ class JobDir:
         directory is not to be used again) on an error or over ``limit``
         entries."""
         keep: dict[str, tuple[str, int]] = {}
-        folders: list[tuple[str, str]] = []
+        folders: list[tuple[str, str, int]] = []
         pending = [("", self._root)]
-        seen = 0
+        seen = kept_bytes = 0
         try:
+            if stat.S_IMODE(os.lstat(self._root).st_mode) != ROOT_MODE:
+                return False
             while pending:
                 prefix, folder = pending.pop()
                 with os.scandir(folder) as entries:
@@ -310,25 +326,28 @@ class JobDir:
                             return False
                         rel = prefix + entry.name
                         if entry.is_dir(follow_symlinks=False):
-                            folders.append((rel, entry.path))
+                            mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
+                            folders.append((rel, entry.path, mode))
                             pending.append((rel + "/", entry.path))
                             continue
                         copy = self._copies.get(rel)
                         if copy is not None and not entry.is_symlink():
                             st = entry.stat(follow_symlinks=False)
                             if fingerprint(st) == self._before.get(rel) and \
-                                    st.st_size <= KEEP_MAX:
+                                    kept_bytes + st.st_size <= KEEP_MAX:
+                                kept_bytes += st.st_size
                                 keep[rel] = copy
                                 continue
                         os.unlink(entry.path)
-            for rel, path in sorted(folders, key=lambda f: -f[0].count("/")):
+            for rel, path, mode in sorted(folders, key=lambda f: -f[0].count("/")):
                 try:
                     os.rmdir(path)            # (one holding a kept copy stays)
                 except OSError:
-                    continue
+                    if mode != FOLDER_MODE:
+                        return False          # (a job changed it: not as new)
         except OSError:
             return False
-        self._folders = {rel for rel, path in folders if os.path.isdir(path)}
+        self._folders = set()
         self._before, self.linked, self.tainted, self._produced = {}, {}, [], []
         self._copies, self.kept = {}, keep
         return True
@@ -337,18 +356,49 @@ class JobDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-#: Bytes of the largest copy kept for the next job (hashing a file to check
-#: it costs as much as copying it, past some size).
+#: Bytes of copies kept for the next job, at most, per directory (hashing a
+#: file to check it costs as much as copying it, past some size; and kept
+#: copies are outside the store's budget).
 KEEP_MAX = 1 << 20
 
 
-def _holds(path: str, sha: str) -> bool:
-    """Whether the file at ``path`` has exactly the content ``sha``."""
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux 4.7 and later);
+    else set and put back (at import, before any thread)."""
     try:
-        with open(path, "rb") as f:
-            data = f.read(KEEP_MAX + 1)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+#: The modes of what ``tempfile.mkdtemp`` and ``os.makedirs`` make here: a
+#: pooled directory with others (a job's chmod) is not used again.
+ROOT_MODE = 0o700
+FOLDER_MODE = 0o777 & ~_UMASK
+
+
+def _holds(path: str, sha: str) -> bool:
+    """Whether ``path`` is a regular file (not followed, never waited on)
+    with exactly the content ``sha``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        data = os.read(fd, KEEP_MAX + 1)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return len(data) <= KEEP_MAX and hashlib.sha256(data).hexdigest() == sha
 
 

@@ -210,12 +210,13 @@ class JobService:
         if path is None:
             raise ProtocolError(f"this server does not have the compiler asked for "
                                 f"(id {str(wanted)[:20]})")
-        if any(a.startswith("-save-temps") for a in argv):
+        if any(a.startswith(("-save-temps", "--save-temps")) for a in argv):
             return [path, *argv[1:]]
         # Stages joined by pipes, not temporary files: the same object, one
         # file fewer made and removed per compile. (A driver option: not in
-        # the debug information's producer string nor in -frecord-gcc-switches.)
-        return [path, *argv[1:], "-pipe"]
+        # the debug information's producer string nor in -frecord-gcc-switches;
+        # first, so that no "--" can make it a file name.)
+        return [path, "-pipe", *argv[1:]]
 
     def eligible(self) -> list[LoadReport]:
         return self.reports.eligible()
