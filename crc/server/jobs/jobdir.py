@@ -102,6 +102,7 @@ class JobDir:
         self.path = path
         self._root = str(path)
         self._folders: set[str] = set()
+        self._checked: set[str] = set()     # folders found inside, this job
         self._real: str | None = None
         #: Inputs may be hard links another live job has too (a compile
         #: shipped as source): a change is told by size and mtime alone, as
@@ -195,9 +196,25 @@ class JobDir:
         return self._before[ref.name]
 
     def _inside(self, folder: str) -> bool:
-        """Whether ``folder`` (relative) resolves to a place inside the tree."""
-        self._real = self._real or os.path.realpath(self._root)
-        return (os.path.realpath(f"{self._root}/{folder}") + "/").startswith(self._real + "/")
+        """Whether ``folder`` (relative) resolves to a place inside the tree:
+        each of its parents checked once per job, then one ``lstat`` (not a
+        path resolution per folder: a shipped compile has twenty of them)."""
+        if folder in self._checked:
+            return True
+        parent = folder.rpartition("/")[0]
+        if parent and not self._inside(parent):
+            return False
+        try:
+            st = os.lstat(f"{self._root}/{folder}")
+        except OSError:
+            return True                 # (nothing there: made by us, inside)
+        if stat.S_ISLNK(st.st_mode):
+            self._real = self._real or os.path.realpath(self._root)
+            if not (os.path.realpath(f"{self._root}/{folder}") + "/").startswith(
+                    self._real + "/"):
+                return False
+        self._checked.add(folder)
+        return True
 
     def drop_unused(self, needed: set[str]) -> None:
         """Before a job's files are placed: the copies kept from the last job
@@ -216,6 +233,7 @@ class JobDir:
                 except OSError:
                     break
                 self._folders.discard(folder[len(self._root) + 1:])
+                self._checked.discard(folder[len(self._root) + 1:])
                 folder = os.path.dirname(folder)
 
     def produced(self) -> tuple[list[tuple[str, Path, int]], list[str]]:
@@ -299,7 +317,7 @@ class JobDir:
                             os.unlink(entry.path)
         except OSError:
             return False
-        self._folders = set()
+        self._folders, self._checked = set(), set()
         self._before, self.linked, self.tainted, self._produced = {}, {}, [], []
         self._copies, self.kept = {}, {}
         return True
@@ -347,7 +365,7 @@ class JobDir:
                         return False          # (a job changed it: not as new)
         except OSError:
             return False
-        self._folders = set()
+        self._folders, self._checked = set(), set()
         self._before, self.linked, self.tainted, self._produced = {}, {}, [], []
         self._copies, self.kept = {}, keep
         return True
