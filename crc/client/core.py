@@ -27,7 +27,6 @@ from typing import Any, Callable
 from ..delivery import Journal
 from ..net import Connection, EventLoop
 from ..net.connection import tcp_keepalive
-from ..net.tls import new_connection
 from ..protocol import (
     DEFAULT_LIMITS, FLAG_BULK, ClientChat, ClientQuit, ClientRegistration, Extension, Limits,
     LinkKind, MAX_ID, Message, MsgType, encode_parts,
@@ -222,9 +221,16 @@ class ChatClient:
                 raise
             self._retry_connection(f"cannot connect to {host}:{port}: {exc.strerror or exc}")
             return
-        self.conn = new_connection(
-            self.loop, sock, self, limits=self.config.limits, label=f"server {host}:{port}",
-            connecting=err != 0, tls=self.config.tls.towards(host) if self.config.tls else None)
+        settings = dict(limits=self.config.limits, label=f"server {host}:{port}",
+                        connecting=err != 0)
+        if self.config.tls is None:
+            # (TLS, and the ssl module, only for a client that uses it: a
+            # plain one starts without loading it.)
+            self.conn = Connection(self.loop, sock, self, **settings)
+        else:
+            from ..net.tls import new_connection
+            self.conn = new_connection(self.loop, sock, self,
+                                       tls=self.config.tls.towards(host), **settings)
         tcp_keepalive(sock, self.config.keepalive, self.config.dead_after)
         self.conn.send(ClientRegistration(self.id, 0, self.name, self.config.info))
         # A server that accepts and never answers (a frozen process, a wedged

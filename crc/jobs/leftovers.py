@@ -8,8 +8,9 @@ an ``owner`` file naming the process that made it (pid and start time, so a
 reused pid is not mistaken for its owner). At start, a server or client
 hands every directory of its kind whose owner is gone to its sweeper.
 
-Pure file-system bookkeeping: no sockets; psutil answers "is that process
-still the one that made it".
+Pure file-system bookkeeping: no sockets; a process's start time (from
+``/proc``, as psutil computes it, without importing psutil on every
+client's start) answers "is that process still the one that made it".
 """
 
 from __future__ import annotations
@@ -21,23 +22,41 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import psutil
-
 log = logging.getLogger(__name__)
 
 OWNER = "owner"
 
 
+_boot_time: float | None = None
+
+
+def started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch, as psutil's
+    ``create_time``: boot time plus the start in clock ticks); None if there
+    is no such process."""
+    global _boot_time
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        if _boot_time is None:
+            with open("/proc/stat", "rb") as f:
+                _boot_time = next(float(line.split()[1]) for line in f
+                                  if line.startswith(b"btime "))
+    except (OSError, IndexError, StopIteration, ValueError):
+        return None
+    return _boot_time + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def mark_owner(directory: Path) -> None:
     """Record this process as ``directory``'s owner."""
-    me = psutil.Process()
-    (directory / OWNER).write_text(f"{me.pid} {me.create_time():.3f}\n")
+    pid = os.getpid()
+    (directory / OWNER).write_text(f"{pid} {started(pid) or time.time():.3f}\n")
 
 
 def _owner_alive(directory: Path) -> bool:
     try:
-        pid_text, started = (directory / OWNER).read_text().split()
-        pid, created = int(pid_text), float(started)
+        pid_text, created_text = (directory / OWNER).read_text().split()
+        pid, created = int(pid_text), float(created_text)
     except (OSError, ValueError):
         # No owner file (being made this instant, or not ours): leave it, unless
         # it is old enough that no start can still be under way.
@@ -45,10 +64,8 @@ def _owner_alive(directory: Path) -> bool:
             return directory.stat().st_mtime > time.time() - 3600
         except OSError:
             return True
-    try:
-        return abs(psutil.Process(pid).create_time() - created) < 0.01
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return False
+    when = started(pid)
+    return when is not None and abs(when - created) < 0.01
 
 
 def sweep_stale(prefix: str, discard: Callable[[Path], None],
