@@ -375,9 +375,13 @@ class Batch:
 
     def _begin_rake(self) -> None:
         path = Path(self.args.rakefile)
-        rakefile = parse(read_rakefile(path), str(path))
         base = path.resolve().parent
-        check_files(rakefile, base)
+        # (Read and checked before connecting, by ``batch_main``; a file gone
+        # since is said when its action is sent.)
+        rakefile = getattr(self.args, "loaded_rakefile", None)
+        if rakefile is None:
+            rakefile = parse(read_rakefile(path), str(path))
+            check_files(rakefile, base)
         self.jobs.base_dir = base
         self.build = Build(rakefile, self.jobs, self.loop, base, BuildView(self.output),
                            on=self.args.on, timeout=self.args.timeout, done=self._stop,
@@ -575,6 +579,7 @@ def batch_main(servers: Sequence[tuple[str, int]] | None, words: list[str], name
             for e in errors:
                 print(visible(e), file=sys.stderr)
             return 2
+        args.loaded_rakefile = rakefile
         if not servers:
             servers = list(rakefile.hosts)
             if not servers:
