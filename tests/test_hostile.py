@@ -461,6 +461,10 @@ def test_hostile_input_does_not_hurt_well_behaved_clients(procs: Processes,  # n
     try:
         wait_for(lambda: a.welcomed and b.welcomed and B_ID in a.known and A_ID in b.known,
                  DEADLINE, "the two chatters to register and learn of each other")
+        # Each knows whom it hears from before either sends: alice's first
+        # chat could otherwise reach bob before bob's peer is set, and be
+        # taken for someone else's.
+        a.peer, b.peer = B_ID, A_ID
         a.start_chatting(B_ID)
         b.start_chatting(A_ID)
         wait_for(lambda: len(a.arrivals) >= 10 and len(b.arrivals) >= 10, DEADLINE,
