@@ -26,7 +26,6 @@ started by ``crc.cc.wrapper``; prints nothing.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import socket
@@ -39,7 +38,7 @@ from ..client.jobs.engine import JobClient
 from ..client.jobs.state import JobError
 from ..jobs.compilers import ROOT_DIR, CompilerError, identity
 from ..jobs.files import FileRef
-from ..net.loop import EVENT_READ, EventLoop
+from ..net.loop import EVENT_READ, EventLoop, accept_pending
 from ..options import OptionError, host_ports
 from ..protocol import StatusCode
 from ..routing import QUIET_INFO
@@ -161,15 +160,7 @@ class Listener:
         self.sock = sock
 
     def handle_event(self, mask: int) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    return
-                raise
+        for conn in accept_pending(self.sock):
             self.agent.touched()
             Request(self.agent, conn)
 

@@ -15,19 +15,21 @@ running ``run``.
 A handler is any object with ``handle_event(mask)`` registered through
 ``register``. An exception escaping a handler is logged and, if the handler
 has ``abort(reason)``, passed to it: a bug in one connection never stops the
-loop for everyone else.
+loop for everyone else. ``accept_pending`` is the accept loop of a listening
+handler (the metrics endpoint, meshcc's agent).
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import heapq
 import itertools
 import logging
 import selectors
 import socket
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -237,3 +239,22 @@ class EventLoop:
         self._closed = True
         self.selector.close()
         self._waker.close()
+
+
+def accept_pending(listener: socket.socket) -> Iterator[socket.socket]:
+    """Every connection waiting on a non-blocking ``listener``, accepted; ends
+    when none is left, or when this process is out of descriptors (the
+    connection stays queued for a later wake-up). One aborted by its peer
+    before it was taken is skipped."""
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno == errno.ECONNABORTED:
+                continue
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                return
+            raise
+        yield conn

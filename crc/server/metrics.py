@@ -20,7 +20,6 @@ otherwise; nothing is ever read but the request line and headers.
 from __future__ import annotations
 
 import collections
-import errno
 import logging
 import os
 import re
@@ -28,7 +27,7 @@ import resource
 import socket
 from typing import TYPE_CHECKING, Any
 
-from ..net.loop import EVENT_READ, EVENT_WRITE, EventLoop
+from ..net.loop import EVENT_READ, EVENT_WRITE, EventLoop, accept_pending
 
 if TYPE_CHECKING:
     from .server import MeshServer
@@ -295,15 +294,7 @@ class MetricsServer:
         server.close_listeners.append(self.close)
 
     def handle_event(self, mask: int) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ECONNABORTED):
-                    return
-                raise
+        for conn in accept_pending(self.sock):
             if len(self.clients) >= MAX_CLIENTS:
                 conn.close()                    # bounded like everything else
                 continue

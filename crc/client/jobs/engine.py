@@ -67,8 +67,7 @@ class JobClient:
         self.transfers = Transfers(client.id, self.store, client.send_extension)
         self.jobs: dict[str, Job] = {}
         self.runs: dict[str, tuple[Job, RunState]] = {}
-        self.local = LocalFiles(self.store)
-        self.files = self.local.held          # sha -> (path, size) we can serve
+        self.local = LocalFiles(self.store)   # files we offer, and put in place
         self._ids = itertools.count(1)
         # Job ids are unique across client processes using the same client
         # id: entries and executors recognise a job sent again by its id.
@@ -136,7 +135,7 @@ class JobClient:
             problem = bad_relative_path(ref.name) or text_problem("file name", ref.name)
             if problem:
                 raise JobError(problem)
-            self.files[ref.sha] = (Path(path), ref.size)
+            self.local.held[ref.sha] = (Path(path), ref.size)
         extra_refs = [ref for ref, _ in prepared]
         if cache and compiler:
             extra["cache"] = True
@@ -202,7 +201,7 @@ class JobClient:
         small = []
         for ref in refs:
             if ref.size <= INLINE_MAX and ref.sha not in self._inlined:
-                path, _ = self.files[ref.sha]
+                path, _ = self.local.held[ref.sha]
                 try:
                     small.append((ref.sha, path.read_bytes()))
                 except OSError:
@@ -555,7 +554,7 @@ class JobClient:
 
     def _on_want(self, msg: Extension) -> None:
         header, _ = unpack(msg.payload)
-        held = self.files.get(str(header.get("sha", "")))
+        held = self.local.held.get(str(header.get("sha", "")))
         if held is None:
             self.transfers.missing(msg.source, str(header.get("sha", ""))[:64],
                                    "the client no longer offers this file")

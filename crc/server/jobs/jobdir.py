@@ -289,47 +289,26 @@ class JobDir:
             except OSError:
                 pass
 
-    def empty(self, limit: int = 4096) -> bool:
-        """Unlink every file in the tree and keep its directories, known as
-        made from now on; the state of the last job is forgotten. False (the
-        directory is not to be used again) on an error or over ``limit``
-        entries. Symbolic links are unlinked, never followed, so the
-        directories kept are real ones inside the tree."""
-        pending = [("", self._root)]
-        seen = 0
-        try:
-            if stat.S_IMODE(os.lstat(self._root).st_mode) != ROOT_MODE:
-                return False
-            while pending:
-                prefix, folder = pending.pop()
-                with os.scandir(folder) as entries:
-                    for entry in entries:
-                        seen += 1
-                        if seen > limit:
-                            return False
-                        rel = prefix + entry.name
-                        if entry.is_dir(follow_symlinks=False):
-                            if stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode) != \
-                                    FOLDER_MODE:
-                                return False          # (a job changed it: not as new)
-                            pending.append((rel + "/", entry.path))
-                        else:
-                            os.unlink(entry.path)
-        except OSError:
-            return False
-        self._folders, self._checked = set(), set()
-        self._before, self.linked, self.tainted, self._produced = {}, {}, [], []
-        self._copies, self.kept = {}, {}
-        return True
+    def empty(self) -> bool:
+        """Unlink every file in the tree and keep its directories (a shipped
+        compile's tree, for the next one); the state of the last job is
+        forgotten. False: the directory is not to be used again."""
+        return self._clear(copies=False)
 
-    def recycle(self, limit: int = 4096) -> bool:
+    def recycle(self) -> bool:
         """After a (released) job: everything goes but the private copies of
-        its inputs still as placed (``KEEP_MAX`` bytes at most each), kept
-        for the next job; directories go unless they hold one. False (the
-        directory is not to be used again) on an error or over ``limit``
-        entries."""
+        its inputs still as placed (``KEEP_MAX`` bytes of them at most), kept
+        for the next job; directories go unless they hold one. False: the
+        directory is not to be used again."""
+        return self._clear(copies=True)
+
+    def _clear(self, copies: bool, limit: int = 4096) -> bool:
+        """``empty`` (``copies`` False: every file goes, every directory
+        stays) or ``recycle``. False on an error, over ``limit`` entries, or
+        with a directory that stays in a mode a job changed. Symbolic links
+        are unlinked, never followed."""
         keep: dict[str, tuple[str, int]] = {}
-        folders: list[tuple[str, str, int]] = []
+        folders: list[tuple[str, int]] = []
         pending = [("", self._root)]
         seen = kept_bytes = 0
         try:
@@ -345,10 +324,10 @@ class JobDir:
                         rel = prefix + entry.name
                         if entry.is_dir(follow_symlinks=False):
                             mode = stat.S_IMODE(entry.stat(follow_symlinks=False).st_mode)
-                            folders.append((rel, entry.path, mode))
+                            folders.append((entry.path, mode))
                             pending.append((rel + "/", entry.path))
                             continue
-                        copy = self._copies.get(rel)
+                        copy = self._copies.get(rel) if copies else None
                         if copy is not None and not entry.is_symlink():
                             st = entry.stat(follow_symlinks=False)
                             if fingerprint(st) == self._before.get(rel) and \
@@ -357,12 +336,17 @@ class JobDir:
                                 keep[rel] = copy
                                 continue
                         os.unlink(entry.path)
-            for rel, path, mode in sorted(folders, key=lambda f: -f[0].count("/")):
-                try:
-                    os.rmdir(path)            # (one holding a kept copy stays)
-                except OSError:
-                    if mode != FOLDER_MODE:
-                        return False          # (a job changed it: not as new)
+            # Deepest first; a directory holding a kept copy stays (as do all
+            # of a shipped compile's), and must be as it was made.
+            for path, mode in sorted(folders, key=lambda f: -f[0].count("/")):
+                if copies:
+                    try:
+                        os.rmdir(path)
+                        continue
+                    except OSError:
+                        pass
+                if mode != FOLDER_MODE:
+                    return False
         except OSError:
             return False
         self._folders, self._checked = set(), set()
