@@ -92,3 +92,18 @@ def test_a_shipped_compiles_directory_must_be_absolute_and_plain(rooted, problem
     found = rooted_problem({**HEADER, "rooted": rooted})
     assert (found is None) if problem is None else (problem in found)
     assert "only for compiles" in rooted_problem({"rooted": "/x", "argv": ["sh"]})
+
+
+def test_the_compiler_gets_pipe_first_and_not_with_save_temps() -> None:
+    """The server's compiles join their stages by pipes: ``-pipe`` goes right
+    after the compiler (never after a ``--``), and not with -save-temps."""
+    from types import SimpleNamespace
+
+    from crc.server.jobs.service import JobService
+    service = SimpleNamespace(compilers={"id1": "/usr/bin/gcc"})
+    header = {"compiler": "id1"}
+    assert JobService.with_compiler(service, header, ["gcc", "-c", "--", "a.c"]) == \
+        ["/usr/bin/gcc", "-pipe", "-c", "--", "a.c"]
+    for flag in ("-save-temps", "--save-temps", "-save-temps=obj"):
+        assert JobService.with_compiler(service, header, ["gcc", flag, "-c", "a.c"]) == \
+            ["/usr/bin/gcc", flag, "-c", "a.c"]

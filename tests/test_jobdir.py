@@ -359,3 +359,33 @@ def test_a_folder_swapped_for_a_link_out_is_caught_again_in_the_next_job(
     with pytest.raises(JobDirError, match="leaves the job directory"):
         again.place(FileRef("sub/b", sha, 1, 0o644), source)
     assert list(outside.iterdir()) == []
+
+
+def test_a_fifo_where_a_kept_copy_was_is_not_waited_on(tmp_path: Path) -> None:
+    """The content check of a kept copy never blocks the loop on a FIFO (or
+    follows a link): the file is placed afresh."""
+    source, sha = blob(tmp_path, b"#define K 1\n")
+    pool = DirPool(tmp_path / "jobs", keep=1, copies=True)
+    first = pool.take("one")
+    first.place(FileRef("k.h", sha, 12, 0o644), source)
+    first.release()
+    assert pool.give(first) and "k.h" in first.kept
+    (first.path / "k.h").unlink()
+    os.mkfifo(first.path / "k.h")
+    second = pool.take("two")
+    second.drop_unused({"k.h"})
+    second.place(FileRef("k.h", sha, 12, 0o644), source)
+    assert second.reused == 0 and (second.path / "k.h").read_bytes() == b"#define K 1\n"
+
+
+def test_kept_copies_are_bounded_per_directory(tmp_path: Path) -> None:
+    from crc.server.jobs.jobdir import KEEP_MAX
+    data = b"x" * (KEEP_MAX // 2 + 1)
+    (tmp_path / "big").write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    pool = DirPool(tmp_path / "jobs", keep=1, copies=True)
+    jobdir = pool.take("one")
+    jobdir.place(FileRef("a", sha, len(data), 0o644), tmp_path / "big")
+    jobdir.place(FileRef("b", sha, len(data), 0o644), tmp_path / "big")
+    jobdir.release()
+    assert pool.give(jobdir) and len(jobdir.kept) == 1
