@@ -26,7 +26,8 @@ A-B-C-D are joined by three shaped veth links, in one run:
    shared headers) built from A with ``make -jN CC="distcc gcc"`` (a
    ``distccd`` on each host, distcc installed for the benchmark) and with
    ``CC="meshcc gcc"`` (a mesh server on each host), then as a Rakefile
-   (``chat_client.py rake -jN`` from A; servers started afresh for each mesh
+   (``chat_client.py rake -jN`` from A, the compiles on the mesh and the
+   link on A as make does it; servers started afresh for each mesh
    build, so neither finds the other's files in the stores), then with distcc
    again: wall time (distcc's the mean of its two builds around the mesh
    ones, as the machine's speed drifts) and the bytes sent on the links.
@@ -142,6 +143,14 @@ def transfer_seconds(proc: subprocess.Popen, timeout: float) -> float:
     return json.loads(out.strip().splitlines()[-1])["seconds"]
 
 
+def pacing_lines(log: Path) -> list[str]:
+    """How the executing server paced each large fetch (its log's own words)."""
+    with contextlib.suppress(OSError):
+        return [line.split("fetched ", 1)[1] for line in log.read_text(errors="replace").splitlines()
+                if "fetched " in line and " shortest round trip " in line]
+    return []
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
@@ -188,6 +197,7 @@ def run_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any
                 proc = mesh_transfer_from(net, "A", "D", args.mib, client_dir, args.timeout)
                 transfer_seconds(proc, args.timeout * 2)
             busy = [rtt for _, rtt in samples]
+            out["pacing"] = pacing_lines(servers / "D.log")
             out["chat_busy_samples"] = len(busy)
             out["chat_busy_p50_ms"] = percentile(busy, 50) * 1e3
             out["chat_busy_p99_ms"] = percentile(busy, 99) * 1e3
@@ -224,7 +234,7 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
     """The generated C project built from host A across three hosts A-B-C
     (links shaped by the profile): with distcc (a distccd on each host) and
     with meshcc (a mesh server on each); wall time and bytes on the links."""
-    from bench.jobs import copy_project, generate_project
+    from bench.jobs import LINK_HERE, copy_project, generate_project
     out: dict[str, Any] = {}
     project = generate_project(tmp / f"src-{name}", args.files, 8)
     net = Network(f"{os.getpid() % 1000}{name[0]}b", ["A", "B", "C"], [("A", "B"), ("B", "C")],
@@ -277,7 +287,7 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
         for key, argv in (
                 ("meshcc", ["make", "-s", f"-j{args.jobs}", f"CC={meshcc} gcc"]),
                 ("rakefile", [sys.executable, str(root / "chat_client.py"), "--server",
-                              f"127.0.0.1:{PORT}", "rake", "-j", str(args.jobs)])):
+                              f"127.0.0.1:{PORT}", "rake", "-j", str(args.jobs), LINK_HERE])):
             servers = tmp / f"build-servers-{name}-{key}"
             servers.mkdir()
             net.start_servers(servers, waiter(args.timeout), "--insecure-remote-jobs")

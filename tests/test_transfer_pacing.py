@@ -21,10 +21,12 @@ from crc.jobs.transfer import Transfers
 from crc.jobs.wire import Kind, unpack
 
 
-def simulate(tmp_path: Path, rate: float, delay: float, size: int) -> tuple[Transfers, list]:
+def simulate(tmp_path: Path, rate: float, delay: float, size: int,
+             meddle=None) -> tuple[Transfers, list]:
     """Fetch ``size`` random bytes over a path of ``rate`` bytes/s and a
     one-way ``delay``; returns the requester and its fetch's history
-    ``(time, chunk, window, bytes in flight)``."""
+    ``(time, chunk, window, bytes in flight)``. ``meddle(time, fetch)``, if
+    given, sees the fetch after each arrival."""
     data = os.urandom(size)
     sha = hashlib.sha256(data).hexdigest()
     now = [0.0]
@@ -54,6 +56,8 @@ def simulate(tmp_path: Path, rate: float, delay: float, size: int) -> tuple[Tran
         now[0] = at
         fetch = t.fetches.get(sha)
         t.on_data({"sha": sha, "offset": offset}, data[offset:offset + length])
+        if fetch is not None and meddle is not None:
+            meddle(at, fetch)
         if fetch is not None:
             history.append((at, fetch.chunk, fetch.window, fetch.in_flight * fetch.chunk))
     assert done == [None] and store.has(sha)
@@ -71,6 +75,31 @@ def test_a_slow_path_gets_small_chunks_and_little_in_flight(tmp_path: Path) -> N
     # not the megabyte a fixed window of large chunks would queue.
     assert in_flight <= 64 * 1024
     assert end < 8 * 1024 * 1024 / rate * 1.15       # and the path stayed busy
+
+
+def test_what_stands_in_the_queue_is_not_taken_for_the_path(tmp_path: Path) -> None:
+    """A round trip measured behind a queue (the first window going out at
+    once, or a relay's stall) sizes a window that keeps that queue standing:
+    every later chunk waits in it, so no shorter round trip is ever seen,
+    and every chat crossing the path waits behind it. Here the fetch is made
+    to believe, half a second in, that the path's round trip is 50 ms: the
+    path's own is learnt again with the path drained."""
+    rate, delay = 6.25e6, 0.001                     # 50 Mbit/s, 1 ms each way
+    misled = []
+
+    def mislead(at: float, fetch) -> None:
+        if at > 0.5 and not misled:
+            misled.append(at)
+            fetch.min_rtt = 0.05
+            fetch.window = int(rate * (0.05 + transfer.QUEUE_TIME) / fetch.chunk) + 1
+
+    _, history = simulate(tmp_path, rate, delay, 24 * 1024 * 1024, mislead)
+    assert misled
+    end, chunk, window, in_flight = history[-1]
+    own = 2 * delay + chunk / rate                  # a chunk's round trip, nothing queued
+    late = [f for t, _, _, f in history if t > end - 1.0]
+    assert max(late) <= rate * (own + transfer.QUEUE_TIME) + 2 * chunk
+    assert end < 24 * 1024 * 1024 / rate * 1.1      # the drains cost little
 
 
 def test_a_fast_path_gets_large_chunks_and_stays_busy(tmp_path: Path) -> None:

@@ -43,7 +43,7 @@ from .wire import Kind, frame
 log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024           # the largest chunk asked for by one WANT
-MIN_CHUNK = 16 * 1024        # the smallest (on a slow path)
+MIN_CHUNK = 8 * 1024         # the smallest (on a slow path: 1.3 ms at 50 Mbit/s)
 FIRST_CHUNK = 64 * 1024      # before the path's rate is known
 WINDOW = 3                   # chunks in flight at first (then: the path's rate x its delay)
 MAX_WINDOW = 64              # ... and at most
@@ -54,9 +54,18 @@ CHUNK_TIME = 0.002
 #: it busy) plus this long of it (what may wait in its queues, and lets the
 #: window find more speed while round trips stay short).
 QUEUE_TIME = 0.002
+#: The shortest round trip is learnt again this often, and whenever the chunk
+#: size changes, by letting the path drain: one chunk alone in flight (a
+#: round trip measured behind a standing queue would keep that queue for
+#: good, and every chat crossing the path would wait behind it).
+PROBE_EVERY = 2.0
+#: The arrival rate is measured over at least this long (shorter, a relay's
+#: bursts read as speed the path does not have).
+RATE_TIME = 0.02
 MAX_CHUNK = 256 * 1024       # the largest WANT answered (peers may ask for more than CHUNK)
 RELAY_CACHE_MAX = 8 * 1024 * 1024   # larger blobs pass relays untouched (cut-through)
 MIN_DEFLATE = 512            # smaller chunks are sent as they are
+LOG_PACING = 8 * 1024 * 1024  # fetches this large log how they were paced
 
 Send = Callable[[Extension], bool]
 Done = Callable[[str, "str | None"], None]     # (sha, error or None)
@@ -82,6 +91,10 @@ class _Fetch:
     mark: tuple[float, int] = (0.0, 0)       # (time, bytes received then)
     received: int = 0
     rate: float = 0.0                        # best recent bytes per second
+    probing: bool = False                    # draining: one chunk in flight
+    probe: int = -1                          # offset of the chunk sent into the drained path
+    next_probe: float = 0.0
+    started: float = 0.0
 
 
 def _request(header: dict) -> tuple[str, int, int, int] | None:
@@ -140,7 +153,8 @@ class Transfers:
             if done is not None:
                 done(sha, str(exc))
             return
-        fetch = _Fetch(sha, size, holder, [done] if done is not None else [])
+        fetch = _Fetch(sha, size, holder, [done] if done is not None else [],
+                       started=self.clock())
         self.fetches[sha] = fetch
         if size == 0:
             self._finish(fetch)
@@ -149,8 +163,11 @@ class Transfers:
 
     def _request_more(self, fetch: _Fetch) -> None:
         now = self.clock()
-        while fetch.in_flight < fetch.window and fetch.next_offset < fetch.size:
+        limit = 1 if fetch.probing else fetch.window
+        while fetch.in_flight < limit and fetch.next_offset < fetch.size:
             length = min(fetch.chunk, fetch.size - fetch.next_offset)
+            if fetch.probing and fetch.probe < 0:
+                fetch.probe = fetch.next_offset     # the first chunk into an empty path
             self.send(frame(Kind.WANT, self.me, fetch.holder,
                             {"sha": fetch.sha, "offset": fetch.next_offset, "length": length,
                              "size": fetch.size}))
@@ -162,11 +179,18 @@ class Transfers:
         """A chunk arrived: learn the path's rate and round trip, and size the
         next chunks (``CHUNK_TIME`` of the rate) and the window (rate x
         (shortest round trip + ``QUEUE_TIME``)) from them: full speed on a
-        fast path, little queued anywhere on a slow one."""
+        fast path, little queued anywhere on a slow one. The shortest round
+        trip is taken with the path drained (``PROBE_EVERY``)."""
         now = self.clock()
         fetch.received += length
         sent = fetch.sent_at.pop(offset, None)
-        if sent is not None and length == fetch.chunk:
+        if offset == fetch.probe:
+            fetch.probing, fetch.probe = False, -1
+            fetch.next_probe = now + PROBE_EVERY
+            if sent is not None and length == fetch.chunk:
+                fetch.min_rtt = now - sent      # the path's own, nothing queued
+                self._size_window(fetch)
+        elif sent is not None and length == fetch.chunk:
             rtt = now - sent
             if fetch.min_rtt <= 0 or rtt < fetch.min_rtt:
                 fetch.min_rtt = rtt
@@ -175,7 +199,7 @@ class Transfers:
             fetch.mark = (now, fetch.received)
             return
         elapsed = now - start
-        if elapsed < max(fetch.min_rtt, 0.005):
+        if elapsed < max(fetch.min_rtt, RATE_TIME):
             return
         rate = (fetch.received - before) / elapsed
         fetch.mark = (now, fetch.received)
@@ -186,6 +210,13 @@ class Transfers:
         if chunk != fetch.chunk:
             fetch.chunk = chunk
             fetch.min_rtt = 0.0                 # (a round trip of other chunks)
+            fetch.next_probe = now
+        if not fetch.probing and now >= fetch.next_probe:
+            fetch.probing, fetch.probe = True, -1
+        self._size_window(fetch)
+
+    @staticmethod
+    def _size_window(fetch: _Fetch) -> None:
         if fetch.min_rtt > 0:
             # In flight: the path's own round trip of the rate, plus
             # QUEUE_TIME of it waiting in queues (a delay-based window: when
@@ -246,6 +277,12 @@ class Transfers:
             self._fail(fetch, str(exc))
             return
         del self.fetches[fetch.sha]
+        if fetch.size >= LOG_PACING:
+            took = max(self.clock() - fetch.started, 1e-6)
+            log.info("fetched %s (%d bytes) from %d in %.2f s, %.2f MB/s: chunk %d, "
+                     "window %d, shortest round trip %.1f ms, rate %.2f MB/s",
+                     fetch.sha[:12], fetch.size, fetch.holder, took, fetch.size / took / 1e6,
+                     fetch.chunk, fetch.window, fetch.min_rtt * 1e3, fetch.rate / 1e6)
         self._answer_wants(fetch, fetch.size, chunk)
         for done in fetch.waiters:
             done(fetch.sha, None)

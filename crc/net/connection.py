@@ -44,10 +44,11 @@ SEND_SIZE = 256 * 1024
 #: and the bulk written per wake-up): what a chat can find queued below us.
 #: The rest of a file waits in user space, where a chat passes it. It follows
 #: the link's speed, as the kernel measures it (``tcpi_delivery_rate``):
-#: ``BULK_QUEUE_TIME`` of it, within these bounds — a quarter of a
-#: millisecond's worth on a fast link would take a wake-up per 16 KiB, and
-#: a megabyte on a 50 Mbit/s link would hold a chat back for 160 ms.
-BULK_UNSENT_MIN = 16 * 1024
+#: ``BULK_QUEUE_TIME`` of it, within these bounds: at least a few packets
+#: (8 KiB, 1.3 ms on a 50 Mbit/s link; less costs a wake-up per packet or
+#: two), at most what keeps the fastest path busy. A fixed megabyte would
+#: hold a chat back for 160 ms on a 50 Mbit/s link.
+BULK_UNSENT_MIN = 8 * 1024
 BULK_UNSENT_MAX = 4 * 1024 * 1024
 BULK_QUEUE_TIME = 0.002
 #: How often (in bulk sends) the delivery rate is read again.
