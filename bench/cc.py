@@ -18,7 +18,9 @@ same checksum as the local build's. In order:
 4. the same again after ``make clean``: warm, every object from meshcc's
    local cache (no preprocessing, nothing sent); and once more as another
    client would (an empty local cache): every object from the mesh's cache;
-5. the same project as a Rakefile (``chat_client.py rake -jN``) over the mesh;
+5. the same project as a Rakefile (``chat_client.py rake -jN``) over the mesh:
+   the compiles on the mesh and the link here, as make links with distcc or
+   meshcc (the floor's row), then with the link on the mesh too;
 6. two ceilings for any wrapper written in Python, each a ``python -S``
    script that does nothing but ``exec`` what follows it: in front of
    ``distcc gcc`` (``py+distcc``: distcc's design plus one interpreter start
@@ -72,7 +74,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import ROOT, BenchError, Processes, free_port, wait_until  # noqa: E402
-from jobs import (Project, copy_project, generate_project, run_bounded,  # noqa: E402
+from jobs import (LINK_HERE, Project, copy_project, generate_project, run_bounded,  # noqa: E402
                   start_servers)
 
 import psutil  # noqa: E402
@@ -333,12 +335,15 @@ def main() -> int:
               f"({pre['remote']} remote, {pre['fallbacks']} here)", flush=True)
         stop_agents(runtime)
 
-        rake_tree = copy_project(project, tmp / "rake-build")
-        rake = build(rake_tree, [*CHAT, "--server", f"127.0.0.1:{servers[1].port}", "rake",
-                                "-j", str(args.jobs)],
-                     base_env, timeout, servers=[s.proc.pid for s in servers])
-        results["rakefile"] = rake = baseline.around(rake)
-        print(f"Rakefile: {rake['seconds']:.2f} s", flush=True)
+        # As a Rakefile: compiles on the mesh and the link here, as make
+        # links with distcc or meshcc; then every action on the mesh.
+        for key, rakefile in (("rakefile", LINK_HERE), ("rakefile_remote_link", "Rakefile")):
+            rake = build(copy_project(project, tmp / f"{key}-build"),
+                         [*CHAT, "--server", f"127.0.0.1:{servers[1].port}", "rake",
+                          "-j", str(args.jobs), rakefile],
+                         base_env, timeout, servers=[s.proc.pid for s in servers])
+            results[key] = rake = baseline.around(rake)
+            print(f"{key}: {rake['seconds']:.2f} s", flush=True)
 
         pyexec = tmp / "pyexec.py"          # a Python start, then what follows it
         pyexec.write_text("import os, sys\nos.execvp(sys.argv[1], sys.argv[1:])\n")
@@ -404,7 +409,7 @@ def report(results: dict[str, Any]) -> None:
     print(f"{'build':<16} {'wall s':>8} {'make -j2 s':>10} {'ratio':>7} {'lo MB':>8} "
           f"{'client CPU s':>13} {'(agent)':>8} {'servers CPU s':>14}")
     for key in ("make_j2", "distcc", "meshcc_cold", "meshcc_cold_pre", "meshcc_warm",
-                "meshcc_warm_mesh", "rakefile", "py_distcc", "py_gcc"):
+                "meshcc_warm_mesh", "rakefile", "rakefile_remote_link", "py_distcc", "py_gcc"):
         row = results.get(key)
         if not row:
             continue
