@@ -69,7 +69,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -93,6 +93,16 @@ def lo_bytes() -> int:
         return int(Path("/sys/class/net/lo/statistics/tx_bytes").read_text())
     except OSError:
         return 0
+
+
+def idle_cpu() -> float:
+    """Seconds the machine's CPUs have spent idle (``/proc/stat``: idle and
+    iowait, all CPUs together): what a build leaves unused."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def children_cpu() -> float:
@@ -140,12 +150,14 @@ def build(project: Project, argv: list[str], env: dict[str, str], timeout: float
     """Run ``argv`` in the project; wall time, loopback bytes, client CPU
     (and the CPU of ``servers`` with the jobs they ran, when given)."""
     cpu0, lo0, agent0 = children_cpu(), lo_bytes(), agent_cpu(runtime) if runtime else 0.0
+    idle0 = idle_cpu()
     servers0 = pids_cpu(list(servers))
     start = time.perf_counter()
     if client_side:
         argv = [*CLIENT_PREFIX, *argv]
     done = run_bounded(argv, project.root, timeout, env=env)
     wall = time.perf_counter() - start
+    idle = idle_cpu() - idle0
     err = done.stderr
     if done.returncode != 0:
         raise BenchError(f"{' '.join(argv[:4])} failed ({done.returncode}):\n"
@@ -158,7 +170,8 @@ def build(project: Project, argv: list[str], env: dict[str, str], timeout: float
     text = err.decode(errors="replace")
     return {"seconds": round(wall, 3), "lo_bytes": lo_bytes() - lo0,
             "client_cpu": round(cpu, 3), "agent_cpu": round(agent, 3),
-            "servers_cpu": round(servers_cpu, 3), "checksum": checksum,
+            "servers_cpu": round(servers_cpu, 3), "idle_cpu": round(idle, 3),
+            "checksum": checksum,
             "remote": text.count(" compiled on "), "cached": text.count(" from the compile cache on "),
             "local": text.count(" from the local compile cache"),
             "fallbacks": text.count("compiling here:")}
@@ -231,6 +244,9 @@ def main() -> int:
     p.add_argument("--jobs", type=int, default=4, help="make -j for distcc and meshcc (4)")
     p.add_argument("--repeat", type=int, default=20, help="runs per invocation cost (20)")
     p.add_argument("--json", metavar="FILE", help="write the results here too")
+    p.add_argument("--pairs", type=int, default=3,
+                   help="Rakefile builds set head to head against distcc builds either "
+                   "side (3; 0: none)")
     p.add_argument("--split", action="store_true",
                    help="model a client machine and a farm: make, the wrappers and the "
                    "meshcc agent on CPU 0, the servers and distccd (and their compiles) on "
@@ -243,7 +259,7 @@ def main() -> int:
             return 1
         CLIENT_PREFIX, FARM_PREFIX = ["taskset", "-c", "0"], ["taskset", "-c", "1"]
     if args.quick:
-        args.files, args.headers, args.repeat = 8, 3, 5
+        args.files, args.headers, args.repeat, args.pairs = 8, 3, 5, min(args.pairs, 1)
     for tool in ("gcc", "make"):
         if shutil.which(tool) is None:
             print(f"bench/cc.py: {tool} is needed", file=sys.stderr)
@@ -345,6 +361,29 @@ def main() -> int:
             results[key] = rake = baseline.around(rake)
             print(f"{key}: {rake['seconds']:.2f} s", flush=True)
 
+        if env_distcc is not None and args.pairs:
+            # Head to head: distcc and the Rakefile build alternately, each
+            # Rakefile build against the distcc builds either side of it
+            # (what the floor compares, without the baseline's own noise).
+            def checked(row: dict[str, Any]) -> float:
+                if row["checksum"] != local["checksum"]:
+                    raise BenchError(f"a head-to-head build printed {row['checksum']!r}")
+                return row["seconds"]
+
+            def distcc_s(i: int) -> float:
+                return checked(build(copy_project(project, tmp / f"h2h-distcc-{i}"),
+                                     ["make", "-s", f"-j{args.jobs}", "CC=distcc gcc"],
+                                     env_distcc, timeout))
+
+            def rake_s(i: int) -> float:
+                return checked(build(copy_project(project, tmp / f"h2h-rake-{i}"),
+                                     [*CHAT, "--server", f"127.0.0.1:{servers[1].port}", "rake",
+                                      "-j", str(args.jobs), LINK_HERE], base_env, timeout))
+
+            results["head_to_head"] = pairs = head_to_head(args.pairs, distcc_s, rake_s)
+            print(f"head to head, Rakefile / distcc either side: {pairs['ratios']} "
+                  f"(median {pairs['median']})", flush=True)
+
         pyexec = tmp / "pyexec.py"          # a Python start, then what follows it
         pyexec.write_text("import os, sys\nos.execvp(sys.argv[1], sys.argv[1:])\n")
         py = f"{sys.executable} -S {pyexec}"
@@ -381,6 +420,19 @@ def main() -> int:
     return code
 
 
+def head_to_head(n: int, first: Callable[[int], float],
+                 second: Callable[[int], float]) -> dict[str, Any]:
+    """``first``, then ``n`` times ``second`` and ``first`` again: each
+    ``second`` divided by the mean of the ``first`` either side of it."""
+    firsts, seconds, ratios = [first(0)], [], []
+    for i in range(n):
+        seconds.append(second(i))
+        firsts.append(first(i + 1))
+        ratios.append(round(seconds[-1] / ((firsts[-2] + firsts[-1]) / 2), 3))
+    return {"first_s": [round(x, 3) for x in firsts], "second_s": [round(x, 3) for x in seconds],
+            "ratios": ratios, "median": statistics.median(ratios)}
+
+
 class Baseline:
     """``make -j2`` of one tree, rebuilt clean whenever asked: the yardstick
     taken before and after every measured build."""
@@ -407,7 +459,7 @@ def report(results: dict[str, Any]) -> None:
     distcc = results.get("distcc")
     print()
     print(f"{'build':<16} {'wall s':>8} {'make -j2 s':>10} {'ratio':>7} {'lo MB':>8} "
-          f"{'client CPU s':>13} {'(agent)':>8} {'servers CPU s':>14}")
+          f"{'client CPU s':>13} {'(agent)':>8} {'servers CPU s':>14} {'idle CPU s':>11}")
     for key in ("make_j2", "distcc", "meshcc_cold", "meshcc_cold_pre", "meshcc_warm",
                 "meshcc_warm_mesh", "rakefile", "rakefile_remote_link", "py_distcc", "py_gcc"):
         row = results.get(key)
@@ -419,7 +471,8 @@ def report(results: dict[str, Any]) -> None:
         print(f"{key:<16} {row['seconds']:>8.2f} {row.get('baseline_s', base):>10.2f} "
               f"{row['ratio']:>7.3f} "
               f"{row['lo_bytes'] / 1e6:>8.2f} {row['client_cpu']:>13.2f} "
-              f"{row['agent_cpu']:>8.2f} {row['servers_cpu']:>14.2f}")
+              f"{row['agent_cpu']:>8.2f} {row['servers_cpu']:>14.2f} "
+              f"{row.get('idle_cpu', 0.0):>11.2f}")
     inv = results["invocation"]
     print(f"\none invocation (median ms): gcc -c empty.c {inv['gcc_ms']}, meshcc "
           f"{inv['meshcc_ms']} (from its local cache {inv['meshcc_cached_ms']}), distcc "
@@ -429,6 +482,11 @@ def report(results: dict[str, Any]) -> None:
     if distcc:
         floors.append(("meshcc cold <= distcc", results["meshcc_cold"]["ratio"] <= distcc["ratio"]))
         floors.append(("Rakefile <= distcc", results["rakefile"]["ratio"] <= distcc["ratio"]))
+    pairs = results.get("head_to_head")
+    if pairs:
+        print(f"\nhead to head: distcc {pairs['first_s']} s, Rakefile {pairs['second_s']} s; "
+              f"Rakefile / distcc either side {pairs['ratios']}, median {pairs['median']}")
+        floors.append(("Rakefile <= distcc, head to head (median)", pairs["median"] <= 1.0))
     floors.append(("warm rebuild <= 0.3 x make -j2", results["meshcc_warm"]["ratio"] <= 0.3))
     ceilings = [results[k]["ratio"] for k in ("py_distcc", "py_gcc") if results.get(k)]
     if distcc and ceilings:

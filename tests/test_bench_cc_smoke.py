@@ -34,7 +34,7 @@ def test_quick_cc_benchmark_completes_and_every_build_agrees(tmp_path: Path) -> 
     assert report["meshcc_warm_mesh"]["cached"] == files     # ... and from the mesh's
     checksums = {report[k]["checksum"] for k in ("make_j2", "meshcc_cold", "meshcc_cold_pre",
                                                  "meshcc_warm", "meshcc_warm_mesh", "rakefile",
-                                                 "py_gcc")}
+                                                 "rakefile_remote_link", "py_gcc")}
     assert len(checksums) == 1 and checksums.pop().startswith("checksum ")
     # Each build's ratio is to make -j2 measured either side of it.
     for key in ("meshcc_cold", "meshcc_cold_pre", "meshcc_warm", "meshcc_warm_mesh", "rakefile",
@@ -42,3 +42,11 @@ def test_quick_cc_benchmark_completes_and_every_build_agrees(tmp_path: Path) -> 
         row = report[key]
         assert row["baseline_s"] > 0
         assert row["ratio"] == pytest.approx(row["seconds"] / row["baseline_s"], abs=0.002)
+        assert row["idle_cpu"] >= 0
+    # With distcc here, the Rakefile build is also set head to head against
+    # distcc builds either side of it (each build checked like the others).
+    if report["distcc"]:
+        pairs = report["head_to_head"]
+        assert len(pairs["second_s"]) == 1 and len(pairs["first_s"]) == 2
+        assert pairs["ratios"][0] == pytest.approx(
+            pairs["second_s"][0] / (sum(pairs["first_s"]) / 2), abs=0.002)
