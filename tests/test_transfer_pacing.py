@@ -164,3 +164,12 @@ def test_a_copy_arriving_inline_does_not_break_a_fetch_under_way(tmp_path: Path)
         offset += header["length"]
     assert first["offset"] == 0 and done == [None]
     assert store.path(sha).read_bytes() == data
+
+
+def test_the_queue_allowance_grows_with_the_path_speed_and_is_bounded() -> None:
+    """A slow path keeps about QUEUE_TIME of its rate queued (ahead of any
+    chat in the link's own queue); a fast one up to twice that (there the
+    relays' turns on a CPU make round trips vary), never more."""
+    slow, fast = transfer.queue_time(6.25e6), transfer.queue_time(125e6)
+    assert transfer.QUEUE_TIME <= slow < 1.1 * transfer.QUEUE_TIME
+    assert fast == transfer.queue_time(1e12) == 2 * transfer.QUEUE_TIME

@@ -52,8 +52,14 @@ MAX_WINDOW = 64              # ... and at most
 CHUNK_TIME = 0.002
 #: Bytes in flight: the path's rate times its shortest round trip (what keeps
 #: it busy) plus this long of it (what may wait in its queues, and lets the
-#: window find more speed while round trips stay short).
+#: window find more speed while round trips stay short) — up to twice as
+#: long on a fast path (``queue_time``).
 QUEUE_TIME = 0.002
+#: At this rate and above the allowance is doubled: there the relays' turns
+#: on a busy CPU, not the link, make round trips vary, and what waits sits
+#: mostly in their queues, where a chat passes it; on a slow path it sits in
+#: the link's own queue, ahead of any chat.
+FAST_RATE = 100e6
 #: The shortest round trip is learnt again this often, and whenever the chunk
 #: size changes, by letting the path drain: one chunk alone in flight (a
 #: round trip measured behind a standing queue would keep that queue for
@@ -95,6 +101,12 @@ class _Fetch:
     probe: int = -1                          # offset of the chunk sent into the drained path
     next_probe: float = 0.0
     started: float = 0.0
+
+
+def queue_time(rate: float) -> float:
+    """How long of the path's rate a fetch keeps waiting in queues:
+    ``QUEUE_TIME``, growing to twice that at ``FAST_RATE``."""
+    return QUEUE_TIME * (1.0 + min(1.0, rate / FAST_RATE))
 
 
 def _request(header: dict) -> tuple[str, int, int, int] | None:
@@ -218,10 +230,10 @@ class Transfers:
     @staticmethod
     def _size_window(fetch: _Fetch) -> None:
         if fetch.min_rtt > 0:
-            # In flight: the path's own round trip of the rate, plus
-            # QUEUE_TIME of it waiting in queues (a delay-based window: when
-            # chunks take longer than that, the window stops growing).
-            in_flight = fetch.rate * (fetch.min_rtt + QUEUE_TIME)
+            # In flight: the path's own round trip of the rate, plus a few
+            # milliseconds of it waiting in queues (a delay-based window:
+            # when chunks take longer than that, the window stops growing).
+            in_flight = fetch.rate * (fetch.min_rtt + queue_time(fetch.rate))
             fetch.window = max(2, min(MAX_WINDOW, int(in_flight / fetch.chunk) + 1))
 
     def on_data(self, header: dict, body: bytes | memoryview) -> None:
