@@ -365,22 +365,33 @@ def main() -> int:
             # Head to head: distcc and the Rakefile build alternately, each
             # Rakefile build against the distcc builds either side of it
             # (what the floor compares, without the baseline's own noise).
-            def checked(row: dict[str, Any]) -> float:
-                if row["checksum"] != local["checksum"]:
-                    raise BenchError(f"a head-to-head build printed {row['checksum']!r}")
-                return row["seconds"]
+            # Build i of each is of a project variant i + 1, which differs in
+            # every file: nothing of it is in the servers' stores already.
+            printed: dict[str, list[str]] = {"distcc": [], "rake": []}
+
+            def variant(i: int, tool: str) -> Project:
+                return generate_project(tmp / f"h2h-{tool}-{i}", args.files, args.headers,
+                                        variant=i + 1)
 
             def distcc_s(i: int) -> float:
-                return checked(build(copy_project(project, tmp / f"h2h-distcc-{i}"),
-                                     ["make", "-s", f"-j{args.jobs}", "CC=distcc gcc"],
-                                     env_distcc, timeout))
+                row = build(variant(i, "distcc"), ["make", "-s", f"-j{args.jobs}",
+                                                   "CC=distcc gcc"], env_distcc, timeout)
+                printed["distcc"].append(row["checksum"])
+                return row["seconds"]
 
             def rake_s(i: int) -> float:
-                return checked(build(copy_project(project, tmp / f"h2h-rake-{i}"),
-                                     [*CHAT, "--server", f"127.0.0.1:{servers[1].port}", "rake",
-                                      "-j", str(args.jobs), LINK_HERE], base_env, timeout))
+                row = build(variant(i, "rake"), [*CHAT, "--server",
+                                                 f"127.0.0.1:{servers[1].port}", "rake", "-j",
+                                                 str(args.jobs), LINK_HERE], base_env, timeout)
+                printed["rake"].append(row["checksum"])
+                return row["seconds"]
 
             results["head_to_head"] = pairs = head_to_head(args.pairs, distcc_s, rake_s)
+            pairs["printed"] = printed["rake"]
+            for i, text in enumerate(printed["rake"]):
+                if text != printed["distcc"][i] or not text.startswith("checksum "):
+                    raise BenchError(f"head to head, variant {i + 1}: distcc's program printed "
+                                     f"{printed['distcc'][i]!r}, the Rakefile build's {text!r}")
             print(f"head to head, Rakefile / distcc either side: {pairs['ratios']} "
                   f"(median {pairs['median']})", flush=True)
 
