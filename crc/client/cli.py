@@ -30,13 +30,11 @@ from ..options import (OptionError, file_name, host_id, host_ports, info_text, l
                        seconds, seconds_or_zero, user_name)
 from ..credentials import StartupError, credentials
 from .core import ChatClient, ClientConfig
-from .inputs import Keyboard, PipeReader, feed_text
-from .job_commands import JobCommands
-from .session import Session
-from .tui import LineView, TerminalView, View
 
 if TYPE_CHECKING:
     from ..net.tls import TLS
+    from .session import Session
+    from .tui import View
 
 PROG = "chat_client.py"
 #: The environment variable naming the mesh when --server is not given.
@@ -174,6 +172,8 @@ def install_signal_handlers(session: Session) -> None:
 
 def attach_input(session: Session, script_text: str | None, view: View) -> None:
     """Connect the one input source this run reads commands from."""
+    from .inputs import Keyboard, PipeReader, feed_text
+    from .tui import TerminalView
     if script_text is not None:
         feed_text(script_text, session.feed, session.feed_eof)
     elif isinstance(view, TerminalView):
@@ -278,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
                    if args.script is not None and args.script != "-" else None)
     interactive = args.script is None and sys.stdin is not None and sys.stdin.isatty() \
         and sys.stdout is not None
+    # (The chat's own modules: a batch command above never loads them.)
+    from .job_commands import JobCommands
+    from .session import Session
+    from .tui import LineView, TerminalView
     tolerate_unencodable_output()
     view: View = TerminalView() if interactive else LineView()
     configure_logging(args.log_level, view)

@@ -36,7 +36,6 @@ from rich.text import Text
 
 from ..protocol import StatusCode
 from ..visible import visible
-from .commands import COMMANDS, PLAIN_LINES
 from .core import User
 
 STATUS_STYLE = {StatusCode.WELCOME: "blue", StatusCode.UNKNOWN_ID: "red",
@@ -95,6 +94,7 @@ def help_table() -> Table:
     table = Table(title="Commands", show_header=False, box=None, padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
+    from .commands import COMMANDS, PLAIN_LINES   # (the chat's: a batch run needs none)
     for info in [*PLAIN_LINES, *COMMANDS.values()]:
         table.add_row(info.usage, info.summary)
     return table

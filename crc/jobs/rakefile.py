@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,13 +269,23 @@ def check_files(rakefile: Rakefile, base: Path) -> None:
     ``base`` nor look like the output of an action in an earlier actionset."""
     errors = []
     produced: set[str] = set()
+    kinds: dict[str, int] = {}        # name -> its stat mode (0: nothing there); one stat each
+
+    def kind(name: str) -> int:
+        if name not in kinds:
+            try:
+                kinds[name] = os.stat(os.path.join(base, name)).st_mode
+            except (OSError, ValueError):
+                kinds[name] = 0
+        return kinds[name]
+
     for actionset in rakefile.actionsets:
         for action in actionset.actions:
             for name in action.requires:
-                if (base / name).is_dir():
+                if stat.S_ISDIR(kind(name)):
                     errors.append(f"{rakefile.path}:{action.line}: required {name!r} is a "
                                   f"directory; 'requires' lists files (name each one)")
-                elif name not in produced and not (base / name).is_file():
+                elif name not in produced and not stat.S_ISREG(kind(name)):
                     errors.append(f"{rakefile.path}:{action.line}: required file {name!r} "
                                   f"does not exist and no earlier action makes it")
         for action in actionset.actions:
