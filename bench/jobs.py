@@ -107,6 +107,7 @@ class Params:
 
     jobs: int = 500                   # timed jobs per target (B, D, local) and round
     rounds: int = 2                   # job rates and transfers: the best round counts
+    transfer_rounds: int = 4          # transfers (alternating which goes first)
     warmup_jobs: int = 30
     window: int = 32                  # jobs outstanding at once (and the job servers' slots)
     file_mib: int = 100
@@ -118,7 +119,7 @@ class Params:
     step_timeout: float = 120.0       # any one measurement, at most
 
 
-QUICK = Params(jobs=60, rounds=1, warmup_jobs=5, window=16, file_mib=8, raw_repeats=2,
+QUICK = Params(jobs=60, rounds=1, transfer_rounds=2, warmup_jobs=5, window=16, file_mib=8, raw_repeats=2,
                idle_rounds=200, c_files=8, headers=4, setup_timeout=20.0, step_timeout=60.0)
 
 
@@ -325,6 +326,16 @@ def mesh_transfer(session: Session, on: str, name: str, timeout: float) -> tuple
         errors = "; ".join(r.error for r in job.runs.values() if r.error) or job.error
         raise BenchError(f"the transfer job on {on} failed: {errors}")
     return sent, started[0]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds of process ``pid`` so far (0 if gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
 
 
 def raw_copy(path: Path, into: Path | None = None, *, sha: str = "",
@@ -888,7 +899,8 @@ def step_chain(params: Params, results: Results, tmp: Path, logdir: Path,
             if "rates" in only:
                 measure_job_rates(params, results, session, base)
             if "transfer" in only:
-                measure_transfer(params, results, session, base, tmp / "servers", group)
+                measure_transfer(params, results, session, base, tmp / "servers", group,
+                                 servers)
             if "chat" in only:
                 measure_chat(params, results, session, probe, base)
         finally:
@@ -919,9 +931,10 @@ def measure_job_rates(params: Params, results: Results, session: Session, base: 
 
 
 def measure_transfer(params: Params, results: Results, session: Session, base: Path,
-                     servers_dir: Path, group: Processes) -> None:
+                     servers_dir: Path, group: Processes, servers: list[Server]) -> None:
     size = params.file_mib * MIB
-    console.print(f"transfer: {params.file_mib} MiB through A-B-C-D, best of {params.rounds}")
+    rounds = max(params.rounds, params.transfer_rounds)
+    console.print(f"transfer: {params.file_mib} MiB through A-B-C-D, best of {rounds}")
     # The ceiling for any relay: the same path (a sender, three processes that
     # only move bytes, a receiver that writes and verifies what it gets, as D
     # does), with nothing parsed, framed or scheduled on the way.
@@ -930,8 +943,11 @@ def measure_transfer(params: Params, results: Results, session: Session, base: P
         sink.listen(1)
         entry = start_forwarders(group, 3, sink.getsockname()[1],
                                  time.monotonic() + params.setup_timeout, "transfer")
+        forwarders = [proc.pid for proc in group.procs[-3:]]
         times: dict[str, list[float]] = {"raw": [], "file": [], "chain": [], "mesh": []}
-        for round_ in range(params.rounds):
+        cpu: list[list[float]] = []             # each server's CPU seconds, per mesh transfer
+        chain_cpu: list[list[float]] = []       # each forwarder's, per copy (mean of the repeats)
+        for round_ in range(rounds):
             path = base / f"bulk{round_}.bin"         # fresh random bytes: no server has them
             random_file(path, size)
             sha = hash_file(path)[0]
@@ -941,10 +957,24 @@ def measure_transfer(params: Params, results: Results, session: Session, base: P
             repeats = range(params.raw_repeats)
             times["raw"].append(min(raw_copy(path) for _ in repeats))
             times["file"].append(min(raw_copy(path, next(copies)) for _ in repeats))
-            times["chain"].append(min(raw_copy(path, next(copies), sha=sha, via=(sink, entry))
-                                      for _ in repeats))
-            start, end = mesh_transfer(session, "D", path.name, params.step_timeout)
-            times["mesh"].append(end - start)
+            # Which of the two goes first alternates: on this machine a write
+            # into memory the system has not touched for a while costs up to
+            # ten times one into memory just freed, and the later writer of
+            # a round finds less of the latter.
+            for which in (("chain", "mesh") if round_ % 2 == 0 else ("mesh", "chain")):
+                if which == "chain":
+                    before = [cpu_seconds(pid) for pid in forwarders]
+                    times["chain"].append(min(
+                        raw_copy(path, next(copies), sha=sha, via=(sink, entry))
+                        for _ in repeats))
+                    chain_cpu.append([round((cpu_seconds(pid) - b) / len(repeats), 3)
+                                      for pid, b in zip(forwarders, before)])
+                else:
+                    before = [cpu_seconds(s.proc.pid) for s in servers]
+                    start, end = mesh_transfer(session, "D", path.name, params.step_timeout)
+                    times["mesh"].append(end - start)
+                    cpu.append([round(cpu_seconds(s.proc.pid) - b, 3)
+                                for s, b in zip(servers, before)])
             path.unlink()
     for copy in servers_dir.glob("raw-copy-*.bin"):
         copy.unlink()
@@ -960,6 +990,10 @@ def measure_transfer(params: Params, results: Results, session: Session, base: P
     results.add(Figure("ceiling: 3 byte forwarders, receiver writes + hashes", rate["chain"],
                        "MB/s", rate["file"], "raw loopback copy into a file", raw_floor,
                        rate["chain"] >= 0.3 * rate["file"]))
+    results.details["file transfer, CPU s of A B C D in each"] = "; ".join(
+        " ".join(f"{x:.2f}" for x in row) for row in cpu)
+    results.details["byte forwarders, CPU s of each in each"] = "; ".join(
+        " ".join(f"{x:.2f}" for x in row) for row in chain_cpu)
     results.details["file transfer, every round (s)"] = "; ".join(
         f"{label} {' '.join(f'{t:.4f}' for t in times[key])}"
         for key, label in (("mesh", "mesh"), ("chain", "3 forwarders"),
