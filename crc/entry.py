@@ -12,21 +12,34 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 INSTALL = "python -m pip install -r requirements.txt"
 
 
-def _main_of(module: str, program: str) -> Callable[[], int]:
+def _missing(exc: ModuleNotFoundError, program: str) -> NoReturn:
+    """Name a dependency that is not installed (and exit 2); anything else re-raised."""
+    if exc.name and exc.name.split(".")[0] != "crc":
+        print(f"{program}: the Python package {exc.name!r} is not installed; install "
+              f"what CRC Mesh needs with: {INSTALL} (or pip install crc-mesh)",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+    raise exc
+
+
+def _main_of(module: str, program: str) -> Callable[..., int]:
     try:
-        return importlib.import_module(module).main
+        main = importlib.import_module(module).main
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] != "crc":
-            print(f"{program}: the Python package {exc.name!r} is not installed; install "
-                  f"what CRC Mesh needs with: {INSTALL} (or pip install crc-mesh)",
-                  file=sys.stderr)
-            raise SystemExit(2) from None
-        raise
+        _missing(exc, program)
+
+    def run(*args: object) -> int:
+        # (Parts of a program load what they use when they first run.)
+        try:
+            return main(*args)
+        except ModuleNotFoundError as exc:
+            _missing(exc, program)
+    return run
 
 
 def server() -> int:

@@ -82,3 +82,24 @@ def test_a_missing_dependency_is_named_with_the_install_command(tmp_path: Path) 
         assert "the Python package 'rich' is not installed" in result.stderr
         assert "python -m pip install -r requirements.txt" in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_a_dependency_missing_only_when_a_part_of_a_program_loads_it_is_named_too(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Programs load some of their parts when they first run (the chat's
+    views, a build's output): a package missing there is named the same way."""
+    import types
+
+    from crc import entry
+
+    def main() -> int:
+        raise ModuleNotFoundError("No module named 'somepackage'", name="somepackage")
+
+    monkeypatch.setattr(entry.importlib, "import_module",
+                        lambda name: types.SimpleNamespace(main=main))
+    with pytest.raises(SystemExit) as exit_:
+        entry.chat()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "the Python package 'somepackage' is not installed" in err
+    assert "python -m pip install -r requirements.txt" in err

@@ -173,3 +173,17 @@ def test_the_queue_allowance_grows_with_the_path_speed_and_is_bounded() -> None:
     slow, fast = transfer.queue_time(6.25e6), transfer.queue_time(125e6)
     assert transfer.QUEUE_TIME <= slow < 1.1 * transfer.QUEUE_TIME
     assert fast == transfer.queue_time(1e12) == 2 * transfer.QUEUE_TIME
+
+
+@pytest.mark.parametrize("rate", [8.5e6, 17e6, 34e6, 68e6])
+def test_a_rate_near_a_chunk_boundary_does_not_flip_the_chunk_size(tmp_path: Path,
+                                                                     rate: float) -> None:
+    """Just above a rate where the chunk size doubles, a drain's dip in the
+    measured rate must not halve the chunk (and the next recovery double it
+    again): every change drains the path, and drains every few tens of
+    milliseconds would cost a tenth of the speed."""
+    _, history = simulate(tmp_path, rate, 0.001, 16 * 1024 * 1024)
+    sizes = [chunk for _, chunk, _, _ in history]
+    changes = sum(1 for a, b in zip(sizes, sizes[1:]) if a != b)
+    assert changes <= 3
+    assert history[-1][0] < 16 * 1024 * 1024 / rate * 1.05

@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+import rich  # noqa: F401  (what shows things loads its parts later; a missing one is named now)
+
 from .jobs.engine import JobClient
 from ..visible import VisibleFormatter
 from ..delivery import JournalError

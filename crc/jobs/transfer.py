@@ -198,7 +198,8 @@ class Transfers:
         sent = fetch.sent_at.pop(offset, None)
         if offset == fetch.probe:
             fetch.probing, fetch.probe = False, -1
-            fetch.next_probe = now + PROBE_EVERY
+            # (Each drain costs about two round trips: on a long path, rarer.)
+            fetch.next_probe = now + max(PROBE_EVERY, 50 * (now - sent if sent else 0.0))
             if sent is not None and length == fetch.chunk:
                 fetch.min_rtt = now - sent      # the path's own, nothing queued
                 self._size_window(fetch)
@@ -219,6 +220,8 @@ class Transfers:
         chunk = MIN_CHUNK
         while chunk * 2 <= min(CHUNK, fetch.rate * CHUNK_TIME):
             chunk *= 2
+        if chunk < fetch.chunk and fetch.rate * CHUNK_TIME >= 0.75 * fetch.chunk:
+            chunk = fetch.chunk     # (smaller only when the rate clearly fell: each change drains)
         if chunk != fetch.chunk:
             fetch.chunk = chunk
             fetch.min_rtt = 0.0                 # (a round trip of other chunks)
