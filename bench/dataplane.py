@@ -27,9 +27,10 @@ A-B-C-D are joined by three shaped veth links, in one run:
    ``distccd`` on each host, distcc installed for the benchmark) and with
    ``CC="meshcc gcc"`` (a mesh server on each host), then as a Rakefile
    (``chat_client.py rake -jN`` from A, the compiles on the mesh and the
-   link on A as make does it; servers started afresh for each mesh
-   build, so neither finds the other's files in the stores, and meshcc with
-   an empty local cache), then with distcc again, in ``--build-rounds``
+   link on A as make does it; the mesh servers run through all the builds,
+   each mesh build is of a project variant that differs in every file, so
+   nothing of it is in the stores, and meshcc starts each with a fresh agent
+   and an empty local cache), then with distcc again, in ``--build-rounds``
    rounds (3): wall times, each mesh build divided by the mean of the distcc
    builds either side of it (the machine's speed drifts within minutes), and
    the bytes sent on the links.
@@ -292,19 +293,22 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
         each: dict[str, list[float]] = {"distcc": [], "meshcc": [], "rakefile": []}
         if daemons:
             each["distcc"].append(distcc_build("0"))
+        # The mesh runs through the rounds, as a mesh does; each of its builds
+        # is of a project variant that differs in every file, so that no
+        # build finds anything of its own in the stores, and meshcc starts
+        # each with a fresh agent and an empty local cache.
+        servers = tmp / f"build-servers-{name}"
+        servers.mkdir()
+        net.start_servers(servers, waiter(args.timeout), "--insecure-remote-jobs")
+        variants = iter(range(1, 1000))
         for round_ in range(max(1, args.build_rounds)):
-            # Each mesh build on servers of its own (fresh stores: neither
-            # finds the other's files already there), meshcc with a fresh
-            # agent and an empty local cache.
             for key, argv in (
                     ("meshcc", ["make", "-s", f"-j{args.jobs}", f"CC={meshcc} gcc"]),
                     ("rakefile", [sys.executable, str(root / "chat_client.py"), "--server",
                                   f"127.0.0.1:{PORT}", "rake", "-j", str(args.jobs),
                                   LINK_HERE])):
-                servers = tmp / f"build-servers-{name}-{key}-{round_}"
-                servers.mkdir()
-                net.start_servers(servers, waiter(args.timeout), "--insecure-remote-jobs")
-                tree = copy_project(project, tmp / f"{key}-{name}-{round_}")
+                tree = generate_project(tmp / f"{key}-{name}-{round_}", args.files, 8,
+                                        variant=next(variants))
                 before, start = link_bytes(net), time.monotonic()
                 done = subprocess.run(
                     [*net.prefix("A"), *argv], cwd=tree.root,
@@ -319,9 +323,9 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
                     out["meshcc_build_here"] = done.stderr.count("compiling here")
                     subprocess.run(["pkill", "-f", f"crc.cc.agent {runtime}"],
                                    capture_output=True)
-                net.stop_servers()
             if daemons:
                 each["distcc"].append(distcc_build(str(round_ + 1)))
+        net.stop_servers()
         for key, times in each.items():
             if times:
                 out[f"{key}_build_each_s"] = [round(t, 3) for t in times]
