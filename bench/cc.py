@@ -73,7 +73,8 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, BenchError, Processes, free_port, wait_until  # noqa: E402
+from common import (ROOT, BenchError, Processes, against_either_side, free_port,  # noqa: E402
+                    wait_until)
 from jobs import (LINK_HERE, Project, copy_project, generate_project, run_bounded,  # noqa: E402
                   start_servers)
 
@@ -435,11 +436,11 @@ def head_to_head(n: int, first: Callable[[int], float],
                  second: Callable[[int], float]) -> dict[str, Any]:
     """``first``, then ``n`` times ``second`` and ``first`` again: each
     ``second`` divided by the mean of the ``first`` either side of it."""
-    firsts, seconds, ratios = [first(0)], [], []
+    firsts, seconds = [first(0)], []
     for i in range(n):
         seconds.append(second(i))
         firsts.append(first(i + 1))
-        ratios.append(round(seconds[-1] / ((firsts[-2] + firsts[-1]) / 2), 3))
+    ratios = against_either_side(seconds, firsts)
     return {"first_s": [round(x, 3) for x in firsts], "second_s": [round(x, 3) for x in seconds],
             "ratios": ratios, "median": statistics.median(ratios)}
 

@@ -64,6 +64,13 @@ def stop_processes(procs: Iterable[subprocess.Popen]) -> None:
             proc.stdout.close()
 
 
+def against_either_side(times: list[float], around: list[float]) -> list[float]:
+    """Each of ``times`` divided by the mean of the two ``around`` it
+    (``around[i]`` ran just before ``times[i]``, ``around[i + 1]`` just
+    after): a ratio the machine's drift over minutes does not move."""
+    return [round(t / ((around[i] + around[i + 1]) / 2), 3) for i, t in enumerate(times)]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))

@@ -53,8 +53,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -62,7 +62,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BenchError, wait_until  # noqa: E402
+from bench.common import BenchError, against_either_side, wait_until  # noqa: E402
 from bench.netns import PORT, PROFILES, Network, available, chain, connect_in  # noqa: E402
 
 MIB = 1 << 20
@@ -331,9 +331,8 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
                 out[f"{key}_build_each_s"] = [round(t, 3) for t in times]
                 out[f"{key}_build_s"] = round(statistics.median(times), 3)
         if daemons:
-            d = each["distcc"]
             for key in ("meshcc", "rakefile"):
-                ratios = [round(t / ((d[i] + d[i + 1]) / 2), 3) for i, t in enumerate(each[key])]
+                ratios = against_either_side(each[key], each["distcc"])
                 out[f"{key}_vs_distcc_each"] = ratios
                 out[f"{key}_vs_distcc"] = statistics.median(ratios)
         print(f"{name}: builds, s: distcc {out.get('distcc_build_each_s', '-')}, meshcc "

@@ -190,23 +190,22 @@ class Transfers:
     def _paced(self, fetch: _Fetch, offset: int, length: int) -> None:
         """A chunk arrived: learn the path's rate and round trip, and size the
         next chunks (``CHUNK_TIME`` of the rate) and the window (rate x
-        (shortest round trip + ``QUEUE_TIME``)) from them: full speed on a
+        (shortest round trip + ``queue_time``)) from them: full speed on a
         fast path, little queued anywhere on a slow one. The shortest round
         trip is taken with the path drained (``PROBE_EVERY``)."""
         now = self.clock()
         fetch.received += length
         sent = fetch.sent_at.pop(offset, None)
+        rtt = now - sent if sent is not None and length == fetch.chunk else 0.0
         if offset == fetch.probe:
             fetch.probing, fetch.probe = False, -1
             # (Each drain costs about two round trips: on a long path, rarer.)
-            fetch.next_probe = now + max(PROBE_EVERY, 50 * (now - sent if sent else 0.0))
-            if sent is not None and length == fetch.chunk:
-                fetch.min_rtt = now - sent      # the path's own, nothing queued
+            fetch.next_probe = now + max(PROBE_EVERY, 50 * rtt)
+            if rtt > 0:
+                fetch.min_rtt = rtt             # the path's own, nothing queued
                 self._size_window(fetch)
-        elif sent is not None and length == fetch.chunk:
-            rtt = now - sent
-            if fetch.min_rtt <= 0 or rtt < fetch.min_rtt:
-                fetch.min_rtt = rtt
+        elif rtt > 0 and (fetch.min_rtt <= 0 or rtt < fetch.min_rtt):
+            fetch.min_rtt = rtt
         start, before = fetch.mark
         if start <= 0:
             fetch.mark = (now, fetch.received)
