@@ -27,7 +27,13 @@ same checksum as the local build's. In order:
    per compile) and in front of ``gcc`` at ``-j2`` (``py+gcc``: every compile
    from source on these CPUs behind an interpreter start, nothing shipped —
    what a wrapper that ships sources instead of preprocessing them could at
-   best do here). meshcc cannot beat the lower of the two on this machine.
+   best do here). meshcc cannot beat the lower of the two on this machine;
+7. head to head (``--pairs N``, 3 by default; ``--head-to-head-only`` skips
+   everything else but ``make -j2``): distcc, then N rounds of a Rakefile
+   build and a cold meshcc build (a fresh agent, an empty local cache),
+   then distcc again, each mesh build divided by the mean of the distcc
+   builds either side of it; build i of every tool is of a project variant
+   that differs in every file, so no store or cache has any of it.
 
 This machine's speed drifts by a fifth or more within minutes, so each
 build's ratio is to ``make -j2`` measured just before and just after it
@@ -246,8 +252,10 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=20, help="runs per invocation cost (20)")
     p.add_argument("--json", metavar="FILE", help="write the results here too")
     p.add_argument("--pairs", type=int, default=3,
-                   help="Rakefile builds set head to head against distcc builds either "
-                   "side (3; 0: none)")
+                   help="rounds of a Rakefile build and a cold meshcc build, set head "
+                   "to head against distcc builds either side (3; 0: none)")
+    p.add_argument("--head-to-head-only", action="store_true",
+                   help="only make -j2 and the head to head (a quicker look at the floors)")
     p.add_argument("--split", action="store_true",
                    help="model a client machine and a farm: make, the wrappers and the "
                    "meshcc agent on CPU 0, the servers and distccd (and their compiles) on "
@@ -302,13 +310,18 @@ def main() -> int:
             env_distcc = dict(base_env, DISTCC_HOSTS=" ".join(
                 f"127.0.0.1:{port}/{max(1, args.jobs // 2)}" for port in ports),
                 DISTCC_DIR=str(tmp / "distcc"), DISTCC_FALLBACK="0")
+        else:
+            env_distcc = None
+        only = args.head_to_head_only
+        if only and env_distcc is None:
+            raise BenchError("--head-to-head-only needs distcc (apt-get install distcc)")
+        if env_distcc is not None and not only:
             distcc = build(copy_project(project, tmp / "distcc-build"),
                            ["make", "-s", f"-j{args.jobs}", "CC=distcc gcc"], env_distcc, timeout,
                            servers=[p.pid for p in distccd])
             results["distcc"] = distcc = baseline.around(distcc)
             print(f"distcc: {distcc['seconds']:.2f} s", flush=True)
-        else:
-            env_distcc = None
+        elif not only:
             results["distcc"] = None
             print("distcc: not installed (apt-get install distcc); skipped", flush=True)
 
@@ -319,56 +332,61 @@ def main() -> int:
         results["split"] = bool(FARM_PREFIX)
         env_mesh = dict(base_env, CRC_MESH=f"127.0.0.1:{servers[1].port}", MESHCC_VERBOSE="1")
         cc = " ".join(MESHCC) + " gcc"
-        mesh_tree = copy_project(project, tmp / "mesh-build")
-        cold = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout,
-                     runtime, [s.proc.pid for s in servers])
-        results["meshcc_cold"] = cold = baseline.around(cold)
-        print(f"meshcc cold: {cold['seconds']:.2f} s ({cold['remote']} remote, "
-              f"{cold['fallbacks']} here)", flush=True)
-        clean(mesh_tree)
-        warm = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout,
-                     runtime, [s.proc.pid for s in servers])
-        results["meshcc_warm"] = warm = baseline.around(warm)
-        print(f"meshcc warm: {warm['seconds']:.2f} s ({warm['local']} from the local cache)",
-              flush=True)
-        clean(mesh_tree)
-        other = dict(env_mesh, MESHCC_CACHE_DIR=str(tmp / "other-client-cache"))
-        warm_mesh = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], other,
-                          timeout, runtime, [s.proc.pid for s in servers])
-        results["meshcc_warm_mesh"] = warm_mesh = baseline.around(warm_mesh)
-        print(f"meshcc warm, another client: {warm_mesh['seconds']:.2f} s "
-              f"({warm_mesh['cached']} from the mesh's cache)", flush=True)
-        results["invocation"] = invocation_cost(tmp, env_mesh, env_distcc, args.repeat)
-        stop_agents(runtime)
-        # The other way to get the source there, in the same run: preprocessed
-        # here, as distcc does (a fresh agent, a project and caches of its own).
-        pre = build(copy_project(project, tmp / "mesh-pre"),
-                    ["make", "-s", f"-j{args.jobs}", f"CC={cc}"],
-                    dict(env_mesh, MESHCC_SHIP="0",
-                         MESHCC_CACHE_DIR=str(tmp / "pre-client-cache")),
-                    timeout, runtime, [s.proc.pid for s in servers])
-        results["meshcc_cold_pre"] = pre = baseline.around(pre)
-        print(f"meshcc cold, preprocessed here (MESHCC_SHIP=0): {pre['seconds']:.2f} s "
-              f"({pre['remote']} remote, {pre['fallbacks']} here)", flush=True)
-        stop_agents(runtime)
+        if not only:
+            mesh_tree = copy_project(project, tmp / "mesh-build")
+            cold = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout,
+                         runtime, [s.proc.pid for s in servers])
+            results["meshcc_cold"] = cold = baseline.around(cold)
+            print(f"meshcc cold: {cold['seconds']:.2f} s ({cold['remote']} remote, "
+                  f"{cold['fallbacks']} here)", flush=True)
+            clean(mesh_tree)
+            warm = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout,
+                         runtime, [s.proc.pid for s in servers])
+            results["meshcc_warm"] = warm = baseline.around(warm)
+            print(f"meshcc warm: {warm['seconds']:.2f} s ({warm['local']} from the local cache)",
+                  flush=True)
+            clean(mesh_tree)
+            other = dict(env_mesh, MESHCC_CACHE_DIR=str(tmp / "other-client-cache"))
+            warm_mesh = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], other,
+                              timeout, runtime, [s.proc.pid for s in servers])
+            results["meshcc_warm_mesh"] = warm_mesh = baseline.around(warm_mesh)
+            print(f"meshcc warm, another client: {warm_mesh['seconds']:.2f} s "
+                  f"({warm_mesh['cached']} from the mesh's cache)", flush=True)
+            results["invocation"] = invocation_cost(tmp, env_mesh, env_distcc, args.repeat)
+            stop_agents(runtime)
+            # The other way to get the source there, in the same run: preprocessed
+            # here, as distcc does (a fresh agent, a project and caches of its own).
+            pre = build(copy_project(project, tmp / "mesh-pre"),
+                        ["make", "-s", f"-j{args.jobs}", f"CC={cc}"],
+                        dict(env_mesh, MESHCC_SHIP="0",
+                             MESHCC_CACHE_DIR=str(tmp / "pre-client-cache")),
+                        timeout, runtime, [s.proc.pid for s in servers])
+            results["meshcc_cold_pre"] = pre = baseline.around(pre)
+            print(f"meshcc cold, preprocessed here (MESHCC_SHIP=0): {pre['seconds']:.2f} s "
+                  f"({pre['remote']} remote, {pre['fallbacks']} here)", flush=True)
+            stop_agents(runtime)
 
-        # As a Rakefile: compiles on the mesh and the link here, as make
-        # links with distcc or meshcc; then every action on the mesh.
-        for key, rakefile in (("rakefile", LINK_HERE), ("rakefile_remote_link", "Rakefile")):
-            rake = build(copy_project(project, tmp / f"{key}-build"),
-                         [*CHAT, "--server", f"127.0.0.1:{servers[1].port}", "rake",
-                          "-j", str(args.jobs), rakefile],
-                         base_env, timeout, servers=[s.proc.pid for s in servers])
-            results[key] = rake = baseline.around(rake)
-            print(f"{key}: {rake['seconds']:.2f} s", flush=True)
+            # As a Rakefile: compiles on the mesh and the link here, as make
+            # links with distcc or meshcc; then every action on the mesh.
+            for key, rakefile in (("rakefile", LINK_HERE), ("rakefile_remote_link", "Rakefile")):
+                rake = build(copy_project(project, tmp / f"{key}-build"),
+                             [*CHAT, "--server", f"127.0.0.1:{servers[1].port}", "rake",
+                              "-j", str(args.jobs), rakefile],
+                             base_env, timeout, servers=[s.proc.pid for s in servers])
+                results[key] = rake = baseline.around(rake)
+                print(f"{key}: {rake['seconds']:.2f} s", flush=True)
 
         if env_distcc is not None and args.pairs:
-            # Head to head: distcc and the Rakefile build alternately, each
-            # Rakefile build against the distcc builds either side of it
-            # (what the floor compares, without the baseline's own noise).
-            # Build i of each is of a project variant i + 1, which differs in
-            # every file: nothing of it is in the servers' stores already.
-            printed: dict[str, list[str]] = {"distcc": [], "rake": []}
+            # Head to head: distcc, then per round the Rakefile build and a
+            # cold meshcc build (their order alternating), then distcc again:
+            # each mesh build against the distcc builds either side of it
+            # (what the floors compare, without the baseline's own noise).
+            # Build i of each tool is of a project variant that differs in
+            # every file: nothing of it is in the servers' stores or caches
+            # already; each meshcc build starts a fresh agent with an empty
+            # local cache (the servers keep running, as a farm's do).
+            printed: dict[str, list[str]] = {"distcc": [], "rakefile": [], "meshcc_cold": []}
+            rows: dict[str, list[dict]] = {"distcc": [], "rakefile": [], "meshcc_cold": []}
 
             def variant(i: int, tool: str) -> Project:
                 return generate_project(tmp / f"h2h-{tool}-{i}", args.files, args.headers,
@@ -378,36 +396,59 @@ def main() -> int:
                 row = build(variant(i, "distcc"), ["make", "-s", f"-j{args.jobs}",
                                                    "CC=distcc gcc"], env_distcc, timeout)
                 printed["distcc"].append(row["checksum"])
+                rows["distcc"].append(row)
                 return row["seconds"]
 
             def rake_s(i: int) -> float:
                 row = build(variant(i, "rake"), [*CHAT, "--server",
                                                  f"127.0.0.1:{servers[1].port}", "rake", "-j",
                                                  str(args.jobs), LINK_HERE], base_env, timeout)
-                printed["rake"].append(row["checksum"])
+                printed["rakefile"].append(row["checksum"])
+                rows["rakefile"].append(row)
                 return row["seconds"]
 
-            results["head_to_head"] = pairs = head_to_head(args.pairs, distcc_s, rake_s)
-            pairs["printed"] = printed["rake"]
-            for i, text in enumerate(printed["rake"]):
-                if text != printed["distcc"][i] or not text.startswith("checksum "):
-                    raise BenchError(f"head to head, variant {i + 1}: distcc's program printed "
-                                     f"{printed['distcc'][i]!r}, the Rakefile build's {text!r}")
-            print(f"head to head, Rakefile / distcc either side: {pairs['ratios']} "
-                  f"(median {pairs['median']})", flush=True)
+            def meshcc_s(i: int) -> float:
+                stop_agents(runtime)
+                env = dict(env_mesh, MESHCC_CACHE_DIR=str(tmp / f"h2h-cache-{i}"))
+                row = build(variant(i, "meshcc"), ["make", "-s", f"-j{args.jobs}", f"CC={cc}"],
+                            env, timeout, runtime)
+                if row["remote"] != args.files:
+                    raise BenchError(f"head to head, variant {i + 1}: meshcc compiled "
+                                     f"{row['remote']} of {args.files} files on the mesh")
+                printed["meshcc_cold"].append(row["checksum"])
+                rows["meshcc_cold"].append(row)
+                return row["seconds"]
 
-        pyexec = tmp / "pyexec.py"          # a Python start, then what follows it
-        pyexec.write_text("import os, sys\nos.execvp(sys.argv[1], sys.argv[1:])\n")
-        py = f"{sys.executable} -S {pyexec}"
-        if env_distcc is not None:
-            results["py_distcc"] = baseline.around(build(
-                copy_project(project, tmp / "py-distcc"),
-                ["make", "-s", f"-j{args.jobs}", f"CC={py} distcc gcc"], env_distcc, timeout,
-                servers=[p.pid for p in distccd]))
-        results["py_gcc"] = baseline.around(build(
-            copy_project(project, tmp / "py-gcc"), ["make", "-s", "-j2", f"CC={py} gcc"],
-            base_env, timeout, client_side=False))
-        print("ceilings: python -S in front of distcc and of gcc: done", flush=True)
+            results["head_to_head"] = pairs = head_to_head(
+                args.pairs, distcc_s, {"rakefile": rake_s, "meshcc_cold": meshcc_s})
+            stop_agents(runtime)
+            for tool, built in rows.items():       # what else each build measured
+                pairs.setdefault(tool, {}).update(
+                    {k: [r[k] for r in built] for k in ("client_cpu", "agent_cpu", "idle_cpu",
+                                                         "lo_bytes")})
+            for tool in ("rakefile", "meshcc_cold"):
+                for i, text in enumerate(printed[tool]):
+                    if text != printed["distcc"][i] or not text.startswith("checksum "):
+                        raise BenchError(f"head to head, variant {i + 1}: distcc's program "
+                                         f"printed {printed['distcc'][i]!r}, {tool}'s {text!r}")
+                row = pairs[tool]
+                row["printed"] = printed[tool]
+                print(f"head to head, {tool} / distcc either side: {row['ratios']} "
+                      f"(median {row['median']})", flush=True)
+
+        if not only:
+            pyexec = tmp / "pyexec.py"          # a Python start, then what follows it
+            pyexec.write_text("import os, sys\nos.execvp(sys.argv[1], sys.argv[1:])\n")
+            py = f"{sys.executable} -S {pyexec}"
+            if env_distcc is not None:
+                results["py_distcc"] = baseline.around(build(
+                    copy_project(project, tmp / "py-distcc"),
+                    ["make", "-s", f"-j{args.jobs}", f"CC={py} distcc gcc"], env_distcc, timeout,
+                    servers=[p.pid for p in distccd]))
+            results["py_gcc"] = baseline.around(build(
+                copy_project(project, tmp / "py-gcc"), ["make", "-s", "-j2", f"CC={py} gcc"],
+                base_env, timeout, client_side=False))
+            print("ceilings: python -S in front of distcc and of gcc: done", flush=True)
 
         checksums = {k: v["checksum"] for k, v in results.items()
                      if isinstance(v, dict) and "checksum" in v}
@@ -433,16 +474,23 @@ def main() -> int:
 
 
 def head_to_head(n: int, first: Callable[[int], float],
-                 second: Callable[[int], float]) -> dict[str, Any]:
-    """``first``, then ``n`` times ``second`` and ``first`` again: each
-    ``second`` divided by the mean of the ``first`` either side of it."""
-    firsts, seconds = [first(0)], []
+                 others: dict[str, Callable[[int], float]]) -> dict[str, Any]:
+    """``first``, then ``n`` rounds of each of ``others`` (their order turned
+    round every round) and ``first`` again: each build of the others divided
+    by the mean of the ``first`` builds either side of its round."""
+    firsts = [first(0)]
+    times: dict[str, list[float]] = {name: [] for name in others}
+    order = list(others)
     for i in range(n):
-        seconds.append(second(i))
+        for name in (order if i % 2 == 0 else order[::-1]):
+            times[name].append(others[name](i))
         firsts.append(first(i + 1))
-    ratios = against_either_side(seconds, firsts)
-    return {"first_s": [round(x, 3) for x in firsts], "second_s": [round(x, 3) for x in seconds],
-            "ratios": ratios, "median": statistics.median(ratios)}
+    out: dict[str, Any] = {"first_s": [round(x, 3) for x in firsts]}
+    for name, seconds in times.items():
+        ratios = against_either_side(seconds, firsts)
+        out[name] = {"s": [round(x, 3) for x in seconds], "ratios": ratios,
+                     "median": statistics.median(ratios)}
+    return out
 
 
 class Baseline:
@@ -485,21 +533,26 @@ def report(results: dict[str, Any]) -> None:
               f"{row['lo_bytes'] / 1e6:>8.2f} {row['client_cpu']:>13.2f} "
               f"{row['agent_cpu']:>8.2f} {row['servers_cpu']:>14.2f} "
               f"{row.get('idle_cpu', 0.0):>11.2f}")
-    inv = results["invocation"]
-    print(f"\none invocation (median ms): gcc -c empty.c {inv['gcc_ms']}, meshcc "
-          f"{inv['meshcc_ms']} (from its local cache {inv['meshcc_cached_ms']}), distcc "
-          f"{inv.get('distcc_ms', '-')}; python start {inv['python_ms']} "
-          f"(-S: {inv['python_S_ms']})")
+    inv = results.get("invocation")
+    if inv:
+        print(f"\none invocation (median ms): gcc -c empty.c {inv['gcc_ms']}, meshcc "
+              f"{inv['meshcc_ms']} (from its local cache {inv['meshcc_cached_ms']}), distcc "
+              f"{inv.get('distcc_ms', '-')}; python start {inv['python_ms']} "
+              f"(-S: {inv['python_S_ms']})")
     floors = []
-    if distcc:
+    if distcc and results.get("meshcc_cold"):
         floors.append(("meshcc cold <= distcc", results["meshcc_cold"]["ratio"] <= distcc["ratio"]))
         floors.append(("Rakefile <= distcc", results["rakefile"]["ratio"] <= distcc["ratio"]))
     pairs = results.get("head_to_head")
     if pairs:
-        print(f"\nhead to head: distcc {pairs['first_s']} s, Rakefile {pairs['second_s']} s; "
-              f"Rakefile / distcc either side {pairs['ratios']}, median {pairs['median']}")
-        floors.append(("Rakefile <= distcc, head to head (median)", pairs["median"] <= 1.0))
-    floors.append(("warm rebuild <= 0.3 x make -j2", results["meshcc_warm"]["ratio"] <= 0.3))
+        print(f"\nhead to head: distcc {pairs['first_s']} s")
+        for tool, label in (("rakefile", "Rakefile"), ("meshcc_cold", "meshcc cold")):
+            row = pairs[tool]
+            print(f"  {label} {row['s']} s; / distcc either side {row['ratios']}, "
+                  f"median {row['median']}")
+            floors.append((f"{label} <= distcc, head to head (median)", row["median"] <= 1.0))
+    if results.get("meshcc_warm"):
+        floors.append(("warm rebuild <= 0.3 x make -j2", results["meshcc_warm"]["ratio"] <= 0.3))
     ceilings = [results[k]["ratio"] for k in ("py_distcc", "py_gcc") if results.get(k)]
     if distcc and ceilings:
         best = min(ceilings)

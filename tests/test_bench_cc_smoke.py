@@ -43,10 +43,15 @@ def test_quick_cc_benchmark_completes_and_every_build_agrees(tmp_path: Path) -> 
         assert row["baseline_s"] > 0
         assert row["ratio"] == pytest.approx(row["seconds"] / row["baseline_s"], abs=0.002)
         assert row["idle_cpu"] >= 0
-    # With distcc here, the Rakefile build is also set head to head against
-    # distcc builds either side of it (each build checked like the others).
+    # With distcc here, the Rakefile build and a cold meshcc build are also
+    # set head to head against distcc builds either side of them (each build
+    # checked like the others, every meshcc compile on the mesh).
     if report["distcc"]:
         pairs = report["head_to_head"]
-        assert len(pairs["second_s"]) == 1 and len(pairs["first_s"]) == 2
-        assert pairs["ratios"][0] == pytest.approx(
-            pairs["second_s"][0] / (sum(pairs["first_s"]) / 2), abs=0.002)
+        assert len(pairs["first_s"]) == 2
+        for tool in ("rakefile", "meshcc_cold"):
+            row = pairs[tool]
+            assert len(row["s"]) == 1 and len(row["idle_cpu"]) == 1
+            assert row["ratios"][0] == pytest.approx(
+                row["s"][0] / (sum(pairs["first_s"]) / 2), abs=0.002)
+            assert row["printed"][0].startswith("checksum ")

@@ -49,8 +49,11 @@ from .ship import DEPS, NotShipped, Probe, parse_probe, plan_shipment, probe_fla
 from .paths import LOCK_ENV, agent_dir, pid_file
 from .talk import TalkError, decode, encode
 
-#: Seconds without a request after which the agent leaves (``MESHCC_AGENT_IDLE``).
-IDLE = 60.0
+#: Seconds without a request after which the agent leaves (``MESHCC_AGENT_IDLE``):
+#: long enough that the next build of a working session finds it running
+#: (its start — an interpreter, the mesh client's modules, a handshake — is
+#: otherwise paid by every build's first compiles, with the CPUs idle).
+IDLE = 600.0
 #: Seconds an agent that cannot reach the mesh keeps saying so before leaving.
 DOWN_FOR = 10.0
 ENV_SECRET = "CRC_MESH_SECRET_FILE"
@@ -171,7 +174,8 @@ class Agent:
         self.loop = EventLoop()
         self.down: str | None = None        # why the mesh cannot be reached
         self.ready = False
-        self.waiting: list[tuple[Request, dict]] = []
+        #: Compiles ready to go once the mesh is: (request, submit).
+        self.waiting: list[tuple[Request, Callable[[], None]]] = []
         self.active = 0
         self._idle_timer = None
         try:
@@ -253,8 +257,8 @@ class Agent:
                 return
             self.ready = True
             waiting, self.waiting = self.waiting, []
-            for request, body in waiting:
-                self._submit(request, body)
+            for _, submit in waiting:
+                submit()
         elif kind == "plain":
             self._down("the server is a plain CRC v1 server; it cannot run jobs")
         elif kind == "status" and not self.ready and \
@@ -273,20 +277,20 @@ class Agent:
         self.touched()
         if self.down is not None:
             request.answer({"ok": False, "error": self.down})
-        elif not self.ready:
-            self.waiting.append((request, body))
-        else:
-            self._submit(request, body)
-
-    def _submit(self, request: Request, body: dict) -> None:
-        assert self.jobs is not None            # (only once the mesh is ready)
-        if body.get("ship"):
-            self._ship(request, body)
             return
-        self._run(request, request.answer, argv=body["argv"], files=[body["source"]],
-                  compiler=body.get("compiler"), debug_dir=body.get("debug_dir"),
-                  base_dir=body["work"], cache=body.get("cache") is True,
-                  timeout=body.get("timeout"))
+        # What can be done without the mesh (identify the compiler, find the
+        # headers) is done now: while a new agent's handshake is in flight.
+        submit = self._prepare_ship(request, body) if body.get("ship") else \
+            lambda: self._run(request, request.answer, argv=body["argv"],
+                              files=[body["source"]], compiler=body.get("compiler"),
+                              debug_dir=body.get("debug_dir"), base_dir=body["work"],
+                              cache=body.get("cache") is True, timeout=body.get("timeout"))
+        if submit is None:
+            return                              # (answered already)
+        if not self.ready:
+            self.waiting.append((request, submit))
+        else:
+            submit()
 
     def _run(self, request: Request, done: Callable[[dict], None], **submit: Any) -> None:
         """Submit a compile; answer ``request`` with why if it fails, else hand
@@ -355,22 +359,23 @@ class Agent:
             known = self.probes[key] = parse_probe(done.stderr, done.stdout)
         return known
 
-    def _ship(self, request: Request, body: dict) -> None:
-        """Send the source and its headers; the compile runs from source over
-        there. ``{ok: False, preprocess: why}`` when it cannot be shipped."""
+    def _prepare_ship(self, request: Request, body: dict) -> Callable[[], None] | None:
+        """What sends the source and its headers (the compile runs from
+        source over there); None, the request answered, when it cannot be
+        shipped (``{ok: False, preprocess: why}``) or the compiler is unknown."""
         cwd = body["cwd"]
         try:
             compiler = self._identity(body["real"])
         except MeshFailure as exc:
             request.answer({"ok": False, "error": str(exc)})
-            return
+            return None
         try:
             probe = self._probe(body["real"], probe_flags(body["words"], body["language"]))
             plan = plan_shipment(body["words"], cwd, body["output"], body["source"], probe)
             closure = self.scanner.closure(cwd, body["source"], plan.search, plan.preincludes)
         except (NotShipped, Unscannable) as exc:
             request.answer({"ok": False, "preprocess": str(exc)})
-            return
+            return None
         prepared, names = [], set()
         for f in closure:
             name = ROOT_DIR + f.path
@@ -392,9 +397,9 @@ class Agent:
                     answer = {"ok": False, "preprocess": problem}
             request.answer(answer)
 
-        self._run(request, done, argv=[body["name"], *plan.argv], prepared=prepared,
-                  rooted=cwd, compiler=compiler, base_dir=work, cache=cache,
-                  timeout=body.get("timeout"))
+        return lambda: self._run(request, done, argv=[body["name"], *plan.argv],
+                                 prepared=prepared, rooted=cwd, compiler=compiler,
+                                 base_dir=work, cache=cache, timeout=body.get("timeout"))
 
     @staticmethod
     def _shipped_back(work: str, cwd: str, plan: Any, closure: list) -> str | None:

@@ -19,6 +19,10 @@ import time
 MAX_MESSAGE = 1 << 20
 #: Seconds between attempts to start an agent while none answers.
 RESTART = 0.5
+#: Longest wait between attempts to connect while an agent starts: every
+#: compile of a build's first wave waits for it, and an attempt costs
+#: microseconds, so the wait stays short.
+POLL = 0.005
 
 
 class TalkError(Exception):
@@ -76,7 +80,7 @@ def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
         if time.monotonic() > deadline:
             raise MeshFailure(f"the meshcc agent did not start within {connect_timeout:g} s")
         time.sleep(delay)              # the agent we started is binding its socket
-        delay = min(delay * 2, 0.05)
+        delay = min(delay * 2, POLL)
     try:
         sock.settimeout(answer_timeout)
         sock.sendall(encode(request))

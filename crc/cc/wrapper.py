@@ -388,7 +388,11 @@ def start_agent(path: str) -> None:
             if os.fork() == 0:             # detached: nobody of the build waits for it
                 if lock >= 0:
                     os.set_inheritable(lock, True)
-                os.execve(sys.executable, [sys.executable, "-m", "crc.cc.agent", path], env)
+                # -S: the agent needs only the standard library and this
+                # package (on PYTHONPATH above); site-packages' .pth files
+                # would cost every build's first compile tens of ms.
+                os.execve(sys.executable, [sys.executable, "-S", "-m", "crc.cc.agent", path],
+                          env)
         finally:
             os._exit(0)
     os.waitpid(pid, 0)

@@ -1,6 +1,7 @@
 """Files of jobs, as both sides of the wire see them: ``FileRef`` (a
-file's name in a job, its SHA-256, size and mode) and ``Sweeper`` (removing
-directories off the event loop).
+file's name in a job, its SHA-256, size and mode), ``bad_relative_path``
+(which names a job's file may have) and ``Sweeper`` (removing directories
+off the event loop).
 
 ``Sweeper`` takes directories off a loop's hands: removing one costs
 milliseconds on some file systems (``rmdir`` on ext4 mounted with online
@@ -22,6 +23,23 @@ from typing import Protocol
 
 from ..net import EventLoop
 from .process import ChildProcess
+
+
+def bad_relative_path(name: str) -> str | None:
+    """Why ``name`` may not be a job file name, or None if it may."""
+    if not name:
+        return "empty file name"
+    if "\0" in name:
+        return f"file name {name!r} contains a NUL byte"
+    # (string tests, not PurePosixPath: this runs for every file of every
+    # job, on the client and on each server it passes)
+    if name.startswith("/"):
+        return f"file name {name!r} is absolute; required files must be relative"
+    if ".." in name.split("/"):
+        return f"file name {name!r} leaves the job directory ('..')"
+    if os.path.normpath(name) == "." or name.endswith("/"):
+        return f"file name {name!r} names a directory, not a file"
+    return None
 
 
 @dataclass(frozen=True)

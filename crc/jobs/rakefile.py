@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..options import OptionError, host_port
+from .files import bad_relative_path  # noqa: F401 (where it always was, for its users)
 
 DEFAULT_PORT = 31101
 #: The longest command line an action may have (a shell's own limit is near).
@@ -67,23 +68,6 @@ def _indent(raw: str) -> tuple[int, str]:
     stripped = raw.lstrip(" \t")
     prefix = raw[: len(raw) - len(stripped)]
     return len(prefix.expandtabs(8)), stripped
-
-
-def bad_relative_path(name: str) -> str | None:
-    """Why ``name`` may not be a job file name, or None if it may."""
-    if not name:
-        return "empty file name"
-    if "\0" in name:
-        return f"file name {name!r} contains a NUL byte"
-    # (string tests, not PurePosixPath: this runs for every file of every
-    # job, on the client and on each server it passes)
-    if name.startswith("/"):
-        return f"file name {name!r} is absolute; required files must be relative"
-    if ".." in name.split("/"):
-        return f"file name {name!r} leaves the job directory ('..')"
-    if os.path.normpath(name) == "." or name.endswith("/"):
-        return f"file name {name!r} names a directory, not a file"
-    return None
 
 
 @dataclass

@@ -35,9 +35,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ...jobs.files import FileRef, Sweeper
+from ...jobs.files import FileRef, Sweeper, bad_relative_path
 from ...jobs.leftovers import mark_owner, sweep_stale
-from ...jobs.rakefile import bad_relative_path
 from ...jobs.store import BlobStore
 from ...jobs.transfer import Transfers
 from ...jobs.wire import (DEFAULT_MAX_JOBS, INLINE_MAX, STDIN_WINDOW, Kind, frame, pack_inline,

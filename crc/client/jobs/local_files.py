@@ -23,8 +23,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from ...jobs.files import FileRef
-from ...jobs.rakefile import bad_relative_path
+from ...jobs.files import FileRef, bad_relative_path
 from ...jobs.store import BlobStore, hash_file
 from .state import text_problem
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 import shlex
 
-from ...jobs.files import FileRef
-from ...jobs.rakefile import bad_relative_path
+from ...jobs.files import FileRef, bad_relative_path
 from ...jobs.store import valid_sha
 from ...protocol import ProtocolError
 

@@ -51,8 +51,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from ...jobs.files import FileRef
-from ...jobs.rakefile import bad_relative_path
+from ...jobs.files import FileRef, bad_relative_path
 
 
 class JobDirError(Exception):
