@@ -163,7 +163,7 @@ class Listener:
         self.sock = sock
 
     def handle_event(self, mask: int) -> None:
-        for conn in accept_pending(self.sock):
+        for conn in accept_pending(self.sock, self.agent.loop, self):
             self.agent.touched()
             Request(self.agent, conn)
 

@@ -16,7 +16,8 @@ A handler is any object with ``handle_event(mask)`` registered through
 ``register``. An exception escaping a handler is logged and, if the handler
 has ``abort(reason)``, passed to it: a bug in one connection never stops the
 loop for everyone else. ``accept_pending`` is the accept loop of a listening
-handler (the metrics endpoint, meshcc's agent).
+handler (the metrics endpoint, meshcc's agent); out of descriptors, it stops
+watching the listener for a moment rather than wake the loop in a spin.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import errno
 import heapq
 import itertools
 import logging
+import math
 import selectors
 import socket
 import time
@@ -241,11 +243,23 @@ class EventLoop:
         self._waker.close()
 
 
-def accept_pending(listener: socket.socket) -> Iterator[socket.socket]:
+#: Seconds a listener is not watched after ``accept`` ran out of descriptors.
+ACCEPT_PAUSE = 0.25
+#: When each listener's pause was last logged (at most one line a second each).
+_pause_logged: dict[int, float] = {}
+
+
+def accept_pending(listener: socket.socket, loop: "EventLoop | None" = None,
+                   handler: Handler | None = None) -> Iterator[socket.socket]:
     """Every connection waiting on a non-blocking ``listener``, accepted; ends
-    when none is left, or when this process is out of descriptors (the
-    connection stays queued for a later wake-up). One aborted by its peer
-    before it was taken is skipped."""
+    when none is left, or when this process is out of descriptors. One
+    aborted by its peer before it was taken is skipped.
+
+    Out of descriptors, the connection stays queued and the listener stays
+    readable: watched by ``loop`` (for ``handler``), it would wake the loop
+    at once, again and again. Given them, the listener is not watched for
+    ``ACCEPT_PAUSE`` seconds (``pause_listener``) — as the server's own
+    acceptor does — and the connections in hand go on."""
     while True:
         try:
             conn, _ = listener.accept()
@@ -255,6 +269,44 @@ def accept_pending(listener: socket.socket) -> Iterator[socket.socket]:
             if exc.errno == errno.ECONNABORTED:
                 continue
             if exc.errno in (errno.EMFILE, errno.ENFILE):
+                if loop is not None and handler is not None:
+                    pause_listener(loop, listener, handler, exc)
                 return
             raise
         yield conn
+
+
+def pause_listener(loop: "EventLoop", listener: socket.socket, handler: Handler,
+                   exc: OSError | None = None, seconds: float = ACCEPT_PAUSE) -> None:
+    """Stop watching ``listener`` for ``seconds``, then watch it again for
+    ``handler`` (unless it was closed or unregistered meanwhile); say why at
+    most once a second."""
+    try:
+        loop.unregister(listener)
+    except (KeyError, ValueError):
+        return                          # (paused already, or closed)
+    now = loop.time()
+    where = listener.fileno()
+    if now - _pause_logged.get(where, -math.inf) >= 1.0:
+        _pause_logged[where] = now
+        log.warning("accept on %s failed: %s; not accepting for %.2f s (out of file "
+                    "descriptors: raise the limit, ulimit -n)", _name_of(listener),
+                    (exc.strerror if exc is not None else None) or exc, seconds)
+
+    def resume() -> None:
+        if listener.fileno() < 0:
+            return                      # closed while paused
+        try:
+            loop.register(listener, EVENT_READ, handler)
+        except (KeyError, ValueError, OSError):
+            pass                        # (registered again by its owner, or gone)
+
+    loop.call_later(seconds, resume)
+
+
+def _name_of(listener: socket.socket) -> str:
+    try:
+        name = listener.getsockname()
+    except OSError:
+        return "a listener"
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)

@@ -294,7 +294,7 @@ class MetricsServer:
         server.close_listeners.append(self.close)
 
     def handle_event(self, mask: int) -> None:
-        for conn in accept_pending(self.sock):
+        for conn in accept_pending(self.sock, self.loop, self):
             if len(self.clients) >= MAX_CLIENTS:
                 conn.close()                    # bounded like everything else
                 continue
