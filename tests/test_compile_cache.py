@@ -107,3 +107,70 @@ def test_the_compiler_gets_pipe_first_and_not_with_save_temps() -> None:
     for flag in ("-save-temps", "--save-temps", "-save-temps=obj"):
         assert JobService.with_compiler(service, header, ["gcc", flag, "-c", "a.c"]) == \
             ["/usr/bin/gcc", flag, "-c", "a.c"]
+
+
+def _cache_with_object(tmp_path: Path, **kw) -> tuple[CompileCache, list[dict], BlobStore]:
+    store = BlobStore(tmp_path / "blobs")
+    obj = tmp_path / "o"
+    obj.write_bytes(b"object")
+    sha, size = store.add_file(obj)
+    files = [{"name": "out.o", "sha": sha, "size": size, "mode": 0o644}]
+    return CompileCache(tmp_path / "cache", store, **kw), files, store
+
+
+def test_entries_are_lines_of_one_file_and_survive_a_restart(tmp_path: Path) -> None:
+    cache, files, store = _cache_with_object(tmp_path)
+    keys = [f"{i:064x}" for i in range(4)]
+    for k in keys:
+        cache.remember(k, files)
+    cache.forget(keys[1])
+    cache.close()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["entries.log"]  # no file each
+    reopened = CompileCache(tmp_path / "cache", store)
+    assert list(reopened._order) == [keys[0], keys[2], keys[3]]
+    assert reopened.lookup(keys[2]) == files and reopened.lookup(keys[1]) is None
+
+
+def test_a_line_cut_short_by_a_crash_is_skipped(tmp_path: Path) -> None:
+    cache, files, store = _cache_with_object(tmp_path)
+    cache.remember("a" * 64, files)
+    cache.close()
+    with open(tmp_path / "cache" / "entries.log", "ab") as f:
+        f.write(b"b" * 40)                     # (the process died mid-write)
+    reopened = CompileCache(tmp_path / "cache", store)
+    assert list(reopened._order) == ["a" * 64]
+    reopened.remember("c" * 64, files)         # the next line is whole again
+    reopened.close()
+    assert list(CompileCache(tmp_path / "cache", store)._order) == ["a" * 64, "c" * 64]
+
+
+def test_the_file_is_rewritten_when_most_of_it_is_dead(tmp_path: Path) -> None:
+    from crc.server.jobs import cache as module
+    cache, files, store = _cache_with_object(tmp_path, max_entries=2)
+    for i in range(module.SLACK + 50):
+        cache.remember(f"{i:064x}", files)      # each past the second evicts one
+    lines = (tmp_path / "cache" / "entries.log").read_text().splitlines()
+    assert len(lines) <= 2 * 2 + module.SLACK + 1
+    cache.close()
+    reopened = CompileCache(tmp_path / "cache", store, max_entries=2)
+    assert list(reopened._order) == [f"{i:064x}" for i in (module.SLACK + 48, module.SLACK + 49)]
+
+
+def test_entries_of_the_one_file_each_layout_are_taken_over(tmp_path: Path) -> None:
+    import json
+    import os
+    store = BlobStore(tmp_path / "blobs")
+    obj = tmp_path / "o"
+    obj.write_bytes(b"object")
+    sha, size = store.add_file(obj)
+    files = [{"name": "out.o", "sha": sha, "size": size, "mode": 0o644}]
+    old, new = "1" * 64, "2" * 64
+    for n, key in enumerate((old, new)):
+        path = tmp_path / "cache" / key[:2] / key
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(files))
+        os.utime(path, (1000 + n, 1000 + n))
+    cache = CompileCache(tmp_path / "cache", store)
+    assert list(cache._order) == [old, new]    # oldest first, as their times said
+    assert cache.lookup(new) == files
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["entries.log"]

@@ -13,11 +13,18 @@ the executor looks the key up before fetching anything: a hit answers at
 once with the files the first run produced, nothing runs; a miss runs, and
 a run that exits 0 having printed nothing is remembered.
 
-Entries are small files under the server's state directory (they survive
-a restart, like results); the objects themselves are blobs of the server's
-store, bounded by ``--store-max`` with the store's eviction — an entry
-whose blob was evicted is a miss and is removed. ``--cache-max`` bounds
-the number of entries (oldest used first out).
+Entries are lines of one append-only file under the server's state
+directory, ``entries.log`` (they survive a restart, like results): a key
+and its files' JSON, or a key and ``-`` when it goes. A file per entry cost
+every compile a new inode (a third of a millisecond and more on ext4),
+where a line costs one ``write``; the file is rewritten with only the live
+entries when it holds more dead lines than live ones (and at start). The
+entries are held in memory too (their JSON text: about 300 bytes each).
+Entries of the earlier one-file-per-entry layout are taken over at start.
+The objects themselves are blobs of the server's store, bounded by
+``--store-max`` with the store's eviction — an entry whose blob was evicted
+is a miss and is removed. ``--cache-max`` bounds the number of entries
+(oldest used first out).
 
 Knows the blob store and the file system; no sockets, no job state.
 """
@@ -66,6 +73,12 @@ def cache_key(header: dict) -> str | None:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+#: The entries' file, in the cache's directory.
+LOG = "entries.log"
+#: Dead lines the file may hold beyond its live ones before it is rewritten.
+SLACK = 1000
+
+
 class CompileCache:
     def __init__(self, root: Path, store: BlobStore, max_entries: int = DEFAULT_ENTRIES) -> None:
         self.root = Path(root)
@@ -75,20 +88,97 @@ class CompileCache:
         self.hits = 0
         self.misses = 0
         self.stored = 0
-        # Least recently used first; the files on disk are the truth, this
-        # only orders eviction (rebuilt from the directory at start).
-        self._order: OrderedDict[str, None] = OrderedDict()
-        for path in sorted(self.root.glob("*/*"), key=lambda p: p.stat().st_mtime):
-            self._order[path.name] = None
+        #: key -> its files' JSON, least recently used first.
+        self._order: OrderedDict[str, str] = OrderedDict()
+        self._lines = 0                 # lines in the file, live or dead
+        self._log = str(self.root / LOG)
+        self._fd = -1
+        self._load()
 
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / key
+    def _load(self) -> None:
+        taken = self._take_legacy()
+        try:
+            with open(self._log, "rb") as f:
+                for raw in f:
+                    self._lines += 1
+                    key, _, text = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
+                    if len(key) != 64 or not text:
+                        continue                # (a line cut short by a crash)
+                    self._order.pop(key, None)
+                    if text != "-":
+                        self._order[key] = text
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("cannot read the compile cache's entries (%s): %s; starting empty",
+                        self._log, exc)
+        for key, text in taken:
+            self._order.pop(key, None)
+            self._order[key] = text
+        while len(self._order) > self.max_entries:
+            self._order.popitem(last=False)
+        self._rewrite()
+
+    def _take_legacy(self) -> list[tuple[str, str]]:
+        """Entries of the one-file-per-entry layout (``XX/KEY``), oldest
+        first; their files and folders are removed."""
+        found = []
+        for path in self.root.glob("??/*"):
+            try:
+                found.append((path.stat().st_mtime, path.name, path.read_text()))
+                path.unlink()
+            except (OSError, UnicodeDecodeError):
+                continue
+        for folder in self.root.glob("??"):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        return [(key, " ".join(text.split())) for _, key, text in sorted(found)
+                if len(key) == 64 and text.strip()]
+
+    def _rewrite(self) -> None:
+        """The file again, with the live entries only."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        tmp = f"{self._log}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(f"{key} {text}\n" for key, text in self._order.items())
+            os.replace(tmp, self._log)
+            self._lines = len(self._order)
+            self._fd = os.open(self._log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            log.warning("cannot write the compile cache's entries (%s): %s; they are kept in "
+                        "memory only", self._log, exc)
+
+    def _append(self, key: str, text: str) -> None:
+        if self._fd < 0:
+            return
+        try:
+            os.write(self._fd, f"{key} {text}\n".encode("utf-8", "surrogatepass"))
+            self._lines += 1
+        except OSError as exc:
+            log.warning("cannot keep compile cache entry %s: %s", key[:16], exc)
+        if self._lines > 2 * len(self._order) + SLACK:
+            self._rewrite()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def lookup(self, key: str) -> list[dict] | None:
         """The files a run with this key produced, if they are all still here."""
+        text = self._order.get(key)
         try:
-            files = json.loads(self._path(key).read_text())
-        except (OSError, ValueError):
+            files = json.loads(text) if text is not None else None
+        except ValueError:
+            files = None
+        if files is None:
+            if text is not None:
+                self.forget(key)
             self.misses += 1
             return None
         if not isinstance(files, list) or not all(
@@ -98,30 +188,19 @@ class CompileCache:
             self.misses += 1
             return None
         self.hits += 1
-        self._order.pop(key, None)
-        self._order[key] = None
+        self._order.move_to_end(key)
         return files
 
     def remember(self, key: str, files: list[dict]) -> None:
-        path = self._path(key)
-        tmp = path.with_name(f".{key}.tmp")
-        try:
-            path.parent.mkdir(exist_ok=True)
-            tmp.write_text(json.dumps(files, separators=(",", ":")))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot keep compile cache entry %s: %s", key[:16], exc)
-            return
-        self.stored += 1
+        text = json.dumps(files, separators=(",", ":"))
         self._order.pop(key, None)
-        self._order[key] = None
+        self._order[key] = text
+        self.stored += 1
+        self._append(key, text)
         while len(self._order) > self.max_entries:
             oldest, _ = self._order.popitem(last=False)
-            self.forget(oldest)
+            self._append(oldest, "-")
 
     def forget(self, key: str) -> None:
-        self._order.pop(key, None)
-        try:
-            self._path(key).unlink()
-        except OSError:
-            pass
+        if self._order.pop(key, None) is not None:
+            self._append(key, "-")

@@ -28,6 +28,11 @@ log = logging.getLogger("crc.jobs.service")     # the job service's log: one nam
 VIEW_MAX = 16 * 1024
 #: Jobs a view lists (running first, then queued).
 VIEW_JOBS = 8
+#: Seconds between the reports that carry our view: the ones a job's start
+#: or end sends (several a second on a busy server, each crossing every
+#: link) carry the numbers the entries place jobs by, and only these the
+#: view (a monitor's picture, which receivers keep until the next).
+VIEW_EVERY = 1.0
 
 
 def load_frame(report: LoadReport, view: dict | None = None) -> Extension:
@@ -51,6 +56,7 @@ class LoadReports:
         self._last_sent: LoadReport | None = None
         self._last_sent_at = 0.0
         self._report_soon: Timer | None = None
+        self._view_sent_at = -VIEW_EVERY
         self._cpu = (0.0, 0.0, 0.0, os.cpu_count() or 1)
         #: What each server's latest report says for monitors (its links,
         #: clients, counters, jobs): ``chat_client.py monitor``.
@@ -119,7 +125,10 @@ class LoadReports:
         if should_send(self._last_sent, new, now - self._last_sent_at,
                        self.jobs.config.load_interval):
             self._last_sent, self._last_sent_at = new, now
-            view = self.views[self.me] = self.view()
+            view = None
+            if now - self._view_sent_at >= VIEW_EVERY:
+                view = self.views[self.me] = self.view()
+                self._view_sent_at = now
             self.server.flood_extension(load_frame(new, view))
 
     def on_link_up(self, conn: Connection) -> None:

@@ -340,6 +340,7 @@ class JobService:
         self.results.close()
         self.sweeper.close()
         self.results_sweeper.close()
+        self.cache.close()
         for sha in list(self.store.partials):
             self.store.abandon(sha)
         if self._own_root:
