@@ -30,7 +30,8 @@ same checksum as the local build's. In order:
    best do here). meshcc cannot beat the lower of the two on this machine;
 7. head to head (``--pairs N``, 3 by default; ``--head-to-head-only`` skips
    everything else but ``make -j2``): distcc, then N rounds of a Rakefile
-   build and a cold meshcc build (a fresh agent, an empty local cache),
+   build and a cold meshcc build (a fresh agent — or with
+   ``--agent-running`` one an earlier build started —, an empty local cache),
    then distcc again, each mesh build divided by the mean of the distcc
    builds either side of it; build i of every tool is of a project variant
    that differs in every file, so no store or cache has any of it.
@@ -256,6 +257,10 @@ def main() -> int:
                    "to head against distcc builds either side (3; 0: none)")
     p.add_argument("--head-to-head-only", action="store_true",
                    help="only make -j2 and the head to head (a quicker look at the floors)")
+    p.add_argument("--agent-running", action="store_true",
+                   help="in the head to head, each meshcc build finds the agent running (as "
+                   "the next build of a working session does, within MESHCC_AGENT_IDLE) "
+                   "instead of starting one")
     p.add_argument("--split", action="store_true",
                    help="model a client machine and a farm: make, the wrappers and the "
                    "meshcc agent on CPU 0, the servers and distccd (and their compiles) on "
@@ -408,7 +413,8 @@ def main() -> int:
                 return row["seconds"]
 
             def meshcc_s(i: int) -> float:
-                stop_agents(runtime)
+                if not args.agent_running:
+                    stop_agents(runtime)
                 env = dict(env_mesh, MESHCC_CACHE_DIR=str(tmp / f"h2h-cache-{i}"))
                 row = build(variant(i, "meshcc"), ["make", "-s", f"-j{args.jobs}", f"CC={cc}"],
                             env, timeout, runtime)
@@ -419,6 +425,11 @@ def main() -> int:
                 rows["meshcc_cold"].append(row)
                 return row["seconds"]
 
+            if args.agent_running:          # started by a small build of its own
+                stop_agents(runtime)
+                warm_up = generate_project(tmp / "h2h-agent", 4, 2, variant=99)
+                build(warm_up, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout)
+            results["agent_running"] = args.agent_running
             results["head_to_head"] = pairs = head_to_head(
                 args.pairs, distcc_s, {"rakefile": rake_s, "meshcc_cold": meshcc_s})
             stop_agents(runtime)
