@@ -32,6 +32,7 @@ Must not: block, sleep, resolve names, or hold anything without a bound
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from typing import Any, Callable
@@ -187,6 +188,10 @@ class MeshServer:
             listener()
         self.close_listeners.clear()
         for conn in list(self.connections):
+            # What is queued (the jobs' last results, above) goes if the
+            # kernel takes it at once; nothing waits.
+            with contextlib.suppress(OSError):
+                conn.flush()
             conn.close("server shutting down")
         if self.listener is not None:
             self.loop.unregister(self.listener)

@@ -37,6 +37,9 @@ log = logging.getLogger("crc.jobs.build")     # the name its log lines have alwa
 
 #: After ``Build.abort``, seconds local actions get to end before SIGKILL.
 ABORT_GRACE = 2.0
+#: Runs of one remote action at most, however its servers were lost (a
+#: rolling restart of a large mesh may stop several under it).
+MAX_ATTEMPTS = 8
 
 
 @dataclass
@@ -49,6 +52,11 @@ class ActionRun:
     exit: int | None = None
     error: str = ""
     attempts: int = 0
+    #: Times its server was lost under it for no reason we know (it died, or
+    #: became unreachable): one is retried (the action might be what killed
+    #: it: a second server is all it may cost); a server that said it was
+    #: stopping (a restart) is not counted, up to ``MAX_ATTEMPTS`` in all.
+    losses: int = 0
     job: Job | None = None
     process: ChildProcess | None = None        # a local action's, while it runs
     timer: Timer | None = None                 # a local action's --timeout
@@ -224,12 +232,19 @@ class Build:
         elif event == "done":
             self._settle(run, state.exit, state.error)
         elif event == "failed":
-            if state.lost and run.attempts < 2 and not self.aborted:
+            if state.lost and not self.aborted and self._retry(run, state):
                 self._flush_lines(run)
                 self.reporter.line(run, 2, f"crc: {state.error}; retrying on another server")
                 self._launch(run)
                 return
             self._settle(run, state.exit, state.error)
+
+    @staticmethod
+    def _retry(run: ActionRun, state: RunState) -> bool:
+        """Whether a remote action whose server was lost under it runs again."""
+        if not state.stopped:
+            run.losses += 1
+        return run.losses <= 1 and run.attempts < MAX_ATTEMPTS
 
     def _output(self, run: ActionRun, stream: int, chunk: bytes) -> None:
         buf = run.partial.setdefault(stream, bytearray())

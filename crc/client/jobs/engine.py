@@ -467,6 +467,7 @@ class JobClient:
             job, run = found
             if not run.finished:
                 run.state, run.error, run.lost = "failed", error, bool(header.get("lost"))
+                run.stopped = run.lost and header.get("stopped") is True
                 run.waiting = False
                 if msg.source == run.server:       # the executor kept it: it may go
                     self._acknowledge(run)

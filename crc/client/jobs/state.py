@@ -28,6 +28,9 @@ class RunState:
     cached: bool = False           # answered from the compile cache, nothing ran
     error: str = ""
     lost: bool = False
+    #: Lost because its server shut down on purpose (a restart), not because
+    #: it died or became unreachable: nothing the job could have caused.
+    stopped: bool = False
     seconds: float = 0.0
     files: list[FileRef] = field(default_factory=list)
     #: Produced files that came inside the result (sha -> bytes, checked).

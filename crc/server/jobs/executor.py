@@ -509,8 +509,12 @@ class Executor:
             if run.jobdir is not None:
                 run.jobdir.remove()
             if run.record is not None and not run.record.done:
-                self.jobs.results.finish(run.record, Kind.FAILED, {
-                    "id": run.id, "lost": True,
+                # ``stopped``: shut down on purpose (a restart), nothing the
+                # job did: a build runs it again elsewhere, not counting it.
+                # Kept, and sent now (the server flushes its links once before
+                # closing them), so the client need not wait for a FETCH.
+                self._conclude(run, Kind.FAILED, {
+                    "id": run.id, "lost": True, "stopped": True,
                     "error": f"server {self.server.name} stopped while running the job"})
         self.runs.clear()
         self.pool.close()

@@ -1,0 +1,59 @@
+"""A server stopped on purpose under a build's action (a restart, ``SIGTERM``)
+is nothing the action did: the client is told at once (``stopped``), and the
+build runs the action again elsewhere without spending the one retry it
+allows an action whose server died for no reason it knows. A rolling restart
+may stop an action's server, then the server it was retried on: the build
+still succeeds."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from .meshkit import wait_for
+from .test_blackbox import CLIENT, DEADLINE, Processes, Server
+from .test_blackbox_durable import executions, options
+from .test_blackbox_jobs import wait_all_schedulable
+
+
+def test_an_action_whose_servers_are_stopped_twice_under_it_still_finishes(
+        procs: Processes, tmp_path: Path) -> None:
+    # The client's own server, alpha, has one slot and it is taken: the
+    # action goes to the others, and is retried among them.
+    alpha = Server(procs, tmp_path, 1, "alpha", options=("--slots", "1", "--work-dir",
+                                                          str(tmp_path / "alpha")))
+    others = [Server(procs, tmp_path, 2 + i, name, connect=alpha.port,
+                     options=options(tmp_path, name))
+              for i, name in enumerate(("beta", "gamma", "delta"))]
+    project, count = tmp_path / "project", tmp_path / "count"
+    project.mkdir()
+    wait_all_schedulable(procs, [alpha, *others], project)
+    busy = procs.start([CLIENT, "--server", alpha.address, "run", "--on", "alpha", "--",
+                        "sh", "-c", f"echo {tmp_path}/busy >> {count}; sleep 120"],
+                       cwd=project, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+    wait_for(lambda: count.exists() and "busy" in count.read_text(), DEADLINE,
+             "alpha's slot to be taken")
+    (project / "Rakefile").write_text(
+        "compile:\n"
+        f"\tremote-sh -c 'echo 1 $(pwd) >> {count}; sleep 3; echo built > out.txt'\n")
+    build = procs.start([CLIENT, "--server", alpha.address, "rake"], cwd=project,
+                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    by_name = {s.name: s for s in others}
+    stopped = []
+    for attempt in (1, 2):
+        runs = wait_for(lambda: len(executions(count, tmp_path)) >= attempt and
+                        executions(count, tmp_path), DEADLINE, f"run {attempt} of the action")
+        where = runs[attempt - 1][1]
+        assert where in by_name, runs          # (never alpha: its slot is taken)
+        assert by_name[where].terminate() == 0  # a clean stop, mid-action
+        stopped.append(where)
+    out, err = build.communicate(timeout=DEADLINE * 2)
+    busy.kill()
+    assert build.returncode == 0, out + err
+    assert (project / "out.txt").read_text() == "built\n"
+    runs = executions(count, tmp_path)
+    assert len(runs) == 3 and runs[2][1] not in stopped, runs
+    for name in stopped:
+        assert f"server {name} stopped while running the job; retrying on another server" \
+            in out + err, out + err
