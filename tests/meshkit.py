@@ -115,8 +115,9 @@ class Node:
         return self.server.name
 
     def kill(self) -> None:
-        """Stop at once: sockets close, peers see the link drop."""
-        self.server.stop()
+        """Stop at once, as a crash would: sockets close, peers see the link
+        drop, nothing more is sent."""
+        self.server.kill()
         self.thread.join(10)
 
 

@@ -209,6 +209,7 @@ class LoopServer(ServerMachine):
         return self.runner.snapshot(self.server.snapshot)
 
     def kill(self) -> dict[str, Any]:
+        self.server.graceful = False       # (as a crash: nothing more is sent)
         return self.runner.kill(self.server.snapshot)
 
     def request_stop(self) -> None:

@@ -32,7 +32,6 @@ Must not: block, sleep, resolve names, or hold anything without a bound
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 from typing import Any, Callable
@@ -90,6 +89,8 @@ class MeshServer:
         self.uplink: Connection | None = None
         self.port = config.port
         self._closing = False
+        #: False once ``kill`` stopped us: closing then sends nothing more.
+        self.graceful = True
         self.acceptor = Acceptor(self)
         # The parts (module docstring): each holds its own state.
         self.joiner = Joiner(self)
@@ -182,16 +183,20 @@ class MeshServer:
     def stop(self) -> None:
         self.loop.stop()
 
+    def kill(self) -> None:
+        """Stop as a crash would (in-process servers: tests, scenarios): nothing
+        more is sent, peers see the links drop. Thread-safe, like ``stop``."""
+        self.graceful = False
+        self.loop.stop()
+
     def close(self) -> None:
         self._closing = True
         for listener in self.close_listeners:
             listener()
         self.close_listeners.clear()
         for conn in list(self.connections):
-            # What is queued (the jobs' last results, above) goes if the
-            # kernel takes it at once; nothing waits.
-            with contextlib.suppress(OSError):
-                conn.flush()
+            if self.graceful:
+                conn.flush()        # (the jobs' last results, if the kernel takes them now)
             conn.close("server shutting down")
         if self.listener is not None:
             self.loop.unregister(self.listener)
@@ -568,7 +573,7 @@ class MeshServer:
                 raise ProtocolError(f"extension frame from client {link.peer_id} with source "
                                     f"{msg.source}")
             if msg.dest != 0 and msg.kind in self.job_kinds \
-                    and self.job_refusal(conn) is not None:
+                    and self.gate.job_refusal(conn) is not None:
                 log.debug("%s: dropping extension frame (kind %d) for %d from %r: not allowed "
                           "to run jobs", self.name, msg.kind, msg.dest, conn)
                 return
@@ -593,17 +598,6 @@ class MeshServer:
     @property
     def _held_total(self) -> int:
         return self.reliable.held_total
-
-    # -- who may run jobs (``crc.server.gatekeeper``) -------------------------------------
-
-    def is_local(self, conn: Connection) -> bool:
-        return self.gate.is_local(conn)
-
-    def job_refusal(self, conn: Connection) -> str | None:
-        return self.gate.job_refusal(conn)
-
-    def run_refusal(self, conn: Connection | None) -> str | None:
-        return self.gate.run_refusal(conn)
 
     # -- state query (``crc.server.state``) ----------------------------------------------
 

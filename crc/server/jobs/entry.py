@@ -68,7 +68,7 @@ class Entry:
             raise ProtocolError("SUBMIT without a job id")
         utf8(job, "the job id")
         to_client = self.jobs.to_client
-        refused = self.server.job_refusal(conn)
+        refused = self.server.gate.job_refusal(conn)
         if refused:
             log.warning("%s: refusing job %s from client %d at %s: %s", self.server.name,
                         job[:40], client, conn.peer_address, refused)
@@ -213,7 +213,7 @@ class Entry:
             raise ProtocolError("FETCH from something other than an adjacent client")
         if not isinstance(server, int) or server <= 0:
             raise ProtocolError("FETCH without the executing server's id")
-        refused = self.server.job_refusal(conn)
+        refused = self.server.gate.job_refusal(conn)
         if refused:
             self.jobs.to_client(client, Kind.FAILED, {"id": run_id, "error": refused})
             return

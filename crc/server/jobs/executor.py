@@ -121,7 +121,7 @@ class Executor:
     def refuse_run(self, conn: Connection | None, msg: Extension) -> bool:
         """Refuse a RUN that must not run here nor pass on (``run_refusal``):
         the client hears why; True if refused."""
-        refused = self.server.run_refusal(conn)
+        refused = self.server.gate.run_refusal(conn)
         if not refused:
             return False
         header, _ = unpack(msg.payload)
@@ -512,10 +512,14 @@ class Executor:
                 # ``stopped``: shut down on purpose (a restart), nothing the
                 # job did: a build runs it again elsewhere, not counting it.
                 # Kept, and sent now (the server flushes its links once before
-                # closing them), so the client need not wait for a FETCH.
-                self._conclude(run, Kind.FAILED, {
-                    "id": run.id, "lost": True, "stopped": True,
-                    "error": f"server {self.server.name} stopped while running the job"})
+                # closing them), so the client need not wait for a FETCH —
+                # unless we stop as a crash would (``MeshServer.kill``).
+                header = {"id": run.id, "lost": True, "stopped": True,
+                          "error": f"server {self.server.name} stopped while running the job"}
+                if self.server.graceful:
+                    self._conclude(run, Kind.FAILED, header)
+                else:
+                    self.jobs.results.finish(run.record, Kind.FAILED, header)
         self.runs.clear()
         self.pool.close()
         self.plain_pool.close()
