@@ -135,7 +135,7 @@ class Mesh:
         server = MeshServer(ServerConfig(port=0, name=name, connect=connect,
                                          **(server_options or {})))
         jobs = JobService(server, JobConfig(slots=slots, work_dir=self.tmp / name,
-                                            load_interval=0.5, **job_options))
+                                            **{"load_interval": 0.5, **job_options}))
         server.start()
         node = Node(server, jobs)
         node.thread.start()

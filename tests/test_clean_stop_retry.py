@@ -36,7 +36,7 @@ def test_an_action_whose_servers_are_stopped_twice_under_it_still_finishes(
              "alpha's slot to be taken")
     (project / "Rakefile").write_text(
         "compile:\n"
-        f"\tremote-sh -c 'echo 1 $(pwd) >> {count}; sleep 3; echo built > out.txt'\n")
+        f"\tremote-sh -c 'echo 1 $(pwd) >> {count}; sleep 6; echo built > out.txt'\n")
     build = procs.start([CLIENT, "--server", alpha.address, "rake"], cwd=project,
                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     by_name = {s.name: s for s in others}
@@ -57,3 +57,27 @@ def test_an_action_whose_servers_are_stopped_twice_under_it_still_finishes(
     for name in stopped:
         assert f"server {name} stopped while running the job; retrying on another server" \
             in out + err, out + err
+
+
+def test_the_retry_rule_counts_only_losses_it_cannot_explain() -> None:
+    """Of the losses of one action: one a server's death (or an unreachable
+    server) is retried, a second is not — the action may be what killed
+    them; a server stopped on purpose is not counted, up to MAX_ATTEMPTS runs."""
+    from crc.client.jobs.build import MAX_ATTEMPTS, ActionRun, Build
+    from crc.client.jobs.state import RunState
+    died = RunState("r", state="failed", lost=True)
+    stopped = RunState("r", state="failed", lost=True, stopped=True)
+
+    run = ActionRun(action=None, actionset="compile", index=1, attempts=1)
+    assert Build._retry(run, died)
+    run.attempts += 1
+    assert not Build._retry(run, died)
+
+    run = ActionRun(action=None, actionset="compile", index=1, attempts=1)
+    verdicts = []
+    while len(verdicts) < MAX_ATTEMPTS + 2:
+        verdicts.append(Build._retry(run, stopped))
+        run.attempts += 1
+    assert verdicts == [True] * (MAX_ATTEMPTS - 1) + [False] * 3
+    run = ActionRun(action=None, actionset="compile", index=1, attempts=2, losses=0)
+    assert Build._retry(run, died) and not Build._retry(run, died)   # stops, then deaths

@@ -60,8 +60,9 @@ def test_an_entry_whose_object_was_evicted_is_a_miss_and_goes(tmp_path: Path) ->
     assert cache.lookup("k" + "0" * 63) == files
     store.forget(sha)
     assert cache.lookup("k" + "0" * 63) is None
-    assert not list((tmp_path / "cache").glob("*/*"))
     assert (cache.hits, cache.misses, cache.stored) == (1, 1, 1)
+    cache.close()
+    assert "k" + "0" * 63 not in CompileCache(tmp_path / "cache", store)._order   # gone for good
 
 
 def test_the_oldest_entries_go_past_the_limit(tmp_path: Path) -> None:
@@ -165,12 +166,57 @@ def test_entries_of_the_one_file_each_layout_are_taken_over(tmp_path: Path) -> N
     sha, size = store.add_file(obj)
     files = [{"name": "out.o", "sha": sha, "size": size, "mode": 0o644}]
     old, new = "1" * 64, "2" * 64
+    files[0]["name"] = "two  spaces.o"         # (kept exactly)
     for n, key in enumerate((old, new)):
         path = tmp_path / "cache" / key[:2] / key
         path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(files))
+        path.write_text(json.dumps(files, indent=1))
         os.utime(path, (1000 + n, 1000 + n))
     cache = CompileCache(tmp_path / "cache", store)
     assert list(cache._order) == [old, new]    # oldest first, as their times said
     assert cache.lookup(new) == files
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["entries.log"]
+
+
+def test_a_line_written_in_part_is_not_glued_to_the_next(tmp_path: Path, monkeypatch) -> None:
+    """A short write (a full disk) would join the next line to the partial
+    one: the file is written again whole instead."""
+    from crc.server.jobs import cache as module
+    cache, files, store = _cache_with_object(tmp_path)
+    real_write, cut = module.os.write, [True]
+
+    def short_once(fd: int, data: bytes) -> int:
+        if cut:
+            cut.clear()
+            return real_write(fd, data[:10])
+        return real_write(fd, data)
+    monkeypatch.setattr(module.os, "write", short_once)
+    for key in ("a" * 64, "b" * 64, "c" * 64):
+        cache.remember(key, files)
+    cache.close()
+    monkeypatch.undo()
+    assert list(CompileCache(tmp_path / "cache", store)._order) == ["a" * 64, "b" * 64, "c" * 64]
+
+
+def test_an_unreadable_file_is_not_replaced_by_an_empty_one(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """A read error (EIO) at start leaves the file as it is: this run's
+    entries are appended, and a later start reads them all."""
+    import builtins
+    import errno
+    from crc.server.jobs import cache as module
+    cache, files, store = _cache_with_object(tmp_path)
+    cache.remember("a" * 64, files)
+    cache.close()
+
+    def failing_open(path, mode="r", *args, **kwargs):
+        if str(path).endswith("entries.log") and "r" in mode:
+            raise OSError(errno.EIO, "Input/output error")
+        return builtins.open(path, mode, *args, **kwargs)
+    monkeypatch.setattr(module, "open", failing_open, raising=False)
+    second = CompileCache(tmp_path / "cache", store)
+    assert list(second._order) == []
+    second.remember("b" * 64, files)
+    second.close()
+    monkeypatch.undo()
+    assert list(CompileCache(tmp_path / "cache", store)._order) == ["a" * 64, "b" * 64]

@@ -277,14 +277,16 @@ def accept_pending(listener: socket.socket, loop: "EventLoop | None" = None,
 
 
 def pause_listener(loop: "EventLoop", listener: socket.socket, handler: Handler,
-                   exc: OSError | None = None, seconds: float = ACCEPT_PAUSE) -> None:
+                   exc: OSError | None = None, seconds: float = ACCEPT_PAUSE) -> Timer | None:
     """Stop watching ``listener`` for ``seconds``, then watch it again for
-    ``handler`` (unless it was closed or unregistered meanwhile); say why at
-    most once a second."""
+    ``handler`` (unless it was closed meanwhile); say why at most once a
+    second. The timer that resumes it (None if it was not being watched: an
+    owner that stops watching it for good without closing it cancels that)."""
     try:
-        loop.unregister(listener)
+        loop.selector.get_key(listener)
     except (KeyError, ValueError):
-        return                          # (paused already, or closed)
+        return None                     # (paused already, or closed)
+    loop.unregister(listener)
     now = loop.time()
     where = listener.fileno()
     if now - _pause_logged.get(where, -math.inf) >= 1.0:
@@ -301,7 +303,7 @@ def pause_listener(loop: "EventLoop", listener: socket.socket, handler: Handler,
         except (KeyError, ValueError, OSError):
             pass                        # (registered again by its owner, or gone)
 
-    loop.call_later(seconds, resume)
+    return loop.call_later(seconds, resume)
 
 
 def _name_of(listener: socket.socket) -> str:

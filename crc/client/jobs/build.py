@@ -37,9 +37,11 @@ log = logging.getLogger("crc.jobs.build")     # the name its log lines have alwa
 
 #: After ``Build.abort``, seconds local actions get to end before SIGKILL.
 ABORT_GRACE = 2.0
-#: Runs of one remote action at most, however its servers were lost (a
-#: rolling restart of a large mesh may stop several under it).
-MAX_ATTEMPTS = 8
+#: Runs of one remote action at most, however its servers were lost: a
+#: rolling restart may stop an action's server, then the one it was retried
+#: on; an action that stops servers itself (``kill -TERM $PPID``) costs at
+#: most this many.
+MAX_ATTEMPTS = 4
 
 
 @dataclass

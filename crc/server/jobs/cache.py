@@ -35,6 +35,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable
@@ -77,6 +78,8 @@ def cache_key(header: dict) -> str | None:
 LOG = "entries.log"
 #: Dead lines the file may hold beyond its live ones before it is rewritten.
 SLACK = 1000
+#: Seconds before writing the file is tried again after it failed.
+RETRY_WRITE = 60.0
 
 
 class CompileCache:
@@ -93,10 +96,12 @@ class CompileCache:
         self._lines = 0                 # lines in the file, live or dead
         self._log = str(self.root / LOG)
         self._fd = -1
+        self._failed_at: float | None = None    # when writing the file last failed
         self._load()
 
     def _load(self) -> None:
         taken = self._take_legacy()
+        readable = True
         try:
             with open(self._log, "rb") as f:
                 for raw in f:
@@ -110,6 +115,9 @@ class CompileCache:
         except FileNotFoundError:
             pass
         except OSError as exc:
+            # Kept as it is (not rewritten empty): what this run adds is
+            # appended, and a later start may read it all again.
+            readable = False
             log.warning("cannot read the compile cache's entries (%s): %s; starting empty",
                         self._log, exc)
         for key, text in taken:
@@ -117,7 +125,10 @@ class CompileCache:
             self._order[key] = text
         while len(self._order) > self.max_entries:
             self._order.popitem(last=False)
-        self._rewrite()
+        if readable:
+            self._rewrite()
+        else:
+            self._reopen()
 
     def _take_legacy(self) -> list[tuple[str, str]]:
         """Entries of the one-file-per-entry layout (``XX/KEY``), oldest
@@ -134,34 +145,56 @@ class CompileCache:
                 folder.rmdir()
             except OSError:
                 pass
-        return [(key, " ".join(text.split())) for _, key, text in sorted(found)
-                if len(key) == 64 and text.strip()]
+        taken = []
+        for _, key, text in sorted(found):
+            try:
+                taken.append((key, json.dumps(json.loads(text), separators=(",", ":"))))
+            except ValueError:
+                continue
+        return [(key, text) for key, text in taken if len(key) == 64]
 
     def _rewrite(self) -> None:
         """The file again, with the live entries only."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self.close()
+        self._failed_at = time.monotonic()      # (until it worked)
         tmp = f"{self._log}.tmp"
         try:
-            with open(tmp, "w", encoding="utf-8") as f:
+            with open(tmp, "w", encoding="utf-8", errors="surrogatepass") as f:
                 f.writelines(f"{key} {text}\n" for key, text in self._order.items())
             os.replace(tmp, self._log)
             self._lines = len(self._order)
             self._fd = os.open(self._log, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._failed_at = None
         except OSError as exc:
-            log.warning("cannot write the compile cache's entries (%s): %s; they are kept in "
-                        "memory only", self._log, exc)
+            log.warning("cannot write the compile cache's entries (%s): %s; kept in memory, "
+                        "tried again in %.0f s", self._log, exc, RETRY_WRITE)
+
+    def _reopen(self) -> None:
+        try:
+            self._fd = os.open(self._log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                               0o644)
+        except OSError as exc:
+            self._failed_at = time.monotonic()
+            log.warning("cannot write the compile cache's entries (%s): %s", self._log, exc)
 
     def _append(self, key: str, text: str) -> None:
         if self._fd < 0:
+            if self._failed_at is None or time.monotonic() - self._failed_at < RETRY_WRITE:
+                return
+            self._rewrite()                     # (this entry is in memory: it goes too)
             return
+        line = f"{key} {text}\n".encode("utf-8", "surrogatepass")
         try:
-            os.write(self._fd, f"{key} {text}\n".encode("utf-8", "surrogatepass"))
-            self._lines += 1
+            written = os.write(self._fd, line)
         except OSError as exc:
+            written = -1
             log.warning("cannot keep compile cache entry %s: %s", key[:16], exc)
-        if self._lines > 2 * len(self._order) + SLACK:
+        self._lines += 1
+        if written != len(line):
+            # Part of a line (a full disk?) would glue the next one to it:
+            # the file is written again whole, now or once it can be.
+            self._rewrite()
+        elif self._lines > 2 * len(self._order) + SLACK:
             self._rewrite()
 
     def close(self) -> None:

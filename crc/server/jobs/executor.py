@@ -504,22 +504,26 @@ class Executor:
     def close(self) -> None:
         """Kill running jobs; their results say the server stopped."""
         for run in list(self.runs.values()):
+            # A job whose own process had ended (something it started holds
+            # its output open) ran: not one to run again for nothing.
+            ended = run.process is not None and run.process.returncode is not None
             if run.process is not None:
                 run.process.kill()
             if run.jobdir is not None:
                 run.jobdir.remove()
             if run.record is not None and not run.record.done:
-                # ``stopped``: shut down on purpose (a restart), nothing the
-                # job did: a build runs it again elsewhere, not counting it.
-                # Kept, and sent now (the server flushes its links once before
-                # closing them), so the client need not wait for a FETCH —
-                # unless we stop as a crash would (``MeshServer.kill``).
-                header = {"id": run.id, "lost": True, "stopped": True,
+                header = {"id": run.id, "lost": True,
                           "error": f"server {self.server.name} stopped while running the job"}
-                if self.server.graceful:
-                    self._conclude(run, Kind.FAILED, header)
-                else:
+                if not self.server.graceful:        # (``MeshServer.kill``: as a crash)
                     self.jobs.results.finish(run.record, Kind.FAILED, header)
+                    continue
+                # ``stopped``: shut down on purpose (a restart), nothing the
+                # job did: a build runs it again elsewhere without counting
+                # it. Kept, and sent now (the server flushes its links once
+                # before closing them): the client need not wait for a FETCH.
+                if not ended:
+                    header["stopped"] = True
+                self._conclude(run, Kind.FAILED, header)
         self.runs.clear()
         self.pool.close()
         self.plain_pool.close()

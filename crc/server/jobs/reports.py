@@ -57,6 +57,7 @@ class LoadReports:
         self._last_sent_at = 0.0
         self._report_soon: Timer | None = None
         self._view_sent_at = -VIEW_EVERY
+        self._view_soon: Timer | None = None
         self._cpu = (0.0, 0.0, 0.0, os.cpu_count() or 1)
         #: What each server's latest report says for monitors (its links,
         #: clients, counters, jobs): ``chat_client.py monitor``.
@@ -129,7 +130,23 @@ class LoadReports:
             if now - self._view_sent_at >= VIEW_EVERY:
                 view = self.views[self.me] = self.view()
                 self._view_sent_at = now
+            elif self._view_soon is None:       # (the last change's view, in a moment)
+                self._view_soon = self.loop.call_later(
+                    self._view_sent_at + VIEW_EVERY - now, self._send_view)
             self.server.flood_extension(load_frame(new, view))
+
+    def _send_view(self) -> None:
+        """A report with our view, a second after the last one that had it."""
+        self._view_soon = None
+        if self.loop.stopping:
+            return
+        now = time.monotonic()
+        self._seq += 1
+        new = self.report()
+        self.table.update(new, now)
+        self._last_sent, self._last_sent_at, self._view_sent_at = new, now, now
+        view = self.views[self.me] = self.view()
+        self.server.flood_extension(load_frame(new, view))
 
     def on_link_up(self, conn: Connection) -> None:
         """A new mesh server link: tell it every fresh report we hold, ours first."""
