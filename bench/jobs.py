@@ -62,6 +62,7 @@ import resource
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -990,6 +991,17 @@ def measure_transfer(params: Params, results: Results, session: Session, base: P
     results.add(Figure("ceiling: 3 byte forwarders, receiver writes + hashes", rate["chain"],
                        "MB/s", rate["file"], "raw loopback copy into a file", raw_floor,
                        rate["chain"] >= 0.3 * rate["file"]))
+    # Each round's transfer against the same round's forwarders (they ran
+    # back to back, their order alternating): a write into memory the system
+    # has not touched for a while costs up to ten times one into memory just
+    # freed, so the best of each, above, may pair one's lucky round with the
+    # other's ordinary ones.
+    paired = [chain / mesh for mesh, chain in zip(times["mesh"], times["chain"])]
+    same_round = statistics.median(paired)
+    results.add(Figure("file transfer vs byte forwarders, same round (median)",
+                       same_round, "x", None, "", ">= 0.7 of forwarders", same_round >= 0.7))
+    results.details["file transfer / forwarders, each round"] = " ".join(
+        f"{r:.2f}" for r in paired)
     results.details["file transfer, CPU s of A B C D in each"] = "; ".join(
         " ".join(f"{x:.2f}" for x in row) for row in cpu)
     results.details["byte forwarders, CPU s of each in each"] = "; ".join(
