@@ -390,7 +390,6 @@ def main() -> int:
             # every file: nothing of it is in the servers' stores or caches
             # already; each meshcc build starts a fresh agent with an empty
             # local cache (the servers keep running, as a farm's do).
-            printed: dict[str, list[str]] = {"distcc": [], "rakefile": [], "meshcc_cold": []}
             rows: dict[str, list[dict]] = {"distcc": [], "rakefile": [], "meshcc_cold": []}
 
             def variant(i: int, tool: str) -> Project:
@@ -400,7 +399,6 @@ def main() -> int:
             def distcc_s(i: int) -> float:
                 row = build(variant(i, "distcc"), ["make", "-s", f"-j{args.jobs}",
                                                    "CC=distcc gcc"], env_distcc, timeout)
-                printed["distcc"].append(row["checksum"])
                 rows["distcc"].append(row)
                 return row["seconds"]
 
@@ -408,7 +406,6 @@ def main() -> int:
                 row = build(variant(i, "rake"), [*CHAT, "--server",
                                                  f"127.0.0.1:{servers[1].port}", "rake", "-j",
                                                  str(args.jobs), LINK_HERE], base_env, timeout)
-                printed["rakefile"].append(row["checksum"])
                 rows["rakefile"].append(row)
                 return row["seconds"]
 
@@ -421,7 +418,6 @@ def main() -> int:
                 if row["remote"] != args.files:
                     raise BenchError(f"head to head, variant {i + 1}: meshcc compiled "
                                      f"{row['remote']} of {args.files} files on the mesh")
-                printed["meshcc_cold"].append(row["checksum"])
                 rows["meshcc_cold"].append(row)
                 return row["seconds"]
 
@@ -438,12 +434,14 @@ def main() -> int:
                     {k: [r[k] for r in built] for k in ("client_cpu", "agent_cpu", "idle_cpu",
                                                          "lo_bytes")})
             for tool in ("rakefile", "meshcc_cold"):
-                for i, text in enumerate(printed[tool]):
-                    if text != printed["distcc"][i] or not text.startswith("checksum "):
+                printed = [r["checksum"] for r in rows[tool]]
+                for i, text in enumerate(printed):
+                    expected = rows["distcc"][i]["checksum"]
+                    if text != expected or not text.startswith("checksum "):
                         raise BenchError(f"head to head, variant {i + 1}: distcc's program "
-                                         f"printed {printed['distcc'][i]!r}, {tool}'s {text!r}")
+                                         f"printed {expected!r}, {tool}'s {text!r}")
                 row = pairs[tool]
-                row["printed"] = printed[tool]
+                row["printed"] = printed
                 print(f"head to head, {tool} / distcc either side: {row['ratios']} "
                       f"(median {row['median']})", flush=True)
 

@@ -32,7 +32,8 @@ from typing import Any, Callable, Sequence
 from .jobs.build import Build
 from .jobs.engine import JobClient
 from .jobs.state import Job, JobError, RunState, shell_status, text_problem
-from ..jobs.rakefile import RakefileError, bad_relative_path, check_files, parse
+from ..jobs.files import bad_relative_path
+from ..jobs.rakefile import RakefileError, check_files, parse
 from ..jobs.rakefile import read as read_rakefile
 from ..visible import visible
 from ..net import EventLoop

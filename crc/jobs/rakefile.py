@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..options import OptionError, host_port
-from .files import bad_relative_path  # noqa: F401 (where it always was, for its users)
+from .files import bad_relative_path
 
 DEFAULT_PORT = 31101
 #: The longest command line an action may have (a shell's own limit is near).

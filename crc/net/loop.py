@@ -270,30 +270,24 @@ def accept_pending(listener: socket.socket, loop: "EventLoop | None" = None,
                 continue
             if exc.errno in (errno.EMFILE, errno.ENFILE):
                 if loop is not None and handler is not None:
-                    pause_listener(loop, listener, handler, exc)
+                    _say_paused(loop, listener, exc)
+                    pause_listener(loop, listener, handler)
                 return
             raise
         yield conn
 
 
 def pause_listener(loop: "EventLoop", listener: socket.socket, handler: Handler,
-                   exc: OSError | None = None, seconds: float = ACCEPT_PAUSE) -> Timer | None:
+                   seconds: float = ACCEPT_PAUSE) -> Timer | None:
     """Stop watching ``listener`` for ``seconds``, then watch it again for
-    ``handler`` (unless it was closed meanwhile); say why at most once a
-    second. The timer that resumes it (None if it was not being watched: an
-    owner that stops watching it for good without closing it cancels that)."""
+    ``handler`` (unless it was closed meanwhile); the caller says why. The
+    timer that resumes it (None if it was not being watched: an owner that
+    stops watching it for good without closing it cancels that)."""
     try:
         loop.selector.get_key(listener)
     except (KeyError, ValueError):
         return None                     # (paused already, or closed)
     loop.unregister(listener)
-    now = loop.time()
-    where = listener.fileno()
-    if now - _pause_logged.get(where, -math.inf) >= 1.0:
-        _pause_logged[where] = now
-        log.warning("accept on %s failed: %s; not accepting for %.2f s (out of file "
-                    "descriptors: raise the limit, ulimit -n)", _name_of(listener),
-                    (exc.strerror if exc is not None else None) or exc, seconds)
 
     def resume() -> None:
         if listener.fileno() < 0:
@@ -304,6 +298,16 @@ def pause_listener(loop: "EventLoop", listener: socket.socket, handler: Handler,
             pass                        # (registered again by its owner, or gone)
 
     return loop.call_later(seconds, resume)
+
+
+def _say_paused(loop: "EventLoop", listener: socket.socket, exc: OSError) -> None:
+    """Why a listener is paused, at most once a second for each."""
+    now, where = loop.time(), listener.fileno()
+    if now - _pause_logged.get(where, -math.inf) >= 1.0:
+        _pause_logged[where] = now
+        log.warning("accept on %s failed: %s; not accepting for %.2f s (out of file "
+                    "descriptors: raise the limit, ulimit -n)", _name_of(listener),
+                    exc.strerror or exc, ACCEPT_PAUSE)
 
 
 def _name_of(listener: socket.socket) -> str:

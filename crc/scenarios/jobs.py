@@ -30,7 +30,8 @@ from ..client import ChatClient
 from ..client.jobs.build import ActionRun, Build
 from ..client.jobs.engine import JobClient
 from ..client.jobs.state import Job, JobError, RunState
-from ..jobs.rakefile import ActionSet, RakefileError, bad_relative_path, check_files, parse
+from ..jobs.files import bad_relative_path
+from ..jobs.rakefile import ActionSet, RakefileError, check_files, parse
 
 #: ``output_before_exit``: a run's first output came this many seconds before its end
 #: (its result, with any returned files, or its failure) reached the client.

@@ -18,7 +18,7 @@ import math
 import socket
 from typing import TYPE_CHECKING
 
-from ..net.loop import EVENT_READ
+from ..net.loop import ACCEPT_PAUSE, pause_listener
 from .links import Link, Role
 
 if TYPE_CHECKING:
@@ -26,17 +26,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("crc.server.server")     # the relay's log: one name for its parts
 
-#: Seconds a server stops accepting after ``accept`` failed (out of descriptors).
-ACCEPT_PAUSE = 0.25
-
-
 class Acceptor:
     def __init__(self, server: "MeshServer") -> None:
         self.server = server
         self.refused = 0                 # connections refused at the limit
         self.refused_logged = 0.0
         self.logged = -math.inf          # when an accept failure was last logged
-        self.paused = False
 
     def __repr__(self) -> str:
         return f"<Acceptor {self.server.name}:{self.server.port}>"
@@ -84,13 +79,5 @@ class Acceptor:
                         "limit (ulimit -n)" if exc.errno in (errno.EMFILE, errno.ENFILE)
                         else "retrying")
             self.logged = now
-        if server.listener is not None and not self.paused:
-            self.paused = True
-            server.loop.unregister(server.listener)
-            server.loop.call_later(ACCEPT_PAUSE, self.resume)
-
-    def resume(self) -> None:
-        server = self.server
-        self.paused = False
-        if server.listener is not None and not server._closing:
-            server.loop.register(server.listener, EVENT_READ, self)
+        if server.listener is not None:
+            pause_listener(server.loop, server.listener, self, ACCEPT_PAUSE)

@@ -148,10 +148,11 @@ class CompileCache:
         taken = []
         for _, key, text in sorted(found):
             try:
-                taken.append((key, json.dumps(json.loads(text), separators=(",", ":"))))
+                if len(key) == 64:
+                    taken.append((key, json.dumps(json.loads(text), separators=(",", ":"))))
             except ValueError:
                 continue
-        return [(key, text) for key, text in taken if len(key) == 64]
+        return taken
 
     def _rewrite(self) -> None:
         """The file again, with the live entries only."""

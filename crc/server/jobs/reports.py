@@ -120,33 +120,35 @@ class LoadReports:
 
     def maybe_report(self) -> None:
         now = time.monotonic()
-        self._seq += 1
-        new = self.report()
-        self.table.update(new, now)
+        new = self._new_report(now)
         if should_send(self._last_sent, new, now - self._last_sent_at,
                        self.jobs.config.load_interval):
-            self._last_sent, self._last_sent_at = new, now
-            view = None
-            if now - self._view_sent_at >= VIEW_EVERY:
-                view = self.views[self.me] = self.view()
-                self._view_sent_at = now
-            elif self._view_soon is None:       # (the last change's view, in a moment)
-                self._view_soon = self.loop.call_later(
-                    self._view_sent_at + VIEW_EVERY - now, self._send_view)
-            self.server.flood_extension(load_frame(new, view))
+            self._send(new, now)
 
-    def _send_view(self) -> None:
-        """A report with our view, a second after the last one that had it."""
-        self._view_soon = None
-        if self.loop.stopping:
-            return
-        now = time.monotonic()
+    def _new_report(self, now: float) -> LoadReport:
         self._seq += 1
         new = self.report()
         self.table.update(new, now)
-        self._last_sent, self._last_sent_at, self._view_sent_at = new, now, now
-        view = self.views[self.me] = self.view()
+        return new
+
+    def _send(self, new: LoadReport, now: float) -> None:
+        """Flood ``new``, with our view if the last one went ``VIEW_EVERY``
+        ago; else that view follows then (``_send_view``)."""
+        self._last_sent, self._last_sent_at = new, now
+        view = None
+        if now - self._view_sent_at >= VIEW_EVERY:
+            view = self.views[self.me] = self.view()
+            self._view_sent_at = now
+        elif self._view_soon is None:
+            self._view_soon = self.loop.call_later(
+                self._view_sent_at + VIEW_EVERY - now, self._send_view)
         self.server.flood_extension(load_frame(new, view))
+
+    def _send_view(self) -> None:
+        self._view_soon = None
+        if not self.loop.stopping:
+            now = time.monotonic()
+            self._send(self._new_report(now), now)
 
     def on_link_up(self, conn: Connection) -> None:
         """A new mesh server link: tell it every fresh report we hold, ours first."""
