@@ -11,8 +11,9 @@ same checksum as the local build's. In order:
 2. ``make -jN CC="distcc gcc"`` with two ``distccd`` on loopback ports
    (distcc is installed for this benchmark; it is not a dependency; skipped
    with a note when missing);
-3. ``make -jN CC="meshcc gcc"`` over a chain of three ``mesh_server.py``,
-   cold: a fresh meshcc agent, fresh servers; sources and headers shipped
+3. ``make -jN CC="$(meshcc --launcher) gcc"`` (meshcc's native front;
+   ``--front python``: ``meshcc`` itself, an interpreter per compile) over a
+   chain of three ``mesh_server.py``, cold: a fresh meshcc agent, fresh servers; sources and headers shipped
    (and, further down, the same with ``MESHCC_SHIP=0``: preprocessed here,
    as distcc does — the two ways of getting a source there, side by side);
 4. the same again after ``make clean``: warm, every object from meshcc's
@@ -27,10 +28,12 @@ same checksum as the local build's. In order:
    per compile) and in front of ``gcc`` at ``-j2`` (``py+gcc``: every compile
    from source on these CPUs behind an interpreter start, nothing shipped —
    what a wrapper that ships sources instead of preprocessing them could at
-   best do here). meshcc cannot beat the lower of the two on this machine;
+   best do here). meshcc itself cannot beat the lower of the two on this
+   machine; its native front has no interpreter to start;
 7. head to head (``--pairs N``, 3 by default; ``--head-to-head-only`` skips
    everything else but ``make -j2``): distcc, then N rounds of a Rakefile
-   build and a cold meshcc build (a fresh agent — or with
+   build, a cold meshcc build through the native front and one through
+   meshcc itself (each with a fresh agent — or with
    ``--agent-running`` one an earlier build started —, an empty local cache),
    then distcc again, each mesh build divided by the mean of the distcc
    builds either side of it; build i of every tool is of a project variant
@@ -219,7 +222,7 @@ def start_distccd(group: list[subprocess.Popen], count: int, jobs: int,
 
 
 def invocation_cost(cwd: Path, env_mesh: dict[str, str], env_distcc: dict[str, str] | None,
-                    repeat: int) -> dict[str, float]:
+                    repeat: int, native: str) -> dict[str, float]:
     (cwd / "empty.c").write_text("")
 
     def median(argv: list[str], env: dict[str, str]) -> float:
@@ -237,6 +240,8 @@ def invocation_cost(cwd: Path, env_mesh: dict[str, str], env_distcc: dict[str, s
            "meshcc_ms": median([*MESHCC, "gcc", "-c", "empty.c"],
                                dict(env_mesh, MESHCC_CACHE="0")),
            "meshcc_cached_ms": median([*MESHCC, "gcc", "-c", "empty.c"], env_mesh),
+           "native_ms": median([native, "gcc", "-c", "empty.c"], dict(env_mesh, MESHCC_CACHE="0")),
+           "native_cached_ms": median([native, "gcc", "-c", "empty.c"], env_mesh),
            "python_ms": median([sys.executable, "-c", "pass"], plain),
            "python_S_ms": median([sys.executable, "-S", "-c", "pass"], plain)}
     if env_distcc is not None:
@@ -249,6 +254,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a small project: a sanity run")
     p.add_argument("--files", type=int, default=60, help="C files (default 60)")
     p.add_argument("--headers", type=int, default=8, help="shared headers (default 8)")
+    p.add_argument("--front", choices=("native", "python"), default="native",
+                   help="meshcc's front for the meshcc rows: the native one (meshcc "
+                   "--launcher, default) or meshcc itself (the head to head has both)")
     p.add_argument("--jobs", type=int, default=4, help="make -j for distcc and meshcc (4)")
     p.add_argument("--repeat", type=int, default=20, help="runs per invocation cost (20)")
     p.add_argument("--json", metavar="FILE", help="write the results here too")
@@ -336,7 +344,17 @@ def main() -> int:
                 psutil.Process(s.proc.pid).cpu_affinity([int(FARM_PREFIX[-1])])
         results["split"] = bool(FARM_PREFIX)
         env_mesh = dict(base_env, CRC_MESH=f"127.0.0.1:{servers[1].port}", MESHCC_VERBOSE="1")
-        cc = " ".join(MESHCC) + " gcc"
+        # meshcc's two fronts: the native one (``meshcc --launcher``, what the
+        # README recommends for make) for the meshcc rows, and meshcc itself,
+        # a Python interpreter per compile, head to head beside it.
+        built = subprocess.run([*MESHCC, "--launcher"], env=base_env, capture_output=True,
+                               text=True, timeout=300)
+        if built.returncode != 0:
+            raise BenchError(f"meshcc --launcher: {built.stderr.strip()}")
+        native = built.stdout.strip()
+        cc_python = " ".join(MESHCC) + " gcc"
+        cc = f"{native} gcc" if args.front == "native" else cc_python
+        results["front"] = args.front
         if not only:
             mesh_tree = copy_project(project, tmp / "mesh-build")
             cold = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout,
@@ -357,7 +375,7 @@ def main() -> int:
             results["meshcc_warm_mesh"] = warm_mesh = baseline.around(warm_mesh)
             print(f"meshcc warm, another client: {warm_mesh['seconds']:.2f} s "
                   f"({warm_mesh['cached']} from the mesh's cache)", flush=True)
-            results["invocation"] = invocation_cost(tmp, env_mesh, env_distcc, args.repeat)
+            results["invocation"] = invocation_cost(tmp, env_mesh, env_distcc, args.repeat, native)
             stop_agents(runtime)
             # The other way to get the source there, in the same run: preprocessed
             # here, as distcc does (a fresh agent, a project and caches of its own).
@@ -390,7 +408,8 @@ def main() -> int:
             # every file: nothing of it is in the servers' stores or caches
             # already; each meshcc build starts a fresh agent with an empty
             # local cache (the servers keep running, as a farm's do).
-            rows: dict[str, list[dict]] = {"distcc": [], "rakefile": [], "meshcc_cold": []}
+            rows: dict[str, list[dict]] = {"distcc": [], "rakefile": [], "meshcc_cold": [],
+                                           "meshcc_cold_python": []}
 
             def variant(i: int, tool: str) -> Project:
                 return generate_project(tmp / f"h2h-{tool}-{i}", args.files, args.headers,
@@ -409,17 +428,20 @@ def main() -> int:
                 rows["rakefile"].append(row)
                 return row["seconds"]
 
-            def meshcc_s(i: int) -> float:
+            def meshcc_s(i: int, tool: str = "meshcc_cold", cc: str = cc) -> float:
                 if not args.agent_running:
                     stop_agents(runtime)
-                env = dict(env_mesh, MESHCC_CACHE_DIR=str(tmp / f"h2h-cache-{i}"))
-                row = build(variant(i, "meshcc"), ["make", "-s", f"-j{args.jobs}", f"CC={cc}"],
+                env = dict(env_mesh, MESHCC_CACHE_DIR=str(tmp / f"h2h-cache-{tool}-{i}"))
+                row = build(variant(i, tool), ["make", "-s", f"-j{args.jobs}", f"CC={cc}"],
                             env, timeout, runtime)
                 if row["remote"] != args.files:
-                    raise BenchError(f"head to head, variant {i + 1}: meshcc compiled "
+                    raise BenchError(f"head to head, variant {i + 1}: {tool} compiled "
                                      f"{row['remote']} of {args.files} files on the mesh")
-                rows["meshcc_cold"].append(row)
+                rows[tool].append(row)
                 return row["seconds"]
+
+            def meshcc_python_s(i: int) -> float:
+                return meshcc_s(i, "meshcc_cold_python", cc_python)
 
             if args.agent_running:          # started by a small build of its own
                 stop_agents(runtime)
@@ -427,13 +449,14 @@ def main() -> int:
                 build(warm_up, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout)
             results["agent_running"] = args.agent_running
             results["head_to_head"] = pairs = head_to_head(
-                args.pairs, distcc_s, {"rakefile": rake_s, "meshcc_cold": meshcc_s})
+                args.pairs, distcc_s, {"rakefile": rake_s, "meshcc_cold": meshcc_s,
+                                       "meshcc_cold_python": meshcc_python_s})
             stop_agents(runtime)
             for tool, built in rows.items():       # what else each build measured
                 pairs.setdefault(tool, {}).update(
                     {k: [r[k] for r in built] for k in ("client_cpu", "agent_cpu", "idle_cpu",
                                                          "lo_bytes")})
-            for tool in ("rakefile", "meshcc_cold"):
+            for tool in ("rakefile", "meshcc_cold", "meshcc_cold_python"):
                 printed = [r["checksum"] for r in rows[tool]]
                 for i, text in enumerate(printed):
                     expected = rows["distcc"][i]["checksum"]
@@ -545,7 +568,8 @@ def report(results: dict[str, Any]) -> None:
     inv = results.get("invocation")
     if inv:
         print(f"\none invocation (median ms): gcc -c empty.c {inv['gcc_ms']}, meshcc "
-              f"{inv['meshcc_ms']} (from its local cache {inv['meshcc_cached_ms']}), distcc "
+              f"{inv['meshcc_ms']} (from its local cache {inv['meshcc_cached_ms']}), native "
+              f"front {inv['native_ms']} (from the local cache {inv['native_cached_ms']}), distcc "
               f"{inv.get('distcc_ms', '-')}; python start {inv['python_ms']} "
               f"(-S: {inv['python_S_ms']})")
     floors = []
@@ -555,11 +579,17 @@ def report(results: dict[str, Any]) -> None:
     pairs = results.get("head_to_head")
     if pairs:
         print(f"\nhead to head: distcc {pairs['first_s']} s")
-        for tool, label in (("rakefile", "Rakefile"), ("meshcc_cold", "meshcc cold")):
-            row = pairs[tool]
+        front = results.get("front", "native")
+        for tool, label in (("rakefile", "Rakefile"), ("meshcc_cold", f"meshcc cold ({front})"),
+                            ("meshcc_cold_python", "meshcc cold (python)")):
+            row = pairs.get(tool)
+            if row is None or (tool == "meshcc_cold_python" and front == "python"):
+                continue
             print(f"  {label} {row['s']} s; / distcc either side {row['ratios']}, "
                   f"median {row['median']}")
-            floors.append((f"{label} <= distcc, head to head (median)", row["median"] <= 1.0))
+            if tool != "meshcc_cold_python":
+                floors.append((f"{label} <= distcc, head to head (median)",
+                               row["median"] <= 1.0))
     if results.get("meshcc_warm"):
         floors.append(("warm rebuild <= 0.3 x make -j2", results["meshcc_warm"]["ratio"] <= 0.3))
     ceilings = [results[k]["ratio"] for k in ("py_distcc", "py_gcc") if results.get(k)]

@@ -6,6 +6,8 @@ turns a source into what travels (preprocessed here, built-in macros left to
 the compiler there); ``direct`` is the local cache; ``wrapper`` runs one
 invocation: from the cache, on the mesh, or here. The mesh is reached only
 by the ``agent`` (through ``crc.client``), which every invocation asks over
-``talk`` at the socket ``paths`` names. Client side only: nothing here is
+``talk`` at the socket ``paths`` names. ``launcher`` builds the native
+front (``launcher.c``), which leaves the whole invocation to the agent
+(``front``: ``wrapper``'s own steps, run there). Client side only: nothing here is
 imported by a server.
 """

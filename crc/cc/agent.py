@@ -18,7 +18,10 @@ then leaves; the next compile starts a new agent that tries again.
 
 Requests (``crc.cc.talk``: one message each way, one per connection):
 ``{argv, source, work, compiler, debug_dir, timeout, cache}`` →
-``{ok: True, exit, printed, cached, server}`` or ``{ok: False, error}``.
+``{ok: True, exit, printed, cached, server}`` or ``{ok: False, error}``;
+``{ship: True, ...}`` (``crc.cc.wrapper.ship_request``) likewise, or
+``{ok: False, preprocess: why}``; and a whole invocation from the native
+front (``crc.cc.front``), in ``talk``'s second form.
 
 Client side: a program of its own (``python -m crc.cc.agent SOCKET``),
 started by ``crc.cc.wrapper``; prints nothing.
@@ -47,7 +50,8 @@ from .includes import Scanner, Unscannable
 from .ship import DEPS, NotShipped, Probe, parse_probe, plan_shipment, probe_flags, \
     rewrite_deps
 from .paths import LOCK_ENV, agent_dir, pid_file
-from .talk import TalkError, decode, encode
+from .front import Front
+from .talk import THIN, TalkError, decode, decode_fields, encode, encode_fields
 
 #: Seconds without a request after which the agent leaves (``MESHCC_AGENT_IDLE``):
 #: long enough that the next build of a working session finds it running
@@ -105,6 +109,9 @@ class Request:
             self.close()          # meshcc went away (killed by make?): nothing to answer
             return
         self.data += chunk
+        if self.data[:len(THIN)] == THIN[:len(self.data)]:
+            self._thin()
+            return
         try:
             request, _ = decode(self.data)
             if request is not None:
@@ -118,14 +125,38 @@ class Request:
             self.agent.loop.unregister(self.sock)
             self.agent.compile(self, request)
 
+    def _thin(self) -> None:
+        """A request of the native front (``crc.cc.front``)."""
+        try:
+            fields, _ = decode_fields(self.data, THIN)
+        except TalkError:
+            self.send(["python", ""])        # (meshcc itself will say what is wrong)
+            return
+        if fields is None:
+            return
+        self.agent.loop.unregister(self.sock)
+        try:
+            front = Front(self.agent, self, fields)
+        except (ValueError, IndexError):
+            self.send(["python", ""])
+            return
+        front.start()
+
     def answer(self, reply: dict[str, Any]) -> None:
+        self._reply(encode(reply))
+
+    def send(self, fields: list[str]) -> None:
+        """Answer the native front (``crc.cc.front``)."""
+        self._reply(encode_fields(fields))
+
+    def _reply(self, data: bytes) -> None:
         if self.answered:
             return
         self.answered = True
         try:
             self.sock.setblocking(True)
             self.sock.settimeout(5.0)        # a line to a local peer; it is waiting for it
-            self.sock.sendall(encode(reply))
+            self.sock.sendall(data)
         except OSError:
             pass
         self.close()

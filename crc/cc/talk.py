@@ -2,6 +2,13 @@
 one answer, each a ``u32`` length and a ``marshal``-encoded dict of plain
 values (strings, numbers, None, lists).
 
+The native front (``crc.cc.launcher``) speaks a second form, one a C
+program reads and writes easily: ``THIN``, then a ``u32`` length and
+NUL-terminated fields (the invocation: working directory, the front's own
+path, argc, argv, then the environment as ``NAME=value``); the answer is a
+``u32`` length and NUL-terminated fields (``crc.cc.front`` says which).
+Fields are bytes as the system has them (``os.fsencode``/``fsdecode``).
+
 ``marshal`` rather than JSON because meshcc pays for every import once per
 compile (``json`` brings ``re``); it is safe here because only the socket's
 owner can connect (its directory is mode 0700): neither side ever reads
@@ -13,6 +20,7 @@ from __future__ import annotations
 
 import _socket
 import marshal
+import os
 import time
 
 #: Bytes a message may have (an argv and some paths; sources travel by file).
@@ -51,6 +59,32 @@ def decode(buffer: bytes | bytearray) -> tuple[dict | None, int]:
     if not isinstance(message, dict):
         raise TalkError("message is not a dict")
     return message, 4 + size
+
+
+#: The first bytes of a thin request (a marshal message's length starts with 0).
+THIN = b"MCC1"
+
+
+def encode_fields(fields: "list[str]", magic: bytes = b"") -> bytes:
+    body = b"".join(os.fsencode(f) + b"\0" for f in fields)
+    return magic + len(body).to_bytes(4, "big") + body
+
+
+def decode_fields(buffer: "bytes | bytearray", magic: bytes = b"") -> "tuple[list[str] | None, int]":
+    """The fields of the first whole thin message in ``buffer`` (after
+    ``magic``) and the bytes it took; ``(None, 0)`` while incomplete."""
+    head = len(magic) + 4
+    if len(buffer) < head:
+        return None, 0
+    size = int.from_bytes(buffer[len(magic):head], "big")
+    if size > MAX_MESSAGE:
+        raise TalkError(f"message of {size} bytes is over {MAX_MESSAGE}")
+    if len(buffer) < head + size:
+        return None, 0
+    body = bytes(buffer[head:head + size])
+    if body and not body.endswith(b"\0"):
+        raise TalkError("unterminated field")
+    return [os.fsdecode(f) for f in body.split(b"\0")[:-1]], head + size
 
 
 def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,

@@ -52,10 +52,13 @@ class CompileHere(Exception):
 
 
 class Verbose:
-    """``MESHCC_VERBOSE=1``: where each compile ran, and each step's time."""
+    """``MESHCC_VERBOSE=1``: where each compile ran, and each step's time.
+    Also how the invocation's one-line notes reach the user: ``out`` takes a
+    line (standard error here; the agent collects them for a thin front)."""
 
-    def __init__(self, on: bool) -> None:
+    def __init__(self, on: bool, out=None) -> None:
         self.on = on
+        self.out = out or _to_stderr
         self.start = time.monotonic()
         self.steps: list[str] = []
 
@@ -66,11 +69,15 @@ class Verbose:
     def say(self, text: str) -> None:
         if self.on:
             steps = f" ({', '.join(self.steps)})" if self.steps else ""
-            print(f"{PROG}: {text}{steps}", file=sys.stderr, flush=True)
+            self.out(f"{PROG}: {text}{steps}")
+
+    def note(self, text: str) -> None:
+        """A line the user sees whatever ``MESHCC_VERBOSE`` says."""
+        self.out(f"{PROG}: {text}")
 
 
-def note(text: str) -> None:
-    print(f"{PROG}: {text}", file=sys.stderr, flush=True)
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def flag(name: str, default: bool) -> bool:
@@ -93,80 +100,159 @@ def seconds(name: str, default: float) -> float:
         raise UsageError(f"${name}: {exc}") from None
 
 
-def run_locally(real: str, args: list[str], verbose: Verbose, why: str) -> int:
-    """Become the real compiler (its output, its exit status), in a local slot."""
-    local_slot()
-    verbose.say(f"compiling here: {why}")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    try:
-        os.execv(real, [real, *args])
-    except OSError as exc:
-        note(f"cannot run {real}: {exc.strerror or exc}")
-        return 127
+class Here:
+    """Run the real compiler here, as it is (``why``: said with MESHCC_VERBOSE)."""
+
+    __slots__ = ("real", "args", "why")
+
+    def __init__(self, real: str, args: list[str], why: str) -> None:
+        self.real, self.args, self.why = real, args, why
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv if argv is None else argv)
-    verbose = Verbose(flag("MESHCC_VERBOSE", False))
+class Compile:
+    """An invocation the mesh may run: what ``plan`` made of it, the real
+    compiler, and the settings it runs with; the local cache's key once
+    looked up (``look_up``)."""
+
+    __slots__ = ("what", "real", "args", "words", "connect_timeout", "timeout", "fallback",
+                 "local", "key", "flags")
+
+    def __init__(self, what: Remote, real: str, args: list[str], words: list[str],
+                 connect_timeout: float, timeout: float, fallback: bool) -> None:
+        self.what, self.real, self.args, self.words = what, real, args, words
+        self.connect_timeout, self.timeout, self.fallback = connect_timeout, timeout, fallback
+        self.local = self.key = None
+        self.flags: bool | str = "MESHCC_CACHE=0"
+
+
+def begin(argv: list[str], me: str, verbose: Verbose) -> "int | Here | Compile":
+    """What an invocation (``argv``: meshcc's own, ``me``: meshcc's real path)
+    is: an exit status if it ends at once (a usage error, said), ``Here``,
+    or a ``Compile`` for the mesh. Reads the environment and the working
+    directory: the invocation's (``crc.cc.front`` sees to that in the agent)."""
     try:
-        me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
         name, real, args = invocation(argv, me)
         connect_timeout = seconds("MESHCC_CONNECT_TIMEOUT", 5.0)
         timeout = seconds("MESHCC_TIMEOUT", 600.0)
     except UsageError as exc:
-        note(str(exc))
+        verbose.note(str(exc))
         return 2
     mesh = os.environ.get("CRC_MESH", "").strip()
     expanded = expand_responses(args)
     words = expanded if expanded is not None else args     # (as the compiler reads them)
     what = plan([name, *words])
     if isinstance(what, Local):
-        return run_locally(real, args, verbose, what.reason)
+        return Here(real, args, what.reason)
     if not mesh:
-        return run_locally(real, args, verbose, "CRC_MESH is not set")
-    fallback = flag("MESHCC_FALLBACK", True)
-    try:
-        return compile_on_mesh(what, real, words, verbose, connect_timeout, timeout)
-    except CompileHere as exc:
-        return run_locally(real, args, verbose, str(exc))
-    except MeshFailure as exc:
-        if not fallback:
-            note(f"{what.source}: the mesh could not compile it: {exc} "
-                 "(MESHCC_FALLBACK=0: not compiling here)")
+        return Here(real, args, "CRC_MESH is not set")
+    return Compile(what, real, args, words, connect_timeout, timeout,
+                   flag("MESHCC_FALLBACK", True))
+
+
+def failed(job: Compile, exc: Exception, verbose: Verbose) -> "int | Here":
+    """After ``CompileHere`` or ``MeshFailure``: compile here (with a note
+    if the mesh failed), or, with ``MESHCC_FALLBACK=0``, fail with one."""
+    if isinstance(exc, MeshFailure):
+        if not job.fallback:
+            verbose.note(f"{job.what.source}: the mesh could not compile it: {exc} "
+                         "(MESHCC_FALLBACK=0: not compiling here)")
             return 1
-        note(f"{what.source}: compiling here: {exc}")
-        return run_locally(real, args, verbose, str(exc))
+        verbose.note(f"{job.what.source}: compiling here: {exc}")
+    return Here(job.real, job.args, str(exc))
 
 
-def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
-                    connect_timeout: float, timeout: float) -> int:
+def run_locally(here: Here, verbose: Verbose) -> int:
+    """Become the real compiler (its output, its exit status), in a local slot."""
+    local_slot()
+    verbose.say(f"compiling here: {here.why}")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(here.real, [here.real, *here.args])
+    except OSError as exc:
+        verbose.note(f"cannot run {here.real}: {exc.strerror or exc}")
+        return 127
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else argv)
+    if argv[1:2] == ["--launcher"]:
+        from .launcher import command
+        return command(argv[2:])
+    verbose = Verbose(flag("MESHCC_VERBOSE", False))
+    me = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    job = begin(argv, me, verbose)
+    if isinstance(job, int):
+        return job
+    if isinstance(job, Compile):
+        try:
+            return compile_on_mesh(job, verbose)
+        except (CompileHere, MeshFailure) as exc:
+            job = failed(job, exc, verbose)
+            if isinstance(job, int):
+                return job
+    return run_locally(job, verbose)
+
+
+def look_up(job: Compile, verbose: Verbose) -> bool:
+    """True if the local cache put the object in place; else notes its key
+    (and whether the mesh's cache may answer) in ``job``."""
+    if not flag("MESHCC_CACHE", True):
+        return False
+    from .direct import DirectCache, direct_key
+    job.local = DirectCache()
+    job.key = direct_key(job.real, job.words, job.what.source)
+    if job.key is not None and job.local.lookup(job.key, job.what.output, job.what.depfile):
+        verbose.step("found")
+        verbose.say(f"{job.what.source} from the local compile cache")
+        return True
+    verbose.step("looked up")
+    job.flags = cache_flags(job.what)
+    return False
+
+
+def ship_request(job: Compile, work: str) -> dict:
+    """The agent's request to ship the source and its headers (``crc.cc.ship``;
+    it identifies the compiler too, once per change of it)."""
+    what = job.what
+    return {"ship": True, "words": job.words, "cwd": os.getcwd(), "source": what.source,
+            "output": what.output, "language": what.language, "name": what.compiler,
+            "real": job.real, "work": work, "timeout": job.timeout, "cache": job.flags is True}
+
+
+def shipped(job: Compile, result: dict, work: str, verbose: Verbose) -> int | None:
+    """The agent's answer to ``ship_request``: 0 once the object is in place;
+    None if it must be preprocessed here instead (it says why);
+    ``CompileHere`` or ``MeshFailure`` if not."""
+    if result.get("preprocess"):
+        verbose.step(f"preprocessing here: {result['preprocess']}")
+        return None
+    if not result.get("ok"):
+        raise MeshFailure(str(result.get("error") or "the mesh could not run the compile"))
+    if job.flags is not True or result.get("not_cached"):
+        verbose.step(f"not cached: {result.get('not_cached') or job.flags}")
+    verbose.step("compiled")
+    return finish(job.what, result, work, job.local, job.key, result.get("read"), verbose,
+                  job.flags is True and not result.get("not_cached"), result.get("read_info"))
+
+
+def compile_on_mesh(job: Compile, verbose: Verbose) -> int:
     """0 once the object is in place; ``CompileHere`` or ``MeshFailure`` if not."""
-    local = key = None
-    if flag("MESHCC_CACHE", True):
-        from .direct import DirectCache, direct_key
-        local = DirectCache()
-        key = direct_key(real, args, what.source)
-        if key is not None and local.lookup(key, what.output, what.depfile):
-            verbose.step("found")
-            verbose.say(f"{what.source} from the local compile cache")
-            return 0
-        verbose.step("looked up")
+    what, real = job.what, job.real
+    if look_up(job, verbose):
+        return 0
+    local, key, flags = job.local, job.key, job.flags
     work = make_work_dir(what.output)
     try:
-        flags = cache_flags(what) if local is not None else "MESHCC_CACHE=0"
         if flag("MESHCC_SHIP", True):
             verbose.step("shipping")
-            result = ship(what, real, args, work, connect_timeout, timeout, flags is True)
-            if result.get("preprocess"):
-                verbose.step(f"preprocessing here: {result['preprocess']}")
-            else:
-                if flags is not True or result.get("not_cached"):
-                    verbose.step(f"not cached: {result.get('not_cached') or flags}")
-                verbose.step("compiled")
-                return finish(what, result, work, local, key, result.get("read"), verbose,
-                              flags is True and not result.get("not_cached"),
-                              result.get("read_info"))
+            from .paths import socket_path
+            from .talk import ask
+            result = ask(socket_path(), ship_request(job, work), job.connect_timeout,
+                         job.connect_timeout + job.timeout + 10.0, start_agent)
+            done = shipped(job, result, work, verbose)
+            if done is not None:
+                return done
         from ..jobs.compilers import CompilerError, identity
         from .source import files_read, remote_name, strip_builtins
         try:
@@ -213,7 +299,7 @@ def compile_on_mesh(what: Remote, real: str, args: list[str], verbose: Verbose,
             verbose.step(f"not cached: {cache}")
         verbose.step("sending")             # (+ the interpreter's start: exec to first byte)
         result = submit(argv, name, work, compiler, os.getcwd() if what.debug else None,
-                        connect_timeout, timeout, cache is True)
+                        job.connect_timeout, job.timeout, cache is True)
         verbose.step("compiled")
         return finish(what, result, work, local, key, None if cache is not True
                       else files_read(text), verbose, cache is True)
@@ -325,24 +411,6 @@ def submit(argv: list[str], source: str, work: str, compiler: str, debug_dir: st
     reply = ask(socket_path(), request, connect_timeout, connect_timeout + timeout + 10.0,
                 start_agent)
     if not reply.get("ok"):
-        raise MeshFailure(str(reply.get("error") or "the mesh could not run the compile"))
-    return reply
-
-
-def ship(what: Remote, real: str, words: list[str], work: str, connect_timeout: float,
-         timeout: float, cache: bool) -> dict:
-    """Have the agent ship the source and its headers (``crc.cc.ship``;
-    it identifies the compiler too, once per change of it); its answer, as
-    ``submit``'s, or ``{preprocess: why}`` if it cannot."""
-    from .paths import socket_path
-    from .talk import ask
-    request = {"ship": True, "words": words, "cwd": os.getcwd(), "source": what.source,
-               "output": what.output, "language": what.language, "name": what.compiler,
-               "real": real, "work": work,
-               "timeout": timeout, "cache": cache}
-    reply = ask(socket_path(), request, connect_timeout, connect_timeout + timeout + 10.0,
-                start_agent)
-    if not reply.get("ok") and not reply.get("preprocess"):
         raise MeshFailure(str(reply.get("error") or "the mesh could not run the compile"))
     return reply
 

@@ -1,0 +1,333 @@
+/* meshcc's native front: what make starts once per compile.
+ *
+ * A Python meshcc costs an interpreter's start (milliseconds) per compile;
+ * this costs an exec. It knows nothing of compiler command lines: it hands
+ * its argv, working directory and environment to the user's meshcc agent
+ * over the agent's Unix socket and does what the answer says (crc/cc/front.py
+ * has the protocol): exit with a status, become the real compiler in a local
+ * slot, or become meshcc itself. Whenever it cannot reach an agent (none
+ * running yet, CRC_MESH not set, a socket path it cannot form) it becomes
+ * meshcc itself, which starts one; so it is never less than meshcc.
+ *
+ * Built by `meshcc --launcher` (crc/cc/launcher.py), which puts MESHCC_PYTHON
+ * (the interpreter), MESHCC_ROOT (the package's root) and MESHCC_FRONT (the
+ * code that runs meshcc) in front of this text. The socket's name and the
+ * local slots follow crc/cc/paths.py and crc/cc/compiler.py exactly.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define MAX_MESSAGE (1u << 20)
+#define MAX_SOCKET_PATH 100
+
+/* -- becoming someone else ------------------------------------------------- */
+
+static char **own_argv;
+static int own_argc;
+
+/* Become meshcc itself: MESHCC_PYTHON -S -c MESHCC_FRONT MESHCC_ROOT argv... */
+static void become_meshcc(void)
+{
+    char **args = calloc((size_t)own_argc + 6, sizeof *args);
+    if (args == NULL) {
+        perror("meshcc");
+        exit(127);
+    }
+    int n = 0;
+    args[n++] = (char *)MESHCC_PYTHON;
+    args[n++] = (char *)"-S";
+    args[n++] = (char *)"-c";
+    args[n++] = (char *)MESHCC_FRONT;
+    args[n++] = (char *)MESHCC_ROOT;
+    for (int i = 0; i < own_argc; i++)
+        args[n++] = own_argv[i];
+    args[n] = NULL;
+    execv(MESHCC_PYTHON, args);
+    fprintf(stderr, "meshcc: cannot run %s: %s\n", MESHCC_PYTHON, strerror(errno));
+    exit(127);
+}
+
+/* -- the agent's socket (crc/cc/paths.py) ---------------------------------- */
+
+static uint32_t crc32_of(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+static uint32_t adler32_of(const unsigned char *p, size_t n)
+{
+    uint32_t a = 1, b = 0;
+    for (size_t i = 0; i < n; i++) {
+        a = (a + p[i]) % 65521u;
+        b = (b + a) % 65521u;
+    }
+    return (b << 16) | a;
+}
+
+static void tag(const char *text, size_t n, char out[17])
+{
+    snprintf(out, 17, "%08x%08x", crc32_of((const unsigned char *)text, n),
+             adler32_of((const unsigned char *)text, n));
+}
+
+/* Python's str.strip() for ASCII (anything else: the socket is not found,
+ * and meshcc itself takes over). */
+static int is_space(unsigned char c)
+{
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+static size_t strip(const char *s, const char **start)
+{
+    size_t n = strlen(s);
+    while (n && is_space((unsigned char)*s)) {
+        s++;
+        n--;
+    }
+    while (n && is_space((unsigned char)s[n - 1]))
+        n--;
+    *start = s;
+    return n;
+}
+
+static const char *const MESH_ENV[] = {
+    "CRC_MESH", "CRC_MESH_SECRET_FILE", "CRC_MESH_TLS_CA", "CRC_MESH_TLS_CERT",
+    "CRC_MESH_TLS_KEY", "CRC_MESH_TLS_SERVER_NAME",
+};
+
+static int socket_path(char *out, size_t size)
+{
+    char key[8192];
+    size_t used = 0;
+    for (size_t i = 0; i < sizeof MESH_ENV / sizeof *MESH_ENV; i++) {
+        const char *value = getenv(MESH_ENV[i]), *start = "";
+        size_t n = value ? strip(value, &start) : 0;
+        if (i == 0 && n == 0)
+            return -1;                                /* CRC_MESH is not set */
+        if (used + n + 1 > sizeof key)
+            return -1;
+        if (i > 0)
+            key[used++] = '\0';
+        memcpy(key + used, start, n);
+        used += n;
+    }
+    const char *base = getenv("XDG_RUNTIME_DIR");
+    if (base == NULL || *base == '\0')
+        base = "/tmp";
+    char folder[4096];
+    int len = snprintf(folder, sizeof folder, "%s/crc-meshcc-%u", base, (unsigned)getuid());
+    if (len < 0 || (size_t)len >= sizeof folder)
+        return -1;
+    if (len > MAX_SOCKET_PATH - 30) {
+        char base_tag[17];
+        tag(base, strlen(base), base_tag);
+        base_tag[8] = '\0';
+        snprintf(folder, sizeof folder, "/tmp/crc-meshcc-%u-%s", (unsigned)getuid(), base_tag);
+    }
+    char key_tag[17];
+    tag(key, used, key_tag);
+    len = snprintf(out, size, "%s/agent-%s.sock", folder, key_tag);
+    return len < 0 || (size_t)len >= size ? -1 : 0;
+}
+
+/* -- a local slot (crc/cc/compiler.py, local_slot) -------------------------- */
+
+static void local_slot(void)
+{
+    long count = sysconf(_SC_NPROCESSORS_ONLN);
+    int slots = count > 0 ? (int)count : 1;
+    const char *tmp = getenv("TMPDIR");
+    if (tmp == NULL || *tmp == '\0')
+        tmp = "/tmp";
+    char folder[4096], path[4200];
+    if (snprintf(folder, sizeof folder, "%s/crc-meshcc-%u", tmp, (unsigned)getuid())
+        >= (int)sizeof folder)
+        return;
+    if (mkdir(folder, 0700) != 0 && errno != EEXIST)
+        return;
+    int first = (int)(getpid() % slots), last = -1;
+    for (int k = 0; k < slots; k++) {
+        int i = (first + k) % slots;
+        snprintf(path, sizeof path, "%s/slot-%d", folder, i);
+        int fd = open(path, O_RDWR | O_CREAT, 0600);
+        if (fd < 0)
+            return;
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return;                    /* held until we (the compiler) exit */
+        if (last >= 0)
+            close(last);
+        last = fd;
+    }
+    if (last >= 0)
+        flock(last, LOCK_EX);          /* all busy: wait for one */
+}
+
+/* -- talking to the agent --------------------------------------------------- */
+
+struct buffer {
+    char *data;
+    size_t used, size;
+};
+
+static int add(struct buffer *b, const char *field, size_t n)
+{
+    if (b->used + n + 1 > b->size) {
+        size_t size = (b->size ? b->size : 4096);
+        while (size < b->used + n + 1)
+            size *= 2;
+        char *data = realloc(b->data, size);
+        if (data == NULL)
+            return -1;
+        b->data = data;
+        b->size = size;
+    }
+    memcpy(b->data + b->used, field, n);
+    b->data[b->used + n] = '\0';
+    b->used += n + 1;
+    return 0;
+}
+
+static int add_string(struct buffer *b, const char *s)
+{
+    return add(b, s, strlen(s));
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t done = write(fd, p, n);
+        if (done < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += done;
+        n -= (size_t)done;
+    }
+    return 0;
+}
+
+static int read_all(int fd, char *p, size_t n)
+{
+    while (n) {
+        ssize_t done = read(fd, p, n);
+        if (done < 0 && errno == EINTR)
+            continue;
+        if (done <= 0)
+            return -1;
+        p += done;
+        n -= (size_t)done;
+    }
+    return 0;
+}
+
+/* The request: "MCC1", u32 length, then cwd, our path, argc, argv, environ. */
+static int ask(int sock)
+{
+    struct buffer b = {0};
+    char cwd[4096], me[4096], count[16];
+    if (getcwd(cwd, sizeof cwd) == NULL)
+        return -1;
+    ssize_t n = readlink("/proc/self/exe", me, sizeof me - 1);
+    if (n < 0)
+        return -1;
+    me[n] = '\0';
+    snprintf(count, sizeof count, "%d", own_argc);
+    if (add(&b, "MCC1\0\0\0", 7) != 0)          /* magic and length, filled in below */
+        return -1;
+    b.used = 8;
+    if (add_string(&b, cwd) || add_string(&b, me) || add_string(&b, count))
+        return -1;
+    for (int i = 0; i < own_argc; i++)
+        if (add_string(&b, own_argv[i]))
+            return -1;
+    for (char **e = environ; *e; e++)
+        if (add_string(&b, *e))
+            return -1;
+    uint32_t body = (uint32_t)(b.used - 8);
+    if (body > MAX_MESSAGE)
+        return -1;
+    b.data[4] = (char)(body >> 24);
+    b.data[5] = (char)(body >> 16);
+    b.data[6] = (char)(body >> 8);
+    b.data[7] = (char)body;
+    int status = write_all(sock, b.data, b.used);
+    free(b.data);
+    return status;
+}
+
+/* The answer's fields (NUL-terminated, after a u32 length); their count. */
+static int answer(int sock, char ***fields)
+{
+    unsigned char head[4];
+    if (read_all(sock, (char *)head, 4) != 0)
+        return -1;
+    uint32_t size = (uint32_t)head[0] << 24 | (uint32_t)head[1] << 16 |
+                    (uint32_t)head[2] << 8 | head[3];
+    if (size == 0 || size > MAX_MESSAGE)
+        return -1;
+    char *body = malloc(size);
+    if (body == NULL || read_all(sock, body, size) != 0 || body[size - 1] != '\0')
+        return -1;
+    int count = 0;
+    for (uint32_t i = 0; i < size; i++)
+        count += body[i] == '\0';
+    char **out = calloc((size_t)count + 1, sizeof *out);
+    if (out == NULL)
+        return -1;
+    char *p = body;
+    for (int i = 0; i < count; i++) {
+        out[i] = p;
+        p += strlen(p) + 1;
+    }
+    *fields = out;
+    return count;
+}
+
+int main(int argc, char **argv)
+{
+    own_argc = argc;
+    own_argv = argv;
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (socket_path(addr.sun_path, sizeof addr.sun_path) != 0)
+        become_meshcc();
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0)
+        become_meshcc();                                    /* no agent yet */
+    char **fields;
+    int count;
+    if (ask(sock) != 0 || (count = answer(sock, &fields)) < 2)
+        become_meshcc();
+    close(sock);
+    const char *text = fields[1];
+    if (strcmp(fields[0], "exit") == 0 && count >= 3) {
+        write_all(2, fields[2], strlen(fields[2]));
+        return atoi(text);
+    }
+    write_all(2, text, strlen(text));
+    if (strcmp(fields[0], "exec") == 0 && count >= 3) {
+        local_slot();
+        execv(fields[2], fields + 2);
+        fprintf(stderr, "meshcc: cannot run %s: %s\n", fields[2], strerror(errno));
+        return 127;
+    }
+    become_meshcc();                                        /* "python" */
+    return 127;
+}

@@ -1,0 +1,310 @@
+"""meshcc's native front (``meshcc --launcher``): the protocol it speaks with
+the agent (against a stand-in agent: the socket's name as crc.cc.paths
+makes it, the request's fields, each kind of answer), and the same
+behaviour as meshcc itself through a real 3-server mesh: a Makefile build
+compiled there byte for byte as here, diagnostics and statuses as the local
+compiler's, fallback and MESHCC_FALLBACK=0, masquerade, local slots."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from crc.cc.talk import THIN, decode_fields, encode_fields
+
+from .meshkit import Mesh
+from .test_meshcc import (FAILS_HERE, WARNS, copy_example, env_for, local_object, make, three,
+                          where_compiled)
+
+ROOT = Path(__file__).resolve().parent.parent
+GCC = shutil.which("gcc")
+
+pytestmark = pytest.mark.skipif(GCC is None or shutil.which("make") is None,
+                                reason="needs gcc and make (.ci/run installs them)")
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory: pytest.TempPathFactory) -> str:
+    cache = tmp_path_factory.mktemp("launcher-cache")
+    done = subprocess.run([sys.executable, str(ROOT / "meshcc.py"), "--launcher"],
+                          env=dict(os.environ, MESHCC_CACHE_DIR=str(cache)),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    path = done.stdout.strip()
+    assert os.access(path, os.X_OK) and os.path.basename(path) == "meshcc"
+    again = subprocess.run([sys.executable, str(ROOT / "meshcc.py"), "--launcher"],
+                           env=dict(os.environ, MESHCC_CACHE_DIR=str(cache)),
+                           capture_output=True, text=True, timeout=60)
+    assert again.stdout.strip() == path                 # built once
+    return path
+
+
+# -- against a stand-in agent -----------------------------------------------------------
+
+class StandIn:
+    """Listens where the agent for ``env`` would; answers one request with
+    ``reply`` and keeps the request's fields."""
+
+    def __init__(self, env: dict[str, str], reply: list[str]) -> None:
+        from crc.cc.paths import socket_path
+        self.path = socket_path(env)
+        os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(1)
+        self.sock.settimeout(60)
+        self.reply = reply
+        self.fields: list[str] | None = None
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        self.close()                      # one request: whoever comes next finds nobody
+        with conn:
+            data = b""
+            while True:
+                fields, _ = decode_fields(data, THIN) if data.startswith(THIN) else (None, 0)
+                if fields is not None:
+                    break
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            self.fields = fields
+            conn.sendall(encode_fields(self.reply))
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+@pytest.fixture
+def stand_in_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    return dict(os.environ, CRC_MESH=" 127.0.0.1:1 ", CRC_MESH_TLS_CA="/ca.pem",
+                ODD="with\nnewline")
+
+
+@pytest.mark.parametrize("long_runtime", [False, True], ids=["short path", "long path"])
+def test_the_request_reaches_the_agents_socket_with_argv_cwd_and_environment(
+        native: str, tmp_path: Path, stand_in_env: dict[str, str], long_runtime: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    if long_runtime:             # too long for a socket's name: the agent's other place
+        runtime = tmp_path / ("r" * 90)
+        runtime.mkdir()
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        stand_in_env["XDG_RUNTIME_DIR"] = str(runtime)
+    agent = StandIn(stand_in_env, ["exit", "7", "meshcc: said by the agent\n"])
+    try:
+        done = subprocess.run([native, "gcc", "-c", "a b.c"], cwd=tmp_path, env=stand_in_env,
+                              capture_output=True, text=True, timeout=60)
+        agent.thread.join(30)
+    finally:
+        agent.close()
+    assert done.returncode == 7 and done.stderr == "meshcc: said by the agent\n"
+    fields = agent.fields
+    assert fields is not None
+    assert fields[0] == str(tmp_path) and os.path.samefile(fields[1], native)
+    assert fields[2] == "4" and fields[3:7] == [native, "gcc", "-c", "a b.c"]
+    env = dict(f.split("=", 1) for f in fields[7:])
+    assert env["ODD"] == "with\nnewline" and env["CRC_MESH"] == " 127.0.0.1:1 "
+
+
+def test_exec_runs_the_named_program_in_a_local_slot_after_the_text(
+        native: str, tmp_path: Path, stand_in_env: dict[str, str]) -> None:
+    script = tmp_path / "tool"
+    script.write_text("#!/bin/sh\necho \"ran $0 $*\"\nls -l /proc/$$/fd | grep -c slot- >&2\n"
+                      "exit 3\n")
+    script.chmod(0o755)
+    agent = StandIn(stand_in_env, ["exec", "meshcc: here\n", str(script), "x", "y z"])
+    try:
+        done = subprocess.run([native, "gcc", "a.o"], cwd=tmp_path, env=stand_in_env,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        agent.close()
+    assert done.returncode == 3
+    assert done.stdout == f"ran {script} x y z\n"
+    assert done.stderr == "meshcc: here\n1\n"              # one slot held by the program
+
+
+def test_python_hands_the_invocation_to_meshcc_itself(
+        native: str, tmp_path: Path, stand_in_env: dict[str, str]) -> None:
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    agent = StandIn(stand_in_env, ["python", ""])
+    try:
+        # meshcc itself asks the agent again (the stand-in is gone by then:
+        # it starts a real one, which cannot reach 127.0.0.1:1) and compiles here.
+        done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path,
+                              env=dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="10"),
+                              capture_output=True, text=True, timeout=120)
+        agent.thread.join(30)
+    finally:
+        agent.close()
+    assert agent.fields is not None
+    assert done.returncode == 0 and (tmp_path / "a.o").is_file()
+    assert done.stderr.startswith("meshcc: a.c: compiling here:"), done.stderr
+
+
+def test_with_no_agent_and_no_mesh_it_is_meshcc_itself(native: str, tmp_path: Path) -> None:
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    done = subprocess.run([native, "gcc", "-c", "a.c", "-o", "b.o"], cwd=tmp_path,
+                          env=env_for(None, MESHCC_VERBOSE="1"), capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0 and (tmp_path / "b.o").is_file()
+    assert "compiling here: CRC_MESH is not set" in done.stderr
+
+
+# -- through a real mesh ----------------------------------------------------------------
+#
+# Each test first has meshcc itself start the agent; after that every
+# invocation runs with ``NO_PYTHON`` in its environment, where an interpreter
+# cannot start: had the native front handed anything to meshcc itself, it
+# would fail, so each success below was the native front's and the agent's.
+
+NO_PYTHON = {"PYTHONHOME": "/nonexistent"}
+
+
+def warm(cwd: Path, env: dict[str, str]) -> None:
+    """Start the agent for ``env`` (meshcc itself does, as a build's first compile)."""
+    (cwd / "warm-up.c").write_text("int warm_up(void) { return 0; }\n")
+    done = subprocess.run([sys.executable, str(ROOT / "meshcc.py"), "gcc", "-c", "warm-up.c",
+                           "-o", "warm-up.o"], cwd=cwd, env=dict(env, MESHCC_CACHE="0"),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    (cwd / "warm-up.c").unlink()
+    (cwd / "warm-up.o").unlink()
+
+
+def test_a_makefile_builds_through_the_mesh_through_the_native_front(
+        native: str, mesh: Mesh, tmp_path: Path) -> None:
+    three(mesh)
+    project = copy_example(tmp_path)
+    env = env_for(mesh, MESHCC_VERBOSE="1", MESHCC_CACHE_DIR=str(tmp_path / "cache"))
+    warm(tmp_path, env)
+    built = make(project, f"{native} gcc", dict(env, **NO_PYTHON))
+    assert built.returncode == 0, built.stderr
+    where = where_compiled(built.stderr)
+    assert sorted(where) == sorted(p.name for p in project.glob("*.c")), built.stderr
+    assert set(where.values()) <= {"s1", "s2", "s3"}
+    run = subprocess.run([str(project / "program"), "12"], capture_output=True, text=True,
+                         timeout=30)
+    assert run.stdout.split() == ["square", "144", "cube", "1728", "sum_to", "78"]
+    mesh_objects = {p.name: p.read_bytes() for p in (project / "build").iterdir()}
+    subprocess.run(["make", "clean"], cwd=project, check=True, capture_output=True)
+    local = make(project, "gcc", env_for(None))
+    assert local.returncode == 0, local.stderr
+    local_objects = {p.name: p.read_bytes() for p in (project / "build").iterdir()}
+    assert mesh_objects == local_objects       # objects (with -g) and dependency files alike
+    # A rebuild after make clean: every object from the local cache, by the agent.
+    subprocess.run(["make", "clean"], cwd=project, check=True, capture_output=True)
+    again = make(project, f"{native} gcc", dict(env, **NO_PYTHON))
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("from the local compile cache") == len(where), again.stderr
+    assert {p.name: p.read_bytes() for p in (project / "build").iterdir()} == local_objects
+
+
+@pytest.mark.parametrize("text,status", [(WARNS, 0), (FAILS_HERE, 1)], ids=["warnings", "error"])
+def test_diagnostics_and_status_are_the_local_compilers(native: str, mesh: Mesh, tmp_path: Path,
+                                                        text: str, status: int) -> None:
+    three(mesh)
+    env = env_for(mesh, MESHCC_CACHE_DIR=str(tmp_path / "cache"))
+    warm(tmp_path, env)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "w.c").write_text(text)
+    words = ["-Wall", "-O2", "-c", "src/w.c", "-o", "w.o"]
+    here = subprocess.run([GCC, *words], cwd=tmp_path, capture_output=True, text=True)
+    local = (tmp_path / "w.o").read_bytes() if here.returncode == 0 else None
+    (tmp_path / "w.o").unlink(missing_ok=True)
+    there = subprocess.run([native, "gcc", *words], cwd=tmp_path, env=dict(env, **NO_PYTHON),
+                           capture_output=True, text=True, timeout=120)
+    assert here.returncode == status
+    assert (there.returncode, there.stdout, there.stderr) == (here.returncode, here.stdout,
+                                                              here.stderr)
+    if local is not None:
+        assert (tmp_path / "w.o").read_bytes() == local
+
+
+def test_mesh_down_compiles_here_with_a_note_and_fallback_0_fails(native: str,
+                                                                  tmp_path: Path) -> None:
+    env = env_for(None, CRC_MESH="127.0.0.1:9", MESHCC_CONNECT_TIMEOUT="5")
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    first = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)   # (starts the agent)
+    assert first.returncode == 0 and first.stderr.startswith("meshcc: a.c: compiling here:")
+    (tmp_path / "a.o").unlink()
+    done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path,
+                          env=dict(env, **NO_PYTHON), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and (tmp_path / "a.o").is_file()
+    assert done.stderr.startswith("meshcc: a.c: compiling here:") and \
+        done.stderr.count("\n") == 1, done.stderr
+    (tmp_path / "a.o").unlink()
+    failed = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path,
+                            env=dict(env, MESHCC_FALLBACK="0", **NO_PYTHON),
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and not (tmp_path / "a.o").exists()
+    assert "MESHCC_FALLBACK=0" in failed.stderr and "a.c" in failed.stderr
+
+
+def test_masquerading_as_gcc_through_the_native_front(native: str, mesh: Mesh,
+                                                      tmp_path: Path) -> None:
+    three(mesh)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcc").symlink_to(native)
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    env = env_for(mesh, MESHCC_VERBOSE="1", MESHCC_CACHE="0",
+                  PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    first = subprocess.run(["gcc", "-O2", "-c", "a.c"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=120)   # (starts the agent)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "a.o").unlink()
+    done = subprocess.run(["gcc", "-O2", "-c", "a.c"], cwd=tmp_path, env=dict(env, **NO_PYTHON),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert where_compiled(done.stderr).get("a.c") in {"s1", "s2", "s3"}, done.stderr
+    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-c", "a.c")
+    linked = subprocess.run(["gcc", "a.o", "-shared", "-o", "liba.so"], cwd=tmp_path,
+                            env=dict(env, **NO_PYTHON), capture_output=True, text=True,
+                            timeout=60)
+    assert linked.returncode == 0 and (tmp_path / "liba.so").is_file(), linked.stderr
+
+
+def test_work_done_here_takes_at_most_one_slot_per_cpu(native: str, mesh: Mesh,
+                                                        tmp_path: Path) -> None:
+    three(mesh)
+    env = env_for(mesh, MESHCC_CACHE="0", TMPDIR=str(tmp_path))
+    warm(tmp_path, env)
+    log = tmp_path / "log"
+    busy = tmp_path / "busycc"
+    busy.write_text(f"#!/bin/sh\necho start $$ >> {log}\nsleep 1\necho end $$ >> {log}\n")
+    busy.chmod(0o755)
+    jobs = [subprocess.Popen([native, str(busy), "-o", f"prog{i}", f"x{i}.o"], cwd=tmp_path,
+                             env=dict(env, **NO_PYTHON), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+            for i in range(3 * (os.cpu_count() or 1) + 2)]
+    for job in jobs:
+        job.communicate(timeout=120)
+        assert job.returncode == 0
+    running = peak = 0
+    for line in log.read_text().split("\n"):
+        if line.startswith("start"):
+            running += 1
+            peak = max(peak, running)
+        elif line.startswith("end"):
+            running -= 1
+    assert running == 0 and peak == (os.cpu_count() or 1)
