@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from crc.cc.talk import THIN, decode_fields, encode_fields
+from crc.jobs.compilers import identity
 
-from .meshkit import Mesh
-from .test_meshcc import (FAILS_HERE, WARNS, copy_example, env_for, local_object, make, three,
-                          where_compiled)
+from .meshkit import Mesh, wait_for
+from .test_meshcc import (FAILS_HERE, WARNS, copy_example, env_for, local_object, make,
+                          slow_gcc, three, where_compiled)
 
 ROOT = Path(__file__).resolve().parent.parent
 GCC = shutil.which("gcc")
@@ -308,3 +309,36 @@ def test_work_done_here_takes_at_most_one_slot_per_cpu(native: str, mesh: Mesh,
         elif line.startswith("end"):
             running -= 1
     assert running == 0 and peak == (os.cpu_count() or 1)
+
+
+def test_a_front_interrupted_mid_compile_gets_no_object_put_in_its_place(
+        native: str, mesh: Mesh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """make interrupted: the front is gone (and make may have removed the
+    target on purpose); the compile's object, when it comes, is not written."""
+    gate, started = tmp_path / "gate", tmp_path / "started"
+    slow = slow_gcc(tmp_path / "bin", started)
+    monkeypatch.setenv("SLOW_GATE", str(gate))
+    mesh.add("s1", compilers={identity(str(slow))["id"]: str(slow)})
+    mesh.wait_converged()
+    env = env_for(mesh, MESHCC_CACHE="0")
+    env.pop("SLOW_GATE")
+    warm(tmp_path, env)
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    gate.touch()
+    proc = subprocess.Popen([native, str(slow), "-c", "a.c"], cwd=tmp_path,
+                            env=dict(env, **NO_PYTHON), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        wait_for(started.exists, 60, "the compile to start on s1")
+        proc.kill()
+        proc.wait(30)
+    finally:
+        gate.unlink()
+    # The compile goes on there and its answer comes back: the agent's work
+    # directory beside a.o goes when it has been dealt with.
+    wait_for(lambda: not list(tmp_path.glob(".meshcc-*")), 60, "the answer to be dealt with")
+    assert not (tmp_path / "a.o").exists()
+    # ... and the agent is still there for the next compile.
+    done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path, env=dict(env, **NO_PYTHON),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and (tmp_path / "a.o").is_file(), done.stderr

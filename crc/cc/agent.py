@@ -145,6 +145,15 @@ class Request:
     def answer(self, reply: dict[str, Any]) -> None:
         self._reply(encode(reply))
 
+    def waiting(self) -> bool:
+        """Whether whoever asked is still there for the answer."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+
     def send(self, fields: list[str]) -> None:
         """Answer the native front (``crc.cc.front``)."""
         self._reply(encode_fields(fields))

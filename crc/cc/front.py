@@ -92,14 +92,24 @@ class Front:
     def answer(self, result: dict) -> None:
         """The shipped compile's outcome (as the agent answers ``ship_request``)."""
         assert self.job is not None and self.verbose is not None and self.work is not None
-        with self.inside():
-            try:
-                done = shipped(self.job, result, self.work, self.verbose)
-            except (CompileHere, MeshFailure) as exc:
-                return self.ended(failed(self.job, exc, self.verbose))
-            finally:
-                remove_tree(self.work)
-            return self.python() if done is None else self.exit(done)
+        if not self.request.waiting():
+            # The front is gone (make interrupted, and it may have removed
+            # the target on purpose): nothing is put in place for nobody.
+            remove_tree(self.work)
+            self.request.close()
+            return
+        try:
+            with self.inside():
+                try:
+                    done = shipped(self.job, result, self.work, self.verbose)
+                except (CompileHere, MeshFailure) as exc:
+                    return self.ended(failed(self.job, exc, self.verbose))
+                finally:
+                    remove_tree(self.work)
+        except Exception:                           # noqa: BLE001 (meshcc will say it)
+            self.lines.clear()
+            return self.python()
+        return self.python() if done is None else self.exit(done)
 
     # -- answers -------------------------------------------------------------------------
 

@@ -317,7 +317,10 @@ def finish(what: Remote, result: dict, work: str, local: "DirectCache | None",  
     produced = os.path.join(work, REMOTE_OUTPUT)
     if not os.path.isfile(produced):
         raise MeshFailure(f"{result.get('server')} returned no object file")
-    os.replace(produced, what.output)
+    try:
+        os.replace(produced, what.output)
+    except OSError as exc:                  # (the compiler here will say what is wrong)
+        raise CompileHere(f"cannot put the object in place: {exc.strerror or exc}") from None
     if record and local is not None and key is not None and read is not None:
         local.record(key, read, what.output, what.depfile, read_info)
         verbose.step("recorded")
