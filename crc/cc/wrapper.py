@@ -370,6 +370,17 @@ def make_work_dir(output: str) -> str:
 
 
 def remove_tree(path: str) -> None:
+    """Remove ``path`` and what is in it (a work directory: usually a file or
+    two at its top, removed without walking it)."""
+    try:
+        for name in os.listdir(path):
+            os.unlink(os.path.join(path, name))
+        os.rmdir(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass                               # (a directory in it, say: walk it)
     for root, dirs, files in os.walk(path, topdown=False):
         for name in files:
             try:

@@ -50,6 +50,8 @@ log = logging.getLogger("crc.jobs.client")     # the name its log lines have alw
 
 #: Our temporary directory's name starts so (``leftovers`` finds them).
 TEMP_PREFIX = "crc-client-"
+#: Prepared files' names remembered as checked (``submit``); forgotten all at once past this.
+PREPARED_MAX = 50_000
 
 
 class JobClient:
@@ -79,6 +81,7 @@ class JobClient:
         #: unfinished runs per client, so we keep the rest back and send them
         #: as ours finish (as ``make -j`` does), instead of having them refused.
         self._held: collections.deque[Job] = collections.deque()
+        self._prepared: dict[tuple[str, str], Path] = {}
         self._live: dict[str, Job] = {}       # sent and not finished
         on = client.extension_handlers
         on[Kind.ACCEPTED] = self._on_accepted
@@ -131,10 +134,17 @@ class JobClient:
                                                    ("debug_dir", debug_dir),
                                                    ("rooted", rooted)) if v}
         for ref, path in prepared:
-            problem = bad_relative_path(ref.name) or text_problem("file name", ref.name)
-            if problem:
-                raise JobError(problem)
-            self.local.held[ref.sha] = (Path(path), ref.size)
+            # (A build's compiles name the same headers again and again: each
+            # name is checked, and its path made a Path, once.)
+            known = self._prepared.get((ref.name, path))
+            if known is None:
+                problem = bad_relative_path(ref.name) or text_problem("file name", ref.name)
+                if problem:
+                    raise JobError(problem)
+                if len(self._prepared) >= PREPARED_MAX:
+                    self._prepared.clear()
+                known = self._prepared[(ref.name, path)] = Path(path)
+            self.local.held[ref.sha] = (known, ref.size)
         extra_refs = [ref for ref, _ in prepared]
         if cache and compiler:
             extra["cache"] = True
