@@ -25,7 +25,7 @@ A-B-C-D are joined by three shaped veth links, in one run:
    profile; the generated C project of ``bench/jobs.py`` (``--files``, 8
    shared headers) built from A with ``make -jN CC="distcc gcc"`` (a
    ``distccd`` on each host, distcc installed for the benchmark) and with
-   ``CC="meshcc gcc"`` (a mesh server on each host), then as a Rakefile
+   ``CC="$(meshcc --launcher) gcc"`` (a mesh server on each host), then as a Rakefile
    (``chat_client.py rake -jN`` from A, the compiles on the mesh and the
    link on A as make does it; the mesh servers run through all the builds,
    each mesh build is of a project variant that differs in every file, so
@@ -285,7 +285,14 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
                 return time.monotonic() - start
 
         root = Path(__file__).resolve().parent.parent
-        meshcc = f"{sys.executable} -S {root / 'meshcc.py'}"
+        # meshcc's native front (``meshcc --launcher``, as the README has make
+        # use it; it falls back to meshcc itself where it must).
+        built = subprocess.run([sys.executable, "-S", str(root / "meshcc.py"), "--launcher"],
+                               capture_output=True, text=True, timeout=300,
+                               env=dict(os.environ, MESHCC_CACHE_DIR=str(tmp / "launcher")))
+        if built.returncode != 0:
+            raise BenchError(f"meshcc --launcher: {built.stderr.strip()}")
+        meshcc = built.stdout.strip()
         # Rounds of: meshcc, the Rakefile, distcc — after a first distcc
         # build. The machine's speed drifts within minutes: each mesh build
         # is set against the mean of the distcc builds either side of it,

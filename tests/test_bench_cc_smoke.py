@@ -28,6 +28,7 @@ def test_quick_cc_benchmark_completes_and_every_build_agrees(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     report = json.loads(out.read_text())
     files = report["files"]
+    assert report["front"] == "native"                       # meshcc --launcher's
     assert report["meshcc_cold"]["remote"] == files          # every compile on the mesh
     assert report["meshcc_cold_pre"]["remote"] == files      # ... preprocessed here too
     assert report["meshcc_warm"]["local"] == files           # every one from the local cache
@@ -49,7 +50,7 @@ def test_quick_cc_benchmark_completes_and_every_build_agrees(tmp_path: Path) -> 
     if report["distcc"]:
         pairs = report["head_to_head"]
         assert len(pairs["first_s"]) == 2
-        for tool in ("rakefile", "meshcc_cold"):
+        for tool in ("rakefile", "meshcc_cold", "meshcc_cold_python"):
             row = pairs[tool]
             assert len(row["s"]) == 1 and len(row["idle_cpu"]) == 1
             assert row["ratios"][0] == pytest.approx(
