@@ -302,6 +302,7 @@ def main() -> int:
         # of the tree: an environment that forbids writing it would otherwise
         # make every invocation compile meshcc's modules afresh.
         base_env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime),
+                        XDG_CACHE_HOME=str(tmp / "xdg-cache"),
                         MESHCC_CACHE_DIR=str(tmp / "local-cache"),
                         PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
         base_env.pop("PYTHONDONTWRITEBYTECODE", None)

@@ -289,7 +289,7 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
         # use it; it falls back to meshcc itself where it must).
         built = subprocess.run([sys.executable, "-S", str(root / "meshcc.py"), "--launcher"],
                                capture_output=True, text=True, timeout=300,
-                               env=dict(os.environ, MESHCC_CACHE_DIR=str(tmp / "launcher")))
+                               env=dict(os.environ, XDG_CACHE_HOME=str(tmp / "xdg-cache")))
         if built.returncode != 0:
             raise BenchError(f"meshcc --launcher: {built.stderr.strip()}")
         meshcc = built.stdout.strip()

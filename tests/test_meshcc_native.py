@@ -35,15 +35,17 @@ pytestmark = pytest.mark.skipif(GCC is None or shutil.which("make") is None,
 def native(tmp_path_factory: pytest.TempPathFactory) -> str:
     cache = tmp_path_factory.mktemp("launcher-cache")
     done = subprocess.run([sys.executable, str(ROOT / "meshcc.py"), "--launcher"],
-                          env=dict(os.environ, MESHCC_CACHE_DIR=str(cache)),
+                          env=dict(os.environ, XDG_CACHE_HOME=str(cache)),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     path = done.stdout.strip()
     assert os.access(path, os.X_OK) and os.path.basename(path) == "meshcc"
     again = subprocess.run([sys.executable, str(ROOT / "meshcc.py"), "--launcher"],
-                           env=dict(os.environ, MESHCC_CACHE_DIR=str(cache)),
+                           env=dict(os.environ, XDG_CACHE_HOME=str(cache),
+                                    MESHCC_CACHE_DIR=str(cache / "elsewhere")),
                            capture_output=True, text=True, timeout=60)
-    assert again.stdout.strip() == path                 # built once
+    assert again.stdout.strip() == path        # built once (whatever the compile cache's place)
+    assert path.startswith(str(cache / "crc-mesh" / "launcher"))
     return path
 
 
@@ -342,3 +344,35 @@ def test_a_front_interrupted_mid_compile_gets_no_object_put_in_its_place(
     done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path, env=dict(env, **NO_PYTHON),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and (tmp_path / "a.o").is_file(), done.stderr
+
+
+def agents_for(path: str) -> list[int]:
+    """Process ids of the agents serving the socket ``path``."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                words = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"crc.cc.agent" in words and os.fsencode(path) in words:
+                found.append(int(proc.name))
+    return found
+
+
+def test_a_cold_build_through_the_native_front_starts_one_agent(native: str, mesh: Mesh,
+                                                                 tmp_path: Path) -> None:
+    """No agent running: make -j starts many native fronts at once; they
+    start one agent between them and every compile goes to the mesh."""
+    from crc.cc.paths import socket_path
+    three(mesh)
+    project = copy_example(tmp_path)
+    env = env_for(mesh, MESHCC_VERBOSE="1", MESHCC_CACHE_DIR=str(tmp_path / "cache"))
+    path = socket_path(env)
+    assert agents_for(path) == []
+    built = make(project, f"{native} gcc", env)
+    assert built.returncode == 0, built.stderr
+    where = where_compiled(built.stderr)
+    assert sorted(where) == sorted(p.name for p in project.glob("*.c")), built.stderr
+    assert len(agents_for(path)) == 1
+

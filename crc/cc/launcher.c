@@ -5,9 +5,13 @@
  * its argv, working directory and environment to the user's meshcc agent
  * over the agent's Unix socket and does what the answer says (crc/cc/front.py
  * has the protocol): exit with a status, become the real compiler in a local
- * slot, or become meshcc itself. Whenever it cannot reach an agent (none
- * running yet, CRC_MESH not set, a socket path it cannot form) it becomes
- * meshcc itself, which starts one; so it is never less than meshcc.
+ * slot, or become meshcc itself. With no agent running it starts one as
+ * meshcc would (crc/cc/wrapper.py, start_agent: the agent's lock, taken here
+ * and handed over, makes the compiles a `make -j` starts at once start one
+ * agent between them) and waits for its socket. Whenever it cannot reach an
+ * agent (CRC_MESH not set, a socket path it cannot form, no agent within
+ * MESHCC_CONNECT_TIMEOUT) it becomes meshcc itself, which says why; so it is
+ * never less than meshcc.
  *
  * Built by `meshcc --launcher` (crc/cc/launcher.py), which puts MESHCC_PYTHON
  * (the interpreter), MESHCC_ROOT (the package's root) and MESHCC_FRONT (the
@@ -17,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
+#include <time.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,12 +29,18 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 extern char **environ;
 
 #define MAX_MESSAGE (1u << 20)
 #define MAX_SOCKET_PATH 100
+#define LOCK_ENV "CRC_MESHCC_AGENT_LOCK"
+/* Seconds between attempts to start an agent while none answers (talk.py's RESTART). */
+#define RESTART 0.5
+/* Longest wait between attempts to connect (talk.py's POLL). */
+#define POLL 0.005
 
 /* -- becoming someone else ------------------------------------------------- */
 
@@ -145,6 +156,139 @@ static int socket_path(char *out, size_t size)
     tag(key, used, key_tag);
     len = snprintf(out, size, "%s/agent-%s.sock", folder, key_tag);
     return len < 0 || (size_t)len >= size ? -1 : 0;
+}
+
+/* -- starting an agent (crc/cc/wrapper.py, start_agent) ----------------------- */
+
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* The environment for the agent: ours, PYTHONPATH led by the package's
+ * root, the lock's descriptor in LOCK_ENV. */
+static char **agent_environ(int lock)
+{
+    size_t n = 0;
+    while (environ[n])
+        n++;
+    char **env = calloc(n + 3, sizeof *env);
+    if (env == NULL)
+        return NULL;
+    size_t k = 0;
+    const char *old_path = getenv("PYTHONPATH");
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], "PYTHONPATH=", 11) != 0 &&
+            strncmp(environ[i], LOCK_ENV "=", sizeof LOCK_ENV) != 0)
+            env[k++] = environ[i];
+    size_t size = strlen(MESHCC_ROOT) + (old_path ? strlen(old_path) : 0) + 16;
+    char *path = malloc(size), *given = malloc(sizeof LOCK_ENV + 16);
+    if (path == NULL || given == NULL)
+        return NULL;
+    if (old_path && *old_path)
+        snprintf(path, size, "PYTHONPATH=%s:%s", MESHCC_ROOT, old_path);
+    else
+        snprintf(path, size, "PYTHONPATH=%s", MESHCC_ROOT);
+    snprintf(given, sizeof LOCK_ENV + 16, LOCK_ENV "=%d", lock);
+    env[k++] = path;
+    env[k++] = given;
+    env[k] = NULL;
+    return env;
+}
+
+/* Start an agent for `path` in the background, detached from us, unless one
+ * is starting or running (its lock is taken). */
+static void start_agent(const char *path)
+{
+    char folder[256], lock_path[256];
+    snprintf(folder, sizeof folder, "%s", path);
+    char *slash = strrchr(folder, '/');
+    if (slash == NULL)
+        return;
+    *slash = '\0';
+    mkdir(folder, 0700);                     /* (the agent checks it is ours) */
+    snprintf(lock_path, sizeof lock_path, "%s.lock", path);
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (lock < 0)
+        return;                              /* (meshcc itself will say why) */
+    if (flock(lock, LOCK_EX | LOCK_NB) != 0) {
+        close(lock);                         /* an agent has it: wait for its socket */
+        return;
+    }
+    if (lock <= 2) {                         /* (started without stdin/out/err) */
+        int moved = fcntl(lock, F_DUPFD_CLOEXEC, 3);
+        close(lock);
+        if (moved < 0)
+            return;
+        lock = moved;
+    }
+    char **env = agent_environ(lock);
+    if (env == NULL) {
+        close(lock);
+        return;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {                          /* a session of its own, no terminal */
+        setsid();
+        int null = open("/dev/null", O_RDWR);
+        if (null >= 0) {
+            dup2(null, 0);
+            dup2(null, 1);
+            dup2(null, 2);
+        }
+        if (chdir("/") == 0 && fork() == 0) {    /* detached: make waits for none of it */
+            long most = sysconf(_SC_OPEN_MAX);
+            for (int fd = 3; fd < (most > 0 && most < 4096 ? most : 4096); fd++)
+                if (fd != lock)
+                    close(fd);               /* (make's jobserver pipe, say) */
+            fcntl(lock, F_SETFD, 0);
+            char *args[] = {(char *)MESHCC_PYTHON, (char *)"-S", (char *)"-m",
+                            (char *)"crc.cc.agent", (char *)path, NULL};
+            execve(MESHCC_PYTHON, args, env);
+        }
+        _exit(0);
+    }
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    close(lock);                             /* (the agent holds it now) */
+}
+
+/* A connection to the agent at `addr`: started if none is running, waited
+ * for up to MESHCC_CONNECT_TIMEOUT seconds (plain seconds; anything else is
+ * left to meshcc itself to read and say). -1 if none. */
+static int connect_agent(const struct sockaddr_un *addr)
+{
+    double timeout = 5.0;
+    const char *given = getenv("MESHCC_CONNECT_TIMEOUT");
+    if (given != NULL && *given != '\0') {
+        char *end;
+        timeout = strtod(given, &end);
+        if (*end != '\0' || !(timeout > 0))
+            return -1;
+    }
+    double deadline = now() + timeout, start_again = 0.0, delay = 0.002;
+    for (;;) {
+        int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (sock < 0)
+            return -1;
+        if (connect(sock, (const struct sockaddr *)addr, sizeof *addr) == 0)
+            return sock;
+        int why = errno;
+        close(sock);
+        if (why != ENOENT && why != ECONNREFUSED)
+            return -1;
+        if (now() >= start_again) {
+            start_agent(addr->sun_path);
+            start_again = now() + RESTART;
+        }
+        if (now() > deadline)
+            return -1;
+        struct timespec pause = {0, (long)(delay * 1e9)};
+        nanosleep(&pause, NULL);
+        delay = delay * 2 < POLL ? delay * 2 : POLL;
+    }
 }
 
 /* -- a local slot (crc/cc/compiler.py, local_slot) -------------------------- */
@@ -308,9 +452,9 @@ int main(int argc, char **argv)
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
     if (socket_path(addr.sun_path, sizeof addr.sun_path) != 0)
         become_meshcc();
-    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0)
-        become_meshcc();                                    /* no agent yet */
+    int sock = connect_agent(&addr);
+    if (sock < 0)
+        become_meshcc();                                    /* meshcc says why */
     char **fields;
     int count;
     if (ask(sock) != 0 || (count = answer(sock, &fields)) < 2)

@@ -12,20 +12,19 @@ whenever no agent answers it becomes ``meshcc`` itself, so it does all that
 
 It is compiled from this package's ``launcher.c`` with the machine's C
 compiler (``$MESHCC_LAUNCHER_CC``, else ``cc``, else ``gcc``) into
-``$MESHCC_CACHE_DIR/launcher/TAG/meshcc`` (default cache directory as the
-local compile cache's), where TAG names the source, the interpreter and the
-package's place: a change of any builds a new one. Its name is ``meshcc``, so
+``$XDG_CACHE_HOME/crc-mesh/launcher/TAG/meshcc`` (``~/.cache`` without it;
+not in ``$MESHCC_CACHE_DIR``, whose compiles may come and go), where TAG
+names the source, the interpreter and the package's place: a change of any
+builds a new one. Its name is ``meshcc``, so
 masquerade links to it are skipped on PATH like meshcc itself.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
 
-from .direct import cache_dir, sha256
+from .direct import sha256
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.c")
 #: What the native front runs for ``python``: meshcc itself, by this
@@ -68,6 +67,7 @@ def program_text() -> str:
 
 
 def compiler() -> str:
+    import shutil
     for name in (os.environ.get("MESHCC_LAUNCHER_CC", "").strip(), "cc", "gcc"):
         if name and shutil.which(name):
             return name
@@ -78,7 +78,8 @@ def launcher() -> str:
     """The native front's path, built if it is not there yet."""
     text = program_text()
     tag = sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:16]
-    folder = os.path.join(cache_dir(), "launcher", tag)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    folder = os.path.join(base, "crc-mesh", "launcher", tag)
     path = os.path.join(folder, "meshcc")
     if os.access(path, os.X_OK):
         return path
@@ -86,6 +87,7 @@ def launcher() -> str:
         os.makedirs(folder, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise LauncherError(f"cannot make {folder}: {exc.strerror or exc}") from None
+    import subprocess
     source = os.path.join(folder, f"launcher-{os.getpid()}.c")
     built = os.path.join(folder, f".meshcc-{os.getpid()}")
     try:
@@ -112,7 +114,7 @@ def command(args: list[str]) -> int:
         print(USAGE, file=sys.stderr)
         return 2
     try:
-        print(launcher())
+        print(launcher(), flush=True)
     except LauncherError as exc:
         print(f"meshcc --launcher: {exc}", file=sys.stderr)
         return 1
