@@ -178,6 +178,28 @@ def test_the_local_cache_trims_the_least_recently_used_entries_only(tmp_path: Pa
     assert (tmp_path / "out.o").read_bytes() == bytes([3]) * 10_000
 
 
+def test_recording_keeps_the_local_cache_a_bucket_at_a_time(tmp_path: Path) -> None:
+    """What a recording does now and then: one bucket to its share of the
+    bound (oldest entries first; other buckets untouched), and the older
+    layout's separate objects removed. No compile walks the whole cache."""
+    root = tmp_path / "cache"
+    cache = DirectCache(str(root))
+    (tmp_path / "h.h").write_text("#define H 1\n")
+    keys = [f"aa{i:062x}" for i in range(5)] + [f"bb{0:062x}"]
+    for i, key in enumerate(keys):
+        obj = tmp_path / f"o{i}.o"
+        obj.write_bytes(bytes([i]) * 10_000)
+        cache.record(key, [str(tmp_path / "h.h")], str(obj), None)
+        entry = root / key[:2] / key
+        os.utime(entry, (1_000_000 + i, 1_000_000 + i))   # oldest first
+    (root / "objects" / "00").mkdir(parents=True)
+    (root / "objects" / "00" / ("00" * 32)).write_bytes(b"an object of the older layout")
+    cache.trim_bucket(256 * 25_000, "aa")                 # room for two in bucket aa
+    kept = [k for k in keys if cache.lookup(k, str(tmp_path / "out.o"), None)]
+    assert kept == [keys[3], keys[4], keys[5]]
+    assert not (root / "objects").exists()
+
+
 def test_the_local_cache_records_what_was_compiled_not_what_is_there_after(
         tmp_path: Path) -> None:
     """meshcc's agent hands the local cache each file's digest and stamp as

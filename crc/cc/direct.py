@@ -12,6 +12,15 @@ is unchanged and was not too fresh to trust when recorded (a file changed
 twice within a timestamp's tick would fool it), else by its digest — and if
 all match, the object and dependency file are copied into place.
 
+An entry is one file, ``ROOT/KK/KEY``: the manifest (``marshal``) followed by
+the object's bytes — one file written per compile. ``MESHCC_CACHE_SIZE``
+is kept as ccache keeps its own, a bucket (``KK``) at a time: now and then a
+recording takes one bucket at random and drops its least recently used
+entries past a 256th of the bound (the keys spread evenly over the
+buckets), so no compile ever walks the whole cache. (An older layout kept
+objects apart, under ``objects/``: its entries are misses, and the first
+trim removes that directory.)
+
 Sources using ``__DATE__``/``__TIME__``/``__TIMESTAMP__`` are never
 recorded (``wrapper.cacheable``), nor are compiles that printed anything.
 ``MESHCC_CACHE=0`` turns this off with the mesh's cache;
@@ -91,6 +100,12 @@ def direct_key(compiler: str, args: list[str], source: str) -> str | None:
     return sha256(material.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+#: Buckets an entry's key spreads over (the first two hex digits).
+BUCKETS = 256
+#: Entry format (``marshal`` manifest, then the object's bytes).
+VERSION = 2
+
+
 class DirectCache:
     def __init__(self, root: str | None = None) -> None:
         self.root = root or cache_dir()
@@ -105,10 +120,13 @@ class DirectCache:
         try:
             with open(entry, "rb") as f:
                 manifest = marshal.load(f)
-            files, obj, deps = manifest["files"], manifest["object"], manifest["deps"]
-        except (OSError, ValueError, EOFError, TypeError, KeyError):
+                obj = f.read()
+            if manifest.get("v") != VERSION:
+                return False
+            files, deps, size = manifest["files"], manifest["deps"], manifest["size"]
+        except (OSError, ValueError, EOFError, TypeError, KeyError, AttributeError):
             return False
-        if (deps is None) != (depfile is None):
+        if (deps is None) != (depfile is None) or len(obj) != size:
             return False
         for path, digest, stamp in files:
             now = _stat(path)
@@ -119,7 +137,7 @@ class DirectCache:
             if digest_file(path) != digest:
                 return False
         try:
-            place(os.path.join(self.root, "objects", obj[:2], obj), output)
+            write_atomically(output, obj)
             if depfile is not None:
                 write_atomically(depfile, deps)
             os.utime(entry)                     # recently used
@@ -149,57 +167,55 @@ class DirectCache:
                     return                      # read something we cannot see again
                 fresh = recorded - stamp[2] / 1e9 < FRESH or recorded - stamp[3] / 1e9 < FRESH
                 files.append((path, digest, None if fresh else stamp))
-            obj = digest_file(output)
-            if obj is None:
-                return
+            with open(output, "rb") as f:
+                obj = f.read()
             deps = None
             if depfile is not None:
                 with open(depfile, "rb") as f:
                     deps = f.read()
-            stored = os.path.join(self.root, "objects", obj[:2], obj)
-            if not os.path.exists(stored):
-                os.makedirs(os.path.dirname(stored), exist_ok=True)
-                place(output, stored)
             entry = self._entry(key)
-            os.makedirs(os.path.dirname(entry), exist_ok=True)
-            write_atomically(entry, marshal.dumps({"files": files, "object": obj,
-                                                   "deps": deps}))
+            manifest = marshal.dumps({"v": VERSION, "files": files, "deps": deps,
+                                      "size": len(obj)})
+            try:
+                write_atomically(entry, manifest + obj)
+            except FileNotFoundError:           # (its bucket is new)
+                os.makedirs(os.path.dirname(entry), exist_ok=True)
+                write_atomically(entry, manifest + obj)
             if int.from_bytes(os.urandom(1), "big") < 4:   # now and then: bound the size
-                self.trim(size_limit())
+                self.trim_bucket(size_limit())
         except OSError:
             return
 
-    def trim(self, limit: int) -> None:
-        """Remove the least recently used entries, each with the object only
-        it named, until the cache holds at most ``limit`` bytes."""
-        entries, objects, total = [], {}, 0
-        objects_dir = os.path.join(self.root, "objects")
-        for folder, _, names in os.walk(self.root):
-            for name in names:
-                path = os.path.join(folder, name)
-                try:
-                    size = os.stat(path).st_size
-                except OSError:
-                    continue
-                total += size
-                if os.path.dirname(folder) == objects_dir:
-                    objects[name] = (path, size)
-                elif not name.endswith(".tmp"):
-                    entries.append(path)
-        named: dict[str, str] = {}                  # entry path -> its object
-        users: dict[str, int] = {}                  # object -> entries naming it
-        dated = []
-        for path in entries:
-            try:
-                with open(path, "rb") as f:
-                    named[path] = obj = marshal.load(f)["object"]
-                st = os.stat(path)
-            except (OSError, ValueError, EOFError, TypeError, KeyError):
-                continue
-            users[obj] = users.get(obj, 0) + 1
-            dated.append((st.st_mtime, path, st.st_size))
-        dated.sort()
-        for _, path, size in dated:
+    def _buckets(self) -> list[str]:
+        try:
+            names = os.listdir(self.root)
+        except OSError:
+            return []
+        if "objects" in names:                  # (the older layout's objects)
+            import shutil
+            shutil.rmtree(os.path.join(self.root, "objects"), ignore_errors=True)
+        return [n for n in names if len(n) == 2 and all(c in "0123456789abcdef" for c in n)]
+
+    @staticmethod
+    def _entries(bucket: str) -> list[tuple[float, str, int]]:
+        """(last used, path, size) of the entries in ``bucket``."""
+        out = []
+        try:
+            with os.scandir(bucket) as found:
+                for item in found:
+                    try:
+                        st = item.stat(follow_symlinks=False)
+                    except OSError:
+                        continue
+                    out.append((st.st_mtime, item.path, st.st_size))
+        except OSError:
+            pass
+        return out
+
+    @staticmethod
+    def _drop_oldest(entries: list[tuple[float, str, int]], total: int, limit: int) -> int:
+        entries.sort()
+        for _, path, size in entries:
             if total <= limit:
                 break
             try:
@@ -207,28 +223,26 @@ class DirectCache:
             except OSError:
                 continue
             total -= size
-            obj = named[path]
-            users[obj] -= 1
-            if users[obj] == 0 and obj in objects:
-                gone, obj_size = objects.pop(obj)
-                try:
-                    os.unlink(gone)
-                    total -= obj_size
-                except OSError:
-                    pass
-        for obj, (path, _) in objects.items():      # objects no entry names
-            if users.get(obj, 0) == 0:
-                try:
-                    os.unlink(path)
-                except OSError:
-                    pass
+        return total
 
+    def trim_bucket(self, limit: int, bucket: str | None = None) -> None:
+        """One bucket (``bucket``, else one taken at random) to a
+        ``BUCKETS``-th of ``limit`` bytes, its least recently used entries
+        first: what a recording does now and then."""
+        buckets = self._buckets()
+        if bucket is None and buckets:
+            bucket = buckets[os.urandom(1)[0] % len(buckets)]
+        if bucket is not None:
+            entries = self._entries(os.path.join(self.root, bucket))
+            self._drop_oldest(entries, sum(e[2] for e in entries), limit // BUCKETS)
 
-def place(source: str, dest: str) -> None:
-    """Copy ``source`` to ``dest`` by way of a temporary file and a rename."""
-    with open(source, "rb") as f:
-        data = f.read()
-    write_atomically(dest, data)
+    def trim(self, limit: int) -> None:
+        """The whole cache to at most ``limit`` bytes, least recently used
+        entries first."""
+        entries = []
+        for name in self._buckets():
+            entries += self._entries(os.path.join(self.root, name))
+        self._drop_oldest(entries, sum(e[2] for e in entries), limit)
 
 
 def write_atomically(path: str, data: bytes) -> None:

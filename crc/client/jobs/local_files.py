@@ -99,11 +99,19 @@ class LocalFiles:
         (it came inline), else the fetched blob. ``ValueError`` for a name
         that leaves ``base``; ``OSError`` from the file system."""
         why = bad_relative_path(ref.name)
+        if why:
+            raise ValueError(why)
         dest = base / ref.name
-        if why or not dest.parent.resolve().is_relative_to(base):
-            raise ValueError(why or f"{ref.name!r} leaves the working directory")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if "/" in ref.name:
+            # (A name with no directory in it is in ``base`` itself: nothing
+            # to resolve or make, which a compile's every result would pay.)
+            if not dest.parent.resolve().is_relative_to(base):
+                raise ValueError(f"{ref.name!r} leaves the working directory")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        elif not base.is_dir():
+            base.mkdir(parents=True, exist_ok=True)
         tmp = dest.parent / f".{dest.name}.crc-tmp"
+        placed = False
         try:
             if data is not None:
                 with open(tmp, "wb") as out:
@@ -122,6 +130,8 @@ class LocalFiles:
                         out.write(block)
             os.chmod(tmp, ref.mode & 0o777)
             os.replace(tmp, dest)
+            placed = True
         finally:
-            tmp.unlink(missing_ok=True)        # only if it did not become ``dest``
+            if not placed:
+                tmp.unlink(missing_ok=True)
         self.held[ref.sha] = (dest, ref.size)
