@@ -15,6 +15,7 @@ neither.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from dataclasses import dataclass
@@ -25,8 +26,11 @@ from ..net import EventLoop
 from .process import ChildProcess
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def bad_relative_path(name: str) -> str | None:
-    """Why ``name`` may not be a job file name, or None if it may."""
+    """Why ``name`` may not be a job file name, or None if it may (remembered:
+    a build's jobs name the same headers again and again, and each name is
+    checked by the client and by every server on its way)."""
     if not name:
         return "empty file name"
     if "\0" in name:
