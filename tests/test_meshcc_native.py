@@ -55,7 +55,7 @@ class StandIn:
     """Listens where the agent for ``env`` would; answers one request with
     ``reply`` and keeps the request's fields."""
 
-    def __init__(self, env: dict[str, str], reply: list[str]) -> None:
+    def __init__(self, env: dict[str, str], reply: list[str] | None) -> None:
         from crc.cc.paths import socket_path
         self.path = socket_path(env)
         os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
@@ -71,6 +71,9 @@ class StandIn:
     def _serve(self) -> None:
         conn, _ = self.sock.accept()
         self.close()                      # one request: whoever comes next finds nobody
+        if self.reply is None:            # hangs up unheard
+            conn.close()
+            return
         with conn:
             data = b""
             while True:
@@ -159,6 +162,24 @@ def test_python_hands_the_invocation_to_meshcc_itself(
         agent.close()
     assert agent.fields is not None
     assert done.returncode == 0 and (tmp_path / "a.o").is_file()
+    assert done.stderr.startswith("meshcc: a.c: compiling here:"), done.stderr
+
+
+def test_an_agent_that_hangs_up_unheard_means_meshcc_itself_not_a_signal(
+        native: str, tmp_path: Path, stand_in_env: dict[str, str]) -> None:
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    agent = StandIn(stand_in_env, None)
+    # A request large enough that the front is still sending when the
+    # stand-in hangs up: SIGPIPE would kill it; it must go on as meshcc.
+    env = dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="10",
+               **{f"PADDING{i}": "x" * 100_000 for i in range(6)})
+    try:
+        done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        agent.thread.join(30)
+    finally:
+        agent.close()
+    assert done.returncode == 0 and (tmp_path / "a.o").is_file(), done.stderr
     assert done.stderr.startswith("meshcc: a.c: compiling here:"), done.stderr
 
 

@@ -32,6 +32,7 @@ from .compiler import MeshFailure
 from .wrapper import (Compile, CompileHere, Here, Verbose, begin, failed, flag, look_up,
                       make_work_dir, remove_tree, ship_request, shipped)
 
+
 class Front:
     """One thin request: ``start`` does the invocation's first steps; the
     agent calls ``answer`` with the shipped compile's outcome."""

@@ -368,6 +368,23 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
+/* To the agent: a peer gone mid-request is an error here, not SIGPIPE (whose
+ * disposition, were it ignored instead, the compiler we may become would inherit). */
+static int send_all(int sock, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t done = send(sock, p, n, MSG_NOSIGNAL);
+        if (done < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += done;
+        n -= (size_t)done;
+    }
+    return 0;
+}
+
 static int read_all(int fd, char *p, size_t n)
 {
     while (n) {
@@ -412,7 +429,7 @@ static int ask(int sock)
     b.data[5] = (char)(body >> 16);
     b.data[6] = (char)(body >> 8);
     b.data[7] = (char)body;
-    int status = write_all(sock, b.data, b.used);
+    int status = send_all(sock, b.data, b.used);
     free(b.data);
     return status;
 }
