@@ -147,10 +147,12 @@ def test_exec_runs_the_named_program_in_a_local_slot_after_the_text(
     assert done.stderr == "meshcc: here\n1\n"              # one slot held by the program
 
 
+@pytest.mark.parametrize("reply", [["python", ""], ["{marshal}", "not for the user\n"]],
+                         ids=["python", "an answer of another version"])
 def test_python_hands_the_invocation_to_meshcc_itself(
-        native: str, tmp_path: Path, stand_in_env: dict[str, str]) -> None:
+        native: str, tmp_path: Path, stand_in_env: dict[str, str], reply: list[str]) -> None:
     (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
-    agent = StandIn(stand_in_env, ["python", ""])
+    agent = StandIn(stand_in_env, reply)
     try:
         # meshcc itself asks the agent again (the stand-in is gone by then:
         # it starts a real one, which cannot reach 127.0.0.1:1) and compiles here.
@@ -163,6 +165,7 @@ def test_python_hands_the_invocation_to_meshcc_itself(
     assert agent.fields is not None
     assert done.returncode == 0 and (tmp_path / "a.o").is_file()
     assert done.stderr.startswith("meshcc: a.c: compiling here:"), done.stderr
+    assert "not for the user" not in done.stderr
 
 
 def test_an_agent_that_hangs_up_unheard_means_meshcc_itself_not_a_signal(

@@ -477,18 +477,20 @@ int main(int argc, char **argv)
     if (ask(sock) != 0 || (count = answer(sock, &fields)) < 2)
         become_meshcc();
     close(sock);
-    const char *text = fields[1];
-    if (strcmp(fields[0], "exit") == 0 && count >= 3) {
+    const char *kind = fields[0], *text = fields[1];
+    if (strcmp(kind, "exit") == 0 && count >= 3) {
         write_all(2, fields[2], strlen(fields[2]));
         return atoi(text);
     }
-    write_all(2, text, strlen(text));
-    if (strcmp(fields[0], "exec") == 0 && count >= 3) {
+    if (strcmp(kind, "exec") == 0 && count >= 3) {
+        write_all(2, text, strlen(text));
         local_slot();
         execv(fields[2], fields + 2);
         fprintf(stderr, "meshcc: cannot run %s: %s\n", fields[2], strerror(errno));
         return 127;
     }
-    become_meshcc();                                        /* "python" */
+    if (strcmp(kind, "python") == 0)
+        write_all(2, text, strlen(text));
+    become_meshcc();        /* "python", or an answer it cannot read (another version's agent) */
     return 127;
 }
