@@ -218,3 +218,14 @@ def test_the_local_cache_records_what_was_compiled_not_what_is_there_after(
     header.write_text("#define H 1\n")                 # back as compiled: a hit
     assert cache.lookup("ab" * 32, str(tmp_path / "out.o"), None)
     assert (tmp_path / "out.o").read_bytes() == b"compiled with H 1"
+
+
+def test_only_short_file_names_have_their_check_remembered() -> None:
+    """A peer sending thousands of huge, different names must not grow our
+    memory: only names up to REMEMBERED_NAME are remembered."""
+    from crc.jobs.files import REMEMBERED_NAME, _remembered, bad_relative_path
+    before = _remembered.cache_info().currsize
+    assert bad_relative_path("x" * (REMEMBERED_NAME + 1)) is None
+    assert _remembered.cache_info().currsize == before
+    assert bad_relative_path("short/name.h") is None and bad_relative_path("../up") is not None
+    assert _remembered.cache_info().currsize >= min(before + 1, _remembered.cache_info().maxsize)

@@ -400,3 +400,60 @@ def test_a_cold_build_through_the_native_front_starts_one_agent(native: str, mes
     assert sorted(where) == sorted(p.name for p in project.glob("*.c")), built.stderr
     assert len(agents_for(path)) == 1
 
+
+
+def test_an_agent_folder_open_to_others_is_not_trusted_by_either_front(
+        native: str, tmp_path: Path, stand_in_env: dict[str, str]) -> None:
+    """Whoever could put a socket where our agent's would be would get our
+    environment, and could answer ``exec``: neither front talks to an agent
+    whose folder is not ours alone."""
+    from crc.cc.paths import socket_path
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    path = socket_path(stand_in_env)
+    folder = os.path.dirname(path)
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(8)                  # (connections wait there, never read)
+    os.chmod(folder, 0o777)
+    try:
+        done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path,
+                              env=dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="3"),
+                              capture_output=True, text=True, timeout=120)
+        listener.setblocking(False)
+        sent = []
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                break
+            with conn:
+                conn.setblocking(False)
+                try:
+                    sent.append(conn.recv(65536))
+                except BlockingIOError:
+                    sent.append(b"")
+    finally:
+        listener.close()
+        os.unlink(path)
+        os.chmod(folder, 0o700)
+    assert len(sent) == 2 and sent == [b"", b""]     # both fronts came, neither sent a byte
+    assert done.returncode == 0 and (tmp_path / "a.o").is_file(), done.stderr
+    assert "is not this user's meshcc agent" in done.stderr, done.stderr
+
+
+def test_meshcc_itself_imports_nothing_from_the_build_directory(
+        native: str, tmp_path: Path, stand_in_env: dict[str, str]) -> None:
+    (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
+    for module in ("zlib", "subprocess", "hashlib", "shutil"):
+        (tmp_path / f"{module}.py").write_text("raise SystemExit('imported from the build')\n")
+    agent = StandIn(stand_in_env, ["python", ""])
+    try:
+        done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path,
+                              env=dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="10"),
+                              capture_output=True, text=True, timeout=120)
+        agent.thread.join(30)
+    finally:
+        agent.close()
+    assert "imported from the build" not in done.stderr, done.stderr
+    assert done.returncode == 0 and (tmp_path / "a.o").is_file(), done.stderr

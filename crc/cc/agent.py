@@ -217,6 +217,8 @@ class Agent:
         #: Compiles ready to go once the mesh is: (request, submit).
         self.waiting: list[tuple[Request, Callable[[], None]]] = []
         self.active = 0
+        #: Native fronts' invocations with a work directory out (``crc.cc.front``).
+        self.fronts: set = set()
         self._idle_timer = None
         try:
             self.idle = float(os.environ.get("MESHCC_AGENT_IDLE", "") or IDLE)
@@ -258,6 +260,8 @@ class Agent:
         try:
             self.loop.run()
         finally:
+            for front in list(self.fronts):
+                front.forget_work()
             for leftover in (self.path, pid_file(self.path)):
                 try:
                     os.unlink(leftover)

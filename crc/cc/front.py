@@ -65,11 +65,12 @@ class Front:
         try:
             with self.inside():
                 body = self._first_steps()
+            if body is not None:
+                self.agent.compile(self, body)
         except Exception:                           # noqa: BLE001 (meshcc will say it)
+            self.forget_work()
             self.lines.clear()
-            return self.python()
-        if body is not None:
-            self.agent.compile(self, body)
+            self.python()
 
     def _first_steps(self) -> dict | None:
         self.verbose = verbose = Verbose(flag("MESHCC_VERBOSE", False), self.lines.append)
@@ -84,6 +85,7 @@ class Front:
             if look_up(job, verbose):
                 return self.exit(0)
             self.work = make_work_dir(job.what.output)
+            self.agent.fronts.add(self)
         except (CompileHere, MeshFailure) as exc:
             return self.ended(failed(job, exc, verbose))
         self.job = job
@@ -93,24 +95,33 @@ class Front:
     def answer(self, result: dict) -> None:
         """The shipped compile's outcome (as the agent answers ``ship_request``)."""
         assert self.job is not None and self.verbose is not None and self.work is not None
-        if not self.request.waiting():
+        if self.request.answered or not self.request.waiting():
             # The front is gone (make interrupted, and it may have removed
             # the target on purpose): nothing is put in place for nobody.
-            remove_tree(self.work)
+            self.forget_work()
             self.request.close()
             return
+        outcome: int | Here | None
         try:
             with self.inside():
                 try:
-                    done = shipped(self.job, result, self.work, self.verbose)
+                    outcome = shipped(self.job, result, self.work, self.verbose)
                 except (CompileHere, MeshFailure) as exc:
-                    return self.ended(failed(self.job, exc, self.verbose))
-                finally:
-                    remove_tree(self.work)
+                    outcome = failed(self.job, exc, self.verbose)
         except Exception:                           # noqa: BLE001 (meshcc will say it)
             self.lines.clear()
-            return self.python()
-        return self.python() if done is None else self.exit(done)
+            outcome = None
+        finally:
+            self.forget_work()
+        return self.python() if outcome is None else self.ended(outcome)
+
+    def forget_work(self) -> None:
+        """Remove the work directory (the agent calls this for fronts still
+        waiting when it stops)."""
+        if self.work is not None:
+            remove_tree(self.work)
+            self.work = None
+        self.agent.fronts.discard(self)
 
     # -- answers -------------------------------------------------------------------------
 

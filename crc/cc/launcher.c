@@ -18,6 +18,7 @@
  * code that runs meshcc) in front of this text. The socket's name and the
  * local slots follow crc/cc/paths.py and crc/cc/compiler.py exactly.
  */
+#define _GNU_SOURCE                    /* struct ucred */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdint.h>
@@ -28,6 +29,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -118,6 +120,40 @@ static size_t strip(const char *s, const char **start)
     return n;
 }
 
+/* Characters, as Python counts a decoded path (UTF-8 lead bytes). */
+static size_t characters(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xc0) != 0x80;
+    return n;
+}
+
+/* Whether the agent's folder is ours alone (as the agent makes it): a
+ * directory, not a link, owned by us, open to nobody else. Anything else
+ * could hand our environment, or an `exec`, to another user. */
+static int folder_is_ours(const char *path)
+{
+    char folder[256];
+    snprintf(folder, sizeof folder, "%s", path);
+    char *slash = strrchr(folder, '/');
+    if (slash == NULL)
+        return 0;
+    *slash = '\0';
+    struct stat st;
+    return lstat(folder, &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == getuid() &&
+           (st.st_mode & 077) == 0;
+}
+
+/* Whether the process at the other end of `sock` is ours. */
+static int peer_is_ours(int sock)
+{
+    struct ucred cred;
+    socklen_t size = sizeof cred;
+    return getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &size) == 0 &&
+           cred.uid == getuid();
+}
+
 static const char *const MESH_ENV[] = {
     "CRC_MESH", "CRC_MESH_SECRET_FILE", "CRC_MESH_TLS_CA", "CRC_MESH_TLS_CERT",
     "CRC_MESH_TLS_KEY", "CRC_MESH_TLS_SERVER_NAME",
@@ -143,10 +179,12 @@ static int socket_path(char *out, size_t size)
     if (base == NULL || *base == '\0')
         base = "/tmp";
     char folder[4096];
-    int len = snprintf(folder, sizeof folder, "%s/crc-meshcc-%u", base, (unsigned)getuid());
+    size_t base_len = strlen(base);
+    int len = snprintf(folder, sizeof folder, "%s%scrc-meshcc-%u", base,
+                       base[base_len - 1] == '/' ? "" : "/", (unsigned)getuid());
     if (len < 0 || (size_t)len >= sizeof folder)
         return -1;
-    if (len > MAX_SOCKET_PATH - 30) {
+    if (characters(folder) > MAX_SOCKET_PATH - 30) {
         char base_tag[17];
         tag(base, strlen(base), base_tag);
         base_tag[8] = '\0';
@@ -208,9 +246,11 @@ static void start_agent(const char *path)
     if (slash == NULL)
         return;
     *slash = '\0';
-    mkdir(folder, 0700);                     /* (the agent checks it is ours) */
+    mkdir(folder, 0700);
+    if (!folder_is_ours(path))
+        return;                              /* (meshcc itself will say why) */
     snprintf(lock_path, sizeof lock_path, "%s.lock", path);
-    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (lock < 0)
         return;                              /* (meshcc itself will say why) */
     if (flock(lock, LOCK_EX | LOCK_NB) != 0) {
@@ -258,23 +298,34 @@ static void start_agent(const char *path)
 /* A connection to the agent at `addr`: started if none is running, waited
  * for up to MESHCC_CONNECT_TIMEOUT seconds (plain seconds; anything else is
  * left to meshcc itself to read and say). -1 if none. */
+/* `name`'s value in plain seconds, `otherwise` when it is not set; -1 when
+ * it says something else (meshcc itself reads and says it). */
+static double seconds(const char *name, double otherwise)
+{
+    const char *given = getenv(name);
+    if (given == NULL || *given == '\0')
+        return otherwise;
+    char *end;
+    double value = strtod(given, &end);
+    return *end == '\0' && value > 0 ? value : -1;
+}
+
 static int connect_agent(const struct sockaddr_un *addr)
 {
-    double timeout = 5.0;
-    const char *given = getenv("MESHCC_CONNECT_TIMEOUT");
-    if (given != NULL && *given != '\0') {
-        char *end;
-        timeout = strtod(given, &end);
-        if (*end != '\0' || !(timeout > 0))
-            return -1;
-    }
+    double timeout = seconds("MESHCC_CONNECT_TIMEOUT", 5.0);
+    if (timeout < 0 || seconds("MESHCC_TIMEOUT", 600.0) < 0)
+        return -1;
     double deadline = now() + timeout, start_again = 0.0, delay = 0.002;
     for (;;) {
         int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (sock < 0)
             return -1;
-        if (connect(sock, (const struct sockaddr *)addr, sizeof *addr) == 0)
-            return sock;
+        if (connect(sock, (const struct sockaddr *)addr, sizeof *addr) == 0) {
+            if (folder_is_ours(addr->sun_path) && peer_is_ours(sock))
+                return sock;
+            close(sock);
+            return -1;                       /* not our agent: meshcc itself says why */
+        }
         int why = errno;
         close(sock);
         if (why != ENOENT && why != ECONNREFUSED)
@@ -472,6 +523,10 @@ int main(int argc, char **argv)
     int sock = connect_agent(&addr);
     if (sock < 0)
         become_meshcc();                                    /* meshcc says why */
+    /* No answer within what meshcc itself would wait: it takes over. */
+    double wait = seconds("MESHCC_CONNECT_TIMEOUT", 5.0) + seconds("MESHCC_TIMEOUT", 600.0) + 10;
+    struct timeval limit = {(time_t)wait, 0};
+    setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
     char **fields;
     int count;
     if (ask(sock) != 0 || (count = answer(sock, &fields)) < 2)

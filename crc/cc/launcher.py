@@ -28,8 +28,10 @@ from .direct import sha256
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.c")
 #: What the native front runs for ``python``: meshcc itself, by this
-#: interpreter, from this package (the front passes its argv after these).
-PYTHON_FRONT = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+#: interpreter, from this package (the front passes its argv after these);
+#: the package's root takes the place ``-c`` gives the working directory,
+#: so that nothing is imported from the build's directories.
+PYTHON_FRONT = ("import sys; sys.path[0] = sys.argv.pop(1); "
                 "from crc.cc.wrapper import main; sys.exit(main(sys.argv[1:]))")
 USAGE = "usage: meshcc --launcher   (prints the native front's path, building it first if needed)"
 

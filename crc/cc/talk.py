@@ -87,6 +87,20 @@ def decode_fields(buffer: "bytes | bytearray", magic: bytes = b"") -> "tuple[lis
     return [os.fsdecode(f) for f in body.split(b"\0")[:-1]], head + size
 
 
+def ours(sock: "_socket.socket", path: str) -> bool:
+    """Whether the agent at ``path`` is this user's: its folder a directory
+    of ours open to nobody else (as the agent makes it), and the process at
+    the other end ours (``SO_PEERCRED``)."""
+    try:
+        st = os.lstat(os.path.dirname(path))
+        cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    except OSError:
+        return False
+    uid = os.getuid()
+    return (st.st_mode & 0o170000 == 0o040000 and st.st_uid == uid and not st.st_mode & 0o077
+            and int.from_bytes(cred[4:8], "little") == uid)
+
+
 def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
         start: "Callable[[str], None]") -> dict:  # noqa: F821 (not imported: startup cost)
     """Send ``request`` to the agent at ``path`` (calling ``start(path)`` if
@@ -101,6 +115,9 @@ def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(path)
+            if not ours(sock, path):
+                sock.close()
+                raise MeshFailure(f"{path} is not this user's meshcc agent")
             break
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()

@@ -374,7 +374,10 @@ def remove_tree(path: str) -> None:
     two at its top, removed without walking it)."""
     try:
         for name in os.listdir(path):
-            os.unlink(os.path.join(path, name))
+            try:
+                os.unlink(os.path.join(path, name))
+            except FileNotFoundError:
+                pass
         os.rmdir(path)
         return
     except FileNotFoundError:

@@ -26,11 +26,27 @@ from ..net import EventLoop
 from .process import ChildProcess
 
 
-@functools.lru_cache(maxsize=1 << 14)
+#: Names up to this long have their check remembered (``bad_relative_path``).
+REMEMBERED_NAME = 1024
+
+
 def bad_relative_path(name: str) -> str | None:
-    """Why ``name`` may not be a job file name, or None if it may (remembered:
-    a build's jobs name the same headers again and again, and each name is
-    checked by the client and by every server on its way)."""
+    """Why ``name`` may not be a job file name, or None if it may. Remembered
+    for short names (a build's jobs name the same headers again and again,
+    each checked by the client and by every server on its way); a long one,
+    which only a peer bent on filling our memory would send by the
+    thousand, is checked each time."""
+    if len(name) <= REMEMBERED_NAME:
+        return _remembered(name)
+    return _bad_relative_path(name)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _remembered(name: str) -> str | None:
+    return _bad_relative_path(name)
+
+
+def _bad_relative_path(name: str) -> str | None:
     if not name:
         return "empty file name"
     if "\0" in name:
