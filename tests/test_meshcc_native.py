@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -105,15 +106,29 @@ def stand_in_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
                 ODD="with\nnewline")
 
 
-@pytest.mark.parametrize("long_runtime", [False, True], ids=["short path", "long path"])
+@pytest.mark.parametrize("runtime", ["", "r" * 90, "r" * 56 + "/"],
+                         ids=["short path", "long path", "ending in a slash"])
 def test_the_request_reaches_the_agents_socket_with_argv_cwd_and_environment(
-        native: str, tmp_path: Path, stand_in_env: dict[str, str], long_runtime: bool,
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    if long_runtime:             # too long for a socket's name: the agent's other place
-        runtime = tmp_path / ("r" * 90)
-        runtime.mkdir()
-        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
-        stand_in_env["XDG_RUNTIME_DIR"] = str(runtime)
+        native: str, tmp_path: Path, stand_in_env: dict[str, str], runtime: str,
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    # Too long for a socket's name: the agent's other place. Ending in a
+    # slash, at the longest the usual place may be: no second slash (with
+    # one, the front would count one character more and go elsewhere).
+    if runtime.endswith("/"):    # exactly as long as the usual place may be, with the slash
+        from crc.cc.paths import MAX_SOCKET_PATH
+        base = tempfile.mkdtemp(dir="/tmp")
+        request.addfinalizer(lambda: shutil.rmtree(base, ignore_errors=True))
+        name = f"crc-meshcc-{os.getuid()}"
+        runtime = "r" * (MAX_SOCKET_PATH - 30 - len(base) - 2 - len(name)) + "/"
+        folder = f"{base}/{runtime}"
+        assert len(os.path.join(folder, name)) == MAX_SOCKET_PATH - 30
+        os.mkdir(folder)
+    elif runtime:
+        folder = str(tmp_path / runtime)
+        os.mkdir(folder)
+    if runtime:
+        monkeypatch.setenv("XDG_RUNTIME_DIR", folder)
+        stand_in_env["XDG_RUNTIME_DIR"] = folder
     agent = StandIn(stand_in_env, ["exit", "7", "meshcc: said by the agent\n"])
     try:
         done = subprocess.run([native, "gcc", "-c", "a b.c"], cwd=tmp_path, env=stand_in_env,
