@@ -23,7 +23,7 @@ from crc.jobs.compilers import identity
 
 from .meshkit import Mesh, wait_for
 from .test_meshcc import (FAILS_HERE, WARNS, copy_example, env_for, local_object, make,
-                          slow_gcc, three, where_compiled)
+                          most_at_once_here, slow_gcc, three, where_compiled)
 
 ROOT = Path(__file__).resolve().parent.parent
 GCC = shutil.which("gcc")
@@ -96,6 +96,20 @@ class StandIn:
             pass
 
 
+def through_stand_in(native: str, reply: list[str] | None, argv: list[str], cwd: Path,
+                     env: dict[str, str]) -> tuple[subprocess.CompletedProcess, StandIn]:
+    """Run the native front with ``argv`` while a stand-in agent for ``env``
+    answers its request with ``reply``; what it did, and the stand-in."""
+    agent = StandIn(env, reply)
+    try:
+        done = subprocess.run([native, *argv], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=120)
+        agent.thread.join(30)
+    finally:
+        agent.close()
+    return done, agent
+
+
 @pytest.fixture
 def stand_in_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     runtime = tmp_path / "runtime"
@@ -129,13 +143,8 @@ def test_the_request_reaches_the_agents_socket_with_argv_cwd_and_environment(
     if runtime:
         monkeypatch.setenv("XDG_RUNTIME_DIR", folder)
         stand_in_env["XDG_RUNTIME_DIR"] = folder
-    agent = StandIn(stand_in_env, ["exit", "7", "meshcc: said by the agent\n"])
-    try:
-        done = subprocess.run([native, "gcc", "-c", "a b.c"], cwd=tmp_path, env=stand_in_env,
-                              capture_output=True, text=True, timeout=60)
-        agent.thread.join(30)
-    finally:
-        agent.close()
+    done, agent = through_stand_in(native, ["exit", "7", "meshcc: said by the agent\n"],
+                                   ["gcc", "-c", "a b.c"], tmp_path, stand_in_env)
     assert done.returncode == 7 and done.stderr == "meshcc: said by the agent\n"
     fields = agent.fields
     assert fields is not None
@@ -151,12 +160,8 @@ def test_exec_runs_the_named_program_in_a_local_slot_after_the_text(
     script.write_text("#!/bin/sh\necho \"ran $0 $*\"\nls -l /proc/$$/fd | grep -c slot- >&2\n"
                       "exit 3\n")
     script.chmod(0o755)
-    agent = StandIn(stand_in_env, ["exec", "meshcc: here\n", str(script), "x", "y z"])
-    try:
-        done = subprocess.run([native, "gcc", "a.o"], cwd=tmp_path, env=stand_in_env,
-                              capture_output=True, text=True, timeout=60)
-    finally:
-        agent.close()
+    done, _ = through_stand_in(native, ["exec", "meshcc: here\n", str(script), "x", "y z"],
+                               ["gcc", "a.o"], tmp_path, stand_in_env)
     assert done.returncode == 3
     assert done.stdout == f"ran {script} x y z\n"
     assert done.stderr == "meshcc: here\n1\n"              # one slot held by the program
@@ -167,16 +172,10 @@ def test_exec_runs_the_named_program_in_a_local_slot_after_the_text(
 def test_python_hands_the_invocation_to_meshcc_itself(
         native: str, tmp_path: Path, stand_in_env: dict[str, str], reply: list[str]) -> None:
     (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
-    agent = StandIn(stand_in_env, reply)
-    try:
-        # meshcc itself asks the agent again (the stand-in is gone by then:
-        # it starts a real one, which cannot reach 127.0.0.1:1) and compiles here.
-        done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path,
-                              env=dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="10"),
-                              capture_output=True, text=True, timeout=120)
-        agent.thread.join(30)
-    finally:
-        agent.close()
+    # meshcc itself asks the agent again (the stand-in is gone by then: it
+    # starts a real one, which cannot reach 127.0.0.1:1) and compiles here.
+    done, agent = through_stand_in(native, reply, ["gcc", "-c", "a.c"], tmp_path,
+                                   dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="10"))
     assert agent.fields is not None
     assert done.returncode == 0 and (tmp_path / "a.o").is_file()
     assert done.stderr.startswith("meshcc: a.c: compiling here:"), done.stderr
@@ -186,17 +185,11 @@ def test_python_hands_the_invocation_to_meshcc_itself(
 def test_an_agent_that_hangs_up_unheard_means_meshcc_itself_not_a_signal(
         native: str, tmp_path: Path, stand_in_env: dict[str, str]) -> None:
     (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
-    agent = StandIn(stand_in_env, None)
     # A request large enough that the front is still sending when the
     # stand-in hangs up: SIGPIPE would kill it; it must go on as meshcc.
     env = dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="10",
                **{f"PADDING{i}": "x" * 100_000 for i in range(6)})
-    try:
-        done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=120)
-        agent.thread.join(30)
-    finally:
-        agent.close()
+    done, _ = through_stand_in(native, None, ["gcc", "-c", "a.c"], tmp_path, env)
     assert done.returncode == 0 and (tmp_path / "a.o").is_file(), done.stderr
     assert done.stderr.startswith("meshcc: a.c: compiling here:"), done.stderr
 
@@ -331,25 +324,7 @@ def test_work_done_here_takes_at_most_one_slot_per_cpu(native: str, mesh: Mesh,
     three(mesh)
     env = env_for(mesh, MESHCC_CACHE="0", TMPDIR=str(tmp_path))
     warm(tmp_path, env)
-    log = tmp_path / "log"
-    busy = tmp_path / "busycc"
-    busy.write_text(f"#!/bin/sh\necho start $$ >> {log}\nsleep 1\necho end $$ >> {log}\n")
-    busy.chmod(0o755)
-    jobs = [subprocess.Popen([native, str(busy), "-o", f"prog{i}", f"x{i}.o"], cwd=tmp_path,
-                             env=dict(env, **NO_PYTHON), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE)
-            for i in range(3 * (os.cpu_count() or 1) + 2)]
-    for job in jobs:
-        job.communicate(timeout=120)
-        assert job.returncode == 0
-    running = peak = 0
-    for line in log.read_text().split("\n"):
-        if line.startswith("start"):
-            running += 1
-            peak = max(peak, running)
-        elif line.startswith("end"):
-            running -= 1
-    assert running == 0 and peak == (os.cpu_count() or 1)
+    assert most_at_once_here([native], tmp_path, dict(env, **NO_PYTHON)) == (os.cpu_count() or 1)
 
 
 def test_a_front_interrupted_mid_compile_gets_no_object_put_in_its_place(
@@ -462,13 +437,7 @@ def test_meshcc_itself_imports_nothing_from_the_build_directory(
     (tmp_path / "a.c").write_text("int a(void) { return 1; }\n")
     for module in ("zlib", "subprocess", "hashlib", "shutil"):
         (tmp_path / f"{module}.py").write_text("raise SystemExit('imported from the build')\n")
-    agent = StandIn(stand_in_env, ["python", ""])
-    try:
-        done = subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path,
-                              env=dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="10"),
-                              capture_output=True, text=True, timeout=120)
-        agent.thread.join(30)
-    finally:
-        agent.close()
+    done, _ = through_stand_in(native, ["python", ""], ["gcc", "-c", "a.c"], tmp_path,
+                               dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="10"))
     assert "imported from the build" not in done.stderr, done.stderr
     assert done.returncode == 0 and (tmp_path / "a.o").is_file(), done.stderr

@@ -404,10 +404,13 @@ static int add_string(struct buffer *b, const char *s)
     return add(b, s, strlen(s));
 }
 
-static int write_all(int fd, const char *p, size_t n)
+/* All of `p` to `fd`: to the agent's socket with `send`, where a peer gone
+ * mid-request is an error here, not SIGPIPE (whose disposition, were it
+ * ignored instead, the compiler we may become would inherit). */
+static int put_all(int fd, const char *p, size_t n, int to_socket)
 {
     while (n) {
-        ssize_t done = write(fd, p, n);
+        ssize_t done = to_socket ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
         if (done < 0) {
             if (errno == EINTR)
                 continue;
@@ -419,21 +422,10 @@ static int write_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-/* To the agent: a peer gone mid-request is an error here, not SIGPIPE (whose
- * disposition, were it ignored instead, the compiler we may become would inherit). */
-static int send_all(int sock, const char *p, size_t n)
+/* Text for the user, on standard error. */
+static void say(const char *text)
 {
-    while (n) {
-        ssize_t done = send(sock, p, n, MSG_NOSIGNAL);
-        if (done < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        p += done;
-        n -= (size_t)done;
-    }
-    return 0;
+    put_all(2, text, strlen(text), 0);
 }
 
 static int read_all(int fd, char *p, size_t n)
@@ -480,7 +472,7 @@ static int ask(int sock)
     b.data[5] = (char)(body >> 16);
     b.data[6] = (char)(body >> 8);
     b.data[7] = (char)body;
-    int status = send_all(sock, b.data, b.used);
+    int status = put_all(sock, b.data, b.used, 1);
     free(b.data);
     return status;
 }
@@ -534,18 +526,18 @@ int main(int argc, char **argv)
     close(sock);
     const char *kind = fields[0], *text = fields[1];
     if (strcmp(kind, "exit") == 0 && count >= 3) {
-        write_all(2, fields[2], strlen(fields[2]));
+        say(fields[2]);
         return atoi(text);
     }
     if (strcmp(kind, "exec") == 0 && count >= 3) {
-        write_all(2, text, strlen(text));
+        say(text);
         local_slot();
         execv(fields[2], fields + 2);
         fprintf(stderr, "meshcc: cannot run %s: %s\n", fields[2], strerror(errno));
         return 127;
     }
     if (strcmp(kind, "python") == 0)
-        write_all(2, text, strlen(text));
+        say(text);
     become_meshcc();        /* "python", or an answer it cannot read (another version's agent) */
     return 127;
 }

@@ -70,7 +70,8 @@ def encode_fields(fields: "list[str]", magic: bytes = b"") -> bytes:
     return magic + len(body).to_bytes(4, "big") + body
 
 
-def decode_fields(buffer: "bytes | bytearray", magic: bytes = b"") -> "tuple[list[str] | None, int]":
+def decode_fields(buffer: "bytes | bytearray",
+                  magic: bytes = b"") -> "tuple[list[str] | None, int]":
     """The fields of the first whole thin message in ``buffer`` (after
     ``magic``) and the bytes it took; ``(None, 0)`` while incomplete."""
     head = len(magic) + 4
