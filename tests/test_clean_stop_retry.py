@@ -10,7 +10,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from .meshkit import wait_for
+from crc.jobs.wire import Kind
+
+from .meshkit import Mesh, call, wait_for
 from .test_blackbox import CLIENT, DEADLINE, Processes, Server
 from .test_blackbox_durable import executions, options
 from .test_blackbox_jobs import wait_all_schedulable
@@ -57,6 +59,36 @@ def test_an_action_whose_servers_are_stopped_twice_under_it_still_finishes(
     for name in stopped:
         assert f"server {name} stopped while running the job; retrying on another server" \
             in out + err, out + err
+
+
+def test_a_server_stopped_on_purpose_is_out_of_the_placements_before_its_jobs_say_so(
+        mesh: Mesh, work: Path) -> None:
+    # A build sends a stopped action again the moment its FAILED arrives:
+    # if the entry still placed jobs on the stopping server then, the new
+    # run would land there and be lost when its links close (a loss the
+    # build counts). So the stopping server's goodbye report comes first,
+    # on the same links, and the entry has forgotten it by then.
+    entry, stopping = mesh.chain(2)
+    client, jobs = mesh.client(entry, "alice", work)
+    job = call(client.loop, lambda: jobs.submit(on="s2", shell="echo running; sleep 60"))
+    wait_for(lambda: any(r.state == "running" for r in job.runs.values()), 10,
+             "the job to start on s2")
+    seen: list[bool] = []
+    taps = entry.server.extension_taps
+    tap = taps[Kind.FAILED]
+
+    def watched(conn, msg):       # (on the entry's loop, as FAILED passes)
+        seen.append(stopping.server.id in entry.jobs.reports.table.entries)
+        return tap(conn, msg)
+    call(entry.server.loop, lambda: taps.__setitem__(Kind.FAILED, watched))
+    call(stopping.server.loop, stopping.server.stop)
+    stopping.thread.join(10)
+    wait_for(lambda: job.finished, 10, "the job's end")
+    (run,) = job.runs.values()
+    assert run.stopped and "s2 stopped while running the job" in run.error, run
+    assert seen == [False], seen
+    assert stopping.server.id not in call(entry.server.loop, lambda: {
+        r.server for r in entry.jobs.eligible()})
 
 
 def test_the_retry_rule_counts_only_losses_it_cannot_explain() -> None:

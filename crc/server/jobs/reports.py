@@ -35,12 +35,16 @@ VIEW_JOBS = 8
 VIEW_EVERY = 1.0
 
 
-def load_frame(report: LoadReport, view: dict | None = None) -> Extension:
-    """A server's report as a LOAD frame: the compilers it runs, and what a
-    monitor shows of it (``view``), in the header."""
+def load_frame(report: LoadReport, view: dict | None = None,
+               leaving: bool = False) -> Extension:
+    """A server's report as a LOAD frame: the compilers it runs, what a
+    monitor shows of it (``view``), and whether it is stopping (``leaving``),
+    in the header."""
     header: dict = {"compilers": list(report.compilers)} if report.compilers else {}
     if view:
         header["view"] = view
+    if leaving:
+        header["leaving"] = True
     return frame(Kind.LOAD, report.server, 0, header, report.to_bytes())
 
 
@@ -150,6 +154,15 @@ class LoadReports:
             now = time.monotonic()
             self._send(self._new_report(now), now)
 
+    def leaving(self) -> None:
+        """We are stopping on purpose: tell every server, before the results
+        of the jobs we end say so, to place nothing more here. A build's
+        action stopped under us is sent again at once; its entry must not
+        pick us in the moment before our links close (that run would be
+        reported lost, and counted against the action's one retry)."""
+        self._seq += 1
+        self.server.flood_extension(load_frame(self.report(), leaving=True))
+
     def on_link_up(self, conn: Connection) -> None:
         """A new mesh server link: tell it every fresh report we hold, ours first."""
         if conn.peer.role is not Role.SERVER:
@@ -170,6 +183,11 @@ class LoadReports:
         except (ValueError, TypeError) as exc:
             raise ProtocolError(f"bad load report: {exc}") from None
         if report.server != msg.source or report.server == self.me:
+            return
+        if header.get("leaving") is True:
+            if report.server in self.table.entries:
+                self.forget(report.server)
+                self.server.flood_extension(msg, exclude=conn.peer.peer_id if conn else None)
             return
         if self.table.update(report):
             view = header.get("view")

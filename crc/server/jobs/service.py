@@ -336,6 +336,8 @@ class JobService:
 
     def close(self) -> None:
         """Kill running jobs and remove what we keep on disk (if we made it)."""
+        if self.server.graceful:
+            self.reports.leaving()      # (before the ended jobs' results)
         self.executor.close()
         self.results.close()
         self.sweeper.close()
