@@ -7,6 +7,7 @@ compiler's, fallback and MESHCC_FALLBACK=0, masquerade, local slots."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import socket
@@ -22,8 +23,9 @@ from crc.cc.talk import THIN, decode_fields, encode_fields
 from crc.jobs.compilers import identity
 
 from .meshkit import Mesh, wait_for
-from .test_meshcc import (FAILS_HERE, WARNS, copy_example, env_for, local_object, make,
-                          most_at_once_here, slow_gcc, three, where_compiled)
+from .test_meshcc import (FAILS_HERE, WARNS, cold_build_placed, copy_example, env_for,
+                          local_object, make, most_at_once_here, slow_gcc, three,
+                          where_compiled)
 
 ROOT = Path(__file__).resolve().parent.parent
 GCC = shutil.which("gcc")
@@ -377,7 +379,8 @@ def agents_for(path: str) -> list[int]:
 def test_a_cold_build_through_the_native_front_starts_one_agent(native: str, mesh: Mesh,
                                                                  tmp_path: Path) -> None:
     """No agent running: make -j starts many native fronts at once; they
-    start one agent between them and every compile goes to the mesh."""
+    start one agent between them and every compile goes to the mesh, but
+    those compiled here, a local slot being free, while it started."""
     from crc.cc.paths import socket_path
     three(mesh)
     project = copy_example(tmp_path)
@@ -386,8 +389,7 @@ def test_a_cold_build_through_the_native_front_starts_one_agent(native: str, mes
     assert agents_for(path) == []
     built = make(project, f"{native} gcc", env)
     assert built.returncode == 0, built.stderr
-    where = where_compiled(built.stderr)
-    assert sorted(where) == sorted(p.name for p in project.glob("*.c")), built.stderr
+    cold_build_placed(built.stderr, sorted(p.name for p in project.glob("*.c")))
     assert len(agents_for(path)) == 1
 
 
@@ -441,3 +443,96 @@ def test_meshcc_itself_imports_nothing_from_the_build_directory(
                                dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="10"))
     assert "imported from the build" not in done.stderr, done.stderr
     assert done.returncode == 0 and (tmp_path / "a.o").is_file(), done.stderr
+
+
+# -- while another front's agent starts -------------------------------------------------
+
+class Starting:
+    """The agent for ``env`` as another front leaves it while it starts: its
+    lock taken, nobody at its socket yet. ``busy()`` takes every local slot."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        from crc.cc.paths import socket_path
+        path = socket_path(env)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        self.lock = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self.slots: list[int] = []
+        self.tmp = env["TMPDIR"]
+
+    def busy(self) -> None:
+        folder = os.path.join(self.tmp, f"crc-meshcc-{os.getuid()}")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        for i in range(os.cpu_count() or 1):
+            fd = os.open(os.path.join(folder, f"slot-{i}"), os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.slots.append(fd)
+
+    def free(self) -> None:
+        for fd in self.slots:
+            os.close(fd)
+        self.slots.clear()
+
+    def close(self) -> None:
+        self.free()
+        os.close(self.lock)
+
+
+@pytest.mark.parametrize("front", ["native", "meshcc itself"])
+def test_a_front_finding_the_agent_starting_compiles_here_if_a_slot_is_free(
+        native: str, tmp_path: Path, stand_in_env: dict[str, str], front: str) -> None:
+    """make -j starts a build's first compiles at once: the one that starts
+    the agent waits for it; the others, while it starts, compile here in
+    the local slots that are free (the CPUs would otherwise idle) — never
+    with MESHCC_FALLBACK=0."""
+    from .test_meshcc import STARTING
+    command = [native] if front == "native" else [sys.executable, str(ROOT / "meshcc.py")]
+    (tmp_path / "a.c").write_text("int a(int x) { return x * 3; }\n")
+    env = dict(stand_in_env, MESHCC_VERBOSE="1", MESHCC_CONNECT_TIMEOUT="1",
+               MESHCC_CACHE_DIR=str(tmp_path / "cache"))
+    starting = Starting(env)
+    try:
+        done = subprocess.run([*command, "gcc", "-O2", "-c", "a.c"], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.startswith(STARTING) and done.stderr.count("\n") == 1, done.stderr
+        assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-c", "a.c")
+        (tmp_path / "a.o").unlink()
+        refused = subprocess.run([*command, "gcc", "-O2", "-c", "a.c"], cwd=tmp_path,
+                                 env=dict(env, MESHCC_FALLBACK="0"), capture_output=True,
+                                 text=True, timeout=120)
+        assert refused.returncode == 1 and not (tmp_path / "a.o").exists()
+        assert STARTING not in refused.stderr and "MESHCC_FALLBACK=0" in refused.stderr
+    finally:
+        starting.close()
+
+
+def test_with_no_local_slot_free_the_native_front_waits_for_the_agent(
+        native: str, tmp_path: Path, stand_in_env: dict[str, str]) -> None:
+    """While the agent starts and every local slot is taken, the native
+    front neither compiles here nor waits for a slot: it waits for the
+    agent (here none comes: after MESHCC_CONNECT_TIMEOUT meshcc itself takes
+    over, and compiles here once a slot is free)."""
+    from .test_meshcc import STARTING
+    (tmp_path / "a.c").write_text("int a(int x) { return x * 3; }\n")
+    env = dict(stand_in_env, MESHCC_VERBOSE="1", MESHCC_CONNECT_TIMEOUT="1")
+    starting = Starting(env)
+    try:
+        starting.busy()
+        front = subprocess.Popen([native, "gcc", "-O2", "-c", "a.c"], cwd=tmp_path, env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def meshcc_itself() -> bool:     # the front has become meshcc itself
+            try:
+                words = Path(f"/proc/{front.pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                return False
+            return os.fsencode(sys.executable) in words or b"-S" in words
+        wait_for(meshcc_itself, 60, "the native front to hand over to meshcc itself")
+        starting.free()
+        _, err = front.communicate(timeout=120)
+    finally:
+        starting.close()
+    # (meshcc itself then found a slot free, the agent still starting)
+    assert front.returncode == 0 and err.startswith(STARTING), err
+    assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-c", "a.c")

@@ -62,16 +62,17 @@ def invocation(argv: list[str], me: str) -> tuple[str, str, list[str]]:
     return name, find_real(name, me), argv[2:]
 
 
-def local_slot() -> int | None:
+def local_slot(wait: bool = True) -> int | None:
     """Wait for one of CPU-count local slots and return its open file
     descriptor (inherited across ``exec``, released when the process ends);
-    None when slots cannot be had (no writable temporary directory)."""
+    None when slots cannot be had (no writable temporary directory) or,
+    without ``wait``, when none is free now."""
     slots = os.cpu_count() or 1
     tmp = os.environ.get("TMPDIR") or "/tmp"
     folder = os.path.join(tmp, f"crc-meshcc-{os.getuid()}")
+    fds: list[int] = []
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
-        fds = []
         first = os.getpid() % slots          # spread the first tries
         for i in [*range(first, slots), *range(first)]:
             fd = os.open(os.path.join(folder, f"slot-{i}"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -80,15 +81,16 @@ def local_slot() -> int | None:
             except BlockingIOError:
                 fds.append(fd)
                 continue
-            for other in fds:
-                os.close(other)
             os.set_inheritable(fd, True)
             return fd
+        if not wait:
+            return None
         fd = fds.pop()
-        for other in fds:
-            os.close(other)
         fcntl.flock(fd, fcntl.LOCK_EX)          # all busy: wait for one
         os.set_inheritable(fd, True)
         return fd
     except OSError:
         return None
+    finally:
+        for other in fds:
+            os.close(other)

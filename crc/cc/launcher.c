@@ -8,7 +8,10 @@
  * slot, or become meshcc itself. With no agent running it starts one as
  * meshcc would (crc/cc/wrapper.py, start_agent: the agent's lock, taken here
  * and handed over, makes the compiles a `make -j` starts at once start one
- * agent between them) and waits for its socket. Whenever it cannot reach an
+ * agent between them) and waits for its socket. A front that finds the agent
+ * started by another and not answering yet runs its invocation here
+ * instead if a local slot is free now (the CPUs would idle while the agent
+ * starts), unless MESHCC_FALLBACK=0. Whenever it cannot reach an
  * agent (CRC_MESH not set, a socket path it cannot form, no agent within
  * MESHCC_CONNECT_TIMEOUT) it becomes meshcc itself, which says why; so it is
  * never less than meshcc.
@@ -26,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -43,6 +47,11 @@ extern char **environ;
 #define RESTART 0.5
 /* Longest wait between attempts to connect (talk.py's POLL). */
 #define POLL 0.005
+/* Seconds between looks for a free local slot while no agent answers. */
+#define HERE_AGAIN 0.02
+
+static void say(const char *text);
+static void here_while_starting(void);
 
 /* -- becoming someone else ------------------------------------------------- */
 
@@ -237,37 +246,38 @@ static char **agent_environ(int lock)
 }
 
 /* Start an agent for `path` in the background, detached from us, unless one
- * is starting or running (its lock is taken). */
-static void start_agent(const char *path)
+ * is starting or running (its lock is taken: then 1, else 0). */
+static int start_agent(const char *path)
 {
     char folder[256], lock_path[256];
     snprintf(folder, sizeof folder, "%s", path);
     char *slash = strrchr(folder, '/');
     if (slash == NULL)
-        return;
+        return 0;
     *slash = '\0';
     mkdir(folder, 0700);
     if (!folder_is_ours(path))
-        return;                              /* (meshcc itself will say why) */
+        return 0;                            /* (meshcc itself will say why) */
     snprintf(lock_path, sizeof lock_path, "%s.lock", path);
     int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (lock < 0)
-        return;                              /* (meshcc itself will say why) */
+        return 0;                            /* (meshcc itself will say why) */
     if (flock(lock, LOCK_EX | LOCK_NB) != 0) {
+        int elsewhere = errno == EWOULDBLOCK;
         close(lock);                         /* an agent has it: wait for its socket */
-        return;
+        return elsewhere;
     }
     if (lock <= 2) {                         /* (started without stdin/out/err) */
         int moved = fcntl(lock, F_DUPFD_CLOEXEC, 3);
         close(lock);
         if (moved < 0)
-            return;
+            return 0;
         lock = moved;
     }
     char **env = agent_environ(lock);
     if (env == NULL) {
         close(lock);
-        return;
+        return 0;
     }
     pid_t pid = fork();
     if (pid == 0) {                          /* a session of its own, no terminal */
@@ -293,6 +303,7 @@ static void start_agent(const char *path)
     if (pid > 0)
         waitpid(pid, NULL, 0);
     close(lock);                             /* (the agent holds it now) */
+    return 0;
 }
 
 /* A connection to the agent at `addr`: started if none is running, waited
@@ -315,7 +326,8 @@ static int connect_agent(const struct sockaddr_un *addr)
     double timeout = seconds("MESHCC_CONNECT_TIMEOUT", 5.0);
     if (timeout < 0 || seconds("MESHCC_TIMEOUT", 600.0) < 0)
         return -1;
-    double deadline = now() + timeout, start_again = 0.0, delay = 0.002;
+    double deadline = now() + timeout, start_again = 0.0, here_again = 0.0, delay = 0.002;
+    int elsewhere = 0;
     for (;;) {
         int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (sock < 0)
@@ -331,8 +343,12 @@ static int connect_agent(const struct sockaddr_un *addr)
         if (why != ENOENT && why != ECONNREFUSED)
             return -1;
         if (now() >= start_again) {
-            start_agent(addr->sun_path);
+            elsewhere = start_agent(addr->sun_path);
             start_again = now() + RESTART;
+        }
+        if (elsewhere && now() >= here_again) {
+            here_while_starting();
+            here_again = now() + HERE_AGAIN;
         }
         if (now() > deadline)
             return -1;
@@ -344,7 +360,11 @@ static int connect_agent(const struct sockaddr_un *addr)
 
 /* -- a local slot (crc/cc/compiler.py, local_slot) -------------------------- */
 
-static void local_slot(void)
+/* Take one of CPU-count local slots, held until we (or the compiler we
+ * become) exit. With `wait`, wait for one if all are busy; without, 0 when
+ * none is free now. 1 when one is held, or when slots cannot be had (no
+ * writable temporary directory: as meshcc, no limit then). */
+static int local_slot(int wait)
 {
     long count = sysconf(_SC_NPROCESSORS_ONLN);
     int slots = count > 0 ? (int)count : 1;
@@ -354,24 +374,139 @@ static void local_slot(void)
     char folder[4096], path[4200];
     if (snprintf(folder, sizeof folder, "%s/crc-meshcc-%u", tmp, (unsigned)getuid())
         >= (int)sizeof folder)
-        return;
+        return wait;
     if (mkdir(folder, 0700) != 0 && errno != EEXIST)
-        return;
+        return wait;
     int first = (int)(getpid() % slots), last = -1;
     for (int k = 0; k < slots; k++) {
         int i = (first + k) % slots;
         snprintf(path, sizeof path, "%s/slot-%d", folder, i);
         int fd = open(path, O_RDWR | O_CREAT, 0600);
-        if (fd < 0)
-            return;
-        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
-            return;                    /* held until we (the compiler) exit */
+        if (fd < 0) {
+            if (last >= 0)
+                close(last);
+            return wait;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            if (last >= 0)
+                close(last);
+            return 1;                  /* held until we (the compiler) exit */
+        }
         if (last >= 0)
             close(last);
         last = fd;
     }
+    if (last >= 0 && !wait) {
+        close(last);
+        return 0;
+    }
     if (last >= 0)
         flock(last, LOCK_EX);          /* all busy: wait for one */
+    return 1;
+}
+
+/* -- here while the agent starts (crc/cc/compiler.py, invocation) ----------- */
+
+static const char *const OWN_NAMES[] = {"meshcc", "meshcc.py", "__main__.py", NULL};
+
+static const char *base_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+static int own_name(const char *name)
+{
+    for (int i = 0; OWN_NAMES[i]; i++)
+        if (strcmp(name, OWN_NAMES[i]) == 0)
+            return 1;
+    return 0;
+}
+
+/* A yes/no variable as meshcc reads it (wrapper.py, flag). */
+static int flag(const char *name, int otherwise)
+{
+    const char *given = getenv(name), *start;
+    if (given == NULL)
+        return otherwise;
+    size_t n = strip(given, &start);
+    if (n == 0)
+        return otherwise;
+    static const char *const NO[] = {"0", "no", "false", "off", NULL};
+    for (int i = 0; NO[i]; i++)
+        if (n == strlen(NO[i]) && strncasecmp(start, NO[i], n) == 0)
+            return 0;
+    return 1;
+}
+
+static int own_path(char *me, size_t size)
+{
+    ssize_t n = readlink("/proc/self/exe", me, size - 1);
+    if (n < 0)
+        return -1;
+    me[n] = '\0';
+    return 0;
+}
+
+/* Whether `path` is meshcc itself (compiler.py, _is_self). */
+static int is_self(const char *path, const char *me)
+{
+    char real[4096];
+    if (realpath(path, real) == NULL)
+        return 0;
+    return strcmp(real, me) == 0 || own_name(base_name(real));
+}
+
+/* The compiler `name` means, as compiler.py's find_real finds it: a path as
+ * it is, a bare name on PATH skipping meshcc itself. 0 when found. */
+static int find_real(const char *name, const char *me, char *out, size_t size)
+{
+    if (strchr(name, '/') != NULL) {
+        if (is_self(name, me) || access(name, X_OK) != 0)
+            return -1;
+        return snprintf(out, size, "%s", name) < (int)size ? 0 : -1;
+    }
+    const char *path = getenv("PATH");
+    if (path == NULL)
+        path = "/bin:/usr/bin";
+    for (;;) {
+        const char *end = strchr(path, ':');
+        size_t n = end ? (size_t)(end - path) : strlen(path);
+        struct stat st;
+        if (snprintf(out, size, "%.*s/%s", (int)(n ? n : 1), n ? path : ".", name) < (int)size
+            && stat(out, &st) == 0 && S_ISREG(st.st_mode) && access(out, X_OK) == 0
+            && !is_self(out, me))
+            return 0;
+        if (end == NULL)
+            return -1;
+        path = end + 1;
+    }
+}
+
+/* Another front has started the agent and it does not answer yet: if a
+ * local slot is free now, become the real compiler (what meshcc does with
+ * any invocation it does not send). The front that starts it waits, and
+ * says what it says (a mesh that is down, a wrong setting). */
+static void here_while_starting(void)
+{
+    if (!flag("MESHCC_FALLBACK", 1))
+        return;                        /* (nothing compiles here unasked) */
+    char me[4096], real[4096];
+    if (own_path(me, sizeof me) != 0)
+        return;
+    int launcher = own_name(base_name(own_argv[0]));
+    if (launcher && own_argc < 2)
+        return;                        /* (meshcc itself says how it is used) */
+    const char *name = launcher ? own_argv[1] : base_name(own_argv[0]);
+    if (find_real(name, me, real, sizeof real) != 0 || !local_slot(0))
+        return;
+    if (flag("MESHCC_VERBOSE", 0))
+        say("meshcc: compiling here: the meshcc agent is starting\n");
+    char **args = own_argv + (launcher ? 1 : 0);
+    args[0] = real;
+    execv(real, args);
+    fprintf(stderr, "meshcc: cannot run %s: %s\n", real, strerror(errno));
+    exit(127);
 }
 
 /* -- talking to the agent --------------------------------------------------- */
@@ -449,10 +584,8 @@ static int ask(int sock)
     char cwd[4096], me[4096], count[16];
     if (getcwd(cwd, sizeof cwd) == NULL)
         return -1;
-    ssize_t n = readlink("/proc/self/exe", me, sizeof me - 1);
-    if (n < 0)
+    if (own_path(me, sizeof me) != 0)
         return -1;
-    me[n] = '\0';
     snprintf(count, sizeof count, "%d", own_argc);
     if (add(&b, "MCC1\0\0\0", 7) != 0)          /* magic and length, filled in below */
         return -1;
@@ -531,7 +664,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(kind, "exec") == 0 && count >= 3) {
         say(text);
-        local_slot();
+        local_slot(1);
         execv(fields[2], fields + 2);
         fprintf(stderr, "meshcc: cannot run %s: %s\n", fields[2], strerror(errno));
         return 127;

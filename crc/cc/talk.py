@@ -31,6 +31,9 @@ RESTART = 0.5
 #: compile of a build's first wave waits for it, and an attempt costs
 #: microseconds, so the wait stays short.
 POLL = 0.005
+#: Seconds between looks for a free local slot while no agent answers (a
+#: compile of the first wave may run here instead: ``wrapper.here_while_starting``).
+HERE_AGAIN = 0.02
 
 
 class TalkError(Exception):
@@ -103,14 +106,18 @@ def ours(sock: "_socket.socket", path: str) -> bool:
 
 
 def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
-        start: "Callable[[str], None]") -> dict:  # noqa: F821 (not imported: startup cost)
+        start: "Callable[[str], bool]",  # noqa: F821 (not imported: startup cost)
+        meanwhile: "Callable[[], None] | None" = None) -> dict:  # noqa: F821
     """Send ``request`` to the agent at ``path`` (calling ``start(path)`` if
     nobody listens there, and again every ``RESTART`` seconds while nobody
     does: an agent being started by another meshcc may die before it
-    listens) and return its answer."""
+    listens) and return its answer. While nobody listens and ``start``
+    says another has started the agent (True), ``meanwhile()`` is called
+    every ``HERE_AGAIN`` seconds (it may raise, to do the work another way)."""
     from .compiler import MeshFailure
     deadline = time.monotonic() + connect_timeout
-    start_again = 0.0
+    start_again = here_again = 0.0
+    elsewhere = False
     delay = 0.002
     while True:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -127,8 +134,11 @@ def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
             raise MeshFailure(f"cannot reach the meshcc agent at {path}: "
                               f"{exc.strerror or exc}") from None
         if time.monotonic() >= start_again:
-            start(path)
+            elsewhere = start(path)
             start_again = time.monotonic() + RESTART
+        if elsewhere and meanwhile is not None and time.monotonic() >= here_again:
+            meanwhile()
+            here_again = time.monotonic() + HERE_AGAIN
         if time.monotonic() > deadline:
             raise MeshFailure(f"the meshcc agent did not start within {connect_timeout:g} s")
         time.sleep(delay)              # the agent we started is binding its socket

@@ -48,7 +48,12 @@ REMOTE_OUTPUT = "meshcc-out.o"
 
 
 class CompileHere(Exception):
-    """Compile this one here after all (the reason is said with MESHCC_VERBOSE)."""
+    """Compile this one here after all (the reason is said with MESHCC_VERBOSE);
+    ``slot``, a local slot already taken for it."""
+
+    def __init__(self, why: str, slot: int | None = None) -> None:
+        super().__init__(why)
+        self.slot = slot
 
 
 class Verbose:
@@ -103,10 +108,10 @@ def seconds(name: str, default: float) -> float:
 class Here:
     """Run the real compiler here, as it is (``why``: said with MESHCC_VERBOSE)."""
 
-    __slots__ = ("real", "args", "why")
+    __slots__ = ("real", "args", "why", "slot")
 
-    def __init__(self, real: str, args: list[str], why: str) -> None:
-        self.real, self.args, self.why = real, args, why
+    def __init__(self, real: str, args: list[str], why: str, slot: int | None = None) -> None:
+        self.real, self.args, self.why, self.slot = real, args, why, slot
 
 
 class Compile:
@@ -158,12 +163,13 @@ def failed(job: Compile, exc: Exception, verbose: Verbose) -> "int | Here":
                          "(MESHCC_FALLBACK=0: not compiling here)")
             return 1
         verbose.note(f"{job.what.source}: compiling here: {exc}")
-    return Here(job.real, job.args, str(exc))
+    return Here(job.real, job.args, str(exc), getattr(exc, "slot", None))
 
 
 def run_locally(here: Here, verbose: Verbose) -> int:
     """Become the real compiler (its output, its exit status), in a local slot."""
-    local_slot()
+    if here.slot is None:
+        local_slot()
     verbose.say(f"compiling here: {here.why}")
     sys.stdout.flush()
     sys.stderr.flush()
@@ -236,6 +242,18 @@ def shipped(job: Compile, result: dict, work: str, verbose: Verbose) -> int | No
                   job.flags is True and not result.get("not_cached"), result.get("read_info"))
 
 
+def here_while_starting(job: Compile) -> None:
+    """Another meshcc has started the agent and it does not answer yet
+    (``talk.ask`` waits for it): ``CompileHere`` if a local slot is free now
+    — the CPUs would idle while it starts — unless ``MESHCC_FALLBACK=0``.
+    (The meshcc that starts it waits, and says what the agent says: a mesh
+    that is down or a wrong setting is noted by a build's first compile.)"""
+    if job.fallback:
+        slot = local_slot(wait=False)
+        if slot is not None:
+            raise CompileHere("the meshcc agent is starting", slot)
+
+
 def compile_on_mesh(job: Compile, verbose: Verbose) -> int:
     """0 once the object is in place; ``CompileHere`` or ``MeshFailure`` if not."""
     what, real = job.what, job.real
@@ -249,7 +267,8 @@ def compile_on_mesh(job: Compile, verbose: Verbose) -> int:
             from .paths import socket_path
             from .talk import ask
             result = ask(socket_path(), ship_request(job, work), job.connect_timeout,
-                         job.connect_timeout + job.timeout + 10.0, start_agent)
+                         job.connect_timeout + job.timeout + 10.0, start_agent,
+                         lambda: here_while_starting(job))
             done = shipped(job, result, work, verbose)
             if done is not None:
                 return done
@@ -432,12 +451,13 @@ def submit(argv: list[str], source: str, work: str, compiler: str, debug_dir: st
     return reply
 
 
-def start_agent(path: str) -> None:
+def start_agent(path: str) -> bool:
     """Start an agent for ``path`` in the background, detached from us —
     unless one is starting or running: the agent's lock is taken here and
     handed to the agent, so that of the meshcc processes a ``make -j``
     starts at once, one starts it and the others wait for its socket (each
-    agent started for nothing cost a whole interpreter and its imports)."""
+    agent started for nothing cost a whole interpreter and its imports).
+    True when another meshcc has started it and it does not answer yet."""
     import fcntl
     from .paths import LOCK_ENV
     folder = os.path.dirname(path)
@@ -453,9 +473,12 @@ def start_agent(path: str) -> None:
                 moved = fcntl.fcntl(lock, fcntl.F_DUPFD_CLOEXEC, 3)  # the agent's
                 os.close(lock)             # own 0-2 are /dev/null)
                 lock = moved
+        except BlockingIOError:
+            os.close(lock)
+            return True                    # an agent has it: wait for its socket
         except OSError:
             os.close(lock)
-            return                         # an agent has it: wait for its socket
+            return False
     env = dict(os.environ)
     env.pop(LOCK_ENV, None)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -483,3 +506,4 @@ def start_agent(path: str) -> None:
     os.waitpid(pid, 0)
     if lock >= 0:
         os.close(lock)                     # (the agent holds it now)
+    return False
