@@ -83,7 +83,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (ROOT, BenchError, Processes, against_either_side, free_port,  # noqa: E402
+from common import (ROOT, STARTING, BenchError, Processes, against_either_side, free_port,  # noqa: E402
                     wait_until)
 from jobs import (LINK_HERE, Project, copy_project, generate_project, run_bounded,  # noqa: E402
                   start_servers)
@@ -97,9 +97,6 @@ MESHCC = [sys.executable, "-S", str(ROOT / "meshcc.py")]
 CLIENT_PREFIX: list[str] = []
 FARM_PREFIX: list[str] = []
 CHAT = [sys.executable, str(ROOT / "chat_client.py")]
-#: What meshcc says (MESHCC_VERBOSE) of a compile it ran here, a local slot
-#: being free, while no agent answered yet (the agent starting).
-STARTING = "compiling here: the meshcc agent is starting"
 
 
 def lo_bytes() -> int:

@@ -174,3 +174,8 @@ def start_forwarders(group: Processes, length: int, target: int, deadline: float
                            stdout=subprocess.PIPE, stderr_name=f"{name}-f{i}")
         target = read_ready(proc, deadline)
     return target
+
+
+#: What meshcc says (MESHCC_VERBOSE) of a compile it ran here, a local slot
+#: being free, while the agent another meshcc started was starting.
+STARTING = "compiling here: the meshcc agent is starting"

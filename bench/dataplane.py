@@ -62,7 +62,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BenchError, against_either_side, wait_until  # noqa: E402
+from bench.common import STARTING, BenchError, against_either_side, wait_until  # noqa: E402
 from bench.netns import PORT, PROFILES, Network, available, chain, connect_in  # noqa: E402
 
 MIB = 1 << 20
@@ -319,7 +319,7 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
                 before, start = link_bytes(net), time.monotonic()
                 done = subprocess.run(
                     [*net.prefix("A"), *argv], cwd=tree.root,
-                    env=dict(env, CRC_MESH=f"127.0.0.1:{PORT}",
+                    env=dict(env, CRC_MESH=f"127.0.0.1:{PORT}", MESHCC_VERBOSE="1",
                              MESHCC_CACHE_DIR=str(tmp / f"cache-{name}-{round_}")),
                     capture_output=True, text=True, timeout=args.timeout * 5)
                 if done.returncode != 0:
@@ -327,7 +327,15 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
                 each[key].append(time.monotonic() - start)
                 out[f"{key}_build_MB"] = round((link_bytes(net) - before) / 1e6, 2)
                 if key == "meshcc":
-                    out["meshcc_build_here"] = done.stderr.count("compiling here")
+                    # Where its compiles ran (MESHCC_VERBOSE): on the mesh, or
+                    # on A while the agent started (a local slot free).
+                    remote = done.stderr.count(" compiled on ")
+                    starting = done.stderr.count(STARTING)
+                    if remote + starting != args.files:
+                        raise BenchError(f"the meshcc build compiled {remote} of {args.files} "
+                                         f"files on the mesh ({starting} on A while its agent "
+                                         f"started):\n{done.stderr[-2000:]}")
+                    out.setdefault("meshcc_build_here", []).append(starting)
                     subprocess.run(["pkill", "-f", f"crc.cc.agent {runtime}"],
                                    capture_output=True)
             if daemons:
@@ -381,7 +389,7 @@ def report(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
             print(f"{r['profile']}: build of the C project across A-B-C: distcc "
                   f"{r.get('distcc_build_s', '-')} s ({r.get('distcc_build_MB', '-')} MB on the "
                   f"links), meshcc {r['meshcc_build_s']} s ({r['meshcc_build_MB']} MB; "
-                  f"{r['meshcc_build_here']} compiled on A), Rakefile "
+                  f"compiled on A while the agent started: {r['meshcc_build_here']}), Rakefile "
                   f"{r['rakefile_build_s']} s ({r['rakefile_build_MB']} MB)")
             if "rakefile_vs_distcc" in r:
                 print(f"{r['profile']}: each mesh build / the distcc builds either side: "
