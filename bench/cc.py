@@ -13,7 +13,11 @@ same checksum as the local build's. In order:
    with a note when missing);
 3. ``make -jN CC="$(meshcc --launcher) gcc"`` (meshcc's native front;
    ``--front python``: ``meshcc`` itself, an interpreter per compile) over a
-   chain of three ``mesh_server.py``, cold: a fresh meshcc agent, fresh servers; sources and headers shipped
+   chain of three ``mesh_server.py``, cold: empty caches and a fresh meshcc
+   agent, on servers that have run one unrelated 4-file build (a farm's
+   servers are running: the very first build on servers just started pays
+   for their start too — their stores' directories, their first job
+   directories); sources and headers shipped
    (and, further down, the same with ``MESHCC_SHIP=0``: preprocessed here,
    as distcc does — the two ways of getting a source there, side by side);
 4. the same again after ``make clean``: warm, every object from meshcc's
@@ -359,6 +363,11 @@ def main() -> int:
         cc = f"{native} gcc" if args.front == "native" else cc_python
         results["front"] = args.front
         if not only:
+            # The servers as a farm's are: running, and they have built
+            # something else before (nothing of this project).
+            warm_up = generate_project(tmp / "servers-warm-up", 4, 2, variant=98)
+            build(warm_up, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout)
+            stop_agents(runtime)
             mesh_tree = copy_project(project, tmp / "mesh-build")
             cold = build(mesh_tree, ["make", "-s", f"-j{args.jobs}", f"CC={cc}"], env_mesh, timeout,
                          runtime, [s.proc.pid for s in servers])

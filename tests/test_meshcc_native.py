@@ -536,3 +536,39 @@ def test_with_no_local_slot_free_the_native_front_waits_for_the_agent(
     # (meshcc itself then found a slot free, the agent still starting)
     assert front.returncode == 0 and err.startswith(STARTING), err
     assert (tmp_path / "a.o").read_bytes() == local_object(tmp_path, "-O2", "-c", "a.c")
+
+
+def test_a_thousand_compiles_put_no_join_or_quit_on_a_chat_screen(native: str, mesh: Mesh,
+                                                                  tmp_path: Path) -> None:
+    """A 1,000-file build through the native front, in four makes with a new
+    agent (a new mesh connection) for each: a chat participant watching the
+    mesh sees no join and no quit for any of it."""
+    from .test_meshcc import stop_agents
+    three(mesh)
+    watcher = mesh.chat_client(mesh.nodes[2], "watcher")
+    heard: list[tuple[str, dict]] = []
+    watcher.listener = lambda kind, data: heard.append((kind, data))
+    project = tmp_path / "p"
+    project.mkdir()
+    for i in range(1000):
+        (project / f"f{i}.c").write_text(f"int f{i}(void) {{ return {i}; }}\n")
+    batches = [" ".join(f"f{i}.o" for i in range(b, 1000, 4)) for b in range(4)]
+    (project / "Makefile").write_text(
+        "".join(f"b{b}: {objects}\n" for b, objects in enumerate(batches)) +
+        "%.o: %.c\n\t$(CC) -c $< -o $@\n")
+    env = env_for(mesh, MESHCC_CACHE="0", MESHCC_VERBOSE="1")
+    on_mesh = 0
+    for b in range(4):
+        built = make(project, f"{native} gcc", env, f"b{b}")
+        assert built.returncode == 0, built.stderr[-3000:]
+        on_mesh += len(where_compiled(built.stderr))
+        stop_agents()                                  # the next make: a new connection
+    assert len(list(project.glob("f*.o"))) == 1000
+    assert on_mesh >= 900, on_mesh       # (a few ran here while an agent started)
+    talker = mesh.chat_client(mesh.nodes[0], "talker")      # a chat user is announced
+    wait_for(lambda: any(k == "join" and d.get("name") == "talker" for k, d in heard), 10,
+             "the watcher to see a chat user join")
+    assert [(k, d.get("name") or d.get("id")) for k, d in heard if k in ("join", "quit")] \
+        == [("join", "talker")]
+    seen = {u.name for u in watcher.users.values()}
+    assert "talker" in seen and seen <= {"watcher", "talker"}, seen
