@@ -28,7 +28,8 @@ A-B-C-D are joined by three shaped veth links, in one run:
    ``CC="$(meshcc --launcher) gcc"`` (a mesh server on each host), then as a Rakefile
    (``chat_client.py rake -jN`` from A, the compiles on the mesh and the
    link on A as make does it; the mesh servers run through all the builds,
-   each mesh build is of a project variant that differs in every file, so
+   having built an unrelated 4-file project first, as a farm's servers
+   have built something before; each mesh build is of a project variant that differs in every file, so
    nothing of it is in the stores, and meshcc starts each with a fresh agent
    and an empty local cache), then with distcc again, in ``--build-rounds``
    rounds (3): wall times, each mesh build divided by the mean of the distcc
@@ -307,6 +308,17 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
         servers = tmp / f"build-servers-{name}"
         servers.mkdir()
         net.start_servers(servers, waiter(args.timeout), "--insecure-remote-jobs")
+        # Running, as a farm's servers are: they have built something else
+        # (4 files, nothing of the measured projects) before the first round.
+        warm_up = generate_project(tmp / f"warm-up-{name}", 4, 2, variant=999)
+        done = subprocess.run([*net.prefix("A"), "make", "-s", f"-j{args.jobs}",
+                               f"CC={meshcc} gcc"], cwd=warm_up.root,
+                              env=dict(env, CRC_MESH=f"127.0.0.1:{PORT}",
+                                       MESHCC_CACHE_DIR=str(tmp / f"cache-{name}-warm-up")),
+                              capture_output=True, text=True, timeout=args.timeout * 5)
+        if done.returncode != 0:
+            raise BenchError(f"the servers' warm-up build failed: {done.stderr[-2000:]}")
+        subprocess.run(["pkill", "-f", f"crc.cc.agent {runtime}"], capture_output=True)
         variants = iter(range(1, 1000))
         for round_ in range(max(1, args.build_rounds)):
             for key, argv in (
