@@ -318,7 +318,7 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
                               capture_output=True, text=True, timeout=args.timeout * 5)
         if done.returncode != 0:
             raise BenchError(f"the servers' warm-up build failed: {done.stderr[-2000:]}")
-        subprocess.run(["pkill", "-f", f"crc.cc.agent {runtime}"], capture_output=True)
+        stop_agents(runtime)
         variants = iter(range(1, 1000))
         for round_ in range(max(1, args.build_rounds)):
             for key, argv in (
@@ -348,8 +348,7 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
                                          f"files on the mesh ({starting} on A while its agent "
                                          f"started):\n{done.stderr[-2000:]}")
                     out.setdefault("meshcc_build_here", []).append(starting)
-                    subprocess.run(["pkill", "-f", f"crc.cc.agent {runtime}"],
-                                   capture_output=True)
+                    stop_agents(runtime)
             if daemons:
                 each["distcc"].append(distcc_build(str(round_ + 1)))
         net.stop_servers()
@@ -366,7 +365,7 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
               f"{out['meshcc_build_each_s']}, Rakefile {out['rakefile_build_each_s']}",
               flush=True)
     finally:
-        subprocess.run(["pkill", "-f", f"crc.cc.agent {runtime}"], capture_output=True)
+        stop_agents(runtime)
         for d in daemons:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(d.pid, signal.SIGTERM)
@@ -417,6 +416,16 @@ def report(rows: list[dict[str, Any]]) -> list[tuple[str, bool]]:
     for what, met in floors:
         print(f"  {'PASS' if met else 'MISS'}  {what}")
     return floors
+
+
+def stop_agents(runtime: Path) -> None:
+    """Stop the meshcc agents under ``runtime`` and wait until they are gone
+    (a build's front reaching a dying agent would compile here)."""
+    pattern = f"crc.cc.agent {runtime}"
+    subprocess.run(["pkill", "-f", pattern], capture_output=True)
+    wait_until(lambda: subprocess.run(["pgrep", "-f", pattern],
+                                      capture_output=True).returncode != 0,
+               time.monotonic() + 10.0, "the meshcc agents to stop")
 
 
 def main() -> int:

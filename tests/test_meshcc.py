@@ -87,7 +87,7 @@ def test_a_makefile_builds_through_the_mesh_with_objects_as_a_local_build_makes_
     sources = sorted(p.name for p in project.glob("*.c"))
     where = cold_build_placed(built.stderr, sources)     # every compile ran on the mesh
     assert set(where.values()) <= {"s1", "s2", "s3"}
-    assert "compiling here" in built.stderr             # ... and the link here
+    assert "compiling here: not a compile (-c)" in built.stderr   # ... and the link here
     run = subprocess.run([str(project / "program"), "12"], capture_output=True, text=True,
                          timeout=30)
     assert run.stdout.split() == ["square", "144", "cube", "1728", "sum_to", "78"]

@@ -229,3 +229,22 @@ def test_only_short_file_names_have_their_check_remembered() -> None:
     assert _remembered.cache_info().currsize == before
     assert bad_relative_path("short/name.h") is None and bad_relative_path("../up") is not None
     assert _remembered.cache_info().currsize >= min(before + 1, _remembered.cache_info().maxsize)
+
+
+def test_only_a_meshcc_that_did_not_start_the_agent_does_other_work_while_it_starts(
+        tmp_path: Path) -> None:
+    """``talk.ask`` calls ``meanwhile`` while another meshcc's agent starts;
+    never once the agent it waits for is one it started itself (whose lock
+    it then finds taken, by that agent, on its next try)."""
+    from crc.cc.compiler import MeshFailure
+    from crc.cc.talk import ask
+    path = str(tmp_path / "agent.sock")          # nobody ever listens there
+    for said, calls_expected in ((["started", "elsewhere", "elsewhere"], False),
+                                 (["elsewhere", "elsewhere", "elsewhere"], True),
+                                 (["", "", ""], False)):
+        states = iter(said + [said[-1]] * 100)
+        called = []
+        with pytest.raises(MeshFailure, match="did not start within"):
+            ask(path, {}, 1.2, 1.0, lambda _: next(states),
+                lambda: called.append(True))
+        assert bool(called) == calls_expected, said

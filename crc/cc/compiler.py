@@ -81,6 +81,9 @@ def local_slot(wait: bool = True) -> int | None:
             except BlockingIOError:
                 fds.append(fd)
                 continue
+            except OSError:
+                os.close(fd)
+                raise
             os.set_inheritable(fd, True)
             return fd
         if not wait:

@@ -245,39 +245,50 @@ static char **agent_environ(int lock)
     return env;
 }
 
+/* What start_agent did (wrapper.py's STARTED, STARTING_ELSEWHERE, NEITHER). */
+enum { NEITHER, STARTING_ELSEWHERE, STARTED };
+
 /* Start an agent for `path` in the background, detached from us, unless one
- * is starting or running (its lock is taken: then 1, else 0). */
+ * is starting or running (its lock is taken). STARTING_ELSEWHERE: taken, and
+ * the agent has not bound its socket yet (no process id file); one that has
+ * and does not answer is not starting (NEITHER). */
 static int start_agent(const char *path)
 {
     char folder[256], lock_path[256];
     snprintf(folder, sizeof folder, "%s", path);
     char *slash = strrchr(folder, '/');
     if (slash == NULL)
-        return 0;
+        return NEITHER;
     *slash = '\0';
     mkdir(folder, 0700);
     if (!folder_is_ours(path))
-        return 0;                            /* (meshcc itself will say why) */
+        return NEITHER;                      /* (meshcc itself will say why) */
     snprintf(lock_path, sizeof lock_path, "%s.lock", path);
     int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (lock < 0)
-        return 0;                            /* (meshcc itself will say why) */
+        return NEITHER;                      /* (meshcc itself will say why) */
     if (flock(lock, LOCK_EX | LOCK_NB) != 0) {
-        int elsewhere = errno == EWOULDBLOCK;
+        int held = errno == EWOULDBLOCK;
         close(lock);                         /* an agent has it: wait for its socket */
-        return elsewhere;
+        char pid[256];
+        size_t n = strlen(path);
+        if (n > 5 && strcmp(path + n - 5, ".sock") == 0)
+            snprintf(pid, sizeof pid, "%.*s.pid", (int)(n - 5), path);
+        else
+            snprintf(pid, sizeof pid, "%s.pid", path);
+        return held && access(pid, F_OK) != 0 ? STARTING_ELSEWHERE : NEITHER;
     }
     if (lock <= 2) {                         /* (started without stdin/out/err) */
         int moved = fcntl(lock, F_DUPFD_CLOEXEC, 3);
         close(lock);
         if (moved < 0)
-            return 0;
+            return NEITHER;
         lock = moved;
     }
     char **env = agent_environ(lock);
     if (env == NULL) {
         close(lock);
-        return 0;
+        return NEITHER;
     }
     pid_t pid = fork();
     if (pid == 0) {                          /* a session of its own, no terminal */
@@ -303,7 +314,7 @@ static int start_agent(const char *path)
     if (pid > 0)
         waitpid(pid, NULL, 0);
     close(lock);                             /* (the agent holds it now) */
-    return 0;
+    return STARTED;
 }
 
 /* A connection to the agent at `addr`: started if none is running, waited
@@ -327,7 +338,7 @@ static int connect_agent(const struct sockaddr_un *addr)
     if (timeout < 0 || seconds("MESHCC_TIMEOUT", 600.0) < 0)
         return -1;
     double deadline = now() + timeout, start_again = 0.0, here_again = 0.0, delay = 0.002;
-    int elsewhere = 0;
+    int elsewhere = 0, mine = 0;
     for (;;) {
         int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (sock < 0)
@@ -343,7 +354,9 @@ static int connect_agent(const struct sockaddr_un *addr)
         if (why != ENOENT && why != ECONNREFUSED)
             return -1;
         if (now() >= start_again) {
-            elsewhere = start_agent(addr->sun_path);
+            int state = start_agent(addr->sun_path);
+            mine = mine || state == STARTED;     /* ours to wait for, then */
+            elsewhere = state == STARTING_ELSEWHERE && !mine;
             start_again = now() + RESTART;
         }
         if (elsewhere && now() >= here_again) {
@@ -489,20 +502,26 @@ static int find_real(const char *name, const char *me, char *out, size_t size)
  * says what it says (a mesh that is down, a wrong setting). */
 static void here_while_starting(void)
 {
-    if (!flag("MESHCC_FALLBACK", 1))
-        return;                        /* (nothing compiles here unasked) */
-    char me[4096], real[4096];
-    if (own_path(me, sizeof me) != 0)
-        return;
-    int launcher = own_name(base_name(own_argv[0]));
-    if (launcher && own_argc < 2)
-        return;                        /* (meshcc itself says how it is used) */
-    const char *name = launcher ? own_argv[1] : base_name(own_argv[0]);
-    if (find_real(name, me, real, sizeof real) != 0 || !local_slot(0))
+    static int found = 0;              /* the real compiler: 1 found, -1 none */
+    static char real[4096];
+    if (found == 0) {
+        char me[4096];
+        found = -1;
+        if (own_argc < 1 || !flag("MESHCC_FALLBACK", 1) || own_path(me, sizeof me) != 0)
+            return;                    /* (MESHCC_FALLBACK=0: nothing here unasked) */
+        int launcher = own_name(base_name(own_argv[0]));
+        if (launcher && own_argc < 2)
+            return;                    /* (meshcc itself says how it is used) */
+        const char *name = launcher ? own_argv[1] : base_name(own_argv[0]);
+        if (find_real(name, me, real, sizeof real) != 0)
+            return;
+        found = 1;
+    }
+    if (found < 0 || !local_slot(0))
         return;
     if (flag("MESHCC_VERBOSE", 0))
         say("meshcc: compiling here: the meshcc agent is starting\n");
-    char **args = own_argv + (launcher ? 1 : 0);
+    char **args = own_argv + (own_name(base_name(own_argv[0])) ? 1 : 0);
     args[0] = real;
     execv(real, args);
     fprintf(stderr, "meshcc: cannot run %s: %s\n", real, strerror(errno));

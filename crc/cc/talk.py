@@ -106,18 +106,20 @@ def ours(sock: "_socket.socket", path: str) -> bool:
 
 
 def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
-        start: "Callable[[str], bool]",  # noqa: F821 (not imported: startup cost)
+        start: "Callable[[str], str]",  # noqa: F821 (not imported: startup cost)
         meanwhile: "Callable[[], None] | None" = None) -> dict:  # noqa: F821
     """Send ``request`` to the agent at ``path`` (calling ``start(path)`` if
     nobody listens there, and again every ``RESTART`` seconds while nobody
     does: an agent being started by another meshcc may die before it
     listens) and return its answer. While nobody listens and ``start``
-    says another has started the agent (True), ``meanwhile()`` is called
-    every ``HERE_AGAIN`` seconds (it may raise, to do the work another way)."""
+    says another meshcc's agent is starting (``"elsewhere"``; never once it
+    said ``"started"``: the agent we started is ours to wait for),
+    ``meanwhile()`` is called every ``HERE_AGAIN`` seconds (it may raise,
+    to do the work another way)."""
     from .compiler import MeshFailure
     deadline = time.monotonic() + connect_timeout
     start_again = here_again = 0.0
-    elsewhere = False
+    elsewhere = mine = False
     delay = 0.002
     while True:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
@@ -134,7 +136,9 @@ def ask(path: str, request: dict, connect_timeout: float, answer_timeout: float,
             raise MeshFailure(f"cannot reach the meshcc agent at {path}: "
                               f"{exc.strerror or exc}") from None
         if time.monotonic() >= start_again:
-            elsewhere = start(path)
+            state = start(path)
+            mine = mine or state == "started"
+            elsewhere = state == "elsewhere" and not mine
             start_again = time.monotonic() + RESTART
         if elsewhere and meanwhile is not None and time.monotonic() >= here_again:
             meanwhile()

@@ -318,7 +318,8 @@ def compile_on_mesh(job: Compile, verbose: Verbose) -> int:
             verbose.step(f"not cached: {cache}")
         verbose.step("sending")             # (+ the interpreter's start: exec to first byte)
         result = submit(argv, name, work, compiler, os.getcwd() if what.debug else None,
-                        job.connect_timeout, job.timeout, cache is True)
+                        job.connect_timeout, job.timeout, cache is True,
+                        lambda: here_while_starting(job))
         verbose.step("compiled")
         return finish(what, result, work, local, key, None if cache is not True
                       else files_read(text), verbose, cache is True)
@@ -435,29 +436,37 @@ def spawn_wait(argv: list[str], *, stdout: str, stderr: str) -> int:
 
 
 def submit(argv: list[str], source: str, work: str, compiler: str, debug_dir: str | None,
-           connect_timeout: float, timeout: float, cache: bool = False) -> dict:
+           connect_timeout: float, timeout: float, cache: bool = False,
+           meanwhile: "Callable[[], None] | None" = None) -> dict:  # noqa: F821
     """Have the agent (``crc.cc.agent``, started if none is running) run
     ``argv`` on the mesh with ``source`` from ``work``; the object lands in
     ``work``. Its answer: ``exit``, ``printed`` (anything on stdout or
-    stderr) and ``server``."""
+    stderr) and ``server``. ``meanwhile``: as ``talk.ask`` takes it."""
     from .paths import socket_path
     from .talk import ask
     request = {"argv": argv, "source": source, "work": work, "compiler": compiler,
                "debug_dir": debug_dir, "timeout": timeout, "cache": cache}
     reply = ask(socket_path(), request, connect_timeout, connect_timeout + timeout + 10.0,
-                start_agent)
+                start_agent, meanwhile)
     if not reply.get("ok"):
         raise MeshFailure(str(reply.get("error") or "the mesh could not run the compile"))
     return reply
 
 
-def start_agent(path: str) -> bool:
+#: What ``start_agent`` did: started one (the agent this meshcc waits for),
+#: found one starting (another meshcc's, not listening yet), or neither.
+STARTED, STARTING_ELSEWHERE, NEITHER = "started", "elsewhere", ""
+
+
+def start_agent(path: str) -> str:
     """Start an agent for ``path`` in the background, detached from us —
     unless one is starting or running: the agent's lock is taken here and
     handed to the agent, so that of the meshcc processes a ``make -j``
     starts at once, one starts it and the others wait for its socket (each
     agent started for nothing cost a whole interpreter and its imports).
-    True when another meshcc has started it and it does not answer yet."""
+    ``STARTED``, ``STARTING_ELSEWHERE`` (its lock is taken and it has not
+    bound its socket yet: no process id file), or ``NEITHER`` (an agent
+    that has bound its socket and does not answer is not starting)."""
     import fcntl
     from .paths import LOCK_ENV
     folder = os.path.dirname(path)
@@ -474,11 +483,12 @@ def start_agent(path: str) -> bool:
                 os.close(lock)             # own 0-2 are /dev/null)
                 lock = moved
         except BlockingIOError:
-            os.close(lock)
-            return True                    # an agent has it: wait for its socket
+            os.close(lock)                 # an agent has it: wait for its socket
+            from .paths import pid_file
+            return NEITHER if os.path.exists(pid_file(path)) else STARTING_ELSEWHERE
         except OSError:
             os.close(lock)
-            return False
+            return NEITHER
     env = dict(os.environ)
     env.pop(LOCK_ENV, None)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -506,4 +516,4 @@ def start_agent(path: str) -> bool:
     os.waitpid(pid, 0)
     if lock >= 0:
         os.close(lock)                     # (the agent holds it now)
-    return False
+    return STARTED
