@@ -91,6 +91,27 @@ def test_a_server_stopped_on_purpose_is_out_of_the_placements_before_its_jobs_sa
         r.server for r in entry.jobs.eligible()})
 
 
+def test_a_run_still_out_on_a_server_that_said_it_is_leaving_is_reported_stopped(
+        mesh: Mesh, work: Path) -> None:
+    # A run can reach a stopping server after its loop has stopped (placed
+    # before its goodbye arrived): nothing ends it there, and its entry
+    # learns of it only when the server's links drop. Having had the
+    # goodbye, the entry says "stopped" (not counted against the retry).
+    entry, stopping = mesh.chain(2)
+    client, jobs = mesh.client(entry, "alice", work)
+    job = call(client.loop, lambda: jobs.submit(on="s2", shell="echo running; sleep 60"))
+    wait_for(lambda: any(r.state == "running" for r in job.runs.values()), 10,
+             "the job to start on s2")
+    # The goodbye as the entry receives it, then the links drop with the
+    # run unanswered (as when the RUN came in too late to be read).
+    call(entry.server.loop, lambda: entry.jobs.entry.leaving.add(stopping.server.id))
+    stopping.kill()
+    wait_for(lambda: job.finished, 10, "the job's end")
+    (run,) = job.runs.values()
+    assert run.lost and run.stopped, run
+    assert "s2 stopped while running the job" in run.error, run
+
+
 def test_the_retry_rule_counts_only_losses_it_cannot_explain() -> None:
     """Of the losses of one action: one a server's death (or an unreachable
     server) is retried, a second is not — the action may be what killed

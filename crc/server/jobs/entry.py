@@ -47,6 +47,10 @@ class Entry:
         #: (client, job id) -> (the runs it was dispatched as, wall-clock time).
         self.submitted: OrderedDict[tuple[int, str], tuple[list[dict], float]] = OrderedDict()
         self.dispatched: dict[str, tuple[int, int]] = {}   # run id -> (client, server)
+        #: Servers that said they are stopping on purpose (a LOAD marked
+        #: ``leaving``): a run still out there when they go was not lost to
+        #: anything it did (``on_departure``).
+        self.leaving: set[int] = set()
         #: Compiles no server could take (no server has the compiler): the
         #: client compiles them itself (a monitor's "compile fallbacks").
         self.compile_refusals = 0
@@ -197,11 +201,18 @@ class Entry:
             if server in ids and client not in ids:
                 name = next((h.name for h in gone if h.id == server), str(server))
                 del self.dispatched[run_id]
-                self.jobs.to_client(client, Kind.FAILED, {
-                    "id": run_id, "lost": True,
-                    "error": f"server {name} left the mesh while running the job"})
+                header = {"id": run_id, "lost": True,
+                          "error": f"server {name} left the mesh while running the job"}
+                if server in self.leaving:
+                    # Stopped on purpose with the run on its way to it (or
+                    # read too late to be ended with the rest): as its own
+                    # ``stopped`` results say, nothing the job did.
+                    header.update(stopped=True,
+                                  error=f"server {name} stopped while running the job")
+                self.jobs.to_client(client, Kind.FAILED, header)
             elif client in ids:
                 del self.dispatched[run_id]
+        self.leaving -= ids
 
     # -- fetch, on a client's behalf ------------------------------------------------------
 

@@ -185,10 +185,12 @@ class LoadReports:
         if report.server != msg.source or report.server == self.me:
             return
         if header.get("leaving") is True:
+            self.jobs.entry.leaving.add(report.server)
             if report.server in self.table.entries:
                 self.forget(report.server)
                 self.server.flood_extension(msg, exclude=conn.peer.peer_id if conn else None)
             return
+        self.jobs.entry.leaving.discard(report.server)     # (it stayed after all)
         if self.table.update(report):
             view = header.get("view")
             if isinstance(view, dict) and len(msg.payload) <= VIEW_MAX + 4096:
