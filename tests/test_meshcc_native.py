@@ -604,3 +604,29 @@ def test_a_thousand_compiles_put_no_join_or_quit_on_a_chat_screen(native: str, m
         == [("join", "talker")]
     seen = {u.name for u in watcher.users.values()}
     assert "talker" in seen and seen <= {"watcher", "talker"}, seen
+
+
+@pytest.mark.parametrize("front", ["native", "meshcc itself"])
+def test_a_killed_agents_process_id_file_goes_when_the_next_one_is_started(
+        native: str, tmp_path: Path, stand_in_env: dict[str, str], front: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """An agent killed outright leaves its process id file: the front that
+    starts the next one removes it (holding the lock, it knows none lives),
+    so that the other compiles take the new agent for one starting. (Here
+    the new one cannot start at all — no interpreter — so nothing writes
+    the file again.)"""
+    from crc.cc.paths import pid_file, socket_path
+    path = socket_path(stand_in_env)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    Path(pid_file(path)).write_text(f"{dead.pid}\n")
+    if front == "native":
+        subprocess.run([native, "gcc", "-c", "a.c"], cwd=tmp_path,
+                       env=dict(stand_in_env, MESHCC_CONNECT_TIMEOUT="1", **NO_PYTHON),
+                       capture_output=True, text=True, timeout=120)   # (fails: no Python)
+    else:
+        from crc.cc.wrapper import STARTED, start_agent
+        monkeypatch.setenv("PYTHONHOME", "/nonexistent")              # (for the agent)
+        assert start_agent(path) == STARTED
+    assert not Path(pid_file(path)).exists()

@@ -264,20 +264,22 @@ static int start_agent(const char *path)
     if (!folder_is_ours(path))
         return NEITHER;                      /* (meshcc itself will say why) */
     snprintf(lock_path, sizeof lock_path, "%s.lock", path);
+    char pid_path[256];                      /* (paths.py, pid_file) */
+    size_t n = strlen(path);
+    if (n > 5 && strcmp(path + n - 5, ".sock") == 0)
+        snprintf(pid_path, sizeof pid_path, "%.*s.pid", (int)(n - 5), path);
+    else
+        snprintf(pid_path, sizeof pid_path, "%s.pid", path);
     int lock = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (lock < 0)
         return NEITHER;                      /* (meshcc itself will say why) */
     if (flock(lock, LOCK_EX | LOCK_NB) != 0) {
         int held = errno == EWOULDBLOCK;
         close(lock);                         /* an agent has it: wait for its socket */
-        char pid[256];
-        size_t n = strlen(path);
-        if (n > 5 && strcmp(path + n - 5, ".sock") == 0)
-            snprintf(pid, sizeof pid, "%.*s.pid", (int)(n - 5), path);
-        else
-            snprintf(pid, sizeof pid, "%s.pid", path);
-        return held && access(pid, F_OK) != 0 ? STARTING_ELSEWHERE : NEITHER;
+        return held && access(pid_path, F_OK) != 0 ? STARTING_ELSEWHERE : NEITHER;
     }
+    unlink(pid_path);         /* ours: no agent lives; a killed one's file would
+                                 say one has bound its socket */
     if (lock <= 2) {                         /* (started without stdin/out/err) */
         int moved = fcntl(lock, F_DUPFD_CLOEXEC, 3);
         close(lock);

@@ -489,6 +489,11 @@ def start_agent(path: str) -> str:
         except OSError:
             os.close(lock)
             return NEITHER
+        from .paths import pid_file       # ours: no agent lives; its file (if one
+        try:                              # was killed) would say one is bound
+            os.unlink(pid_file(path))
+        except OSError:
+            pass
     env = dict(os.environ)
     env.pop(LOCK_ENV, None)
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
