@@ -525,8 +525,9 @@ def test_meshcc_processes_starting_at_once_start_one_agent(monkeypatch: pytest.M
     forked.clear()
     start_agent(path)                      # its lock went with it: a new one is started
     assert len(forked) == 1
-    wait_for(lambda: int(Path(pid_file(path)).read_text() or 0) not in (0, pid), 30,
-             "a second agent to start")
+    wait_for(lambda: os.path.exists(pid_file(path)) and
+             int(Path(pid_file(path)).read_text() or 0) not in (0, pid), 30,
+             "a second agent to start")     # (the killed one's file went first)
 
 
 def test_an_agent_started_by_a_meshcc_without_stdin_stdout_stderr_holds_its_lock(
