@@ -27,3 +27,26 @@ def test_a_produced_file_copied_from_an_earlier_copy_is_checked_first(tmp_path: 
     with pytest.raises(FileNotFoundError, match="c.o: its content is gone"):
         files.write_back(FileRef("c.o", sha, len(data), 0o644), tmp_path)
     assert not (tmp_path / "c.o").exists()
+
+
+def test_in_place_a_new_file_is_written_as_it_is_and_nothing_is_written_through(
+        tmp_path: Path) -> None:
+    """``in_place`` (a job's fresh scratch directory): a new file is written
+    under its own name, with its mode; a name that is there already — a
+    link to elsewhere, say — is replaced as ever, never written through."""
+    import os
+    files = LocalFiles(BlobStore(tmp_path / "store"))
+    work = tmp_path / "work"
+    work.mkdir()
+    data = b"object bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    files.write_back(FileRef("out.o", sha, len(data), 0o640), work, data, in_place=True)
+    assert (work / "out.o").read_bytes() == data
+    assert (work / "out.o").stat().st_mode & 0o777 == 0o640
+    assert sorted(os.listdir(work)) == ["out.o"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_bytes(b"not to be touched")
+    (work / "dep.d").symlink_to(elsewhere)
+    files.write_back(FileRef("dep.d", sha, len(data), 0o644), work, data, in_place=True)
+    assert elsewhere.read_bytes() == b"not to be touched"
+    assert not (work / "dep.d").is_symlink() and (work / "dep.d").read_bytes() == data

@@ -248,3 +248,42 @@ def test_only_a_meshcc_that_did_not_start_the_agent_does_other_work_while_it_sta
             ask(path, {}, 1.2, 1.0, lambda _: next(states),
                 lambda: called.append(True))
         assert bool(called) == calls_expected, said
+
+
+def test_work_directories_are_kept_while_compiles_are_in_flight_and_none_after(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's work directories (``crc.cc.front.WorkDirs``): emptied and
+    kept for the next compile beside the same folder while others are in
+    flight; the last one back removes them all; one that is no longer an
+    empty directory of ours is left alone, never followed."""
+    from crc.cc.front import WorkDirs
+    out = tmp_path / "build"
+    out.mkdir()
+    monkeypatch.chdir(tmp_path)
+    in_flight = [True]
+    dirs = WorkDirs(lambda: in_flight[0])
+    first = dirs.take("build/a.o")
+    assert os.path.dirname(first) == str(out) and os.listdir(first) == []
+    Path(first, "out.o").write_bytes(b"object")
+    dirs.give(first)                                  # others in flight: kept, emptied
+    assert os.listdir(first) == []
+    assert dirs.take("build/b.o") == first            # ... and taken again
+    second = dirs.take("build/c.o")
+    assert second != first
+    dirs.give(first)
+    dirs.give(second)
+    # One kept directory turned into something else: left as it is.
+    os.rmdir(second)
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    os.symlink(victim, second)
+    third = dirs.take("build/d.o")                    # (skips it, takes the other)
+    fourth = dirs.take("build/e.o")                   # (none kept: a new one)
+    assert third == first and fourth not in (first, second)
+    in_flight[0] = False
+    dirs.give(third)                                  # the last one back: none left
+    dirs.give(fourth)
+    left = [p for p in out.iterdir() if p.name.startswith(".meshcc-")]
+    assert left == [Path(second)] and left[0].is_symlink()
+    assert (victim / "precious").read_text() == "keep me"

@@ -50,7 +50,7 @@ from .includes import Scanner, Unscannable
 from .ship import DEPS, NotShipped, Probe, parse_probe, plan_shipment, probe_flags, \
     rewrite_deps
 from .paths import LOCK_ENV, agent_dir, pid_file
-from .front import Front
+from .front import Front, WorkDirs
 from .talk import THIN, TalkError, decode, decode_fields, encode, encode_fields
 
 #: Seconds without a request after which the agent leaves (``MESHCC_AGENT_IDLE``):
@@ -219,6 +219,7 @@ class Agent:
         self.active = 0
         #: Native fronts' invocations with a work directory out (``crc.cc.front``).
         self.fronts: set = set()
+        self.workdirs = WorkDirs(lambda: bool(self.fronts))
         self._idle_timer = None
         try:
             self.idle = float(os.environ.get("MESHCC_AGENT_IDLE", "") or IDLE)
@@ -262,6 +263,7 @@ class Agent:
         finally:
             for front in list(self.fronts):
                 front.forget_work()
+            self.workdirs.drain()
             for leftover in (self.path, pid_file(self.path)):
                 try:
                     os.unlink(leftover)
@@ -328,6 +330,7 @@ class Agent:
             lambda: self._run(request, request.answer, argv=body["argv"],
                               files=[body["source"]], compiler=body.get("compiler"),
                               debug_dir=body.get("debug_dir"), base_dir=body["work"],
+                              scratch=True,
                               cache=body.get("cache") is True, timeout=body.get("timeout"))
         if submit is None:
             return                              # (answered already)
@@ -443,7 +446,8 @@ class Agent:
 
         return lambda: self._run(request, done, argv=[body["name"], *plan.argv],
                                  prepared=prepared, rooted=cwd, compiler=compiler,
-                                 base_dir=work, cache=cache, timeout=body.get("timeout"))
+                                 base_dir=work, cache=cache, timeout=body.get("timeout"),
+                                 scratch=True)
 
     @staticmethod
     def _shipped_back(work: str, cwd: str, plan: Any, closure: list) -> str | None:

@@ -119,7 +119,7 @@ class JobClient:
                listener: JobListener | None = None, compiler: str | None = None,
                debug_dir: str | None = None, base_dir: Path | str | None = None,
                cache: bool = False, prepared: Sequence[tuple[FileRef, str]] = (),
-               rooted: str | None = None) -> Job:
+               rooted: str | None = None, scratch: bool = False) -> Job:
         """Send a job; ``compiler`` (an id, ``crc.jobs.compilers``) sends it
         only to a server with that compiler, which runs it in ``argv[0]``'s
         place; ``debug_dir`` is the directory debug information should name;
@@ -128,7 +128,9 @@ class JobClient:
         cache (``crc.server.jobs.cache``); ``prepared``, files already
         described by the caller, each with the path it is read from (meshcc's
         agent, which hashes each header once per change); ``rooted``, a
-        compile shipped as source (``crc.cc.ship``): the directory it runs in."""
+        compile shipped as source (``crc.cc.ship``): the directory it runs in;
+        ``scratch``: ``base_dir`` is a fresh directory only the caller reads,
+        after the job (``Job.scratch``)."""
         base = Path(base_dir).resolve() if base_dir is not None else None
         extra: dict[str, Any] = {k: v for k, v in (("compiler", compiler),
                                                    ("debug_dir", debug_dir),
@@ -150,16 +152,20 @@ class JobClient:
             extra["cache"] = True
         if self._reconnecting():
             # Sent once the connection is back (``_on_reconnect``), checked then.
-            return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
-                                 send=False, extra=extra, base=base, prepared=extra_refs)
+            job = self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
+                                send=False, extra=extra, base=base, prepared=extra_refs)
+            job.scratch = scratch and base is not None
+            return job
         if not self.client.ext:
             raise JobError("the server does not speak mesh extensions (plain CRC v1): "
                            "it cannot run jobs")
         if self.client.config.secret is not None and not self.client.server_verified:
             raise JobError("the server did not prove it knows the mesh secret: jobs (and "
                            "their files) are not sent to it")
-        return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
-                             extra=extra, base=base, prepared=extra_refs)
+        job = self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
+                            extra=extra, base=base, prepared=extra_refs)
+        job.scratch = scratch and base is not None
+        return job
 
     def _new_job(self, argv: Sequence[str] | None, shell: str | None, files: Sequence[str],
                  stdin: bool, on: str | None, everywhere: bool, timeout: float | None,
@@ -438,7 +444,8 @@ class JobClient:
             return              # an attempt a lost connection cut short
         if error is None:
             try:
-                self.local.write_back(ref, job.base_dir or self.base_dir, run.inline.get(ref.sha))
+                self.local.write_back(ref, job.base_dir or self.base_dir, run.inline.get(ref.sha),
+                                      in_place=job.scratch)
                 job.emit(run, "file", ref.name)
             except (OSError, ValueError) as exc:
                 error = str(exc)

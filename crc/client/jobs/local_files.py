@@ -94,14 +94,33 @@ class LocalFiles:
             f.seek(offset)
             return f.read(length)
 
-    def write_back(self, ref: FileRef, base: Path, data: bytes | None = None) -> None:
+    def write_back(self, ref: FileRef, base: Path, data: bytes | None = None,
+                   in_place: bool = False) -> None:
         """Put a produced file in place under ``base`` with its mode: ``data``
         (it came inline), else the fetched blob. ``ValueError`` for a name
-        that leaves ``base``; ``OSError`` from the file system."""
+        that leaves ``base``; ``OSError`` from the file system. ``in_place``:
+        ``base`` is a fresh directory nobody reads yet (``Job.scratch``): a
+        new file there is written as it is, not renamed over."""
         why = bad_relative_path(ref.name)
         if why:
             raise ValueError(why)
         dest = base / ref.name
+        if in_place and data is not None and "/" not in ref.name:
+            try:
+                fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                             os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                pass                    # (not a new file after all: as below)
+            else:
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fchmod(fd, ref.mode & 0o777)
+                finally:
+                    os.close(fd)
+                self.held[ref.sha] = (dest, ref.size)
+                return
         if "/" in ref.name:
             # (A name with no directory in it is in ``base`` itself: nothing
             # to resolve or make, which a compile's every result would pay.)

@@ -74,6 +74,11 @@ class Job:
     resent: bool = False           # SUBMIT sent again after a reconnect
     sent: bool = False             # SUBMIT sent (else held back: ``JobClient._held``)
     base_dir: Path | None = None   # where its files are read and written, if not the client's
+    #: ``base_dir`` is a fresh directory of the caller's that nobody else
+    #: reads until the job is over: produced files are written in place
+    #: (no temporary name renamed over them, a directory operation the
+    #: caller's own rename into place makes twice over).
+    scratch: bool = False
 
     @property
     def finished(self) -> bool:
