@@ -287,3 +287,30 @@ def test_work_directories_are_kept_while_compiles_are_in_flight_and_none_after(
     left = [p for p in out.iterdir() if p.name.startswith(".meshcc-")]
     assert left == [Path(second)] and left[0].is_symlink()
     assert (victim / "precious").read_text() == "keep me"
+
+
+def test_a_local_cache_entry_half_written_is_a_miss_and_a_new_one_replaces_an_old(
+        tmp_path: Path) -> None:
+    """Entries are written under their own names (no rename): one cut short
+    — a reader that came early, a writer that died — is a miss, never a
+    short object; recording the same key again replaces the entry whole."""
+    from crc.cc.direct import _stat, digest_file
+    cache = DirectCache(str(tmp_path / "cache"))
+    source = tmp_path / "a.c"
+    source.write_text("int a;\n")
+    known = [[digest_file(str(source)), *_stat(str(source))]]
+    obj = tmp_path / "a.o"
+    obj.write_bytes(b"first object " * 100)
+    key = "cd" * 32
+    cache.record(key, [str(source)], str(obj), None, known)
+    entry = Path(cache._entry(key))
+    whole = entry.read_bytes()
+    assert [p.name for p in entry.parent.iterdir()] == [key]     # (no temporary left)
+    for cut in (len(whole) - 1, len(whole) // 2, 3):
+        entry.write_bytes(whole[:cut])
+        assert not cache.lookup(key, str(tmp_path / "out.o"), None), cut
+        assert not (tmp_path / "out.o").exists()
+    obj.write_bytes(b"second object")
+    cache.record(key, [str(source)], str(obj), None, known)      # (one is there: replaced)
+    assert cache.lookup(key, str(tmp_path / "out.o"), None)
+    assert (tmp_path / "out.o").read_bytes() == b"second object"
