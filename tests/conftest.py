@@ -34,15 +34,25 @@ def meshcc_agents(request: pytest.FixtureRequest,
     folder = Path(tempfile.mkdtemp(prefix="mcc-", dir="/tmp"))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(folder))
     monkeypatch.setenv("MESHCC_CACHE_DIR", str(folder / "cache"))
+    # A runtime directory too long for a socket's name puts the agent's
+    # folder in /tmp instead (crc.cc.paths.agent_dir): those the test made
+    # go with it too.
+    elsewhere = f"crc-meshcc-{os.getuid()}-"
+    before = {p.name for p in Path("/tmp").iterdir() if p.name.startswith(elsewhere)}
     try:
         yield folder
     finally:
-        for pid_file in folder.rglob("*.pid"):
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGKILL)
-            except (OSError, ValueError):
-                pass
-        shutil.rmtree(folder, ignore_errors=True)
+        made = [p for p in Path("/tmp").iterdir()
+                if p.name.startswith(elsewhere) and p.name not in before]
+        for place in [folder, *made]:
+            for pid_file in place.rglob("*.pid"):
+                try:
+                    pid = int(pid_file.read_text())
+                    if b"crc.cc.agent" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        os.kill(pid, signal.SIGKILL)    # (a test may name another)
+                except (OSError, ValueError):
+                    pass
+            shutil.rmtree(place, ignore_errors=True)
 
 
 @pytest.fixture
