@@ -10,9 +10,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from crc.client.jobs.state import Job
 from crc.jobs.wire import Kind
 
-from .meshkit import Mesh, call, wait_for
+from .meshkit import Mesh, Node, call, wait_for
 from .test_blackbox import CLIENT, DEADLINE, Processes, Server
 from .test_blackbox_durable import executions, options
 from .test_blackbox_jobs import wait_all_schedulable
@@ -61,6 +62,17 @@ def test_an_action_whose_servers_are_stopped_twice_under_it_still_finishes(
             in out + err, out + err
 
 
+def running_on_s2(mesh: Mesh, work: Path) -> tuple[Node, Node, Job]:
+    """Two in-process servers, s1 (a client's) and s2, and a long job of
+    that client's running on s2."""
+    entry, stopping = mesh.chain(2)
+    client, jobs = mesh.client(entry, "alice", work)
+    job = call(client.loop, lambda: jobs.submit(on="s2", shell="echo running; sleep 60"))
+    wait_for(lambda: any(r.state == "running" for r in job.runs.values()), 10,
+             "the job to start on s2")
+    return entry, stopping, job
+
+
 def test_a_server_stopped_on_purpose_is_out_of_the_placements_before_its_jobs_say_so(
         mesh: Mesh, work: Path) -> None:
     # A build sends a stopped action again the moment its FAILED arrives:
@@ -68,11 +80,7 @@ def test_a_server_stopped_on_purpose_is_out_of_the_placements_before_its_jobs_sa
     # run would land there and be lost when its links close (a loss the
     # build counts). So the stopping server's goodbye report comes first,
     # on the same links, and the entry has forgotten it by then.
-    entry, stopping = mesh.chain(2)
-    client, jobs = mesh.client(entry, "alice", work)
-    job = call(client.loop, lambda: jobs.submit(on="s2", shell="echo running; sleep 60"))
-    wait_for(lambda: any(r.state == "running" for r in job.runs.values()), 10,
-             "the job to start on s2")
+    entry, stopping, job = running_on_s2(mesh, work)
     seen: list[bool] = []
     taps = entry.server.extension_taps
     tap = taps[Kind.FAILED]
@@ -97,11 +105,7 @@ def test_a_run_still_out_on_a_server_that_said_it_is_leaving_is_reported_stopped
     # before its goodbye arrived): nothing ends it there, and its entry
     # learns of it only when the server's links drop. Having had the
     # goodbye, the entry says "stopped" (not counted against the retry).
-    entry, stopping = mesh.chain(2)
-    client, jobs = mesh.client(entry, "alice", work)
-    job = call(client.loop, lambda: jobs.submit(on="s2", shell="echo running; sleep 60"))
-    wait_for(lambda: any(r.state == "running" for r in job.runs.values()), 10,
-             "the job to start on s2")
+    entry, stopping, job = running_on_s2(mesh, work)
     # The goodbye as the entry receives it, then the links drop with the
     # run unanswered (as when the RUN came in too late to be read).
     call(entry.server.loop, lambda: entry.jobs.entry.leaving.add(stopping.server.id))

@@ -88,6 +88,13 @@ def test_a_makefile_builds_through_the_mesh_with_objects_as_a_local_build_makes_
     where = cold_build_placed(built.stderr, sources)     # every compile ran on the mesh
     assert set(where.values()) <= {"s1", "s2", "s3"}
     assert "compiling here: not a compile (-c)" in built.stderr   # ... and the link here
+    built_as_here(project)
+
+
+def built_as_here(project: Path) -> dict[str, bytes]:
+    """The example's program, as built, runs right, and its build folder holds
+    what a local build (``make clean``, then ``CC=gcc``) puts there, byte for
+    byte — objects (with -g) and dependency files alike: those files."""
     run = subprocess.run([str(project / "program"), "12"], capture_output=True, text=True,
                          timeout=30)
     assert run.stdout.split() == ["square", "144", "cube", "1728", "sum_to", "78"]
@@ -97,8 +104,9 @@ def test_a_makefile_builds_through_the_mesh_with_objects_as_a_local_build_makes_
     assert local.returncode == 0, local.stderr
     local_objects = {p.name: p.read_bytes() for p in (project / "build").iterdir()}
     assert mesh_objects.keys() == local_objects.keys()
-    for name in local_objects:             # objects (with -g) and dependency files alike
+    for name in local_objects:
         assert mesh_objects[name] == local_objects[name], name
+    return local_objects
 
 
 WARNS = """#include <stdio.h>

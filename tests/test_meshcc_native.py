@@ -23,8 +23,8 @@ from crc.cc.talk import THIN, decode_fields, encode_fields
 from crc.jobs.compilers import identity
 
 from .meshkit import Mesh, wait_for
-from .test_meshcc import (FAILS_HERE, WARNS, cold_build_placed, copy_example, env_for,
-                          local_object, make, most_at_once_here, slow_gcc, three,
+from .test_meshcc import (FAILS_HERE, WARNS, built_as_here, cold_build_placed, copy_example,
+                          env_for, local_object, make, most_at_once_here, slow_gcc, three,
                           where_compiled)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,15 +237,7 @@ def test_a_makefile_builds_through_the_mesh_through_the_native_front(
     where = where_compiled(built.stderr)
     assert sorted(where) == sorted(p.name for p in project.glob("*.c")), built.stderr
     assert set(where.values()) <= {"s1", "s2", "s3"}
-    run = subprocess.run([str(project / "program"), "12"], capture_output=True, text=True,
-                         timeout=30)
-    assert run.stdout.split() == ["square", "144", "cube", "1728", "sum_to", "78"]
-    mesh_objects = {p.name: p.read_bytes() for p in (project / "build").iterdir()}
-    subprocess.run(["make", "clean"], cwd=project, check=True, capture_output=True)
-    local = make(project, "gcc", env_for(None))
-    assert local.returncode == 0, local.stderr
-    local_objects = {p.name: p.read_bytes() for p in (project / "build").iterdir()}
-    assert mesh_objects == local_objects       # objects (with -g) and dependency files alike
+    local_objects = built_as_here(project)
     # A rebuild after make clean: every object from the local cache, by the agent.
     subprocess.run(["make", "clean"], cwd=project, check=True, capture_output=True)
     again = make(project, f"{native} gcc", dict(env, **NO_PYTHON))
@@ -484,6 +476,17 @@ class Starting:
         os.close(self.lock)
 
 
+def front_and_env(native: str, front: str, cwd: Path,
+                  stand_in_env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The command of ``front`` (the native one or meshcc itself) and its
+    environment (verbose, a second to find an agent) for compiling ``a.c``,
+    written in ``cwd``."""
+    (cwd / "a.c").write_text("int a(int x) { return x * 3; }\n")
+    command = [native] if front == "native" else [sys.executable, str(ROOT / "meshcc.py")]
+    return command, dict(stand_in_env, MESHCC_VERBOSE="1", MESHCC_CONNECT_TIMEOUT="1",
+                         MESHCC_CACHE_DIR=str(cwd / "cache"))
+
+
 @pytest.mark.parametrize("front", ["native", "meshcc itself"])
 def test_a_front_finding_the_agent_starting_compiles_here_if_a_slot_is_free(
         native: str, tmp_path: Path, stand_in_env: dict[str, str], front: str) -> None:
@@ -492,10 +495,7 @@ def test_a_front_finding_the_agent_starting_compiles_here_if_a_slot_is_free(
     the local slots that are free (the CPUs would otherwise idle) — never
     with MESHCC_FALLBACK=0."""
     from .test_meshcc import STARTING
-    command = [native] if front == "native" else [sys.executable, str(ROOT / "meshcc.py")]
-    (tmp_path / "a.c").write_text("int a(int x) { return x * 3; }\n")
-    env = dict(stand_in_env, MESHCC_VERBOSE="1", MESHCC_CONNECT_TIMEOUT="1",
-               MESHCC_CACHE_DIR=str(tmp_path / "cache"))
+    command, env = front_and_env(native, front, tmp_path, stand_in_env)
     starting = Starting(env)
     try:
         done = subprocess.run([*command, "gcc", "-O2", "-c", "a.c"], cwd=tmp_path, env=env,
@@ -520,10 +520,7 @@ def test_an_agent_that_has_bound_its_socket_and_does_not_answer_is_not_starting(
     it is leaving): nothing compiles here as if it were starting; each
     compile waits MESHCC_CONNECT_TIMEOUT and says why it compiles here."""
     from .test_meshcc import STARTING
-    command = [native] if front == "native" else [sys.executable, str(ROOT / "meshcc.py")]
-    (tmp_path / "a.c").write_text("int a(int x) { return x * 3; }\n")
-    env = dict(stand_in_env, MESHCC_VERBOSE="1", MESHCC_CONNECT_TIMEOUT="1",
-               MESHCC_CACHE_DIR=str(tmp_path / "cache"))
+    command, env = front_and_env(native, front, tmp_path, stand_in_env)
     starting = Starting(env)
     try:
         starting.bound()

@@ -190,11 +190,12 @@ class WorkDirs:
         except OSError:
             remove_tree(path)             # (a directory in it, or it is gone)
             return
-        if len(kept) < KEEP_PER_FOLDER and self.busy():
+        busy = self.busy()
+        if busy and len(kept) < KEEP_PER_FOLDER:
             kept.append(path)
             return
         _rmdir(path)
-        if not self.busy():               # the last in flight: none left behind
+        if not busy:                      # the last in flight: none left behind
             self.drain()
 
     def drain(self) -> None:

@@ -506,6 +506,7 @@ static void here_while_starting(void)
 {
     static int found = 0;              /* the real compiler: 1 found, -1 none */
     static char real[4096];
+    static char **args;                /* its arguments: ours, after "meshcc" if named */
     if (found == 0) {
         char me[4096];
         found = -1;
@@ -517,13 +518,13 @@ static void here_while_starting(void)
         const char *name = launcher ? own_argv[1] : base_name(own_argv[0]);
         if (find_real(name, me, real, sizeof real) != 0)
             return;
+        args = own_argv + (launcher ? 1 : 0);
         found = 1;
     }
     if (found < 0 || !local_slot(0))
         return;
     if (flag("MESHCC_VERBOSE", 0))
         say("meshcc: compiling here: the meshcc agent is starting\n");
-    char **args = own_argv + (own_name(base_name(own_argv[0])) ? 1 : 0);
     args[0] = real;
     execv(real, args);
     fprintf(stderr, "meshcc: cannot run %s: %s\n", real, strerror(errno));

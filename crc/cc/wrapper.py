@@ -468,7 +468,7 @@ def start_agent(path: str) -> str:
     bound its socket yet: no process id file), or ``NEITHER`` (an agent
     that has bound its socket and does not answer is not starting)."""
     import fcntl
-    from .paths import LOCK_ENV
+    from .paths import LOCK_ENV, pid_file
     folder = os.path.dirname(path)
     try:
         os.makedirs(folder, mode=0o700, exist_ok=True)
@@ -484,14 +484,12 @@ def start_agent(path: str) -> str:
                 lock = moved
         except BlockingIOError:
             os.close(lock)                 # an agent has it: wait for its socket
-            from .paths import pid_file
             return NEITHER if os.path.exists(pid_file(path)) else STARTING_ELSEWHERE
         except OSError:
             os.close(lock)
             return NEITHER
-        from .paths import pid_file       # ours: no agent lives; its file (if one
-        try:                              # was killed) would say one is bound
-            os.unlink(pid_file(path))
+        try:                               # ours: no agent lives; its file (if one
+            os.unlink(pid_file(path))      # was killed) would say one is bound
         except OSError:
             pass
     env = dict(os.environ)

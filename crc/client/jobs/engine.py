@@ -152,26 +152,23 @@ class JobClient:
             extra["cache"] = True
         if self._reconnecting():
             # Sent once the connection is back (``_on_reconnect``), checked then.
-            job = self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
-                                send=False, extra=extra, base=base, prepared=extra_refs)
-            job.scratch = scratch and base is not None
-            return job
+            return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
+                                 send=False, extra=extra, base=base, prepared=extra_refs,
+                                 scratch=scratch)
         if not self.client.ext:
             raise JobError("the server does not speak mesh extensions (plain CRC v1): "
                            "it cannot run jobs")
         if self.client.config.secret is not None and not self.client.server_verified:
             raise JobError("the server did not prove it knows the mesh secret: jobs (and "
                            "their files) are not sent to it")
-        job = self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
-                            extra=extra, base=base, prepared=extra_refs)
-        job.scratch = scratch and base is not None
-        return job
+        return self._new_job(argv, shell, files, stdin, on, everywhere, timeout, listener,
+                             extra=extra, base=base, prepared=extra_refs, scratch=scratch)
 
     def _new_job(self, argv: Sequence[str] | None, shell: str | None, files: Sequence[str],
                  stdin: bool, on: str | None, everywhere: bool, timeout: float | None,
                  listener: JobListener | None, send: bool = True,
                  extra: dict[str, Any] | None = None, base: Path | None = None,
-                 prepared: Sequence[FileRef] = ()) -> Job:
+                 prepared: Sequence[FileRef] = (), scratch: bool = False) -> Job:
         for i, word in enumerate(argv or ()):
             problem = text_problem(f"argument {i + 1}", word)
             if problem:
@@ -184,7 +181,8 @@ class JobClient:
         inline, body = self._inline(refs)
         job_id = f"{self.client.id}.{self._session}.{next(self._ids)}"
         label = shell if shell is not None else " ".join(argv or ())
-        job = Job(job_id, label, listener, stdin=stdin, base_dir=base)
+        job = Job(job_id, label, listener, stdin=stdin, base_dir=base,
+                  scratch=scratch and base is not None)
         self.jobs[job_id] = job
         header: dict[str, Any] = {"job": job_id, "files": [r.to_json() for r in refs],
                                   "stdin": stdin}

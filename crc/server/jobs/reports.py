@@ -184,18 +184,18 @@ class LoadReports:
             raise ProtocolError(f"bad load report: {exc}") from None
         if report.server != msg.source or report.server == self.me:
             return
+        exclude = conn.peer.peer_id if conn is not None else None
         if header.get("leaving") is True:
             self.jobs.entry.leaving.add(report.server)
             if report.server in self.table.entries:
                 self.forget(report.server)
-                self.server.flood_extension(msg, exclude=conn.peer.peer_id if conn else None)
+                self.server.flood_extension(msg, exclude=exclude)
             return
         self.jobs.entry.leaving.discard(report.server)     # (it stayed after all)
         if self.table.update(report):
             view = header.get("view")
             if isinstance(view, dict) and len(msg.payload) <= VIEW_MAX + 4096:
                 self.views[report.server] = view
-            exclude = conn.peer.peer_id if conn is not None else None
             self.server.flood_extension(msg, exclude=exclude)
 
     def on_load_query(self, conn: Connection | None, msg: Extension) -> None:
