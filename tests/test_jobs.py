@@ -181,6 +181,24 @@ def test_cancel_kills_the_whole_process_group(mesh: Mesh, work: Path) -> None:
     wait_for(lambda: not _alive(child), 5, "the background child to die")
 
 
+def test_a_client_leaving_cancels_a_job_not_yet_accepted(mesh: Mesh, work: Path) -> None:
+    """A batch client signalled right after sending a job (its run may be
+    running while the ACCEPTED is on its way back) cancels it all the same."""
+    nodes = mesh.chain(2)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    rec = Recorder()
+
+    def submit_and_leave() -> Job:
+        job = jobs.submit(listener=rec, shell="sleep 60", on="s2")
+        assert job.sent and not job.accepted
+        jobs.cancel_unfinished()
+        return job
+    job = call(client.loop, submit_and_leave)
+    finished(job)
+    (run,) = job.runs.values()
+    assert run.error == "cancelled"
+
+
 def test_another_client_cannot_cancel_a_run(mesh: Mesh, work: Path) -> None:
     nodes = mesh.chain(2)
     client, jobs = mesh.client(nodes[0], "alice", work)

@@ -296,11 +296,14 @@ class JobClient:
         return known
 
     def cancel_unfinished(self) -> None:
-        """Cancel every job not finished yet (a client leaving for good)."""
+        """Cancel every job not finished yet (a client leaving for good),
+        also one sent and not yet accepted: the CANCEL follows its SUBMIT to
+        the entry, which has dispatched its runs by then (one may already
+        be running while its ACCEPTED is on its way back)."""
         for job in list(self._held):
             self.cancel(job.id)
         for job in self.jobs.values():
-            if job.accepted and not job.finished:
+            if job.sent and not job.finished and not job.error:
                 self.cancel(job.id)
 
     def send_input(self, run_id: str, data: bytes, eof: bool = False) -> None:
