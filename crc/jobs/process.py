@@ -96,6 +96,8 @@ class ChildProcess:
         self.returncode: int | None = None
         self._open_pipes: set[int] = set()
         self._exit_reported = False
+        self.killed = False           # we signalled it (``kill``)
+        self.core_dumped = False      # it died by a signal and left a core
         self._reaper = reaper
         if reaper is not None and reaper.env is not None:
             env = reaper.env if env is None else dict(env, **{REAPER_ENV: reaper.token})
@@ -131,6 +133,7 @@ class ChildProcess:
         """Signal the whole process group (the job and everything it started)."""
         if self.returncode is not None:
             return
+        self.killed = True
         try:
             os.killpg(self.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -207,6 +210,7 @@ class ChildProcess:
         if pid == 0:
             return
         self.returncode = os.waitstatus_to_exitcode(status)
+        self.core_dumped = os.WIFSIGNALED(status) and os.WCOREDUMP(status)
         self.proc.returncode = self.returncode
         self.loop.unregister(self._pidfd)
         os.close(self._pidfd)

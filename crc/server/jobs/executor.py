@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -64,6 +65,9 @@ class Run:
     rooted: str | None = None
     #: The compile cache's key for this run (``cache``), when it asked for it.
     cache_key: str | None = None
+    #: The shell command this run's ``argv`` are the words of, run without a
+    #: shell (``frames.Command``); None once it has gone to ``/bin/sh``.
+    plain: str | None = None
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.state} client={self.client} {self.label[:30]!r}>"
@@ -145,7 +149,7 @@ class Executor:
             raise ProtocolError("RUN without id, client or entry")
         self.origins[entry] = self.origins.get(entry, 0) + 1
         try:
-            argv, label = parse_command(header)
+            argv, label, plain = parse_command(header)
             files = parse_files(header, self.config.max_file)
             timeout = parse_timeout(header, self.config.max_runtime)
             argv = self.jobs.with_compiler(header, argv)
@@ -153,7 +157,7 @@ class Executor:
             self.jobs.to_client(client, Kind.FAILED, {"id": run_id, "error": str(exc)})
             return
         run = Run(run_id, client, entry, argv, files, bool(header.get("stdin")),
-                  min(float(timeout), self.config.max_runtime), label)
+                  min(float(timeout), self.config.max_runtime), label, plain=plain)
         debug_dir = header.get("debug_dir")
         if isinstance(debug_dir, str) and debug_dir and "compiler" in header:
             run.debug_dir = debug_dir
@@ -289,11 +293,7 @@ class Executor:
                 cwd = root + run.rooted.rstrip("/")
                 os.makedirs(cwd, exist_ok=True)
                 argv = [*argv, f"-ffile-prefix-map={root}="]
-            run.process = ChildProcess(
-                self.loop, argv, cwd, stdin=run.stdin,
-                on_output=lambda stream, data, run=run: self._output(run, stream, data),
-                on_exit=lambda code, run=run: self._exited(run, code), reaper=self.reaper,
-                on_stdin_taken=lambda n, run=run: self._stdin_taken(run, n))
+            run.process = self._spawn(run, argv, cwd)
         except (OSError, ValueError, JobDirError) as exc:    # ValueError: a NUL in argv
             self.abort(run, f"cannot start: {exc}")
             return
@@ -308,6 +308,44 @@ class Executor:
                                                        "name": self.server.name,
                                                        "pid": run.process.pid})
         self.jobs.reports.changed()
+
+    def _spawn(self, run: Run, argv: list[str], cwd: str) -> ChildProcess:
+        """Start ``run``'s process. A plain shell command (``Run.plain``) runs
+        as its words, with ``PWD`` as ``/bin/sh`` would export it; one that
+        cannot be run so (not found, not executable, a script without ``#!``)
+        goes to ``/bin/sh -c`` after all, which says or does what it always
+        did with it."""
+        def start(argv: list[str], env: dict[str, str] | None) -> ChildProcess:
+            return ChildProcess(
+                self.loop, argv, cwd, env=env, stdin=run.stdin,
+                on_output=lambda stream, data, run=run: self._output(run, stream, data),
+                on_exit=lambda code, run=run: self._exited(run, code), reaper=self.reaper,
+                on_stdin_taken=lambda n, run=run: self._stdin_taken(run, n))
+        if run.plain is None:
+            return start(argv, None)
+        try:
+            return start(argv, dict(os.environ, PWD=cwd))
+        except OSError:
+            command, run.plain = run.plain, None
+            return start(["/bin/sh", "-c", command], None)
+
+    def _as_the_shell_says(self, run: Run, code: int) -> int:
+        """The status of a plain command (run without a shell) as ``/bin/sh``
+        would have given it: a death by a signal we did not send is 128 plus
+        the signal, with the shell's line naming it on standard error (none
+        for SIGINT and SIGPIPE)."""
+        process = run.process
+        if run.plain is None or code >= 0 or process is None or process.killed:
+            return code
+        sig = -code
+        if sig not in (signal.SIGINT, signal.SIGPIPE):
+            try:
+                name = signal.strsignal(sig) or f"Signal {sig}"
+            except ValueError:
+                name = f"Signal {sig}"
+            note = " (core dumped)" if process.core_dumped else ""
+            self._output(run, STDERR, f"{name}{note}\n".encode())
+        return 128 + sig
 
     def _output(self, run: Run, stream: int, data: bytes) -> None:
         run.output_bytes += len(data)
@@ -330,6 +368,7 @@ class Executor:
     def _exited(self, run: Run, code: int) -> None:
         if run.timer is not None:
             run.timer.cancel()
+        code = self._as_the_shell_says(run, code)
         files, warnings = [], []
         if run.jobdir is not None:
             files, warnings = self._collect(run)

@@ -5,9 +5,12 @@ and FETCH offsets. Each reader returns plain values or raises
 from __future__ import annotations
 
 import math
+import os
 import shlex
+from typing import NamedTuple
 
 from ...jobs.files import FileRef, bad_relative_path
+from ...jobs.plain import plain_words
 from ...jobs.store import valid_sha
 from ...protocol import ProtocolError
 
@@ -31,13 +34,29 @@ def utf8(text: str, what: str) -> str:
     return text
 
 
-def parse_command(header: dict) -> tuple[list[str], str]:
-    """(argv, label) from a SUBMIT/RUN header; ``ProtocolError`` if unusable."""
+class Command(NamedTuple):
+    argv: list[str]
+    label: str
+    #: The shell command ``argv`` are the words of, run without a shell
+    #: (``crc.jobs.plain``); None when ``argv`` is the job's own list or
+    #: ``/bin/sh -c`` with the command.
+    plain: str | None = None
+
+
+def parse_command(header: dict) -> Command:
+    """What a SUBMIT/RUN header asks to run; ``ProtocolError`` if unusable.
+    A shell command that needs no shell is run as its words (with a ``PATH``
+    to search them in; else by ``/bin/sh``, whose default path differs)."""
     argv, shell = header.get("argv"), header.get("shell")
     if isinstance(shell, str) and shell.strip():
-        return ["/bin/sh", "-c", utf8(shell, "the command")], shell
+        utf8(shell, "the command")
+        words = plain_words(shell)
+        if words is not None and "PATH" in os.environ:
+            return Command(words, shell, shell)
+        return Command(["/bin/sh", "-c", shell], shell)
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
-        return [utf8(a, f"argument {i + 1}") for i, a in enumerate(argv)], shlex.join(argv)
+        return Command([utf8(a, f"argument {i + 1}") for i, a in enumerate(argv)],
+                       shlex.join(argv))
     raise ProtocolError("job has neither a non-empty 'argv' list nor a 'shell' command")
 
 
