@@ -33,7 +33,7 @@ def test_plain_lines_are_their_words(command: str, words: list[str]) -> None:
     "cc -c a.c; true", "cc -c a.c && true", "cc -c a.c | cat", "cc -c a.c > log",
     "cc -c a.c < in", "cc -c a.c &", "(cc -c a.c)", "cc -c {a,b}.c", "cc -c a.c\ncc -c b.c",
     "! cc -c a.c", "CFLAGS=-O2 cc -c a.c", "cd sub", "echo hi", "exit 3", "test -f a",
-    "[ -f a ]", "true", "export X", "exec cc", "kill 1", "cc -c é.c",
+    "[ -f a ]", "true", "export X", "exec cc", "kill 1", "cc -c é.c", "cc -c a^b.c",
 ])
 def test_lines_the_shell_gives_meaning_to_are_not_plain(command: str) -> None:
     assert plain_words(command) is None

@@ -9,7 +9,7 @@ returns its words when running them directly means exactly what the shell
 would have made of the line, and None otherwise.
 
 A line is plain when every character is one the shell gives no meaning to
-(letters, digits, space, tab and ``_ . / , : = + @ % ^ -``: no quoting,
+(letters, digits, space, tab and ``_ . / , : = + @ % -``: no quoting,
 expansion, globbing, redirection, pipes, lists, comments, tildes nor
 braces) and its first word is neither a variable assignment nor a reserved
 word or builtin of the shell (whose behaviour is the shell's own, not a
@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 
 #: Characters that mean nothing to the shell, outside of quotes.
-_PLAIN = re.compile(r"[A-Za-z0-9_./,:=+@%^ \t-]+")
+_PLAIN = re.compile(r"[A-Za-z0-9_./,:=+@% \t-]+")
 
 #: Reserved words and builtins of POSIX shells and dash (``/bin/sh`` here):
 #: a command starting with one is the shell's, not a program's.
