@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from collections import Counter
 
@@ -89,3 +90,11 @@ def test_should_send_on_change_or_interval() -> None:
 def test_report_round_trips_through_bytes() -> None:
     r = report(7, running=1, origins={1: 4, 9: 2})
     assert LoadReport.from_bytes(r.to_bytes()) == r
+
+
+def test_a_report_body_is_every_field_but_the_compilers_in_order() -> None:
+    r = dataclasses.replace(report(7, running=1, origins={1: 4, 9: 2}), compilers=("c1",),
+                            seq=5)
+    body = {k: v for k, v in dataclasses.asdict(r).items() if k != "compilers"}
+    body["origins"] = {"1": 4, "9": 2}
+    assert r.to_bytes() == json.dumps(body, separators=(",", ":")).encode()

