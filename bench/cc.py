@@ -88,7 +88,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (ROOT, STARTING, BenchError, Processes, against_either_side, free_port,  # noqa: E402
-                    wait_until)
+                    wait_until, write_bytecode)
 from jobs import (LINK_HERE, Project, copy_project, generate_project, run_bounded,  # noqa: E402
                   start_servers)
 
@@ -315,6 +315,7 @@ def main() -> int:
         base_env.pop("CRC_MESH", None)
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "crc")],
                        env=base_env, check=True, timeout=300, stdout=subprocess.DEVNULL)
+        write_bytecode(base_env)
 
         local_tree = copy_project(project, tmp / "local")
         local = build(local_tree, ["make", "-s", "-j2", "CC=gcc"], base_env, timeout,

@@ -63,7 +63,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import STARTING, BenchError, against_either_side, wait_until  # noqa: E402
+from bench.common import (STARTING, BenchError, against_either_side, wait_until,  # noqa: E402
+                          write_bytecode)
 from bench.netns import PORT, PROFILES, Network, available, chain, connect_in  # noqa: E402
 
 MIB = 1 << 20
@@ -256,6 +257,7 @@ def build_profile(name: str, args: argparse.Namespace, tmp: Path) -> dict[str, A
                    MESHCC_CACHE_DIR=str(tmp / f"cache-{name}"))
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         env.pop("CRC_MESH", None)
+        write_bytecode(env)
         if shutil.which("distccd") and shutil.which("distcc"):
             slots = max(1, args.jobs // 3 + 1)
             for host in net.hosts:
