@@ -3,7 +3,7 @@
 A job given as a shell command runs as ``/bin/sh -c COMMAND``. Most
 Rakefile actions are plain ``cc -O2 -c a.c -o a.o`` lines in which the
 shell does nothing but split words and search ``PATH``; starting it costs a
-process (here about 2 ms of CPU a job, 5 % of a 60-file build). As make
+process (``/bin/sh -c true`` takes 1.3 ms of CPU here, ``true`` 0.5). As make
 does for a recipe line, such a command is run directly: ``plain_words``
 returns its words when running them directly means exactly what the shell
 would have made of the line, and None otherwise.
