@@ -38,6 +38,7 @@ def test_the_size_limit_and_duplicates_are_checked_for_every_job() -> None:
     (entry(name="/etc/passwd"), "is absolute"),
     (entry(size=[1]), "bad file entry"),
     (entry(size="many"), "bad file entry"),
+    (entry(size=float("inf")), "bad file entry"),            # (JSON's Infinity)
     ("inc/a.h", "bad file entry"),
     ({"name": "inc/a.h"}, "bad file entry"),
 ])

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from crc.jobs.plain import plain_words
+from crc.jobs.plain import plain_words, shell_environment
+from crc.server.jobs import executor
 
 from .meshkit import Mesh
 from .test_jobs import finished, submit
@@ -37,6 +38,25 @@ def test_plain_lines_are_their_words(command: str, words: list[str]) -> None:
 ])
 def test_lines_the_shell_gives_meaning_to_are_not_plain(command: str) -> None:
     assert plain_words(command) is None
+
+
+def test_the_environment_is_what_the_shell_passes_on(tmp_path: Path) -> None:
+    """Compared with dash itself: names that are not shell names dropped,
+    IFS and OPTIND reset, PPID the parent's, PWD the physical directory
+    (here reached through a symbolic link)."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    environ = {"PATH": os.environ["PATH"], "FOO-BAR": "1", "A.B": "2", "1X": "3", "IFS": ":",
+               "OPTIND": "5", "PPID": "7", "PWD": "/nowhere", "HOME": "/root", "X": "y z",
+               "_": "/bin/x"}
+    shown = subprocess.run(["/bin/sh", "-c", "env -0"], cwd=tmp_path / "link", env=environ,
+                           capture_output=True, timeout=30, check=True).stdout
+    under_sh = dict(line.split("=", 1) for line in shown.decode().split("\0") if line)
+    under_sh.pop("_", None)         # (set by no shell here; env's own when it is)
+    ours = shell_environment(environ, str(tmp_path / "link"), os.getpid())
+    ours.pop("_", None)
+    assert ours == under_sh
+    assert ours["PWD"] == str((tmp_path / "real").resolve())
 
 
 def _stat_parent(output: bytes) -> int:
@@ -108,3 +128,22 @@ def test_what_cannot_run_directly_or_dies_reads_as_under_the_shell(
     expected_out = b"from-the-shell\n" if script == "noshebang" else b""
     assert (run.exit, stderr.decode(), stdout) == (expected_code, expected_err, expected_out)
     assert run.error == ""
+
+
+def test_a_start_that_fails_after_the_program_ran_is_not_run_again_by_the_shell(
+        mesh: Mesh, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the program's own exec failure goes to /bin/sh: any other (no
+    descriptor left, say, after the process started) must not run it twice."""
+    starts: list[list[str]] = []
+
+    def failing(loop, argv, *args, **kwargs):
+        starts.append(list(argv))
+        raise OSError(24, "Too many open files")       # (no file name: not the program's)
+    monkeypatch.setattr(executor, "ChildProcess", failing)
+    nodes = mesh.chain(1)
+    client, jobs = mesh.client(nodes[0], "alice", work)
+    job, _ = submit(client, jobs, shell="sleep 0.1")
+    finished(job)
+    (run,) = job.runs.values()
+    assert run.error.startswith("cannot start:"), run.error
+    assert starts == [["sleep", "0.1"]]

@@ -14,14 +14,22 @@ expansion, globbing, redirection, pipes, lists, comments, tildes nor
 braces) and its first word is neither a variable assignment nor a reserved
 word or builtin of the shell (whose behaviour is the shell's own, not a
 program's). What the caller must do to keep the rest of the shell's
-behaviour (``PWD`` in the environment; a command that cannot be run
-directly run through the shell after all; the status and message of a
-death by signal) is said in ``crc.server.jobs.executor``.
+behaviour (the environment as the shell exports it: ``shell_environment``;
+a command that cannot be run directly run through the shell after all;
+the status and message of a death by signal) is said in
+``crc.server.jobs.executor``.
+
+Known differences: the command is its process group's and session's
+leader (the shell was), so one that calls ``setsid()`` without forking
+first is refused; and a line over 128 KiB, which the kernel refused as one
+argument of ``/bin/sh -c``, runs.
 """
 
 from __future__ import annotations
 
+import os
 import re
+from typing import Mapping
 
 #: Characters that mean nothing to the shell, outside of quotes.
 _PLAIN = re.compile(r"[A-Za-z0-9_./,:=+@% \t-]+")
@@ -44,3 +52,22 @@ def plain_words(command: str) -> list[str] | None:
     if not words or "=" in words[0] or words[0] in SHELL_WORDS:
         return None
     return words
+
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def shell_environment(environ: Mapping[str, str], cwd: str, parent: int) -> dict[str, str]:
+    """What ``/bin/sh -c`` started in ``cwd`` by process ``parent`` with
+    ``environ`` passes on to the command it runs: only variables with a
+    shell name, ``IFS`` and ``OPTIND`` reset if present, ``PPID`` (if
+    present) the parent's, and ``PWD`` the directory's physical path."""
+    env = {k: v for k, v in environ.items() if _NAME.fullmatch(k)}
+    if "IFS" in env:
+        env["IFS"] = " \t\n"
+    if "OPTIND" in env:
+        env["OPTIND"] = "1"
+    if "PPID" in env:
+        env["PPID"] = str(parent)
+    env["PWD"] = os.path.realpath(cwd)
+    return env

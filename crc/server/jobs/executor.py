@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from ...jobs.compilers import ROOT_DIR
 from ...jobs.files import FileRef
+from ...jobs.plain import shell_environment
 from ...jobs.process import STDERR, ChildProcess, GroupReaper
 from ...jobs.store import StoreError
 from ...jobs.wire import (INLINE_MAX, STDIN_ACK_EVERY, STDIN_WINDOW, Kind, pack_inline, unpack,
@@ -311,7 +312,7 @@ class Executor:
 
     def _spawn(self, run: Run, argv: list[str], cwd: str) -> ChildProcess:
         """Start ``run``'s process. A plain shell command (``Run.plain``) runs
-        as its words, with ``PWD`` as ``/bin/sh`` would export it; one that
+        as its words, in the environment ``/bin/sh`` would give it; one that
         cannot be run so (not found, not executable, a script without ``#!``)
         goes to ``/bin/sh -c`` after all, which says or does what it always
         did with it."""
@@ -324,8 +325,10 @@ class Executor:
         if run.plain is None:
             return start(argv, None)
         try:
-            return start(argv, dict(os.environ, PWD=cwd))
-        except OSError:
+            return start(argv, shell_environment(os.environ, cwd, os.getpid()))
+        except OSError as exc:
+            if exc.filename != argv[0]:        # (not the program: the directory, ...)
+                raise
             command, run.plain = run.plain, None
             return start(["/bin/sh", "-c", command], None)
 

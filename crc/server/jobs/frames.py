@@ -108,7 +108,7 @@ def _file_ref(item: object) -> FileRef:
         return known
     try:
         ref = FileRef.from_json(item)  # type: ignore[arg-type]
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):  # (size Infinity)
         raise ProtocolError(f"bad file entry {item!r}") from None
     why = bad_relative_path(ref.name)
     if why:
