@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from crc.jobs.plain import plain_words, shell_environment
+from crc.jobs.plain import plain_words, shell_environment, shell_variables
 from crc.server.jobs import executor
 
 from .meshkit import Mesh
@@ -53,7 +53,7 @@ def test_the_environment_is_what_the_shell_passes_on(tmp_path: Path) -> None:
                            capture_output=True, timeout=30, check=True).stdout
     under_sh = dict(line.split("=", 1) for line in shown.decode().split("\0") if line)
     under_sh.pop("_", None)         # (set by no shell here; env's own when it is)
-    ours = shell_environment(environ, str(tmp_path / "link"), os.getpid())
+    ours = shell_environment(shell_variables(environ, os.getpid()), str(tmp_path / "link"))
     ours.pop("_", None)
     assert ours == under_sh
     assert ours["PWD"] == str((tmp_path / "real").resolve())

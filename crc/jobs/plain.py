@@ -57,11 +57,12 @@ def plain_words(command: str) -> list[str] | None:
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def shell_environment(environ: Mapping[str, str], cwd: str, parent: int) -> dict[str, str]:
-    """What ``/bin/sh -c`` started in ``cwd`` by process ``parent`` with
-    ``environ`` passes on to the command it runs: only variables with a
-    shell name, ``IFS`` and ``OPTIND`` reset if present, ``PPID`` (if
-    present) the parent's, and ``PWD`` the directory's physical path."""
+def shell_variables(environ: Mapping[str, str], parent: int) -> dict[str, str]:
+    """What ``/bin/sh -c`` started by process ``parent`` with ``environ``
+    passes on to the command it runs, but ``PWD`` (``shell_environment``):
+    only variables with a shell name, ``IFS`` and ``OPTIND`` reset if
+    present, ``PPID`` (if present) the parent's. The same for every job of
+    a server: made once."""
     env = {k: v for k, v in environ.items() if _NAME.fullmatch(k)}
     if "IFS" in env:
         env["IFS"] = " \t\n"
@@ -69,5 +70,10 @@ def shell_environment(environ: Mapping[str, str], cwd: str, parent: int) -> dict
         env["OPTIND"] = "1"
     if "PPID" in env:
         env["PPID"] = str(parent)
-    env["PWD"] = os.path.realpath(cwd)
     return env
+
+
+def shell_environment(variables: Mapping[str, str], cwd: str) -> dict[str, str]:
+    """``variables`` (``shell_variables``) with ``PWD`` as the shell sets it
+    in ``cwd``: the directory's physical path."""
+    return dict(variables, PWD=os.path.realpath(cwd))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from ...jobs.compilers import ROOT_DIR
 from ...jobs.files import FileRef
-from ...jobs.plain import shell_environment
+from ...jobs.plain import shell_environment, shell_variables
 from ...jobs.process import STDERR, ChildProcess, GroupReaper
 from ...jobs.store import StoreError
 from ...jobs.wire import (INLINE_MAX, STDIN_ACK_EVERY, STDIN_WINDOW, Kind, pack_inline, unpack,
@@ -109,6 +109,8 @@ class Executor:
         self.plain_pool = DirPool(jobs.root / "jobs", keep=max(2, 2 * self.config.slots),
                                   copies=True)
         self.failed = 0                   # ... that exited non-zero or failed
+        #: What /bin/sh would pass on to a plain command, but PWD (``_spawn``).
+        self.shell_variables = shell_variables(os.environ, os.getpid())
 
     @property
     def running(self) -> int:
@@ -325,7 +327,7 @@ class Executor:
         if run.plain is None:
             return start(argv, None)
         try:
-            return start(argv, shell_environment(os.environ, cwd, os.getpid()))
+            return start(argv, shell_environment(self.shell_variables, cwd))
         except OSError as exc:
             if exc.filename != argv[0]:        # (not the program: the directory, ...)
                 raise
