@@ -187,3 +187,71 @@ def test_a_rate_near_a_chunk_boundary_does_not_flip_the_chunk_size(tmp_path: Pat
     changes = sum(1 for a, b in zip(sizes, sizes[1:]) if a != b)
     assert changes <= 3
     assert history[-1][0] < 16 * 1024 * 1024 / rate * 1.05
+
+
+def test_a_path_faster_than_any_gigabit_link_gets_megabyte_chunks(tmp_path: Path) -> None:
+    """Relays pay CPU for every chunk: a path faster than any 1 Gbit/s link
+    (here 300 MB/s, where 2 ms of the rate would be 600 KB) moves a file in
+    chunks of ``CHUNK`` (1 MiB); a 1 Gbit/s link keeps the chunks that cross
+    it within ``CHUNK_TIME``."""
+    _, history = simulate(tmp_path / "fast", 300e6, 0.0002, 64 * 1024 * 1024)
+    assert history[-1][1] == transfer.CHUNK == 1024 * 1024
+    _, history = simulate(tmp_path / "lan", 125e6, 0.001, 32 * 1024 * 1024)
+    assert max(chunk for _, chunk, _, _ in history) <= 125e6 * transfer.CHUNK_TIME
+
+
+def test_the_chunk_time_grows_without_a_step_above_the_fastest_links() -> None:
+    times = [transfer.chunk_time(r * 1e6) for r in range(0, 601, 5)]
+    assert times[0] == transfer.chunk_time(transfer.FASTEST_RATE) == transfer.CHUNK_TIME
+    assert transfer.chunk_time(2 * transfer.FASTEST_RATE) == 3 * transfer.CHUNK_TIME
+    assert transfer.chunk_time(1e12) == 3 * transfer.CHUNK_TIME
+    assert all(b >= a and b - a < 0.1 * transfer.CHUNK_TIME for a, b in zip(times, times[1:]))
+
+
+def test_a_holder_answering_256_kib_at_most_is_asked_for_that(tmp_path: Path) -> None:
+    """A holder of an earlier version refuses a WANT over 256 KiB ("malformed
+    request"). The requester asks again from the first refused chunk on, in
+    chunks it answers: the file arrives whole, and the next fetch from that
+    holder asks for no more from the start. Refusals (control frames) pass
+    the data still on its way, as they do on a link."""
+    now = [0.0]
+    control: list = []                  # (to, frame): ahead of bulk, as on a link
+    bulk: list = []
+    requester = Transfers(1, BlobStore(tmp_path / "r"), lambda m: (control.append((1, m)) if m.kind
+                                                                   != Kind.DATA else None) or True,
+                          clock=lambda: now[0])
+    holder_store = BlobStore(tmp_path / "h")
+    holder = Transfers(2, holder_store,
+                       lambda m: ((bulk if m.kind == Kind.DATA else control).append((2, m))) or True)
+    holder.max_chunk = transfer.LEGACY_CHUNK
+    refusals = [0]
+
+    def run(sha: str, data: bytes) -> list:
+        done: list = []
+        requester.fetch(sha, len(data), 2, lambda s, err: done.append(err))
+        while (control or bulk) and not done:
+            frm, msg = (control if control else bulk).pop(0)
+            header, body = unpack(msg.payload)
+            if frm == 1:                                    # requester -> holder: a WANT
+                holder.want(1, 2, header)
+            elif msg.kind == Kind.MISSING:
+                refusals[0] += 1
+                requester.on_missing(header)
+            else:
+                now[0] += len(body) / 1e9                   # a path of 1 GB/s, no delay
+                requester.on_data(header, body)
+        assert done == [None]
+        assert requester.store.path(sha).read_bytes() == data
+        return done
+
+    first = os.urandom(24 * 1024 * 1024)
+    sha1 = hashlib.sha256(first).hexdigest()
+    holder_store.add_bytes(sha1, first)
+    run(sha1, first)
+    assert refusals[0] >= 1                 # it did ask for more, and was refused
+    refusals[0] = 0
+    second = os.urandom(8 * 1024 * 1024)
+    sha2 = hashlib.sha256(second).hexdigest()
+    holder_store.add_bytes(sha2, second)
+    run(sha2, second)
+    assert refusals[0] == 0

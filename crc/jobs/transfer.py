@@ -36,13 +36,14 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Callable
 
+from ..net.heap import keep_chunk_buffers
 from ..protocol import Extension
 from .store import BlobStore, StoreError, valid_sha
 from .wire import Kind, frame
 
 log = logging.getLogger(__name__)
 
-CHUNK = 256 * 1024           # the largest chunk asked for by one WANT
+CHUNK = 1024 * 1024          # the largest chunk asked for by one WANT
 MIN_CHUNK = 8 * 1024         # the smallest (on a slow path: 1.3 ms at 50 Mbit/s)
 FIRST_CHUNK = 64 * 1024      # before the path's rate is known
 WINDOW = 3                   # chunks in flight at first (then: the path's rate x its delay)
@@ -60,6 +61,13 @@ QUEUE_TIME = 0.002
 #: mostly in their queues, where a chat passes it; on a slow path it sits in
 #: the link's own queue, ahead of any chat.
 FAST_RATE = 100e6
+#: Above this rate (faster than any 1 Gbit/s link) a chunk grows from
+#: ``CHUNK_TIME`` of the rate to three times that at twice this rate (1 MiB
+#: from about 250 MB/s): such a path is limited by the relays' CPU, which
+#: pays for every chunk, more than by the time a chunk spends on a link (a
+#: megabyte crosses a 10 Gbit/s link in under a millisecond). Relays then
+#: spend about half the CPU on a file (docs/performance.md).
+FASTEST_RATE = 150e6
 #: The shortest round trip is learnt again this often, and whenever the chunk
 #: size changes, by letting the path drain: one chunk alone in flight (a
 #: round trip measured behind a standing queue would keep that queue for
@@ -68,7 +76,12 @@ PROBE_EVERY = 2.0
 #: The arrival rate is measured over at least this long (shorter, a relay's
 #: bursts read as speed the path does not have).
 RATE_TIME = 0.02
-MAX_CHUNK = 256 * 1024       # the largest WANT answered (peers may ask for more than CHUNK)
+MAX_CHUNK = 1024 * 1024      # the largest WANT answered (peers may ask for more than CHUNK)
+#: What holders of earlier versions answer at most: a WANT for more gets a
+#: MISSING "malformed request", after which a fetch asks that holder for
+#: chunks of this size (``Transfers.on_missing``).
+LEGACY_CHUNK = 256 * 1024
+MALFORMED = "malformed request"
 RELAY_CACHE_MAX = 8 * 1024 * 1024   # larger blobs pass relays untouched (cut-through)
 MIN_DEFLATE = 512            # smaller chunks are sent as they are
 LOG_PACING = 8 * 1024 * 1024  # fetches this large log how they were paced
@@ -91,6 +104,8 @@ class _Fetch:
     # Pacing (``Transfers._paced``): the chunk size and the window follow
     # the rate data arrives at and the shortest round trip of a chunk.
     chunk: int = FIRST_CHUNK
+    cap: int = CHUNK                         # the largest chunk its holder answers
+    big_from: int = -1                       # offset of the first WANT over LEGACY_CHUNK
     window: int = WINDOW
     sent_at: dict[int, float] = field(default_factory=dict)   # offset -> WANT sent
     min_rtt: float = 0.0
@@ -109,14 +124,21 @@ def queue_time(rate: float) -> float:
     return QUEUE_TIME * (1.0 + min(1.0, rate / FAST_RATE))
 
 
-def _request(header: dict) -> tuple[str, int, int, int] | None:
+def chunk_time(rate: float) -> float:
+    """How long of the path's rate one chunk is: ``CHUNK_TIME`` up to
+    ``FASTEST_RATE``, growing to three times that at twice the rate (no step:
+    a rate near it must not flip the chunk size)."""
+    return CHUNK_TIME * (1.0 + 2.0 * min(1.0, max(0.0, rate / FASTEST_RATE - 1.0)))
+
+
+def _request(header: dict, max_chunk: int = MAX_CHUNK) -> tuple[str, int, int, int] | None:
     """(sha, offset, length, size) of a well-formed WANT, else None."""
     sha, offset, length = header.get("sha"), header.get("offset"), header.get("length")
     size = header.get("size", -1)
     if not (valid_sha(sha) and isinstance(offset, int) and isinstance(length, int)
             and isinstance(size, int)):
         return None
-    if offset < 0 or not 0 < length <= MAX_CHUNK:
+    if offset < 0 or not 0 < length <= max_chunk:
         return None
     return sha, offset, length, size
 
@@ -141,6 +163,10 @@ class Transfers:
         self.bytes_served = 0
         self.bytes_fetched = 0
         self._incompressible: set[str] = set()
+        #: The largest WANT answered here (a test plays an earlier version with less).
+        self.max_chunk = MAX_CHUNK
+        #: Holders found to answer at most ``LEGACY_CHUNK``.
+        self._small_chunks: set[int] = set()
 
     def __repr__(self) -> str:
         return f"<Transfers of {self.me}: {len(self.fetches)} fetching>"
@@ -167,6 +193,8 @@ class Transfers:
             return
         fetch = _Fetch(sha, size, holder, [done] if done is not None else [],
                        started=self.clock())
+        if holder in self._small_chunks:
+            fetch.cap = LEGACY_CHUNK
         self.fetches[sha] = fetch
         if size == 0:
             self._finish(fetch)
@@ -178,6 +206,9 @@ class Transfers:
         limit = 1 if fetch.probing else fetch.window
         while fetch.in_flight < limit and fetch.next_offset < fetch.size:
             length = min(fetch.chunk, fetch.size - fetch.next_offset)
+            if length > LEGACY_CHUNK and fetch.big_from < 0:
+                fetch.big_from = fetch.next_offset
+                keep_chunk_buffers()            # (once per process)
             if fetch.probing and fetch.probe < 0:
                 fetch.probe = fetch.next_offset     # the first chunk into an empty path
             self.send(frame(Kind.WANT, self.me, fetch.holder,
@@ -216,10 +247,10 @@ class Transfers:
         rate = (fetch.received - before) / elapsed
         fetch.mark = (now, fetch.received)
         fetch.rate = max(rate, fetch.rate * 0.9)
-        chunk = MIN_CHUNK
-        while chunk * 2 <= min(CHUNK, fetch.rate * CHUNK_TIME):
+        chunk, span = MIN_CHUNK, fetch.rate * chunk_time(fetch.rate)
+        while chunk * 2 <= min(fetch.cap, span):
             chunk *= 2
-        if chunk < fetch.chunk and fetch.rate * CHUNK_TIME >= 0.75 * fetch.chunk:
+        if chunk < fetch.chunk and span >= 0.75 * fetch.chunk and fetch.chunk <= fetch.cap:
             chunk = fetch.chunk     # (smaller only when the rate clearly fell: each change drains)
         if chunk != fetch.chunk:
             fetch.chunk = chunk
@@ -268,9 +299,36 @@ class Transfers:
 
     def on_missing(self, header: dict) -> None:
         fetch = self.fetches.get(header.get("sha", ""))
-        if fetch is not None:
-            self._fail(fetch, str(header.get("error") or
-                                  "not available on the machine that should hold it"))
+        if fetch is None:
+            return
+        error = header.get("error")
+        if error == MALFORMED and fetch.big_from >= 0:
+            self._ask_less(fetch)
+        elif error == MALFORMED and fetch.cap <= LEGACY_CHUNK and fetch.holder in self._small_chunks:
+            pass            # another request over what it answers, already asked again
+        else:
+            self._fail(fetch, str(error or "not available on the machine that should hold it"))
+
+    def _ask_less(self, fetch: _Fetch) -> None:
+        """The holder refused a chunk over ``LEGACY_CHUNK`` (an earlier
+        version): ask again for everything from the first such request on,
+        in chunks it answers, and ask it for no more from now on. What it
+        answered before that arrives as it would have."""
+        log.info("transfer of %s: %d answers chunks of at most %d bytes; asking for those",
+                 fetch.sha[:12], fetch.holder, LEGACY_CHUNK)
+        if len(self._small_chunks) >= 4096:
+            self._small_chunks.clear()
+        self._small_chunks.add(fetch.holder)
+        refused = [offset for offset in fetch.sent_at if offset >= fetch.big_from]
+        for offset in refused:
+            del fetch.sent_at[offset]
+        fetch.in_flight -= len(refused)
+        fetch.next_offset, fetch.big_from = fetch.big_from, -1
+        fetch.cap = LEGACY_CHUNK
+        fetch.chunk = min(fetch.chunk, LEGACY_CHUNK)
+        if fetch.probe >= fetch.next_offset:
+            fetch.probing, fetch.probe = False, -1
+        self._request_more(fetch)
 
     def reset(self, error: str) -> None:
         """Fail every fetch in progress (the connection they used is gone)."""
@@ -317,9 +375,9 @@ class Transfers:
     def want(self, requester: int, holder: int, header: dict) -> None:
         """A WANT from ``requester`` addressed to ``holder`` reached us (a server):
         answer it from the store, from a fetch in progress, or by fetching."""
-        request = _request(header)
+        request = _request(header, self.max_chunk)
         if request is None:
-            self.missing(requester, str(header.get("sha"))[:64], "malformed request")
+            self.missing(requester, str(header.get("sha"))[:64], MALFORMED)
             return
         sha, offset, length, size = request
         if self.store.has(sha):
@@ -365,7 +423,7 @@ class Transfers:
 
     def serve(self, requester: int, header: dict, read: Read, size: int) -> bool:
         """Answer a WANT from outside the store (a client's own files)."""
-        request = _request(header)
+        request = _request(header, self.max_chunk)
         if request is None:
             return False
         sha, offset, length, _ = request
@@ -382,6 +440,8 @@ class Transfers:
             self.missing(requester, sha, "unreadable")
             return False
         self.bytes_served += len(data)
+        if length > LEGACY_CHUNK:
+            keep_chunk_buffers()                # (once per process)
         header = {"sha": sha, "offset": offset, "size": size}
         body = self._maybe_deflate(sha, data, header)
         self.send(frame(Kind.DATA, self.me, requester, header, body, bulk=True))

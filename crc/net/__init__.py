@@ -1,8 +1,9 @@
 """The event loop and the connections it drives.
 
 ``loop`` (``EventLoop``: the selector, timers, callbacks), ``connection`` (one
-TCP connection: buffers, framing, teardown) and ``tls`` (the same over TLS,
-and its settings).
+TCP connection: buffers, framing, teardown), ``tls`` (the same over TLS,
+and its settings) and ``heap`` (the C heap's thresholds for megabyte file
+chunks).
 
 Imports only ``crc.protocol`` (a connection frames messages with its codec):
 nothing here knows servers, clients, routes or jobs.

@@ -133,9 +133,10 @@ def _text(buf: bytearray, start: int, end: int, field: str) -> str:
 
 #: Extension payloads of this many bytes and up (file chunks) are received
 #: straight into a buffer of their own once their header has arrived; the cap
-#: keeps what a header alone can make us allocate small.
+#: (a file chunk of 1 MiB and its header) keeps what a header alone can make
+#: us allocate small.
 IN_PLACE_MIN = 32 * 1024
-IN_PLACE_MAX = 1024 * 1024
+IN_PLACE_MAX = 1024 * 1024 + 64 * 1024
 
 
 class Decoder:

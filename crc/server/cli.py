@@ -24,6 +24,7 @@ from ..protocol import DEFAULT_LIMITS
 from ..credentials import StartupError, credentials
 from ..visible import VisibleFormatter, visible
 from ..jobs.compilers import installed
+from ..net.heap import keep_chunk_buffers
 from .config_file import ConfigError, merged_argv, render
 from .metrics import MetricsServer
 from .jobs.service import JobConfig, JobService
@@ -340,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     # stop with a log line, never a silent death that loses running jobs.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    keep_chunk_buffers()        # a relay passes file chunks of up to a megabyte
     server.run()
     logging.getLogger("crc.server").info("%s stopped", config.name)
     return 0
