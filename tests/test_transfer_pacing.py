@@ -208,50 +208,76 @@ def test_the_chunk_time_grows_without_a_step_above_the_fastest_links() -> None:
     assert all(b >= a and b - a < 0.1 * transfer.CHUNK_TIME for a, b in zip(times, times[1:]))
 
 
+class EarlierHolder:
+    """A requester (1) and a holder (2) answering WANTs of 256 KiB at most, as
+    earlier versions do; control frames (WANT, MISSING) pass the data still on
+    its way, as they do on a link, which moves 1 GB/s with no delay."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.now = 0.0
+        self.control: list = []                # (from, frame)
+        self.bulk: list = []
+        self.refusals = 0
+        self.requester = Transfers(1, BlobStore(tmp_path / "r"), self._from(1),
+                                   clock=lambda: self.now)
+        self.holder = Transfers(2, BlobStore(tmp_path / "h"), self._from(2))
+        self.holder.max_chunk = transfer.LEGACY_CHUNK
+
+    def _from(self, sender: int):
+        def send(msg) -> bool:
+            (self.bulk if msg.kind == Kind.DATA else self.control).append((sender, msg))
+            return True
+        return send
+
+    def blob(self, size: int) -> tuple[str, bytes]:
+        data = os.urandom(size)
+        sha = hashlib.sha256(data).hexdigest()
+        self.holder.store.add_bytes(sha, data)
+        return sha, data
+
+    def fetch(self, sha: str, size: int, done: list) -> None:
+        self.requester.fetch(sha, size, 2, lambda s, err: done.append(err))
+
+    def run(self, sha: str, data: bytes, done: list) -> None:
+        while (self.control or self.bulk) and not done:
+            sender, msg = (self.control if self.control else self.bulk).pop(0)
+            header, body = unpack(msg.payload)
+            if sender == 1:                                 # a WANT
+                self.holder.want(1, 2, header)
+            elif msg.kind == Kind.MISSING:
+                self.refusals += 1
+                self.requester.on_missing(header)
+            else:
+                self.now += len(body) / 1e9
+                self.requester.on_data(header, body)
+        assert done == [None]
+        assert self.requester.store.path(sha).read_bytes() == data
+
+
 def test_a_holder_answering_256_kib_at_most_is_asked_for_that(tmp_path: Path) -> None:
     """A holder of an earlier version refuses a WANT over 256 KiB ("malformed
     request"). The requester asks again from the first refused chunk on, in
     chunks it answers: the file arrives whole, and the next fetch from that
-    holder asks for no more from the start. Refusals (control frames) pass
-    the data still on its way, as they do on a link."""
-    now = [0.0]
-    control: list = []                  # (to, frame): ahead of bulk, as on a link
-    bulk: list = []
-    requester = Transfers(1, BlobStore(tmp_path / "r"), lambda m: (control.append((1, m)) if m.kind
-                                                                   != Kind.DATA else None) or True,
-                          clock=lambda: now[0])
-    holder_store = BlobStore(tmp_path / "h")
-    holder = Transfers(2, holder_store,
-                       lambda m: ((bulk if m.kind == Kind.DATA else control).append((2, m))) or True)
-    holder.max_chunk = transfer.LEGACY_CHUNK
-    refusals = [0]
-
-    def run(sha: str, data: bytes) -> list:
+    holder asks for no more from the start."""
+    path = EarlierHolder(tmp_path)
+    for size, refused in ((24 * 1024 * 1024, True), (8 * 1024 * 1024, False)):
+        sha, data = path.blob(size)
         done: list = []
-        requester.fetch(sha, len(data), 2, lambda s, err: done.append(err))
-        while (control or bulk) and not done:
-            frm, msg = (control if control else bulk).pop(0)
-            header, body = unpack(msg.payload)
-            if frm == 1:                                    # requester -> holder: a WANT
-                holder.want(1, 2, header)
-            elif msg.kind == Kind.MISSING:
-                refusals[0] += 1
-                requester.on_missing(header)
-            else:
-                now[0] += len(body) / 1e9                   # a path of 1 GB/s, no delay
-                requester.on_data(header, body)
-        assert done == [None]
-        assert requester.store.path(sha).read_bytes() == data
-        return done
+        path.fetch(sha, size, done)
+        path.run(sha, data, done)
+        assert (path.refusals >= 1) is refused      # it asked for more (once) and was refused
+        path.refusals = 0
 
-    first = os.urandom(24 * 1024 * 1024)
-    sha1 = hashlib.sha256(first).hexdigest()
-    holder_store.add_bytes(sha1, first)
-    run(sha1, first)
-    assert refusals[0] >= 1                 # it did ask for more, and was refused
-    refusals[0] = 0
-    second = os.urandom(8 * 1024 * 1024)
-    sha2 = hashlib.sha256(second).hexdigest()
-    holder_store.add_bytes(sha2, second)
-    run(sha2, second)
-    assert refusals[0] == 0
+
+def test_several_refused_requests_are_each_asked_again_once(tmp_path: Path) -> None:
+    """Requests over 256 KiB already in flight when the first refusal comes
+    back are refused too: each is asked again once (not the fetch failed)."""
+    path = EarlierHolder(tmp_path)
+    sha, data = path.blob(8 * 1024 * 1024)
+    done: list = []
+    path.fetch(sha, len(data), done)
+    fetch = path.requester.fetches[sha]
+    fetch.chunk, fetch.window = 512 * 1024, fetch.in_flight + 3     # three large at once
+    path.requester._request_more(fetch)
+    path.run(sha, data, done)
+    assert path.refusals == 3

@@ -1,8 +1,8 @@
 """Moving blobs between machines: pulled in windows; small ones cached by relays.
 
 The machine that needs a blob (the *requester*) sends WANT frames towards the
-machine that holds it (the *holder*), each asking for one 256 KiB chunk; it
-keeps ``WINDOW`` chunks in flight. DATA frames are bulk, so chat on the same
+machine that holds it (the *holder*), each asking for one chunk (sized to
+the path, ``_paced``); it keeps ``WINDOW`` chunks in flight. DATA frames are bulk, so chat on the same
 links overtakes them in every send queue; what it cannot overtake is what
 already sits in socket buffers, and that is bounded by the window: at most
 ``WINDOW`` chunks of this transfer lie anywhere between holder and requester
@@ -106,6 +106,7 @@ class _Fetch:
     chunk: int = FIRST_CHUNK
     cap: int = CHUNK                         # the largest chunk its holder answers
     big_from: int = -1                       # offset of the first WANT over LEGACY_CHUNK
+    refusals_due: int = 0                    # of requests over it, already asked again
     window: int = WINDOW
     sent_at: dict[int, float] = field(default_factory=dict)   # offset -> WANT sent
     min_rtt: float = 0.0
@@ -250,7 +251,7 @@ class Transfers:
         chunk, span = MIN_CHUNK, fetch.rate * chunk_time(fetch.rate)
         while chunk * 2 <= min(fetch.cap, span):
             chunk *= 2
-        if chunk < fetch.chunk and span >= 0.75 * fetch.chunk and fetch.chunk <= fetch.cap:
+        if chunk < fetch.chunk and span >= 0.75 * fetch.chunk:
             chunk = fetch.chunk     # (smaller only when the rate clearly fell: each change drains)
         if chunk != fetch.chunk:
             fetch.chunk = chunk
@@ -304,8 +305,8 @@ class Transfers:
         error = header.get("error")
         if error == MALFORMED and fetch.big_from >= 0:
             self._ask_less(fetch)
-        elif error == MALFORMED and fetch.cap <= LEGACY_CHUNK and fetch.holder in self._small_chunks:
-            pass            # another request over what it answers, already asked again
+        elif error == MALFORMED and fetch.refusals_due > 0:
+            fetch.refusals_due -= 1         # another request over what it answers, asked again
         else:
             self._fail(fetch, str(error or "not available on the machine that should hold it"))
 
@@ -323,6 +324,7 @@ class Transfers:
         for offset in refused:
             del fetch.sent_at[offset]
         fetch.in_flight -= len(refused)
+        fetch.refusals_due = len(refused) - 1
         fetch.next_offset, fetch.big_from = fetch.big_from, -1
         fetch.cap = LEGACY_CHUNK
         fetch.chunk = min(fetch.chunk, LEGACY_CHUNK)
