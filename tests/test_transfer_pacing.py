@@ -110,6 +110,35 @@ def test_a_fast_path_gets_large_chunks_and_stays_busy(tmp_path: Path) -> None:
     assert end < 64 * 1024 * 1024 / rate * 1.15
 
 
+def test_starting_on_a_slow_path_queues_no_more_than_the_first_window(tmp_path: Path) -> None:
+    for delay in (0.0002, 0.001, 0.01):
+        _, history = simulate(tmp_path / str(delay), 6.25e6, delay, 4 * 1024 * 1024)
+        assert max(f for _, _, _, f in history) <= transfer.WINDOW * transfer.FIRST_CHUNK
+
+
+def test_a_fast_path_is_at_full_speed_within_a_few_round_trips(tmp_path: Path) -> None:
+    """Starting, a fetch doubles what it keeps in flight with each
+    measurement of the rate while the window is what holds it back (as TCP's
+    slow start does), instead of growing by the queue allowance alone: on a
+    path as fast as relays on loopback it is at full speed in tens of
+    milliseconds, not in a tenth of a second; and what it queued meanwhile
+    is drained again."""
+    rate, delay, size = 650e6, 0.001, 100 * 1024 * 1024
+    got: dict[float, int] = {}
+
+    def watch(at: float, fetch) -> None:
+        got[at] = fetch.received
+
+    _, history = simulate(tmp_path, rate, delay, size, watch)
+    early = max(n for at, n in got.items() if at <= 0.05)
+    assert early >= 0.5 * rate * 0.05           # (growing by the allowance alone: 0.25)
+    end, chunk, _, _ = history[-1]
+    assert end < size / rate * 1.15
+    own = 2 * delay + chunk / rate
+    late = [f for t, _, _, f in history if t > end / 2]
+    assert max(late) <= rate * (own + transfer.queue_time(rate)) + 2 * chunk
+
+
 @pytest.mark.parametrize("rate", [1e6, 50e6, 1e9])
 def test_the_window_never_leaves_its_bounds(tmp_path: Path, rate: float) -> None:
     _, history = simulate(tmp_path, rate, 0.0005, 4 * 1024 * 1024)
