@@ -66,7 +66,12 @@ FAST_RATE = 100e6
 #: from about 250 MB/s): such a path is limited by the relays' CPU, which
 #: pays for every chunk, more than by the time a chunk spends on a link (a
 #: megabyte crosses a 10 Gbit/s link in under a millisecond). Relays then
-#: spend about half the CPU on a file (docs/performance.md).
+#: spend about half the CPU on a file (docs/performance.md). Over the same
+#: span the queue allowance shrinks to nothing (``queue_time``): what waits
+#: there sits in the socket buffers between relays sharing CPUs, ahead of
+#: any chat crossing them (megabyte chunks made a chat's round trip on
+#: loopback 10-20 ms with 4 ms of allowance, 3-4 ms without), and keeping
+#: more in flight bought no speed (windows of 3 to 16 chunks alike).
 FASTEST_RATE = 150e6
 #: Until its rate stops growing, a fetch is starting (the way TCP's slow
 #: start and BBR's startup begin): it keeps ``STARTUP_GAIN`` times what the
@@ -139,8 +144,11 @@ class _Fetch:
 
 def queue_time(rate: float) -> float:
     """How long of the path's rate a fetch keeps waiting in queues:
-    ``QUEUE_TIME``, growing to twice that at ``FAST_RATE``."""
-    return QUEUE_TIME * (1.0 + min(1.0, rate / FAST_RATE))
+    ``QUEUE_TIME``, growing to twice that at ``FAST_RATE``; above
+    ``FASTEST_RATE`` shrinking again, without a step, to nothing at twice
+    that rate."""
+    allowance = QUEUE_TIME * (1.0 + min(1.0, rate / FAST_RATE))
+    return allowance * (1.0 - min(1.0, max(0.0, rate / FASTEST_RATE - 1.0)))
 
 
 def chunk_time(rate: float) -> float:
