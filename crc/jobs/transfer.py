@@ -1,12 +1,13 @@
 """Moving blobs between machines: pulled in windows; small ones cached by relays.
 
 The machine that needs a blob (the *requester*) sends WANT frames towards the
-machine that holds it (the *holder*), each asking for one chunk (sized to
-the path, ``_paced``); it keeps ``WINDOW`` chunks in flight. DATA frames are bulk, so chat on the same
-links overtakes them in every send queue; what it cannot overtake is what
-already sits in socket buffers, and that is bounded by the window: at most
-``WINDOW`` chunks of this transfer lie anywhere between holder and requester
-(docs/performance.md, "Jobs", has the sweep behind the figure).
+machine that holds it (the *holder*), each asking for one chunk; it keeps a
+window of chunks in flight (``WINDOW`` at first; then the chunk and the
+window follow the path's rate and round trip, ``_paced``). DATA frames are
+bulk, so chat on the same links overtakes them in every send queue; what it
+cannot overtake is what already sits in socket buffers, and that is bounded
+by the window: no more of this transfer lies anywhere between holder and
+requester (docs/performance.md, "Jobs" and "Data plane", has the figures).
 
 Small blobs (up to ``RELAY_CACHE_MAX``: sources, headers, objects) are cached
 by every mesh server on the way: a WANT passing through is not forwarded but
